@@ -1,0 +1,104 @@
+"""The application factory: ``create_app(settings)`` builds the gateway's ``web.Application``."""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import aiohttp_jinja2
+import orjson
+from aiohttp import web
+
+from riceball_proxy import __version__, appkeys
+from riceball_proxy.crypto import load_secret_box
+from riceball_proxy.db import open_database
+from riceball_proxy.plugins import PluginManager, await_me_maybe, make_plugin_manager
+from riceball_proxy.settings import Settings
+from riceball_proxy.templating import setup_templates
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+#: Upstream connections kept open at once (all providers together), and per upstream host.
+HTTP_POOL_LIMIT = 1000
+HTTP_POOL_LIMIT_PER_HOST = 0
+
+
+def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
+    """Build the gateway for ``settings``; resources are opened when the app starts."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_id_middleware])
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.PLUGIN_MANAGER] = plugin_manager or make_plugin_manager(settings)
+    app[appkeys.SECRET_BOX] = load_secret_box(settings)
+    app.on_response_prepare.append(add_request_id_header)
+    setup_templates(app)
+    # Order matters: plugins start after, and stop before, the resources they use.
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(http_session_ctx)
+    app.cleanup_ctx.append(plugins_ctx)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open (and migrate) the database for the app's lifetime."""
+    async with open_database(app[appkeys.SETTINGS]) as database:
+        app[appkeys.DATABASE] = database
+        yield
+
+
+async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The one ClientSession through which every upstream call goes, with keep-alive."""
+    connector = aiohttp.TCPConnector(limit=HTTP_POOL_LIMIT, limit_per_host=HTTP_POOL_LIMIT_PER_HOST)
+    async with aiohttp.ClientSession(connector=connector, json_serialize=lambda v: orjson.dumps(v).decode()) as session:
+        app[appkeys.HTTP_SESSION] = session
+        yield
+
+
+async def plugins_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the plugins' ``riceball_startup`` and ``riceball_shutdown`` hooks."""
+    pm = app[appkeys.PLUGIN_MANAGER]
+    for result in pm.hook.riceball_startup(app=app):
+        await await_me_maybe(result)
+    yield
+    for result in pm.hook.riceball_shutdown(app=app):
+        try:
+            await await_me_maybe(result)
+        except Exception:
+            logger.exception("a plugin failed in riceball_shutdown")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Give every request an id: the client's ``X-Request-ID`` when it is sane, else a new one."""
+    request_id = request.headers.get(REQUEST_ID_HEADER, "")
+    if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        request_id = f"req_{uuid.uuid4().hex}"
+    request["request_id"] = request_id
+    return await handler(request)
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Echo the request id on every response, streamed and error ones included."""
+    response.headers[REQUEST_ID_HEADER] = request.get("request_id") or f"req_{uuid.uuid4().hex}"
+
+
+@aiohttp_jinja2.template("index.html")
+async def index(request: web.Request) -> dict:
+    """A landing page that says what this server is."""
+    return {"version": __version__}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the database answers, 503 otherwise."""
+    if await request.app[appkeys.DATABASE].is_ready():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "unavailable", "reason": "database unreachable"}, status=503)

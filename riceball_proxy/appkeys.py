@@ -1,0 +1,16 @@
+"""Every typed key under which the application keeps its shared objects."""
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from riceball_proxy.crypto import SecretBox
+from riceball_proxy.db import Database
+from riceball_proxy.plugins import PluginManager
+from riceball_proxy.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+PLUGIN_MANAGER = web.AppKey("plugin_manager", PluginManager)
+SECRET_BOX = web.AppKey("secret_box", SecretBox)
+DATABASE = web.AppKey("database", Database)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

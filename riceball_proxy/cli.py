@@ -1,0 +1,205 @@
+"""The ``riceball`` command: serve the gateway and manage it from a shell.
+
+Every command accepts ``--json`` (before or after the command name) for machine-readable output.
+Mistakes in what was asked (a bad argument, an unknown provider, a taken name) print one line on
+stderr and exit 2; a failure to reach the database exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+import asyncpg
+
+from riceball_proxy import __version__
+from riceball_proxy.commands import (
+    CommandError,
+    cmd_admin_create,
+    cmd_assistant_add,
+    cmd_assistant_list,
+    cmd_key_create,
+    cmd_key_list,
+    cmd_key_revoke,
+    cmd_migrate,
+    cmd_plugins,
+    cmd_provider_add,
+    cmd_provider_list,
+    cmd_serve,
+)
+from riceball_proxy.settings import Settings, SettingsError
+
+logger = logging.getLogger("riceball")
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level if args.command == "serve" else "WARNING")
+        return args.run(args, settings) or 0
+    except (CommandError, SettingsError) as exc:
+        print(f"riceball: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"riceball: error: database unavailable: {exc}", file=sys.stderr)
+        return 1
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``; the embedded server's own chatter only from WARNING up."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    # --json is accepted both before the command and after it; SUPPRESS keeps either from resetting the other.
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+
+    parser = argparse.ArgumentParser(prog="riceball", description="RiceBall gateway", parents=[json_flag])
+    parser.add_argument("--version", action="version", version=f"riceball {__version__}")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(group, name: str, run: Callable, help: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, description=help, parents=[json_flag])
+        sub.set_defaults(command=name, run=run)
+        return sub
+
+    serve = command(commands, "serve", cmd_serve, "run the gateway")
+    serve.add_argument("--host", help="address to listen on (default: RICEBALL_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: RICEBALL_PORT or 8000)")
+    serve.add_argument("--workers", type=_positive_int, default=1, help="worker processes sharing the port")
+
+    command(commands, "migrate", cmd_migrate, "apply pending database migrations")
+
+    admin = commands.add_parser("admin", help="manage admin accounts").add_subparsers(
+        title="admin commands", metavar="COMMAND", required=True
+    )
+    admin_create = command(admin, "create", cmd_admin_create, "create an admin account")
+    admin_create.add_argument("--username", required=True, type=_name)
+    admin_create.add_argument("--password-stdin", action="store_true", required=True,
+                              help="read the password from standard input")
+
+    provider = commands.add_parser("provider", help="manage upstream providers").add_subparsers(
+        title="provider commands", metavar="COMMAND", required=True
+    )
+    provider_add = command(provider, "add", cmd_provider_add, "add an upstream provider")
+    provider_add.add_argument("--name", required=True, type=_name)
+    provider_add.add_argument("--type", required=True, help="a provider type offered by the plugins (e.g. openai)")
+    provider_add.add_argument("--base-url", required=True, type=_url)
+    provider_add.add_argument("--api-key-stdin", action="store_true", help="read the upstream API key from stdin")
+    provider_add.add_argument("--connect-timeout", type=_positive_float, default=10.0, help="seconds (default 10)")
+    provider_add.add_argument("--read-timeout", type=_positive_float, default=300.0, help="seconds (default 300)")
+    command(provider, "list", cmd_provider_list, "list providers")
+
+    assistant = commands.add_parser("assistant", help="manage assistants").add_subparsers(
+        title="assistant commands", metavar="COMMAND", required=True
+    )
+    assistant_add = command(assistant, "add", cmd_assistant_add, "add an assistant")
+    assistant_add.add_argument("--name", required=True, type=_name)
+    assistant_add.add_argument("--provider", required=True, help="the provider's name")
+    assistant_add.add_argument("--model", required=True, type=_name, help="the upstream model")
+    assistant_add.add_argument("--system-prompt", default="")
+    assistant_add.add_argument("--temperature", type=float)
+    assistant_add.add_argument("--top-p", type=float)
+    assistant_add.add_argument("--max-tokens", type=_positive_int)
+    assistant_add.add_argument("--lock", action="append", default=[], metavar="PARAMETER",
+                               help="make the assistant's value of a parameter win over the client's (repeatable)")
+    assistant_add.add_argument("--no-client-system", action="store_true",
+                               help="drop system and developer messages sent by clients")
+    assistant_add.add_argument("--disabled", action="store_true", help="create it disabled")
+    command(assistant, "list", cmd_assistant_list, "list assistants")
+
+    key = commands.add_parser("key", help="manage API keys").add_subparsers(
+        title="key commands", metavar="COMMAND", required=True
+    )
+    key_create = command(key, "create", cmd_key_create, "create an API key (printed once)")
+    key_create.add_argument("--name", required=True, type=_name)
+    key_create.add_argument("--assistant", action="append", type=_uuid, metavar="ID",
+                            help="limit the key to this assistant (repeatable; default: every assistant)")
+    key_create.add_argument("--expires-in", type=parse_duration, metavar="DURATION",
+                            help="e.g. 30d, 12h, 1w2d")
+    command(key, "list", cmd_key_list, "list API keys (never the keys themselves)")
+    key_revoke = command(key, "revoke", cmd_key_revoke, "revoke an API key")
+    key_revoke.add_argument("key", metavar="ID_OR_PREFIX")
+
+    command(commands, "plugins", cmd_plugins, "list installed plugins and the hooks each implements")
+    return parser
+
+
+# --- argument types ---------------------------------------------------------------------------------
+
+
+def _name(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= 200:
+        raise argparse.ArgumentTypeError("must be 1 to 200 characters")
+    return value
+
+
+def _url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+def _port(value: str) -> int:
+    port = _positive_int(value)
+    if port > 65535:
+        raise argparse.ArgumentTypeError("must be at most 65535")
+    return port
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return number
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an assistant id") from None
+
+
+def parse_duration(value: str) -> datetime.timedelta:
+    """``30d``, ``12h``, ``1w2d``, ``90m``... as a timedelta (argparse type)."""
+    text = value.strip().lower()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 30d, 12h or 1w2d")
+    seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be longer than 0")
+    return datetime.timedelta(seconds=seconds)

@@ -1,0 +1,306 @@
+"""What each ``riceball`` command does (the argument parsing is in ``riceball_proxy.cli``)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from riceball_proxy import crypto
+from riceball_proxy.db import admins, api_keys, assistants, open_database, providers
+from riceball_proxy.db.migrate import apply_migrations
+from riceball_proxy.plugins import describe_plugins, make_plugin_manager
+from riceball_proxy.providers import provider_types
+from riceball_proxy.settings import Settings
+
+MIN_PASSWORD_LENGTH = 8
+
+
+class CommandError(Exception):
+    """A mistake in what the user asked; printed as one line, exit status 2."""
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print ``data`` as JSON with --json, else ``text``."""
+    if args.json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=_json_default).decode() + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):  # asyncpg's own UUID subclass, which orjson does not know
+        return str(value)
+    if isinstance(value, (frozenset, set, tuple)):
+        return sorted(value, key=str)
+    raise TypeError
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str], empty: str) -> str:
+    """A plain-text table of ``rows``."""
+    if not rows:
+        return empty
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime.datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "(none)"
+    return str(value)
+
+
+def run_db(settings: Settings, work: Callable) -> Any:
+    """Open the database (embedded when no URL is set), return ``await work(pool)``, close it."""
+
+    async def runner():
+        async with open_database(settings, min_size=1, max_size=2) as database:
+            return await work(database.pool)
+
+    return asyncio.run(runner())
+
+
+def read_stdin_secret(what: str) -> str:
+    """One secret from standard input (its first line, trimmed); never echoed."""
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise CommandError(f"no {what} on standard input")
+    return value
+
+
+# --- serve and migrate ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from riceball_proxy.server import serve
+
+    settings = settings.replace(host=args.host or settings.host, port=args.port or settings.port)
+    serve(settings, workers=args.workers)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        async with pool.acquire() as conn:
+            applied = await apply_migrations(conn)  # open_database applied them; this reports the state
+            rows = await conn.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+        return applied, [dict(row) for row in rows]
+
+    _, rows = run_db(settings, work)
+    emit(args, {"migrations": rows}, table(rows, ["version", "name", "applied_at"], "no migrations"))
+    return 0
+
+
+# --- admins -----------------------------------------------------------------------------------------
+
+
+def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> int:
+    password = read_stdin_secret("password")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise CommandError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
+    password_hash = crypto.hash_password(password)
+
+    async def work(pool):
+        try:
+            return await admins.create(pool, args.username, password_hash)
+        except admins.UsernameTaken as exc:
+            raise CommandError(str(exc)) from None
+
+    admin = run_db(settings, work)
+    emit(args, {"id": admin.id, "username": admin.username, "created_at": admin.created_at},
+         f"admin {admin.username!r} created")
+    return 0
+
+
+# --- providers --------------------------------------------------------------------------------------
+
+
+def _provider_dict(provider: providers.Provider) -> dict[str, Any]:
+    return {
+        "id": provider.id,
+        "name": provider.name,
+        "type": provider.type,
+        "base_url": provider.base_url,
+        "has_api_key": provider.has_api_key,
+        "connect_timeout": provider.connect_timeout,
+        "read_timeout": provider.read_timeout,
+        "created_at": provider.created_at,
+    }
+
+
+def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
+    types = provider_types(make_plugin_manager(settings))
+    if args.type not in types:
+        raise CommandError(f"unknown provider type {args.type!r}; installed types: {', '.join(sorted(types))}")
+    api_key = read_stdin_secret("API key") if args.api_key_stdin else None
+    encrypted = None if api_key is None else crypto.load_secret_box(settings).encrypt(api_key)
+
+    async def work(pool):
+        try:
+            return await providers.create(
+                pool,
+                name=args.name,
+                type=args.type,
+                base_url=args.base_url,
+                api_key_encrypted=encrypted,
+                connect_timeout=args.connect_timeout,
+                read_timeout=args.read_timeout,
+            )
+        except providers.ProviderNameTaken as exc:
+            raise CommandError(str(exc)) from None
+
+    provider = run_db(settings, work)
+    emit(args, _provider_dict(provider), f"provider {provider.name!r} added (id {provider.id})")
+    return 0
+
+
+def cmd_provider_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = [_provider_dict(p) for p in run_db(settings, providers.list_all)]
+    emit(args, {"providers": rows},
+         table(rows, ["id", "name", "type", "base_url", "has_api_key"], "no providers yet: riceball provider add"))
+    return 0
+
+
+# --- assistants -------------------------------------------------------------------------------------
+
+
+def _assistant_dict(assistant: assistants.Assistant, provider_name: str | None = None) -> dict[str, Any]:
+    data = dataclasses.asdict(assistant)
+    data["parameters"] = dict(assistant.parameters)
+    data["locked"] = sorted(assistant.locked)
+    data["provider"] = provider_name
+    return data
+
+
+def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
+    parameters = {
+        name: value
+        for name, value in (("temperature", args.temperature), ("top_p", args.top_p), ("max_tokens", args.max_tokens))
+        if value is not None
+    }
+    unknown = set(args.lock) - set(assistants.PARAMETERS)
+    if unknown:
+        raise CommandError(f"--lock takes one of {', '.join(assistants.PARAMETERS)}; got {', '.join(sorted(unknown))}")
+
+    async def work(pool):
+        provider = await providers.get_by_name(pool, args.provider)
+        if provider is None:
+            raise CommandError(f"no provider named {args.provider!r}")
+        try:
+            assistant = await assistants.create(
+                pool,
+                name=args.name,
+                provider_id=provider.id,
+                model=args.model,
+                system_prompt=args.system_prompt,
+                parameters=parameters,
+                locked=args.lock,
+                allow_client_system=not args.no_client_system,
+                enabled=not args.disabled,
+            )
+        except assistants.InvalidAssistant as exc:
+            raise CommandError(str(exc)) from None
+        return assistant, provider
+
+    assistant, provider = run_db(settings, work)
+    base_url = f"http://{settings.host}:{settings.port}/api/v1/assistants/{assistant.id}/v1"
+    data = _assistant_dict(assistant, provider.name) | {"base_url": base_url}
+    emit(args, data, f"assistant {assistant.name!r} added\nid:       {assistant.id}\nbase URL: {base_url}")
+    return 0
+
+
+def cmd_assistant_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        names = {p.id: p.name for p in await providers.list_all(pool)}
+        return [_assistant_dict(a, names.get(a.provider_id)) for a in await assistants.list_all(pool)]
+
+    rows = run_db(settings, work)
+    emit(args, {"assistants": rows},
+         table(rows, ["id", "name", "provider", "model", "enabled"], "no assistants yet: riceball assistant add"))
+    return 0
+
+
+# --- API keys ---------------------------------------------------------------------------------------
+
+
+def _key_dict(key: api_keys.ApiKey) -> dict[str, Any]:
+    data = dataclasses.asdict(key)
+    data["status"] = key.status()
+    return data
+
+
+def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    secret = crypto.generate_api_key()
+    expires_at = None
+    if args.expires_in is not None:
+        expires_at = datetime.datetime.now(datetime.timezone.utc) + args.expires_in
+
+    async def work(pool):
+        if args.assistant is not None:
+            missing = set(args.assistant) - await assistants.existing_ids(pool, args.assistant)
+            if missing:
+                raise CommandError(f"no assistant with id {', '.join(sorted(map(str, missing)))}")
+        return await api_keys.create(
+            pool,
+            name=args.name,
+            key_hash=crypto.hash_api_key(secret),
+            prefix=crypto.display_prefix(secret),
+            assistant_ids=args.assistant,
+            expires_at=expires_at,
+        )
+
+    key = run_db(settings, work)
+    emit(args, _key_dict(key) | {"key": secret},
+         f"{secret}\n\nThis is the only time the key is shown: store it now. (id {key.id})")
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = [_key_dict(k) for k in run_db(settings, api_keys.list_all)]
+    for row in rows:
+        row["scope"] = "all assistants" if row["assistant_ids"] is None else row["assistant_ids"]
+    emit(args, {"keys": rows},
+         table(rows, ["id", "prefix", "name", "status", "scope", "expires_at", "last_used_at"],
+               "no keys yet: riceball key create --name NAME"))
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        try:
+            key = await api_keys.find(pool, args.key)
+        except api_keys.AmbiguousKey as exc:
+            raise CommandError(str(exc)) from None
+        if key is None:
+            raise CommandError(f"no key with id or prefix {args.key!r}")
+        return await api_keys.revoke(pool, key.id)
+
+    key = run_db(settings, work)
+    emit(args, _key_dict(key), f"key {key.prefix}... ({key.name}) revoked")
+    return 0
+
+
+# --- plugins ----------------------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace, settings: Settings) -> int:
+    rows = describe_plugins(make_plugin_manager(settings))
+    text_rows = [dict(row, version=row["version"] or "-", hooks=", ".join(row["hooks"])) for row in rows]
+    emit(args, {"plugins": rows}, table(text_rows, ["name", "version", "hooks"], "no plugins"))
+    return 0

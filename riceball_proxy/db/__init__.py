@@ -1,0 +1,83 @@
+"""The database: a pool on PostgreSQL (embedded or at RICEBALL_DATABASE_URL), migrated at open.
+
+The repository modules beside this one (``admins``, ``providers``, ``assistants``, ``api_keys``,
+``usage_events``, ``conversations``) hold all SQL, one module per table, and take any asyncpg
+connection or pool as their first argument.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import orjson
+
+from riceball_proxy.db.embedded import EmbeddedPostgres
+from riceball_proxy.db.migrate import apply_migrations
+from riceball_proxy.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection set-up: json and jsonb columns go through orjson."""
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=_encode_json, decoder=orjson.loads, format="text"
+        )
+
+
+def _encode_json(value) -> str:
+    return orjson.dumps(value).decode()
+
+
+class Database:
+    """The open pool and the URL it came from."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str):
+        self.pool = pool
+        self.url = url
+
+    async def is_ready(self, timeout: float = 2.0) -> bool:
+        """True when a query goes through within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+
+
+@contextlib.asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    """The URL to use: RICEBALL_DATABASE_URL, or the embedded server's (started for the duration)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    url = await asyncio.to_thread(embedded.start)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.close)
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Database]:
+    """Open the database for these settings, apply pending migrations, and close it all on exit."""
+    async with database_url(settings) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            applied = await apply_migrations(conn)
+        finally:
+            await conn.close()
+        for migration in applied:
+            logger.info("applied migration %04d_%s", migration.version, migration.name)
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection)
+        try:
+            yield Database(pool, url)
+        finally:
+            await pool.close()

@@ -1,0 +1,107 @@
+"""The ``api_keys`` table: gateway keys, stored as SHA-256 hashes with a display prefix."""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+_COLUMNS = "id, name, prefix, assistant_ids, created_at, expires_at, revoked_at, last_used_at"
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiKey:
+    id: uuid.UUID
+    name: str
+    #: The first characters of the key, to recognise it; never enough to use it.
+    prefix: str
+    #: None: every assistant; otherwise only these.
+    assistant_ids: tuple[uuid.UUID, ...] | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row) -> ApiKey:
+        values = dict(row)
+        if values["assistant_ids"] is not None:
+            values["assistant_ids"] = tuple(values["assistant_ids"])
+        return cls(**values)
+
+    def status(self, now: datetime | None = None) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or datetime.now(timezone.utc)):
+            return "expired"
+        return "active"
+
+    def allows(self, assistant_id: uuid.UUID) -> bool:
+        """True when this key may call that assistant."""
+        return self.assistant_ids is None or assistant_id in self.assistant_ids
+
+
+class AmbiguousKey(LookupError):
+    """A prefix matches more than one key."""
+
+
+async def create(
+    db,
+    *,
+    name: str,
+    key_hash: bytes,
+    prefix: str,
+    assistant_ids: Iterable[uuid.UUID] | None = None,
+    expires_at: datetime | None = None,
+) -> ApiKey:
+    """Store a new key's hash and description."""
+    row = await db.fetchrow(
+        f"""
+        INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at)
+        VALUES ($1, $2, $3, $4, $5)
+        RETURNING {_COLUMNS}
+        """,
+        name,
+        key_hash,
+        prefix,
+        None if assistant_ids is None else list(assistant_ids),
+        expires_at,
+    )
+    return ApiKey.from_row(row)
+
+
+async def get_by_hash(db, key_hash: bytes) -> ApiKey | None:
+    """The key whose SHA-256 is ``key_hash``, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
+    return None if row is None else ApiKey.from_row(row)
+
+
+async def list_all(db) -> list[ApiKey]:
+    """Every key, newest first."""
+    return [ApiKey.from_row(row) for row in await db.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at DESC")]
+
+
+async def find(db, id_or_prefix: str) -> ApiKey | None:
+    """The key with this id, or the only key whose display prefix starts with this text."""
+    try:
+        key_id = uuid.UUID(id_or_prefix)
+    except ValueError:
+        key_id = None
+    if key_id is not None:
+        row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return None if row is None else ApiKey.from_row(row)
+    pattern = id_or_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = await db.fetch(f"SELECT {_COLUMNS} FROM api_keys WHERE prefix LIKE $1 LIMIT 2", pattern)
+    if len(rows) > 1:
+        raise AmbiguousKey(f"more than one key starts with {id_or_prefix!r}; use its id")
+    return ApiKey.from_row(rows[0]) if rows else None
+
+
+async def revoke(db, key_id: uuid.UUID) -> ApiKey | None:
+    """Mark a key revoked (a key revoked already keeps its first revocation time)."""
+    row = await db.fetchrow(
+        f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {_COLUMNS}",
+        key_id,
+    )
+    return None if row is None else ApiKey.from_row(row)

@@ -1,0 +1,78 @@
+"""The ``providers`` table: upstream connections (type, base URL, encrypted API key, timeouts)."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+import asyncpg
+
+_COLUMNS = "id, name, type, base_url, api_key_encrypted, connect_timeout, read_timeout, created_at, updated_at"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    id: int
+    name: str
+    type: str
+    base_url: str
+    #: Fernet ciphertext; decrypt with the app's SecretBox only where the upstream call is made.
+    api_key_encrypted: bytes | None = dataclasses.field(repr=False)
+    connect_timeout: float
+    read_timeout: float
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def has_api_key(self) -> bool:
+        return self.api_key_encrypted is not None
+
+
+class ProviderNameTaken(ValueError):
+    """A provider with that name exists already."""
+
+
+async def create(
+    db,
+    *,
+    name: str,
+    type: str,
+    base_url: str,
+    api_key_encrypted: bytes | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 300.0,
+) -> Provider:
+    """Add a provider; raises ProviderNameTaken when the name is in use."""
+    try:
+        row = await db.fetchrow(
+            f"""
+            INSERT INTO providers (name, type, base_url, api_key_encrypted, connect_timeout, read_timeout)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            RETURNING {_COLUMNS}
+            """,
+            name,
+            type,
+            base_url,
+            api_key_encrypted,
+            connect_timeout,
+            read_timeout,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ProviderNameTaken(f"a provider named {name!r} exists already") from None
+    return Provider(**row)
+
+
+async def get(db, provider_id: int) -> Provider | None:
+    """The provider with this id, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM providers WHERE id = $1", provider_id)
+    return None if row is None else Provider(**row)
+
+
+async def get_by_name(db, name: str) -> Provider | None:
+    """The provider with this name, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM providers WHERE name = $1", name)
+    return None if row is None else Provider(**row)
+
+
+async def list_all(db) -> list[Provider]:
+    """Every provider, by name."""
+    return [Provider(**row) for row in await db.fetch(f"SELECT {_COLUMNS} FROM providers ORDER BY name")]

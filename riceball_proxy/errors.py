@@ -1,0 +1,35 @@
+"""API errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+
+class APIError(Exception):
+    """An error answered to an API client with ``status`` and OpenAI's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        """The error as OpenAI sends it."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        """A JSON response carrying this error."""
+        return web.Response(
+            status=self.status, body=orjson.dumps(self.body()), content_type="application/json", headers=headers
+        )

@@ -1,0 +1,91 @@
+"""The plugin manager: built-in plugins, installed ones found by entry point, and the allow/block lists."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from riceball_proxy import __version__, hookspecs
+from riceball_proxy.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: The setuptools entry-point group in which installed plugins declare themselves.
+ENTRY_POINT_GROUP = "riceball"
+
+#: The gateway's own behaviour, registered before any installed plugin, exactly like one.
+DEFAULT_PLUGINS = (
+    "riceball_proxy.builtin.openai_compat",
+)
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, plus where each installed plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("riceball")
+        self.add_hookspecs(hookspecs)
+        #: plugin name -> (distribution name, version), for plugins loaded from an entry point.
+        self.distributions: dict[str, tuple[str, str]] = {}
+
+
+def make_plugin_manager(settings: Settings, *, entry_points: bool = True) -> PluginManager:
+    """A fresh manager with the built-in plugins and, unless told not to, the installed ones."""
+    pm = PluginManager()
+    for name in settings.disabled_plugins:
+        pm.set_blocked(name)
+    for module_name in DEFAULT_PLUGINS:
+        if not pm.is_blocked(module_name):
+            pm.register(importlib.import_module(module_name), name=module_name)
+    if entry_points:
+        load_entry_point_plugins(pm, settings.plugins)
+    return pm
+
+
+def load_entry_point_plugins(pm: PluginManager, allowed: Iterable[str] | None = None) -> None:
+    """Register every plugin of the ``riceball`` entry-point group (only ``allowed`` ones, if given)."""
+    allowed = None if allowed is None else set(allowed)
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        name = entry_point.name
+        if (allowed is not None and name not in allowed) or pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        pm.register(entry_point.load(), name=name)
+        if entry_point.dist is not None:
+            pm.distributions[name] = (entry_point.dist.name, entry_point.dist.version)
+
+
+def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
+    """Each registered plugin: its name, where it comes from, its version and the hooks it implements."""
+    described = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # a blocked name
+            continue
+        if name in pm.distributions:
+            distribution, version = pm.distributions[name]
+        elif name in DEFAULT_PLUGINS:
+            distribution, version = "riceball-proxy", __version__
+        else:
+            distribution, version = None, None
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
+        described.append(
+            {
+                "name": name,
+                "builtin": name in DEFAULT_PLUGINS,
+                "distribution": distribution,
+                "version": version,
+                "hooks": hooks,
+            }
+        )
+    return described
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """The value itself, or what it resolves to when it is awaitable (a hook may return either)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value

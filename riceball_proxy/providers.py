@@ -1,0 +1,60 @@
+"""Provider types and the adapter interface that talks to an upstream."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pluggy
+
+from riceball_proxy.db.providers import Provider
+
+
+class ProviderAdapter:
+    """Talks to one upstream provider in its own wire format, and to the gateway in OpenAI's.
+
+    An adapter is built per provider (not per request) and shares the app's ClientSession.
+    Errors are raised as ``riceball_proxy.errors.APIError`` already in OpenAI's shape.
+    """
+
+    def __init__(self, provider: Provider, api_key: str | None, session: aiohttp.ClientSession):
+        self.provider = provider
+        self.api_key = api_key
+        self.session = session
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a non-streamed request (OpenAI body) and return the ``chat.completion`` dict."""
+        raise NotImplementedError
+
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Send a streamed request and yield each chunk as the JSON bytes of an SSE ``data:`` field.
+
+        The ``[DONE]`` sentinel is not yielded. An upstream error before the first chunk is raised;
+        one after it is yielded as an ``{"error": {...}}`` payload, as OpenAI does.
+        """
+        raise NotImplementedError
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The upstream's models as OpenAI ``model`` objects."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderType:
+    """A kind of upstream that providers can be configured with (``openai``, ``anthropic``...)."""
+
+    name: str
+    label: str
+    #: Builds the adapter: ``adapter(provider, api_key, session)``.
+    adapter: Callable[[Provider, str | None, aiohttp.ClientSession], ProviderAdapter]
+    default_base_url: str = ""
+
+
+def provider_types(pm: pluggy.PluginManager) -> dict[str, ProviderType]:
+    """Every provider type the registered plugins offer, by name; earlier-called plugins win."""
+    types: dict[str, ProviderType] = {}
+    for offered in pm.hook.riceball_provider_types():
+        for provider_type in offered or ():
+            types.setdefault(provider_type.name, provider_type)
+    return types

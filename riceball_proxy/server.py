@@ -1,0 +1,72 @@
+"""Running the gateway: one process, or several sharing the port with SO_REUSEPORT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+
+from aiohttp import web
+
+from riceball_proxy.app import create_app
+from riceball_proxy.cli import configure_logging
+from riceball_proxy.db.embedded import EmbeddedPostgres
+from riceball_proxy.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed, else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(settings: Settings, *, workers: int = 1) -> None:
+    """Serve until SIGINT or SIGTERM; with ``workers`` > 1, in that many processes."""
+    if workers == 1:
+        run_worker(settings, reuse_port=False)
+        return
+    # The embedded server is started once here, so that the workers share its URL.
+    embedded = None if settings.database_url else EmbeddedPostgres(settings.data_dir)
+    if embedded is not None:
+        settings = settings.replace(database_url=embedded.start())
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=run_worker, args=(settings,), kwargs={"reuse_port": True}, name=f"riceball-worker-{n}")
+        for n in range(workers)
+    ]
+    stop = lambda signum, frame: [p.terminate() for p in processes if p.is_alive()]  # noqa: E731
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        if embedded is not None:
+            embedded.close()
+
+
+def run_worker(settings: Settings, *, reuse_port: bool) -> None:
+    """Run one gateway process on the settings' host and port."""
+    configure_logging(settings.log_level)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port or None,
+        # A client that goes away cancels its handler, and so the upstream call.
+        handler_cancellation=True,
+        loop=new_event_loop(),
+        print=lambda message: logger.info("RiceBall %s", message.strip().splitlines()[0] if message else ""),
+    )

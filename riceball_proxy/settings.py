@@ -1,0 +1,82 @@
+"""Settings read from ``RICEBALL_*`` environment variables and checked once, at start."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A ``RICEBALL_*`` variable holds a value the gateway cannot use; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the gateway is configured with; build it with :meth:`from_env`."""
+
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+    secret_key: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_level: str = "INFO"
+    #: Names of entry-point plugins to load; ``None`` loads every installed one.
+    plugins: frozenset[str] | None = None
+    #: Names of plugins (built-in or installed) that are not registered.
+    disabled_plugins: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``), raising SettingsError."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        database_url = get("RICEBALL_DATABASE_URL")
+        if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
+            raise SettingsError("RICEBALL_DATABASE_URL must start with postgresql://")
+        log_level = (get("RICEBALL_LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(f"RICEBALL_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        plugins = get("RICEBALL_PLUGINS")
+        return cls(
+            database_url=database_url,
+            data_dir=Path(get("RICEBALL_DATA_DIR") or "var"),
+            secret_key=get("RICEBALL_SECRET_KEY"),
+            host=get("RICEBALL_HOST") or DEFAULT_HOST,
+            port=_integer(env, "RICEBALL_PORT", DEFAULT_PORT, 1, 65535),
+            max_body_bytes=_integer(env, "RICEBALL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 2**40),
+            log_level=log_level,
+            plugins=None if plugins is None else _names(plugins),
+            disabled_plugins=_names(get("RICEBALL_DISABLE_PLUGINS") or ""),
+        )
+
+    def replace(self, **changes) -> Settings:
+        """A copy with some fields changed (command-line options win over the environment)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _names(raw: str) -> frozenset[str]:
+    return frozenset(name.strip() for name in raw.split(",") if name.strip())

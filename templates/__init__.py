@@ -1,0 +1,1 @@
+"""Jinja2 templates of the gateway, installed as ``riceball_proxy.templates``."""
