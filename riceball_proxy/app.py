@@ -77,13 +77,13 @@ async def request_id_middleware(request: web.Request, handler) -> web.StreamResp
     request_id = request.headers.get(REQUEST_ID_HEADER, "")
     if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
         request_id = f"req_{uuid.uuid4().hex}"
-    request["request_id"] = request_id
+    request[appkeys.REQUEST_ID] = request_id
     return await handler(request)
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     """Echo the request id on every response, streamed and error ones included."""
-    response.headers[REQUEST_ID_HEADER] = request.get("request_id") or f"req_{uuid.uuid4().hex}"
+    response.headers[REQUEST_ID_HEADER] = request.get(appkeys.REQUEST_ID) or f"req_{uuid.uuid4().hex}"
 
 
 @aiohttp_jinja2.template("index.html")

@@ -14,3 +14,6 @@ PLUGIN_MANAGER = web.AppKey("plugin_manager", PluginManager)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DATABASE = web.AppKey("database", Database)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+
+#: The request's id (the client's X-Request-ID when sane, else a new one).
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -47,7 +47,8 @@ class Database:
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             return True
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except Exception as exc:  # any failure at all means "not ready"; the probe must not raise
+            logger.warning("database readiness check failed: %s", type(exc).__name__)
             return False
 
 

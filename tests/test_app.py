@@ -1,0 +1,76 @@
+import asyncpg
+import pytest
+from aiohttp import web
+
+from riceball_proxy import appkeys
+
+from riceball_proxy.app import create_app
+from riceball_proxy.settings import Settings
+
+
+async def test_healthz_and_readyz(aiohttp_client, settings):
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready"}
+
+
+async def test_every_response_carries_a_request_id(aiohttp_client, settings):
+    client = await aiohttp_client(create_app(settings))
+    generated = (await client.get("/healthz")).headers["X-Request-ID"]
+    assert generated.startswith("req_") and len(generated) == 36
+    assert (await client.get("/healthz", headers={"X-Request-ID": "trace-42"})).headers["X-Request-ID"] == "trace-42"
+    missing = await client.get("/no/such/page")
+    assert missing.status == 404 and missing.headers["X-Request-ID"].startswith("req_")
+    hostile = await client.get("/healthz", headers={"X-Request-ID": "x" * 500})
+    assert hostile.headers["X-Request-ID"].startswith("req_")
+
+
+async def test_landing_page_is_rendered_from_the_packaged_templates(aiohttp_client, settings):
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get("/")
+    assert response.status == 200
+    text = await response.text()
+    assert "RiceBall gateway" in text and "/api/v1/assistants/&lt;assistant id&gt;/v1" in text
+
+
+async def test_readyz_is_503_while_the_database_refuses_connections(aiohttp_client, make_database, postgres_server, tmp_path, secret_key):
+    url = make_database()
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    client = await aiohttp_client(create_app(Settings(database_url=url, data_dir=tmp_path, secret_key=secret_key)))
+    assert (await client.get("/readyz")).status == 200
+
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert await response.json() == {"status": "unavailable", "reason": "database unreachable"}
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        assert (await client.get("/readyz")).status == 200
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_a_failing_startup_hook_stops_the_start(aiohttp_client, settings):
+    from riceball_proxy import hookimpl
+    from riceball_proxy.plugins import make_plugin_manager
+
+    class Broken:
+        @hookimpl
+        def riceball_startup(self, app):
+            raise RuntimeError("plugin cannot start")
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(Broken(), name="broken")
+    app = create_app(settings, plugin_manager=pm)
+    runner = web.AppRunner(app)
+    with pytest.raises(RuntimeError, match="plugin cannot start"):
+        await runner.setup()
+    await app.cleanup()  # what run_app does after a failed start: close what was opened
+    assert app[appkeys.HTTP_SESSION].closed

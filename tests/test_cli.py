@@ -1,0 +1,156 @@
+"""The ``riceball`` command, run in-process against the test database."""
+import io
+import json
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from riceball_proxy import crypto
+from riceball_proxy.cli import main
+
+from conftest import riceball_command, run_sync
+
+
+def run(capsys, monkeypatch, *argv, stdin=""):
+    """Run ``riceball argv...``; return (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:  # argparse's own exits
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_json(capsys, monkeypatch, *argv, stdin=""):
+    status, out, err = run(capsys, monkeypatch, "--json", *argv, stdin=stdin)
+    assert status == 0, err
+    return json.loads(out)
+
+
+def test_provider_assistant_and_key_round_trip(cli_env, capsys, monkeypatch):
+    provider = run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai",
+                        "--base-url", "http://127.0.0.1:9/v1/", "--api-key-stdin", stdin="sk-upstream-123\n")
+    assert provider["name"] == "up" and provider["base_url"] == "http://127.0.0.1:9/v1"
+    assert provider["has_api_key"] is True and "sk-upstream-123" not in json.dumps(provider)
+    listed = run_json(capsys, monkeypatch, "provider", "list")["providers"]
+    assert [p["id"] for p in listed] == [provider["id"]]
+
+    assistant = run_json(capsys, monkeypatch, "assistant", "add", "--name", "helper", "--provider", "up",
+                         "--model", "gpt-4o", "--system-prompt", "Be brief.", "--temperature", "0.3",
+                         "--max-tokens", "200", "--lock", "temperature", "--no-client-system")
+    assert assistant["parameters"] == {"temperature": 0.3, "max_tokens": 200}
+    assert assistant["locked"] == ["temperature"]
+    assert assistant["allow_client_system"] is False and assistant["enabled"] is True
+    assert assistant["base_url"].endswith(f"/api/v1/assistants/{assistant['id']}/v1")
+    assert [a["id"] for a in run_json(capsys, monkeypatch, "assistant", "list")["assistants"]] == [assistant["id"]]
+
+    created = run_json(capsys, monkeypatch, "key", "create", "--name", "laptop", "--assistant", assistant["id"],
+                       "--expires-in", "30d")
+    secret = created["key"]
+    assert secret.startswith("sk-") and created["prefix"] == secret[:11]
+    assert created["assistant_ids"] == [assistant["id"]] and created["expires_at"] is not None
+
+    status, out, _ = run(capsys, monkeypatch, "key", "list")
+    assert status == 0 and secret not in out and created["prefix"] in out
+    keys = run_json(capsys, monkeypatch, "key", "list")["keys"]
+    assert secret not in json.dumps(keys)
+    assert [(k["id"], k["status"]) for k in keys] == [(created["id"], "active")]
+
+    revoked = run_json(capsys, monkeypatch, "key", "revoke", created["prefix"])
+    assert revoked["status"] == "revoked"
+    assert run_json(capsys, monkeypatch, "key", "list")["keys"][0]["status"] == "revoked"
+
+    stored = run_sync(_fetch_key_hash, cli_env.database_url, created["id"])
+    assert stored == crypto.hash_api_key(secret)
+
+
+async def _fetch_key_hash(url, key_id):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT key_hash FROM api_keys WHERE id = $1::uuid", key_id)
+    finally:
+        await conn.close()
+
+
+def test_json_flag_is_accepted_after_the_command(cli_env, capsys, monkeypatch):
+    status, out, _ = run(capsys, monkeypatch, "provider", "list", "--json")
+    assert status == 0 and json.loads(out) == {"providers": []}
+
+
+def test_plain_output_says_what_to_do_when_empty(cli_env, capsys, monkeypatch):
+    assert run(capsys, monkeypatch, "key", "list")[1] == "no keys yet: riceball key create --name NAME\n"
+
+
+def test_admin_create_hashes_the_password(cli_env, capsys, monkeypatch):
+    admin = run_json(capsys, monkeypatch, "admin", "create", "--username", "root", "--password-stdin",
+                     stdin="a long password\n")
+    assert admin["username"] == "root"
+    stored = run_sync(_fetch_password_hash, cli_env.database_url)
+    assert stored.startswith("$argon2id$") and crypto.verify_password(stored, "a long password")
+    status, _, err = run(capsys, monkeypatch, "admin", "create", "--username", "root", "--password-stdin",
+                         stdin="another password\n")
+    assert (status, err) == (2, "riceball: error: an admin named 'root' exists already\n")
+
+
+async def _fetch_password_hash(url):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT password_hash FROM admins")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    "argv, stdin, says",
+    [
+        (["provider", "add", "--name", "x", "--type", "nope", "--base-url", "http://h"], "",
+         "unknown provider type 'nope'; installed types: openai"),
+        (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "ftp://h"], "", "is not an http(s) URL"),
+        (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "http://h", "--api-key-stdin"], "",
+         "no API key on standard input"),
+        (["assistant", "add", "--name", "a", "--provider", "missing", "--model", "m"], "", "no provider named 'missing'"),
+        (["assistant", "add", "--name", "a", "--provider", "p", "--model", "m", "--lock", "colour"], "",
+         "--lock takes one of"),
+        (["key", "create", "--name", "k", "--assistant", "not-a-uuid"], "", "is not an assistant id"),
+        (["key", "create", "--name", "k", "--assistant", "00000000-0000-0000-0000-000000000001"], "",
+         "no assistant with id 00000000-0000-0000-0000-000000000001"),
+        (["key", "create", "--name", "k", "--expires-in", "soon"], "", "is not a duration"),
+        (["key", "revoke", "sk-unknown"], "", "no key with id or prefix 'sk-unknown'"),
+        (["admin", "create", "--username", "u", "--password-stdin"], "short\n", "at least 8 characters"),
+        (["serve", "--port", "0"], "", "must be at least 1"),
+        (["frobnicate"], "", "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(cli_env, capsys, monkeypatch, argv, stdin, says):
+    status, out, err = run(capsys, monkeypatch, *argv, stdin=stdin)
+    assert status == 2
+    assert says in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_a_bad_environment_variable_exits_2(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("RICEBALL_PORT", "eighty")
+    status, _, err = run(capsys, monkeypatch, "provider", "list")
+    assert (status, err) == (2, "riceball: error: RICEBALL_PORT must be a whole number, got 'eighty'\n")
+
+
+def test_an_unreachable_database_exits_1(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("RICEBALL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+    status, _, err = run(capsys, monkeypatch, "provider", "list")
+    assert status == 1 and err.startswith("riceball: error: database unavailable:")
+
+
+def test_plugins_command_lists_plugins_and_hooks(cli_env, capsys, monkeypatch):
+    plugins = run_json(capsys, monkeypatch, "plugins")["plugins"]
+    builtin = next(p for p in plugins if p["name"] == "riceball_proxy.builtin.openai_compat")
+    assert builtin["hooks"] == ["riceball_provider_types"] and builtin["builtin"] is True
+
+
+def test_the_console_script_is_installed(cli_env):
+    result = subprocess.run([*riceball_command(), "--json", "provider", "list"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"providers": []}

@@ -1,0 +1,97 @@
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+
+from riceball_proxy import __version__, hookspecs
+from riceball_proxy.app import create_app
+from riceball_proxy.plugins import DEFAULT_PLUGINS, await_me_maybe, describe_plugins, make_plugin_manager
+from riceball_proxy.providers import provider_types
+from riceball_proxy.settings import Settings
+
+PLUGINS_DIR = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """``tests/plugins/lifecycle_recorder.py`` installed as distribution ``riceball-recorder`` 1.2.3.
+
+    A real ``.dist-info`` folder on ``sys.path``: importlib.metadata discovers its entry point exactly
+    as it does for a plugin installed by pip.
+    """
+    dist_info = tmp_path / "riceball_recorder-1.2.3.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: riceball-recorder\nVersion: 1.2.3\n")
+    (dist_info / "entry_points.txt").write_text("[riceball]\nrecorder = lifecycle_recorder\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(PLUGINS_DIR))
+    import lifecycle_recorder
+
+    lifecycle_recorder.events.clear()
+    yield lifecycle_recorder
+    sys.modules.pop("lifecycle_recorder", None)
+
+
+def test_default_plugins_are_registered_like_any_plugin():
+    pm = make_plugin_manager(Settings(), entry_points=False)
+    assert [name for name, _ in pm.list_name_plugin()] == list(DEFAULT_PLUGINS)
+    described = describe_plugins(pm)
+    assert described[0] == {
+        "name": "riceball_proxy.builtin.openai_compat",
+        "builtin": True,
+        "distribution": "riceball-proxy",
+        "version": __version__,
+        "hooks": ["riceball_provider_types"],
+    }
+    assert list(provider_types(pm)) == ["openai"]
+
+
+def test_installed_plugins_are_found_by_entry_point(installed_plugin):
+    pm = make_plugin_manager(Settings())
+    recorder = next(p for p in describe_plugins(pm) if p["name"] == "recorder")
+    assert recorder == {
+        "name": "recorder",
+        "builtin": False,
+        "distribution": "riceball-recorder",
+        "version": "1.2.3",
+        "hooks": ["riceball_provider_types", "riceball_shutdown", "riceball_startup"],
+    }
+    types = provider_types(pm)
+    assert sorted(types) == ["openai", "recorder"]
+    assert types["openai"].label == "OpenAI (replaced by tests)"  # the installed plugin wins
+
+
+def test_the_allowlist_keeps_other_installed_plugins_out(installed_plugin):
+    assert "recorder" not in dict(make_plugin_manager(Settings(plugins=frozenset({"other"}))).list_name_plugin())
+    assert "recorder" in dict(make_plugin_manager(Settings(plugins=frozenset({"recorder"}))).list_name_plugin())
+
+
+def test_disabled_plugins_are_not_registered(installed_plugin):
+    pm = make_plugin_manager(Settings(disabled_plugins=frozenset({"recorder", "riceball_proxy.builtin.openai_compat"})))
+    assert describe_plugins(pm) == []
+    assert provider_types(pm) == {}
+
+
+async def test_startup_and_shutdown_hooks_run_with_the_app(installed_plugin, aiohttp_client, settings):
+    client = await aiohttp_client(create_app(settings))
+    assert installed_plugin.events == ["startup"]
+    await client.close()
+    assert installed_plugin.events == ["startup", "shutdown"]
+
+
+def test_every_hookspec_says_how_its_result_is_used():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("riceball_")]
+    assert len(specs) >= 9
+    for spec in specs:
+        doc = inspect.getdoc(spec) or ""
+        assert any(word in doc for word in ("*Awaited*", "*Selector*", "Synchronous")), spec.__name__
+
+
+async def test_await_me_maybe():
+    async def later():
+        return 2
+
+    assert await await_me_maybe(1) == 1
+    assert await await_me_maybe(later()) == 2
+    assert await await_me_maybe(None) is None

@@ -1,0 +1,79 @@
+"""``riceball serve`` as a real process, the way the README starts it."""
+import json
+import os
+import signal
+import subprocess
+
+import asyncpg
+import pytest
+
+from riceball_proxy.db.migrate import available_migrations
+
+from conftest import free_port, riceball_command, run_sync, wait_for_http
+
+
+def environment(**values):
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RICEBALL_")}
+    env.update(values)
+    return env
+
+
+@pytest.fixture
+def start_server():
+    """Start ``riceball serve`` processes; each is stopped with SIGTERM at the end of the test."""
+    processes = []
+
+    def start(env, port):
+        process = subprocess.Popen([*riceball_command(), "serve", "--port", str(port)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_serve_with_no_database_url_runs_an_embedded_database(start_server, tmp_path):
+    env = environment(RICEBALL_DATA_DIR=str(tmp_path / "var"))
+    port = free_port()
+    server = start_server(env, port)
+    assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+
+    # A command run meanwhile joins the same embedded server, and leaves it running.
+    listed = subprocess.run([*riceball_command(), "--json", "provider", "list"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"providers": []}
+    assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    assert not (tmp_path / "var" / "postgres" / "postmaster.pid").exists()  # the last user stopped it
+    assert (tmp_path / "var" / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_two_servers_started_together_migrate_once(start_server, make_database, tmp_path):
+    url = make_database()
+    env = environment(RICEBALL_DATABASE_URL=url, RICEBALL_DATA_DIR=str(tmp_path / "var"))
+    ports = [free_port(), free_port()]
+    servers = [start_server(env, port) for port in ports]
+    for server, port in zip(servers, ports):
+        assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+
+    async def applied():
+        conn = await asyncpg.connect(url)
+        try:
+            return [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+        finally:
+            await conn.close()
+
+    assert run_sync(applied) == [m.version for m in available_migrations()]
