@@ -154,3 +154,10 @@ def test_the_console_script_is_installed(cli_env):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"providers": []}
+
+
+def test_migrate_reports_the_applied_migrations(cli_env, capsys, monkeypatch):
+    from riceball_proxy.db.migrate import available_migrations
+
+    migrations = run_json(capsys, monkeypatch, "migrate")["migrations"]
+    assert [(m["version"], m["name"]) for m in migrations] == [(m.version, m.name) for m in available_migrations()]

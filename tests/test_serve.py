@@ -23,8 +23,8 @@ def start_server():
     """Start ``riceball serve`` processes; each is stopped with SIGTERM at the end of the test."""
     processes = []
 
-    def start(env, port):
-        process = subprocess.Popen([*riceball_command(), "serve", "--port", str(port)], env=env,
+    def start(env, port, *options):
+        process = subprocess.Popen([*riceball_command(), "serve", "--port", str(port), *options], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         processes.append(process)
         return process
@@ -77,3 +77,13 @@ def test_two_servers_started_together_migrate_once(start_server, make_database, 
             await conn.close()
 
     assert run_sync(applied) == [m.version for m in available_migrations()]
+
+
+def test_workers_share_one_port(start_server, clean_database, tmp_path):
+    env = environment(RICEBALL_DATABASE_URL=clean_database, RICEBALL_DATA_DIR=str(tmp_path / "var"))
+    port = free_port()
+    server = start_server(env, port, "--workers", "2")
+    for _ in range(10):
+        assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
