@@ -1,6 +1,8 @@
 """The application factory: ``create_app(settings)`` builds the gateway's ``web.Application``."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -11,9 +13,12 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import __version__, appkeys
+from riceball_proxy.api import setup_api
+from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
 from riceball_proxy.plugins import PluginManager, await_me_maybe, make_plugin_manager
+from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 from riceball_proxy.templating import setup_templates
 
@@ -23,6 +28,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 #: Upstream connections kept open at once (all providers together), and per upstream host.
 HTTP_POOL_LIMIT = 1000
 HTTP_POOL_LIMIT_PER_HOST = 0
+#: Bytes of one upstream line (an SSE event) read at once; large tool-call chunks need room.
+HTTP_READ_BUFSIZE = 2**20
+#: Seconds that observers still running at shutdown are given to finish.
+BACKGROUND_TASKS_GRACE = 10.0
 
 
 def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
@@ -36,10 +45,13 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     # Order matters: plugins start after, and stop before, the resources they use.
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(http_session_ctx)
+    app.cleanup_ctx.append(config_cache_ctx)
     app.cleanup_ctx.append(plugins_ctx)
+    app.cleanup_ctx.append(background_tasks_ctx)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    setup_api(app)
     return app
 
 
@@ -53,9 +65,35 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
     """The one ClientSession through which every upstream call goes, with keep-alive."""
     connector = aiohttp.TCPConnector(limit=HTTP_POOL_LIMIT, limit_per_host=HTTP_POOL_LIMIT_PER_HOST)
-    async with aiohttp.ClientSession(connector=connector, json_serialize=lambda v: orjson.dumps(v).decode()) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, read_bufsize=HTTP_READ_BUFSIZE, json_serialize=lambda v: orjson.dumps(v).decode()
+    ) as session:
         app[appkeys.HTTP_SESSION] = session
         yield
+
+
+async def config_cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The hot-path cache of keys, assistants and providers, and the task that keeps it coherent."""
+    cache = ConfigCache(
+        app[appkeys.DATABASE].pool,
+        app[appkeys.SECRET_BOX],
+        provider_types(app[appkeys.PLUGIN_MANAGER]),
+        app[appkeys.HTTP_SESSION],
+    )
+    app[appkeys.CONFIG_CACHE] = cache
+    listener = asyncio.create_task(cache.listen(app[appkeys.DATABASE].url), name="riceball-config-listener")
+    yield
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+
+
+async def background_tasks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Let work started off the request path (observers) finish before the resources close."""
+    app[appkeys.BACKGROUND_TASKS] = tasks = set()
+    yield
+    if tasks:
+        await asyncio.wait(tasks, timeout=BACKGROUND_TASKS_GRACE)
 
 
 async def plugins_ctx(app: web.Application) -> AsyncIterator[None]:

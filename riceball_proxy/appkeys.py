@@ -1,9 +1,12 @@
 """Every typed key under which the application keeps its shared objects."""
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
+from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
 from riceball_proxy.plugins import PluginManager
@@ -14,6 +17,9 @@ PLUGIN_MANAGER = web.AppKey("plugin_manager", PluginManager)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DATABASE = web.AppKey("database", Database)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
+#: Tasks started off the request path (``riceball_request_finished`` observers), awaited at shutdown.
+BACKGROUND_TASKS = web.AppKey("background_tasks", set[asyncio.Task])
 
 #: The request's id (the client's X-Request-ID when sane, else a new one).
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -37,16 +37,21 @@ class Usage:
 
 @dataclasses.dataclass
 class ChatContext:
-    """One chat-completions request on its way through the gateway."""
+    """One API request on its way through the gateway.
+
+    ``principal``, ``assistant`` and ``provider`` are filled in as the request passes authentication
+    and assistant resolution; a request refused before that reaches ``riceball_request_finished``
+    with them still None.
+    """
 
     request_id: str
-    assistant: Assistant
-    provider: Provider
-    principal: Principal
+    principal: Principal | None = None
+    assistant: Assistant | None = None
+    provider: Provider | None = None
     #: The upstream request body (OpenAI format), changed in place by ``riceball_prepare_request``.
-    body: dict[str, Any]
-    #: The body as the client sent it, for plugins that need the original.
-    client_body: dict[str, Any]
+    body: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The body as the client sent it (a shallow copy taken before injection).
+    client_body: dict[str, Any] = dataclasses.field(default_factory=dict)
     stream: bool = False
     #: What the client asked for in ``stream_options.include_usage``.
     client_wants_usage: bool = False
@@ -56,6 +61,18 @@ class ChatContext:
     usage: Usage = dataclasses.field(default_factory=Usage)
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def record_usage(self, usage: Any) -> None:
+        """Take the token counts of an OpenAI ``usage`` object (ignored when it is not one)."""
+        if not isinstance(usage, dict):
+            return
+        self.usage = Usage(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,10 @@ ENTRY_POINT_GROUP = "riceball"
 
 #: The gateway's own behaviour, registered before any installed plugin, exactly like one.
 DEFAULT_PLUGINS = (
+    "riceball_proxy.builtin.api_key_auth",
+    "riceball_proxy.builtin.injection",
     "riceball_proxy.builtin.openai_compat",
+    "riceball_proxy.builtin.request_log",
 )
 
 
@@ -89,3 +92,35 @@ async def await_me_maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+def _in_call_order(hook: pluggy.HookCaller) -> list[pluggy.HookImpl]:
+    # pluggy calls the last of get_hookimpls() first; wrappers have no meaning for awaited hooks.
+    return [impl for impl in reversed(hook.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
+
+
+def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+    return impl.function(*[kwargs[name] for name in impl.argnames])
+
+
+async def await_hook(hook: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
+    """Call an *awaited* hook: each implementation in pluggy's call order, each awaited before the next.
+
+    Unlike ``hook(**kwargs)``, which runs every synchronous part before any coroutine body, this
+    keeps the order of effects the order of the chain. Returns the results that are not None.
+    """
+    results = []
+    for impl in _in_call_order(hook):
+        result = await await_me_maybe(_call(impl, kwargs))
+        if result is not None:
+            results.append(result)
+    return results
+
+
+async def await_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
+    """Call an *awaited* hook in call order and stop at the first result that is not None."""
+    for impl in _in_call_order(hook):
+        result = await await_me_maybe(_call(impl, kwargs))
+        if result is not None:
+            return result
+    return None

@@ -36,14 +36,17 @@ def installed_plugin(tmp_path, monkeypatch):
 def test_default_plugins_are_registered_like_any_plugin():
     pm = make_plugin_manager(Settings(), entry_points=False)
     assert [name for name, _ in pm.list_name_plugin()] == list(DEFAULT_PLUGINS)
-    described = describe_plugins(pm)
-    assert described[0] == {
+    described = {p["name"]: p for p in describe_plugins(pm)}
+    assert described["riceball_proxy.builtin.openai_compat"] == {
         "name": "riceball_proxy.builtin.openai_compat",
         "builtin": True,
         "distribution": "riceball-proxy",
         "version": __version__,
         "hooks": ["riceball_provider_types"],
     }
+    assert described["riceball_proxy.builtin.api_key_auth"]["hooks"] == ["riceball_authenticate"]
+    assert described["riceball_proxy.builtin.injection"]["hooks"] == ["riceball_prepare_request"]
+    assert described["riceball_proxy.builtin.request_log"]["hooks"] == ["riceball_request_finished"]
     assert list(provider_types(pm)) == ["openai"]
 
 
@@ -69,7 +72,8 @@ def test_the_allowlist_keeps_other_installed_plugins_out(installed_plugin):
 
 def test_disabled_plugins_are_not_registered(installed_plugin):
     pm = make_plugin_manager(Settings(disabled_plugins=frozenset({"recorder", "riceball_proxy.builtin.openai_compat"})))
-    assert describe_plugins(pm) == []
+    names = [p["name"] for p in describe_plugins(pm)]
+    assert names == [name for name in DEFAULT_PLUGINS if name != "riceball_proxy.builtin.openai_compat"]
     assert provider_types(pm) == {}
 
 

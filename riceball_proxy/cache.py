@@ -1,0 +1,178 @@
+"""In-process copies of API keys, assistants and providers, kept coherent through LISTEN/NOTIFY.
+
+Triggers (migration 0002) notify channel ``riceball_config`` with ``<table>:<id>`` on every change.
+A dedicated connection listens; each notification drops the matching entry. While that connection
+is down nothing is cached (every lookup reads the database), and all entries are dropped when it
+comes back, so a change made while it was down is never served stale.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from riceball_proxy.crypto import SecretBox
+from riceball_proxy.db import api_keys, assistants, providers
+from riceball_proxy.db.api_keys import ApiKey
+from riceball_proxy.db.assistants import Assistant
+from riceball_proxy.db.providers import Provider
+from riceball_proxy.providers import ProviderAdapter, ProviderType
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "riceball_config"
+#: Unknown key hashes remembered (so that a flood of bad keys does not reach the database).
+MAX_UNKNOWN_KEYS = 10_000
+#: Seconds between liveness checks of the listening connection, and before reconnecting.
+LISTENER_PING_INTERVAL = 5.0
+LISTENER_RETRY_DELAY = 1.0
+
+
+class ProviderNotInstalled(LookupError):
+    """A provider's type is offered by no registered plugin."""
+
+
+class ConfigCache:
+    """Hot-path lookups that need no database round trip once warm."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        secret_box: SecretBox,
+        provider_types: dict[str, ProviderType],
+        session: aiohttp.ClientSession,
+    ):
+        self.pool = pool
+        self.secret_box = secret_box
+        self.provider_types = provider_types
+        self.session = session
+        #: True while the listening connection is up; nothing is cached otherwise.
+        self.listening = False
+        self._keys: dict[bytes, ApiKey] = {}
+        self._unknown_keys: OrderedDict[bytes, None] = OrderedDict()
+        self._assistants: dict[uuid.UUID, Assistant | None] = {}
+        self._providers: dict[int, tuple[Provider, ProviderAdapter]] = {}
+        # Bumped by every invalidation: a read that started before one must not store its result.
+        self._generation = 0
+
+    # --- lookups -----------------------------------------------------------------------------------
+
+    async def api_key(self, key_hash: bytes) -> ApiKey | None:
+        """The key with this SHA-256, or None."""
+        key = self._keys.get(key_hash)
+        if key is not None or key_hash in self._unknown_keys:
+            return key
+        key = await self._load(lambda: api_keys.get_by_hash(self.pool, key_hash), self._store_key, key_hash)
+        return key
+
+    async def assistant(self, assistant_id: uuid.UUID) -> Assistant | None:
+        """The assistant with this id, or None."""
+        try:
+            return self._assistants[assistant_id]
+        except KeyError:
+            return await self._load(
+                lambda: assistants.get(self.pool, assistant_id), self._assistants.__setitem__, assistant_id
+            )
+
+    async def provider(self, provider_id: int) -> tuple[Provider, ProviderAdapter]:
+        """The provider with this id and its adapter (built once per provider, not per request)."""
+        try:
+            return self._providers[provider_id]
+        except KeyError:
+            pass
+
+        async def load():
+            provider = await providers.get(self.pool, provider_id)
+            if provider is None:
+                raise LookupError(f"no provider with id {provider_id}")
+            return provider, self._adapter(provider)
+
+        return await self._load(load, self._providers.__setitem__, provider_id)
+
+    def _adapter(self, provider: Provider) -> ProviderAdapter:
+        provider_type = self.provider_types.get(provider.type)
+        if provider_type is None:
+            raise ProviderNotInstalled(f"provider type {provider.type!r} is not installed")
+        api_key = None
+        if provider.api_key_encrypted is not None:
+            api_key = self.secret_box.decrypt(provider.api_key_encrypted)
+        return provider_type.adapter(provider, api_key, self.session)
+
+    async def _load(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any) -> Any:
+        generation = self._generation
+        value = await read()
+        if self.listening and generation == self._generation:
+            store(cache_key, value)
+        return value
+
+    def _store_key(self, key_hash: bytes, key: ApiKey | None) -> None:
+        if key is not None:
+            self._keys[key_hash] = key
+            return
+        self._unknown_keys[key_hash] = None
+        if len(self._unknown_keys) > MAX_UNKNOWN_KEYS:
+            self._unknown_keys.popitem(last=False)
+
+    # --- invalidation ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Drop every entry."""
+        self._generation += 1
+        self._keys.clear()
+        self._unknown_keys.clear()
+        self._assistants.clear()
+        self._providers.clear()
+
+    def invalidate(self, payload: str) -> None:
+        """Drop what a ``<table>:<id>`` notification names (everything, if it cannot be read)."""
+        self._generation += 1
+        table, _, raw_id = payload.partition(":")
+        try:
+            if table == "api_keys":
+                key_id = uuid.UUID(raw_id)
+                for key_hash, key in list(self._keys.items()):
+                    if key.id == key_id:
+                        del self._keys[key_hash]
+                self._unknown_keys.clear()  # a new key may have a hash seen before as unknown
+            elif table == "assistants":
+                self._assistants.pop(uuid.UUID(raw_id), None)
+            elif table == "providers":
+                self._providers.pop(int(raw_id), None)
+            else:
+                self.flush()
+        except ValueError:
+            self.flush()
+
+    async def listen(self, url: str) -> None:
+        """Listen for changes until cancelled, reconnecting whenever the connection is lost."""
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn: lost.set())
+                await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: self.invalidate(payload))
+                self.flush()
+                self.listening = True
+                logger.info("listening for configuration changes")
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), LISTENER_PING_INTERVAL)
+                    except TimeoutError:
+                        await conn.fetchval("SELECT 1", timeout=LISTENER_PING_INTERVAL)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: stop caching, reconnect after a pause
+                logger.warning("configuration listener lost (%s); retrying", type(exc).__name__)
+            finally:
+                self.listening = False
+                self.flush()
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(LISTENER_RETRY_DELAY)

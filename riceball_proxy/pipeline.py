@@ -1,0 +1,228 @@
+"""One chat completion through the hook chain: resolve, prepare, call upstream, answer, observe."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from riceball_proxy import appkeys, sse
+from riceball_proxy.api import CLIENT_CLOSED_REQUEST, finish, new_context, read_chat_request, resolve, resolve_provider
+from riceball_proxy.context import ChatContext
+from riceball_proxy.errors import APIError
+from riceball_proxy.plugins import await_hook, await_me_maybe, _in_call_order
+from riceball_proxy.providers import ProviderAdapter
+
+logger = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # Tells nginx and similar proxies in front of the gateway not to buffer the stream.
+    "X-Accel-Buffering": "no",
+}
+DONE_EVENT = sse.encode(sse.DONE)
+
+
+class UpstreamStreamError(Exception):
+    """The upstream sent an error event in the middle of a stream; ``payload`` is its JSON."""
+
+    def __init__(self, payload: bytes):
+        super().__init__("upstream error event")
+        self.payload = payload
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST .../v1/chat/completions``, streamed or not."""
+    ctx = new_context(request)
+    status, error_type, disconnected = 200, None, False
+    try:
+        await resolve(request, ctx)
+        client_body = await read_chat_request(request)
+        ctx.client_body = client_body
+        ctx.body = {**client_body, "messages": list(client_body["messages"])}
+        ctx.stream = bool(client_body.get("stream"))
+        adapter = await resolve_provider(request, ctx)
+        pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+        await await_hook(pm.hook.riceball_prepare_request, ctx=ctx)
+        if not ctx.stream:
+            return await _complete(request, ctx, adapter)
+        response, error = await _stream(request, ctx, adapter)
+        if error is not None:
+            status, error_type = error.status, error.type
+        return response
+    except APIError as exc:
+        status, error_type = exc.status, exc.type
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
+        raise
+    except web.HTTPException as exc:
+        status, error_type = exc.status, "invalid_request_error"
+        raise
+    except Exception:
+        status, error_type = 500, "server_error"
+        raise
+    finally:
+        finish(request, ctx, status, error_type, disconnected=disconnected)
+
+
+async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.Response:
+    answer = await adapter.complete(ctx.body)
+    ctx.first_token_at = time.perf_counter()
+    ctx.record_usage(answer.get("usage"))
+    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    for impl in _in_call_order(pm.hook.riceball_transform_response):
+        changed = await await_me_maybe(impl.function(*[{"ctx": ctx, "response": answer}[n] for n in impl.argnames]))
+        if changed is not None:
+            answer = changed
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter):
+    """Answer with SSE; returns the response and the error that ended it early, if any."""
+    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
+    upstream = adapter.stream(ctx.body)
+    try:
+        # The first chunk is awaited before anything is sent, so an upstream that refuses the
+        # request is answered with a proper HTTP status rather than an error event.
+        try:
+            first = await anext(upstream)
+        except StopAsyncIteration:
+            first = None
+        if first is not None and _is_error_payload(first):
+            raise _error_from_payload(first)
+
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        events = _raw_events(ctx, first, upstream) if not transformers else _transformed_events(ctx, first, upstream, transformers)
+        error = None
+        try:
+            async for event in events:
+                await response.write(event)
+        except UpstreamStreamError as exc:
+            error = _error_from_payload(exc.payload)
+            await response.write(sse.encode(exc.payload))
+        except APIError as exc:
+            error = exc
+            await response.write(sse.encode(orjson.dumps(exc.body())))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            logger.exception("stream %s failed after it began", ctx.request_id)
+            error = APIError(500, "The server had an error while streaming the answer.", type="server_error",
+                             code="internal_error")
+            await response.write(sse.encode(orjson.dumps(error.body())))
+        else:
+            await response.write(DONE_EVENT)
+        await response.write_eof()
+        return response, error
+    finally:
+        await upstream.aclose()
+
+
+async def _raw_events(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The fast path: upstream payloads forwarded as they are, looked into only for usage and errors."""
+    if first is None:
+        return
+    payload = first
+    while True:
+        if ctx.first_token_at is None:
+            ctx.first_token_at = time.perf_counter()
+        if _may_carry_usage_or_error(payload):
+            chunk = orjson.loads(payload)
+            if _is_error_chunk(chunk):
+                raise UpstreamStreamError(payload)
+            if _keep_after_usage(ctx, chunk):
+                yield sse.encode(payload)
+        else:
+            yield sse.encode(payload)
+        try:
+            payload = await anext(upstream)
+        except StopAsyncIteration:
+            return
+
+
+async def _transformed_events(
+    ctx: ChatContext,
+    first: bytes | None,
+    upstream: AsyncIterator[bytes],
+    transformers: list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]],
+) -> AsyncIterator[bytes]:
+    """Chunks parsed, passed through the plugins' transformers (folded in call order), re-serialised."""
+
+    async def chunks() -> AsyncIterator[dict]:
+        if first is None:
+            return
+        payload = first
+        while True:
+            if ctx.first_token_at is None:
+                ctx.first_token_at = time.perf_counter()
+            chunk = orjson.loads(payload)
+            if _is_error_chunk(chunk):
+                raise UpstreamStreamError(payload)
+            if isinstance(chunk.get("usage"), dict):
+                ctx.record_usage(chunk["usage"])
+            yield chunk
+            try:
+                payload = await anext(upstream)
+            except StopAsyncIteration:
+                return
+
+    stream: AsyncIterator[dict] = chunks()
+    for transform in transformers:
+        stream = transform(stream)
+    async for chunk in stream:
+        if ctx.client_wants_usage or chunk.get("choices") or not chunk.get("usage"):
+            yield sse.encode(orjson.dumps(chunk))
+
+
+def _may_carry_usage_or_error(payload: bytes) -> bool:
+    # With include_usage every chunk has "usage":null; only a non-null one needs parsing.
+    if b'"error"' in payload:
+        return True
+    return b'"usage"' in payload and b'"usage":null' not in payload and b'"usage": null' not in payload
+
+
+def _keep_after_usage(ctx: ChatContext, chunk: dict[str, Any]) -> bool:
+    """Record the usage a chunk carries; False for the usage-only chunk the client did not ask for."""
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return True
+    ctx.record_usage(usage)
+    return ctx.client_wants_usage or bool(chunk.get("choices"))
+
+
+def _is_error_chunk(chunk: Any) -> bool:
+    return isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices")
+
+
+def _is_error_payload(payload: bytes) -> bool:
+    if b'"error"' not in payload:
+        return False
+    try:
+        return _is_error_chunk(orjson.loads(payload))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _error_from_payload(payload: bytes) -> APIError:
+    """An APIError from an ``{"error": {...}}`` event (a 502: the upstream failed)."""
+    try:
+        error = orjson.loads(payload).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if not isinstance(error, dict):
+        error = {"message": str(error) if error else "The upstream provider failed."}
+    return APIError(
+        502,
+        str(error.get("message") or "The upstream provider failed."),
+        type=str(error.get("type") or "api_error"),
+        param=error.get("param"),
+        code=None if error.get("code") is None else str(error.get("code")),
+    )
