@@ -8,6 +8,7 @@ Every error it answers is in OpenAI's shape, with the matching status.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -49,8 +50,9 @@ async def api_error_middleware(request: web.Request, handler) -> web.StreamRespo
         return await handler(request)
     except APIError as exc:
         return exc.response()
-    except web.HTTPRequestEntityTooLarge as exc:
-        return APIError(413, f"The request body is too large (the limit is {exc.max_size} bytes).",
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.config_dict[appkeys.SETTINGS].max_body_bytes
+        return APIError(413, f"The request body is too large (the limit is {limit} bytes).",
                         code="request_too_large").response()
     except web.HTTPException as exc:
         if exc.status == 404:
@@ -139,7 +141,7 @@ def finish(request: web.Request, ctx: ChatContext, status: int, error_type: str 
     )
     app = request.config_dict
     pm = app[appkeys.PLUGIN_MANAGER]
-    task = request.loop.create_task(_notify_observers(pm, ctx, outcome))
+    task = asyncio.get_running_loop().create_task(_notify_observers(pm, ctx, outcome))
     tasks = app[appkeys.BACKGROUND_TASKS]
     tasks.add(task)
     task.add_done_callback(tasks.discard)

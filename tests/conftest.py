@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -180,3 +181,110 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+# --- the gateway and a fake upstream, both real servers ---------------------------------------------
+
+
+@pytest.fixture
+async def fake_openai(aiohttp_server):
+    """A fake OpenAI upstream on a real port; ``fake_openai.base_url`` ends in ``/v1``."""
+    from fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI()
+    server = await aiohttp_server(fake.app())
+    fake.base_url = str(server.make_url("/v1"))
+    return fake
+
+
+class Gateway:
+    """A running gateway app and helpers to configure it through the real repositories."""
+
+    def __init__(self, app, server):
+        from riceball_proxy import appkeys
+
+        self.app = app
+        self.server = server
+        self.pool = app[appkeys.DATABASE].pool
+        self.cache = app[appkeys.CONFIG_CACHE]
+        self.secret_box = app[appkeys.SECRET_BOX]
+
+    def url(self, path: str = "") -> str:
+        return str(self.server.make_url(path))
+
+    def base_url(self, assistant_id) -> str:
+        return self.url(f"/api/v1/assistants/{assistant_id}/v1")
+
+    async def provider(self, base_url: str, *, api_key: str | None = "sk-upstream-secret", name: str | None = None,
+                       type: str = "openai", **fields):
+        from riceball_proxy.db import providers
+
+        return await providers.create(
+            self.pool, name=name or f"provider-{uuid.uuid4().hex[:8]}", type=type, base_url=base_url,
+            api_key_encrypted=None if api_key is None else self.secret_box.encrypt(api_key), **fields,
+        )
+
+    async def assistant(self, provider, **fields):
+        from riceball_proxy.db import assistants
+
+        values = {"name": "helper", "model": "gpt-4o"} | fields
+        return await assistants.create(self.pool, provider_id=provider.id, **values)
+
+    async def key(self, *, assistant_ids=None, expires_at=None, name="test key") -> str:
+        from riceball_proxy import crypto
+        from riceball_proxy.db import api_keys
+
+        secret = crypto.generate_api_key()
+        await api_keys.create(self.pool, name=name, key_hash=crypto.hash_api_key(secret),
+                              prefix=crypto.display_prefix(secret), assistant_ids=assistant_ids, expires_at=expires_at)
+        return secret
+
+    def client(self, assistant_id, key: str, **options):
+        """The official async OpenAI SDK pointed at an assistant."""
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url(assistant_id), api_key=key, max_retries=0, **options)
+
+    def sync_client(self, assistant_id, key: str, **options):
+        """The official sync OpenAI SDK (call it through ``asyncio.to_thread``: the server shares this loop)."""
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url(assistant_id), api_key=key, max_retries=0, **options)
+
+    async def wait_until_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.cache.listening:
+            assert time.monotonic() < deadline, "the configuration listener did not connect"
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def start_gateway(aiohttp_server):
+    """Start gateway apps on real ports (several may share one database)."""
+    from riceball_proxy.app import create_app
+
+    async def start(settings, plugin_manager=None) -> Gateway:
+        app = create_app(settings, plugin_manager=plugin_manager)
+        server = await aiohttp_server(app)
+        gateway = Gateway(app, server)
+        await gateway.wait_until_listening()
+        return gateway
+
+    return start
+
+
+@pytest.fixture
+async def gateway(start_gateway, settings):
+    return await start_gateway(settings)
+
+
+@pytest.fixture
+async def configured(gateway, fake_openai):
+    """A gateway with one provider on the fake upstream, one assistant and one key for it."""
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    key = await gateway.key()
+    client = gateway.client(assistant.id, key)
+    yield types.SimpleNamespace(gateway=gateway, upstream=fake_openai, provider=provider, assistant=assistant,
+                                key=key, client=client)
+    await client.close()

@@ -1,0 +1,152 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp server speaking the Chat Completions wire format.
+
+Tests script it through attributes (``reply``, ``error``, ``chunk_delay``...) and read what it
+received from ``requests``. Streams are real SSE; errors are OpenAI's error bodies; failures are
+real (a slow answer, a connection dropped mid-stream).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class FakeOpenAI:
+    """State and behaviour of one fake upstream server."""
+
+    def __init__(self) -> None:
+        #: Each request received: {"path", "headers", "body"}.
+        self.requests: list[dict[str, Any]] = []
+        #: What to answer: ``text`` (words), ``tool_calls`` (list of (name, arguments-json)).
+        self.reply: str = "Hello from the fake upstream"
+        self.tool_calls: list[tuple[str, str]] = []
+        #: (status, body) answered instead of a completion; body bytes are sent as they are.
+        self.error: tuple[int, Any] | None = None
+        #: After this many content chunks, send an error event (``error_event``) or drop the connection.
+        self.fail_after_chunks: int | None = None
+        self.failure: str = "error_event"  # or "drop"
+        self.chunk_delay: float = 0.0
+        #: Seconds to wait before answering at all (for timeouts).
+        self.delay: float = 0.0
+        #: Set when a streaming client went away before the stream ended.
+        self.client_went_away = asyncio.Event()
+        self.stream_finished = asyncio.Event()
+        self.models = ["gpt-4o", "gpt-4o-mini"]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The body of the last request received."""
+        return self.requests[-1]["body"]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.list_models)
+        return app
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": None})
+        if self.error:
+            return self._error_response()
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    def _error_response(self) -> web.Response:
+        status, body = self.error
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        return web.Response(status=status, body=raw, content_type="application/json")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error:
+            return self._error_response()
+        if body.get("stream"):
+            return await self._stream(request, body)
+        return web.json_response(self._completion(body))
+
+    def _usage(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        completion = len(self.reply.split()) if not self.tool_calls else 5 * len(self.tool_calls)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": None if self.tool_calls else self.reply}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": arguments}}
+                for n, (name, arguments) in enumerate(self.tool_calls)
+            ]
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if self.tool_calls else "stop"}],
+            "usage": self._usage(body),
+        }
+
+    def _chunks(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta, finish_reason=None):
+            data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+                    "model": body["model"], "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                        "finish_reason": finish_reason}]}
+            if include_usage:
+                data["usage"] = None
+            return data
+
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        if self.tool_calls:
+            for n, (name, arguments) in enumerate(self.tool_calls):
+                chunks.append(chunk({"tool_calls": [{"index": n, "id": f"call_{n}", "type": "function",
+                                                     "function": {"name": name, "arguments": ""}}]}))
+                half = len(arguments) // 2  # the arguments arrive in fragments, as OpenAI sends them
+                for fragment in (arguments[:half], arguments[half:]):
+                    chunks.append(chunk({"tool_calls": [{"index": n, "function": {"arguments": fragment}}]}))
+            chunks.append(chunk({}, "tool_calls"))
+        else:
+            words = self.reply.split(" ")
+            for n, word in enumerate(words):
+                chunks.append(chunk({"content": word if n == 0 else " " + word}))
+            chunks.append(chunk({}, "stop"))
+        if include_usage:
+            chunks.append({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+                           "model": body["model"], "choices": [], "usage": self._usage(body)})
+        return chunks
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for n, chunk in enumerate(self._chunks(body)):
+                if self.fail_after_chunks is not None and n == self.fail_after_chunks:
+                    if self.failure == "drop":
+                        request.transport.close()
+                        return response
+                    error = {"error": {"message": "The server had an error while processing your request.",
+                                       "type": "server_error", "param": None, "code": None}}
+                    await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+                    return response
+                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await response.write(b"data: [DONE]\n\n")
+            self.stream_finished.set()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.client_went_away.set()
+            raise
+        return response

@@ -1,0 +1,246 @@
+"""Every error the API answers, as OpenAI's SDK sees it, and in OpenAI's shape on the wire."""
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import openai
+import pytest
+
+from riceball_proxy.db import api_keys, assistants
+
+from conftest import free_port
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def post(configured, body, *, raw: bytes | None = None, key: str | None = None, path="/chat/completions"):
+    """POST to the assistant with aiohttp; returns (status, json, headers)."""
+    headers = {"Authorization": f"Bearer {key or configured.key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(configured.gateway.base_url(configured.assistant.id) + path,
+                                data=raw, json=None if raw is not None else body, headers=headers) as response:
+            return response.status, await response.json(), response.headers
+
+
+def assert_openai_error(data, *, param=None, code=None):
+    assert set(data) == {"error"}
+    assert set(data["error"]) == {"message", "type", "param", "code"}
+    assert data["error"]["message"]
+    assert data["error"]["param"] == param
+    if code is not None:
+        assert data["error"]["code"] == code
+
+
+# --- authentication and assistants -----------------------------------------------------------------
+
+
+async def test_a_missing_key_is_401(configured):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(configured.gateway.base_url(configured.assistant.id) + "/chat/completions",
+                                json={"messages": MESSAGES}) as response:
+            assert response.status == 401
+            assert_openai_error(await response.json(), code="invalid_api_key")
+            assert response.headers["X-Request-ID"].startswith("req_")
+
+
+@pytest.mark.parametrize("state", ["unknown", "revoked", "expired"])
+async def test_unusable_keys_are_401(configured, state):
+    gateway = configured.gateway
+    if state == "unknown":
+        key = "sk-" + "x" * 43
+    elif state == "revoked":
+        key = await gateway.key()
+        found = await api_keys.find(gateway.pool, key[:11])
+        await api_keys.revoke(gateway.pool, found.id)
+    else:
+        key = await gateway.key(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    async with gateway.client(configured.assistant.id, key) as client:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "invalid_api_key"
+    assert configured.upstream.requests == []
+
+
+async def test_a_key_scoped_to_other_assistants_is_403(configured):
+    other = await configured.gateway.assistant(configured.provider, name="other")
+    key = await configured.gateway.key(assistant_ids=[other.id])
+    async with configured.gateway.client(configured.assistant.id, key) as client:
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    async with configured.gateway.client(other.id, key) as client:
+        assert (await client.chat.completions.create(model="x", messages=MESSAGES)).choices
+
+
+@pytest.mark.parametrize("which", ["unknown", "malformed", "disabled"])
+async def test_missing_or_disabled_assistants_are_404(configured, which):
+    gateway = configured.gateway
+    if which == "unknown":
+        assistant_id = uuid.uuid4()
+    elif which == "malformed":
+        assistant_id = "not-an-id"
+    else:
+        assistant_id = (await gateway.assistant(configured.provider, name="off", enabled=False)).id
+    async with gateway.client(assistant_id, configured.key) as client:
+        with pytest.raises(openai.NotFoundError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert raised.value.code == "assistant_not_found"
+        with pytest.raises(openai.NotFoundError):
+            await client.models.list()
+
+
+async def test_unknown_api_paths_are_openai_shaped_404s(configured):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(configured.gateway.base_url(configured.assistant.id) + "/embeddings") as response:
+            assert response.status == 404
+            assert_openai_error(await response.json(), code="unknown_url")
+        async with session.get(configured.gateway.base_url(configured.assistant.id) + "/chat/completions") as response:
+            assert response.status == 405
+            assert_openai_error(await response.json(), code="method_not_allowed")
+
+
+# --- bad requests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, param, code",
+    [
+        ({}, "messages", "missing_required_parameter"),
+        ({"messages": "hi"}, "messages", "invalid_type"),
+        ({"messages": []}, "messages", "empty_array"),
+        ({"messages": ["hi"]}, "messages[0]", "invalid_type"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role", "missing_required_parameter"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "invalid_value"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", "missing_required_parameter"),
+        ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "messages[0].content[0]", "invalid_type"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", "missing_required_parameter"),
+        ({"messages": MESSAGES, "temperature": "hot"}, "temperature", "invalid_type"),
+        ({"messages": MESSAGES, "max_tokens": -1}, "max_tokens", "invalid_type"),
+        ({"messages": MESSAGES, "stream": "yes"}, "stream", "invalid_type"),
+        ({"messages": MESSAGES, "stop": [1]}, "stop", "invalid_type"),
+        ({"messages": MESSAGES, "tools": {}}, "tools", "invalid_type"),
+        ({"messages": MESSAGES, "stream_options": {"include_usage": "y"}}, "stream_options.include_usage",
+         "invalid_type"),
+    ],
+)
+async def test_malformed_requests_are_400_naming_the_field(configured, body, param, code):
+    status, data, _ = await post(configured, body)
+    assert status == 400
+    assert_openai_error(data, param=param, code=code)
+    assert configured.upstream.requests == []
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b""])
+async def test_bodies_that_are_not_json_objects_are_400(configured, raw):
+    status, data, _ = await post(configured, None, raw=raw)
+    assert status == 400
+    assert_openai_error(data)
+
+
+async def test_the_sdk_sees_bad_requests_as_bad_request_errors(configured):
+    with pytest.raises(openai.BadRequestError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=[])
+    assert raised.value.param == "messages"
+
+
+async def test_bodies_over_the_limit_are_413(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings.replace(max_body_bytes=4096))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        with pytest.raises(openai.APIStatusError) as raised:
+            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "x" * 5000}])
+    assert raised.value.status_code == 413
+    assert raised.value.code == "request_too_large"
+    assert fake_openai.requests == []
+
+
+# --- upstream failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, exception",
+    [(400, openai.BadRequestError), (401, openai.AuthenticationError), (404, openai.NotFoundError),
+     (429, openai.RateLimitError)],
+)
+async def test_upstream_4xx_keeps_its_status_and_error(configured, status, exception):
+    configured.upstream.error = (status, {"error": {"message": "upstream says no", "type": "invalid_request_error",
+                                                    "param": "messages", "code": "context_length_exceeded"}})
+    with pytest.raises(exception) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.status_code == status
+    assert raised.value.code == "context_length_exceeded" and raised.value.param == "messages"
+    assert "upstream says no" in raised.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_5xx_is_502(configured, stream):
+    configured.upstream.error = (503, b"<html>Service Unavailable</html>")
+    with pytest.raises(openai.InternalServerError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
+    assert raised.value.status_code == 502
+    assert "503" in raised.value.message
+
+
+async def test_upstream_key_never_appears_in_an_error(configured):
+    configured.upstream.error = (401, {"error": {"message": "Incorrect API key provided: sk-upstream-secret.",
+                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
+    with pytest.raises(openai.AuthenticationError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    assert "sk-upstream-secret" not in str(raised.value.body) and "***" in raised.value.message
+
+
+async def test_a_refused_upstream_connection_is_502(configured):
+    provider = await configured.gateway.provider(f"http://127.0.0.1:{free_port()}/v1")
+    assistant = await configured.gateway.assistant(provider)
+    async with configured.gateway.client(assistant.id, configured.key) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.status_code == 502 and raised.value.code == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_timeout_is_504(configured, stream):
+    provider = await configured.gateway.provider(configured.upstream.base_url, read_timeout=0.3)
+    assistant = await configured.gateway.assistant(provider)
+    configured.upstream.delay = 2
+    async with configured.gateway.client(assistant.id, configured.key) as client:
+        with pytest.raises(openai.APIStatusError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
+    assert raised.value.status_code == 504 and raised.value.code == "upstream_timeout"
+
+
+@pytest.mark.parametrize("failure", ["error_event", "drop"])
+async def test_a_failure_after_the_stream_began_is_an_error_event(configured, failure):
+    configured.upstream.fail_after_chunks = 2
+    configured.upstream.failure = failure
+    stream = await configured.client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            received.append(chunk)
+    assert received  # the chunks sent before the failure arrived
+
+
+async def test_a_client_that_goes_away_cancels_the_upstream_request(configured):
+    configured.upstream.reply = " ".join(["word"] * 200)
+    configured.upstream.chunk_delay = 0.05
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            configured.gateway.base_url(configured.assistant.id) + "/chat/completions",
+            json={"messages": MESSAGES, "stream": True}, headers={"Authorization": f"Bearer {configured.key}"},
+        )
+        await response.content.readline()  # the stream has begun
+        response.close()  # the client hangs up
+    await asyncio.wait_for(configured.upstream.client_went_away.wait(), timeout=5)
+    assert not configured.upstream.stream_finished.is_set()
+
+
+async def test_a_provider_type_that_is_not_installed_is_502(configured):
+    provider = await configured.gateway.provider(configured.upstream.base_url, type="uninstalled")
+    assistant = await assistants.create(configured.gateway.pool, name="x", provider_id=provider.id, model="m")
+    async with configured.gateway.client(assistant.id, configured.key) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.status_code == 502 and raised.value.code == "provider_unavailable"
