@@ -27,6 +27,7 @@ from riceball_proxy.providers import ProviderAdapter, ProviderType
 logger = logging.getLogger(__name__)
 
 CHANNEL = "riceball_config"
+LISTENER_APPLICATION_NAME = "riceball-config-listener"
 #: Unknown key hashes remembered (so that a flood of bad keys does not reach the database).
 MAX_UNKNOWN_KEYS = 10_000
 #: Seconds between liveness checks of the listening connection, and before reconnecting.
@@ -154,7 +155,7 @@ class ConfigCache:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(url)
+                conn = await asyncpg.connect(url, server_settings={"application_name": LISTENER_APPLICATION_NAME})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn: lost.set())
                 await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: self.invalidate(payload))

@@ -1,0 +1,97 @@
+"""Hot-path caches: warm lookups need no database, and changes reach every instance at once."""
+import asyncio
+import time
+
+import asyncpg
+import openai
+
+from riceball_proxy import appkeys
+from riceball_proxy.cache import LISTENER_APPLICATION_NAME
+from riceball_proxy.db import api_keys
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def rejected_within(client, exception, seconds):
+    """Call until ``exception`` is raised; fail if that takes longer than ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        except exception:
+            return
+        assert time.monotonic() < deadline, f"still accepted after {seconds} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_warm_request_needs_no_database_round_trip(configured):
+    await configured.client.chat.completions.create(model="x", messages=MESSAGES)  # warms key, assistant, provider
+    blocker = await asyncpg.connect(configured.gateway.app[appkeys.DATABASE].url)
+    try:
+        async with blocker.transaction():
+            # Any read of these tables now waits for this transaction; a cached lookup does not read them.
+            await blocker.execute("LOCK TABLE api_keys, assistants, providers IN ACCESS EXCLUSIVE MODE")
+            completion = await asyncio.wait_for(
+                configured.client.chat.completions.create(model="x", messages=MESSAGES), timeout=5
+            )
+            assert completion.choices[0].message.content == "Hello from the fake upstream"
+    finally:
+        await blocker.close()
+
+
+async def test_revocation_on_one_instance_is_seen_by_another_within_a_second(start_gateway, settings, fake_openai):
+    a = await start_gateway(settings)
+    b = await start_gateway(settings)
+    provider = await a.provider(fake_openai.base_url)
+    assistant = await a.assistant(provider)
+    key = await a.key()
+    async with b.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)  # b has the key cached
+        await api_keys.revoke(a.pool, (await api_keys.find(a.pool, key[:11])).id)
+        await rejected_within(client, openai.AuthenticationError, 1.0)
+
+
+async def test_disabling_an_assistant_is_seen_by_another_instance_within_a_second(start_gateway, settings, fake_openai):
+    a = await start_gateway(settings)
+    b = await start_gateway(settings)
+    provider = await a.provider(fake_openai.base_url)
+    assistant = await a.assistant(provider)
+    async with b.client(assistant.id, await a.key()) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        await a.pool.execute("UPDATE assistants SET enabled = false WHERE id = $1", assistant.id)
+        await rejected_within(client, openai.NotFoundError, 1.0)
+
+
+async def test_a_provider_change_is_seen_at_once(configured, aiohttp_server):
+    from fake_openai import FakeOpenAI
+
+    await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    second = FakeOpenAI()
+    second.reply = "from the second upstream"
+    server = await aiohttp_server(second.app())
+    await configured.gateway.pool.execute("UPDATE providers SET base_url = $1 WHERE id = $2",
+                                          str(server.make_url("/v1")), configured.provider.id)
+    deadline = time.monotonic() + 1.0
+    while True:
+        completion = await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+        if completion.choices[0].message.content == "from the second upstream":
+            break
+        assert time.monotonic() < deadline, "still sent to the old upstream after 1 s"
+
+
+async def test_the_cache_is_flushed_when_the_listener_reconnects(configured):
+    gateway = configured.gateway
+    await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    killer = await asyncpg.connect(gateway.app[appkeys.DATABASE].url)
+    try:
+        killed = await killer.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1 "
+            "AND datname = current_database()", LISTENER_APPLICATION_NAME)
+        assert killed == 1
+        # Whatever happens while the listener is down, and the notification it misses, is not served stale.
+        await api_keys.revoke(gateway.pool, (await api_keys.find(gateway.pool, configured.key[:11])).id)
+        await rejected_within(configured.client, openai.AuthenticationError, 1.0)
+        await gateway.wait_until_listening()
+        await rejected_within(configured.client, openai.AuthenticationError, 1.0)
+    finally:
+        await killer.close()
