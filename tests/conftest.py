@@ -153,6 +153,35 @@ def cli_env(monkeypatch, settings):
     return settings
 
 
+PLUGINS_DIR = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install a module of ``tests/plugins`` as a distribution with a ``riceball`` entry point.
+
+    A real ``.dist-info`` folder on ``sys.path``: importlib.metadata discovers the entry point exactly
+    as it does for a plugin installed by pip. Returns the imported module.
+    """
+    import importlib
+
+    installed = []
+    monkeypatch.syspath_prepend(str(PLUGINS_DIR))
+
+    def install(module_name: str, entry_name: str, distribution: str, version: str = "1.0.0"):
+        dist_info = tmp_path / f"{distribution.replace('-', '_')}-{version}.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+        (dist_info / "entry_points.txt").write_text(f"[riceball]\n{entry_name} = {module_name}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        installed.append(module_name)
+        return importlib.import_module(module_name)
+
+    yield install
+    for module_name in installed:
+        sys.modules.pop(module_name, None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

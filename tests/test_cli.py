@@ -161,3 +161,12 @@ def test_migrate_reports_the_applied_migrations(cli_env, capsys, monkeypatch):
 
     migrations = run_json(capsys, monkeypatch, "migrate")["migrations"]
     assert [(m["version"], m["name"]) for m in migrations] == [(m.version, m.name) for m in available_migrations()]
+
+
+def test_plugins_command_lists_an_installed_plugin(cli_env, capsys, monkeypatch, install_plugin):
+    install_plugin("shout", "shout", "riceball-shout", "0.3.0")
+    plugins = {p["name"]: p for p in run_json(capsys, monkeypatch, "plugins")["plugins"]}
+    assert plugins["shout"] == {"name": "shout", "builtin": False, "distribution": "riceball-shout",
+                                "version": "0.3.0", "hooks": ["riceball_transform_response", "riceball_transform_stream"]}
+    status, out, _ = run(capsys, monkeypatch, "plugins")
+    assert status == 0 and "shout" in out and "0.3.0" in out

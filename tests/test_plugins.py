@@ -1,36 +1,18 @@
 import inspect
-import sys
-from pathlib import Path
 
 import pytest
 
 from riceball_proxy import __version__, hookspecs
-from riceball_proxy.app import create_app
 from riceball_proxy.plugins import DEFAULT_PLUGINS, await_me_maybe, describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 
-PLUGINS_DIR = Path(__file__).parent / "plugins"
-
-
 @pytest.fixture
-def installed_plugin(tmp_path, monkeypatch):
-    """``tests/plugins/lifecycle_recorder.py`` installed as distribution ``riceball-recorder`` 1.2.3.
-
-    A real ``.dist-info`` folder on ``sys.path``: importlib.metadata discovers its entry point exactly
-    as it does for a plugin installed by pip.
-    """
-    dist_info = tmp_path / "riceball_recorder-1.2.3.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: riceball-recorder\nVersion: 1.2.3\n")
-    (dist_info / "entry_points.txt").write_text("[riceball]\nrecorder = lifecycle_recorder\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.syspath_prepend(str(PLUGINS_DIR))
-    import lifecycle_recorder
-
-    lifecycle_recorder.events.clear()
-    yield lifecycle_recorder
-    sys.modules.pop("lifecycle_recorder", None)
+def installed_plugin(install_plugin):
+    """``tests/plugins/lifecycle_recorder.py`` installed as distribution ``riceball-recorder`` 1.2.3."""
+    recorder = install_plugin("lifecycle_recorder", "recorder", "riceball-recorder", "1.2.3")
+    recorder.events.clear()
+    return recorder
 
 
 def test_default_plugins_are_registered_like_any_plugin():
@@ -75,13 +57,6 @@ def test_disabled_plugins_are_not_registered(installed_plugin):
     names = [p["name"] for p in describe_plugins(pm)]
     assert names == [name for name in DEFAULT_PLUGINS if name != "riceball_proxy.builtin.openai_compat"]
     assert provider_types(pm) == {}
-
-
-async def test_startup_and_shutdown_hooks_run_with_the_app(installed_plugin, aiohttp_client, settings):
-    client = await aiohttp_client(create_app(settings))
-    assert installed_plugin.events == ["startup"]
-    await client.close()
-    assert installed_plugin.events == ["startup", "shutdown"]
 
 
 def test_every_hookspec_says_how_its_result_is_used():

@@ -1,0 +1,188 @@
+"""One test per hook: a real plugin implements it and the gateway, serving real requests, calls it."""
+import asyncio
+
+import aiohttp
+import openai
+import pytest
+
+from riceball_proxy import hookimpl
+from riceball_proxy.builtin.openai_compat import OpenAICompatibleAdapter
+from riceball_proxy.context import Principal
+from riceball_proxy.errors import APIError
+from riceball_proxy.plugins import make_plugin_manager
+from riceball_proxy.providers import ProviderType
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def with_plugin(start_gateway, settings, fake_openai):
+    """Start a gateway with ``plugin`` registered beside the built-ins; return (gateway, assistant, key)."""
+
+    async def start(plugin, **assistant_fields):
+        pm = make_plugin_manager(settings, entry_points=False)
+        pm.register(plugin, name="under-test")
+        gateway = await start_gateway(settings, plugin_manager=pm)
+        provider = await gateway.provider(fake_openai.base_url)
+        assistant = await gateway.assistant(provider, **assistant_fields)
+        return gateway, assistant, await gateway.key()
+
+    return start
+
+
+async def test_hook_riceball_startup(install_plugin, start_gateway, settings):
+    recorder = install_plugin("lifecycle_recorder", "recorder", "riceball-recorder")
+    recorder.events.clear()
+    await start_gateway(settings)
+    assert recorder.events == ["startup"]
+
+
+async def test_hook_riceball_shutdown(install_plugin, start_gateway, settings):
+    recorder = install_plugin("lifecycle_recorder", "recorder", "riceball-recorder")
+    recorder.events.clear()
+    gateway = await start_gateway(settings)
+    await gateway.server.close()
+    assert recorder.events == ["startup", "shutdown"]
+
+
+async def test_hook_riceball_authenticate(with_plugin, fake_openai):
+    class TeamTokens:
+        @hookimpl
+        async def riceball_authenticate(self, request, assistant_id):
+            token = request.headers.get("X-Team-Token")
+            if token is None:
+                return None  # not ours: the API-key plugin decides
+            if token != "blue":
+                raise APIError(401, "Unknown team token.", code="invalid_api_key")
+            return Principal(key_id=None, name="team blue")
+
+    gateway, assistant, key = await with_plugin(TeamTokens())
+    url = gateway.base_url(assistant.id) + "/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"messages": MESSAGES}, headers={"X-Team-Token": "blue"}) as response:
+            assert response.status == 200
+        async with session.post(url, json={"messages": MESSAGES}, headers={"X-Team-Token": "red"}) as response:
+            assert response.status == 401
+    async with gateway.client(assistant.id, key) as client:  # API keys still work beside it
+        assert (await client.chat.completions.create(model="x", messages=MESSAGES)).choices
+
+
+async def test_hook_riceball_prepare_request(with_plugin, fake_openai):
+    seen = []
+
+    class Policy:
+        @hookimpl
+        async def riceball_prepare_request(self, ctx):
+            seen.append(ctx.body["messages"][0])  # injection ran first
+            if "forbidden" in str(ctx.client_body["messages"]):
+                raise APIError(400, "This request breaks the policy.", param="messages", code="policy_violation")
+            await asyncio.sleep(0)
+            ctx.body["user"] = f"key:{ctx.principal.name}"
+
+    gateway, assistant, key = await with_plugin(Policy(), system_prompt="Be kind.")
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert fake_openai.last["user"] == "key:test key"
+        assert seen == [{"role": "system", "content": "Be kind."}]
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "forbidden"}])
+    assert raised.value.code == "policy_violation"
+    assert len(fake_openai.requests) == 1
+
+
+async def test_hook_riceball_provider_types(with_plugin, fake_openai):
+    class TaggingAdapter(OpenAICompatibleAdapter):
+        def _headers(self):
+            return super()._headers() | {"X-Tagged": "yes"}
+
+    class Tagging:
+        @hookimpl
+        def riceball_provider_types(self):
+            return [ProviderType(name="tagging", label="Tagging", adapter=TaggingAdapter)]
+
+    gateway, _, key = await with_plugin(Tagging())
+    provider = await gateway.provider(fake_openai.base_url, type="tagging")
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert fake_openai.requests[-1]["headers"]["X-Tagged"] == "yes"
+
+
+async def test_hook_riceball_transform_stream(install_plugin, start_gateway, settings, fake_openai):
+    install_plugin("shout", "shout", "riceball-shout")
+    gateway = await start_gateway(settings)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True,
+                                                      stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+        plain = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+        plain_chunks = [chunk async for chunk in plain]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "HELLO FROM THE FAKE UPSTREAM"
+    assert chunks[-1].usage.total_tokens == 6
+    assert all(c.choices for c in plain_chunks)  # the usage chunk is still dropped when not asked for
+
+
+async def test_hook_riceball_transform_response(install_plugin, start_gateway, settings, fake_openai):
+    install_plugin("shout", "shout", "riceball-shout")
+    gateway = await start_gateway(settings)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        completion = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert completion.choices[0].message.content == "HELLO FROM THE FAKE UPSTREAM"
+
+
+async def test_hook_riceball_request_finished(with_plugin, fake_openai):
+    outcomes = []
+    finished = asyncio.Event()
+
+    class Observer:
+        @hookimpl
+        async def riceball_request_finished(self, ctx, outcome):
+            outcomes.append((ctx, outcome))
+            finished.set()
+
+    async def next_outcome():
+        await asyncio.wait_for(finished.wait(), 5)
+        finished.clear()
+        return outcomes[-1]
+
+    gateway, assistant, key = await with_plugin(Observer())
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        ctx, outcome = await next_outcome()
+        assert (outcome.status, outcome.error_type, outcome.usage.total_tokens) == (200, None, 6)
+        assert ctx.assistant.id == assistant.id and ctx.stream is False and outcome.latency_ms > 0
+
+        async for _ in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True):
+            pass
+        ctx, outcome = await next_outcome()
+        assert ctx.stream is True and outcome.status == 200
+        assert outcome.usage.completion_tokens == 5  # from the usage chunk the client never saw
+        assert 0 < outcome.ttft_ms <= outcome.latency_ms
+
+        fake_openai.error = (429, {"error": {"message": "slow down", "type": "rate_limit", "code": None}})
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        ctx, outcome = await next_outcome()
+        assert (outcome.status, outcome.error_type) == (429, "rate_limit")
+
+    async with gateway.client(assistant.id, "sk-wrong") as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    ctx, outcome = await next_outcome()
+    assert outcome.status == 401 and ctx.principal is None and ctx.assistant is None
+
+    fake_openai.error = None
+    fake_openai.reply = " ".join(["word"] * 100)
+    fake_openai.chunk_delay = 0.05
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(gateway.base_url(assistant.id) + "/chat/completions",
+                                      json={"messages": MESSAGES, "stream": True},
+                                      headers={"Authorization": f"Bearer {key}"})
+        await response.content.readline()
+        response.close()
+    ctx, outcome = await next_outcome()
+    assert outcome.client_disconnected is True and outcome.status == 499
