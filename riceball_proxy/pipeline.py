@@ -14,7 +14,7 @@ from riceball_proxy import appkeys, sse
 from riceball_proxy.api import CLIENT_CLOSED_REQUEST, finish, new_context, read_chat_request, resolve, resolve_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
-from riceball_proxy.plugins import await_hook, await_me_maybe, _in_call_order
+from riceball_proxy.plugins import await_hook, fold_hook
 from riceball_proxy.providers import ProviderAdapter
 
 logger = logging.getLogger(__name__)
@@ -76,10 +76,7 @@ async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAda
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage"))
     pm = request.config_dict[appkeys.PLUGIN_MANAGER]
-    for impl in _in_call_order(pm.hook.riceball_transform_response):
-        changed = await await_me_maybe(impl.function(*[{"ctx": ctx, "response": answer}[n] for n in impl.argnames]))
-        if changed is not None:
-            answer = changed
+    answer = await fold_hook(pm.hook.riceball_transform_response, "response", answer, ctx=ctx)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
@@ -100,7 +97,8 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
-        events = _raw_events(ctx, first, upstream) if not transformers else _transformed_events(ctx, first, upstream, transformers)
+        payloads = _payloads(ctx, first, upstream)
+        events = _transformed_events(ctx, payloads, transformers) if transformers else _raw_events(ctx, payloads)
         error = None
         try:
             async for event in events:
@@ -126,53 +124,43 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
         await upstream.aclose()
 
 
-async def _raw_events(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The fast path: upstream payloads forwarded as they are, looked into only for usage and errors."""
+async def _payloads(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The upstream's payloads, the first one (already awaited) included; notes when the first arrived."""
     if first is None:
         return
-    payload = first
-    while True:
-        if ctx.first_token_at is None:
-            ctx.first_token_at = time.perf_counter()
+    ctx.first_token_at = time.perf_counter()
+    yield first
+    async for payload in upstream:
+        yield payload
+
+
+async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The fast path: upstream payloads forwarded as they are, looked into only for usage and errors."""
+    async for payload in payloads:
         if _may_carry_usage_or_error(payload):
             chunk = orjson.loads(payload)
             if _is_error_chunk(chunk):
                 raise UpstreamStreamError(payload)
-            if _keep_after_usage(ctx, chunk):
-                yield sse.encode(payload)
-        else:
-            yield sse.encode(payload)
-        try:
-            payload = await anext(upstream)
-        except StopAsyncIteration:
-            return
+            if not _keep_after_usage(ctx, chunk):
+                continue
+        yield sse.encode(payload)
 
 
 async def _transformed_events(
     ctx: ChatContext,
-    first: bytes | None,
-    upstream: AsyncIterator[bytes],
+    payloads: AsyncIterator[bytes],
     transformers: list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]],
 ) -> AsyncIterator[bytes]:
     """Chunks parsed, passed through the plugins' transformers (folded in call order), re-serialised."""
 
     async def chunks() -> AsyncIterator[dict]:
-        if first is None:
-            return
-        payload = first
-        while True:
-            if ctx.first_token_at is None:
-                ctx.first_token_at = time.perf_counter()
+        async for payload in payloads:
             chunk = orjson.loads(payload)
             if _is_error_chunk(chunk):
                 raise UpstreamStreamError(payload)
             if isinstance(chunk.get("usage"), dict):
                 ctx.record_usage(chunk["usage"])
             yield chunk
-            try:
-                payload = await anext(upstream)
-            except StopAsyncIteration:
-                return
 
     stream: AsyncIterator[dict] = chunks()
     for transform in transformers:

@@ -124,3 +124,15 @@ async def await_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
         if result is not None:
             return result
     return None
+
+
+async def fold_hook(hook: pluggy.HookCaller, name: str, value: Any, **kwargs: Any) -> Any:
+    """Call an *awaited* hook in call order, passing each result on as argument ``name``; return the last.
+
+    An implementation that returns None leaves the value as it was.
+    """
+    for impl in _in_call_order(hook):
+        result = await await_me_maybe(_call(impl, {**kwargs, name: value}))
+        if result is not None:
+            value = result
+    return value

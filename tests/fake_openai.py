@@ -61,7 +61,8 @@ class FakeOpenAI:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        self.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers),
+                              "body": body})
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.error:

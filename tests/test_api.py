@@ -134,3 +134,13 @@ async def test_models_list_and_retrieve(configured):
 async def test_the_client_model_is_ignored(configured):
     await configured.client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES)
     assert configured.upstream.last["model"] == "gpt-4o"
+
+
+async def test_a_query_in_the_base_url_is_kept_for_azure_deployments(configured):
+    provider = await configured.gateway.provider(configured.upstream.base_url + "?api-version=2024-10-21")
+    assistant = await configured.gateway.assistant(provider)
+    async with configured.gateway.client(assistant.id, configured.key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    received = configured.upstream.requests[-1]
+    assert received["path"] == "/v1/chat/completions" and received["query"] == {"api-version": "2024-10-21"}
+    assert received["headers"]["api-key"] == "sk-upstream-secret"

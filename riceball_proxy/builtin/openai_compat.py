@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from riceball_proxy import hookimpl, sse
 from riceball_proxy.errors import APIError
@@ -19,8 +20,10 @@ from riceball_proxy.providers import ProviderAdapter, ProviderType
 class OpenAICompatibleAdapter(ProviderAdapter):
     """Forwards to ``{base_url}/chat/completions`` and ``{base_url}/models``."""
 
-    def _url(self, path: str) -> str:
-        return self.provider.base_url.rstrip("/") + path
+    def _url(self, path: str) -> yarl.URL:
+        # A query in the base URL (Azure's ?api-version=...) stays at the end.
+        base = yarl.URL(self.provider.base_url)
+        return base.with_path(base.path.rstrip("/") + path).with_query(base.query)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
