@@ -7,7 +7,6 @@ stderr and exit 2; a failure to reach the database exits 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import logging
 import re

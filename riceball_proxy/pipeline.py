@@ -11,7 +11,14 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys, sse
-from riceball_proxy.api import CLIENT_CLOSED_REQUEST, finish, new_context, read_chat_request, resolve, resolve_provider
+from riceball_proxy.stages import (
+    CLIENT_CLOSED_REQUEST,
+    finish,
+    new_context,
+    read_chat_request,
+    resolve,
+    resolve_provider,
+)
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.plugins import await_hook, fold_hook
