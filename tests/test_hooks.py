@@ -108,29 +108,31 @@ async def test_hook_riceball_provider_types(with_plugin, fake_openai):
     assert fake_openai.requests[-1]["headers"]["X-Tagged"] == "yes"
 
 
-async def test_hook_riceball_transform_stream(install_plugin, start_gateway, settings, fake_openai):
+@pytest.fixture
+async def shouting_client(install_plugin, start_gateway, settings, fake_openai):
+    """An SDK client of a gateway with ``tests/plugins/shout.py`` installed by entry point."""
     install_plugin("shout", "shout", "riceball-shout")
     gateway = await start_gateway(settings)
     provider = await gateway.provider(fake_openai.base_url)
     assistant = await gateway.assistant(provider)
     async with gateway.client(assistant.id, await gateway.key()) as client:
-        stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True,
-                                                      stream_options={"include_usage": True})
-        chunks = [chunk async for chunk in stream]
-        plain = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
-        plain_chunks = [chunk async for chunk in plain]
+        yield client
+
+
+async def test_hook_riceball_transform_stream(shouting_client):
+    client = shouting_client
+    stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    plain = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+    plain_chunks = [chunk async for chunk in plain]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "HELLO FROM THE FAKE UPSTREAM"
     assert chunks[-1].usage.total_tokens == 6
     assert all(c.choices for c in plain_chunks)  # the usage chunk is still dropped when not asked for
 
 
-async def test_hook_riceball_transform_response(install_plugin, start_gateway, settings, fake_openai):
-    install_plugin("shout", "shout", "riceball-shout")
-    gateway = await start_gateway(settings)
-    provider = await gateway.provider(fake_openai.base_url)
-    assistant = await gateway.assistant(provider)
-    async with gateway.client(assistant.id, await gateway.key()) as client:
-        completion = await client.chat.completions.create(model="x", messages=MESSAGES)
+async def test_hook_riceball_transform_response(shouting_client):
+    completion = await shouting_client.chat.completions.create(model="x", messages=MESSAGES)
     assert completion.choices[0].message.content == "HELLO FROM THE FAKE UPSTREAM"
 
 
