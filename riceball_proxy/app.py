@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import __version__, appkeys
+from riceball_proxy.admin import setup_admin
 from riceball_proxy.api import setup_api
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     setup_api(app)
+    setup_admin(app)
     return app
 
 

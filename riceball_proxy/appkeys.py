@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 
 import aiohttp
 from aiohttp import web
 
+from riceball_proxy.admin.throttle import LoginThrottle
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
@@ -18,6 +20,10 @@ SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DATABASE = web.AppKey("database", Database)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
+#: The newest failed API calls of this process, newest last (for the admin dashboard).
+RECENT_ERRORS = web.AppKey("recent_errors", collections.deque)
+#: Failed admin logins, per username and address.
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: Tasks started off the request path (``riceball_request_finished`` observers), awaited at shutdown.
 BACKGROUND_TASKS = web.AppKey("background_tasks", set[asyncio.Task])
 

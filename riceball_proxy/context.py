@@ -45,6 +45,8 @@ class ChatContext:
     """
 
     request_id: str
+    #: The gateway's root application: its shared objects are under ``riceball_proxy.appkeys``.
+    app: Any = None
     principal: Principal | None = None
     assistant: Assistant | None = None
     provider: Provider | None = None

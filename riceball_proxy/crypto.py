@@ -7,6 +7,7 @@ be rotated without losing what the old one protects. With no variable, a key is 
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
@@ -14,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from riceball_proxy.settings import Settings, SettingsError
 
@@ -30,10 +33,15 @@ class SecretBox:
     def __init__(self, keys: list[str]):
         try:
             self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
-        except (ValueError, TypeError):
+            self._primary = base64.urlsafe_b64decode(keys[0].encode())
+        except (ValueError, TypeError, IndexError):
             raise SettingsError(
                 "RICEBALL_SECRET_KEY must be Fernet keys (32 url-safe base64 bytes), comma-separated"
             ) from None
+
+    def derive(self, purpose: str, length: int = 32) -> bytes:
+        """A key for another use (session cookies, setup tokens), derived from the primary key with HKDF."""
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose.encode()).derive(self._primary)
 
     def encrypt(self, plaintext: str) -> bytes:
         """Return an authenticated ciphertext of ``plaintext``."""

@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "riceball_proxy.builtin.injection",
     "riceball_proxy.builtin.openai_compat",
     "riceball_proxy.builtin.request_log",
+    "riceball_proxy.builtin.recent_errors",
 )
 
 

@@ -24,7 +24,8 @@ CLIENT_CLOSED_REQUEST = 499
 
 def new_context(request: web.Request) -> ChatContext:
     """The context of an API request, before anything is known of its caller."""
-    return ChatContext(request_id=request[appkeys.REQUEST_ID], client_addr=request.remote)
+    root_app = request.match_info.apps[0]
+    return ChatContext(request_id=request[appkeys.REQUEST_ID], app=root_app, client_addr=request.remote)
 
 
 async def resolve(request: web.Request, ctx: ChatContext) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -317,3 +318,57 @@ async def configured(gateway, fake_openai):
     yield types.SimpleNamespace(gateway=gateway, upstream=fake_openai, provider=provider, assistant=assistant,
                                 key=key, client=client)
     await client.close()
+
+
+# --- the admin panel ------------------------------------------------------------------------------------
+
+ADMIN_PASSWORD = "correct horse battery"
+
+
+class Panel:
+    """An admin's browser without JavaScript: an aiohttp test client with a cookie jar."""
+
+    CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+    def __init__(self, client):
+        self.client = client
+
+    async def get(self, path: str, **kwargs):
+        response = await self.client.get(path, **kwargs)
+        return response, await response.text()
+
+    async def csrf_token(self, page: str = "/admin/login") -> str:
+        _, text = await self.get(page)
+        match = self.CSRF.search(text)
+        if match is None:  # logged in already: the login page redirected
+            _, text = await self.get("/admin/")
+            match = self.CSRF.search(text)
+        return match.group(1)
+
+    async def post(self, path: str, data=None, *, csrf: bool = True, csrf_from: str = "/admin/login", **kwargs):
+        fields = list((data or {}).items()) if isinstance(data, dict) else list(data or [])
+        if csrf:
+            fields.append(("csrf_token", await self.csrf_token(csrf_from)))
+        response = await self.client.post(path, data=fields, **kwargs)
+        return response, await response.text()
+
+    async def login(self, username: str = "root", password: str = ADMIN_PASSWORD):
+        return await self.post("/admin/login", {"username": username, "password": password})
+
+
+@pytest.fixture
+async def panel(aiohttp_client, settings):
+    """A logged-in admin's browser on a fresh gateway."""
+    from riceball_proxy import appkeys, crypto
+    from riceball_proxy.app import create_app
+    from riceball_proxy.db import admins
+
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    browser = Panel(client)
+    response, _ = await browser.login()
+    assert response.url.path == "/admin/"
+    browser.app = app
+    browser.pool = app[appkeys.DATABASE].pool
+    return browser

@@ -71,3 +71,12 @@ async def test_no_plaintext_provider_key_is_in_the_database(db, secret_key):
     assert upstream_key.encode() not in raw
     assert box.decrypt((await providers.get(db, created.id)).api_key_encrypted) == upstream_key
     assert upstream_key not in repr(created)
+
+
+def test_derived_keys_differ_by_purpose_and_are_stable():
+    key = Fernet.generate_key().decode()
+    box = crypto.SecretBox([key])
+    assert box.derive("a") == crypto.SecretBox([key]).derive("a")
+    assert box.derive("a") != box.derive("b")
+    assert len(box.derive("a")) == 32
+    assert box.derive("a") != crypto.SecretBox([Fernet.generate_key().decode()]).derive("a")

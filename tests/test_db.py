@@ -59,7 +59,7 @@ async def test_assistants_keep_parameters_and_locks(db):
         ({"parameters": {"temperature": 3.0}}, "out of range"),
         ({"parameters": {"max_tokens": 0}}, "out of range"),
         ({"parameters": {"verbosity": 1}}, "unknown parameters: verbosity"),
-        ({"provider_id": 999999}, "no provider"),
+        ({"provider_id": 999999}, "provider does not exist"),
     ],
 )
 async def test_assistants_refuse_bad_values(db, changes, says):

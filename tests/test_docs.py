@@ -52,6 +52,12 @@ def test_every_hook_example_runs(hook):
         pm.register(type("Example", (), {hook: staticmethod(implementation)})(), name="example")
 
 
+def test_every_hook_has_a_test():
+    tests = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
+    missing = [hook for hook in HOOKS if f"def test_hook_{hook}(" not in tests]
+    assert missing == []
+
+
 async def test_the_python_example_in_the_api_guide_works(configured):
     (example, *_) = python_blocks((DOCS / "api.md").read_text())
     example = example.replace("http://127.0.0.1:8000/api/v1/assistants/ASSISTANT_ID/v1",

@@ -44,3 +44,32 @@ async def get_by_username(db, username: str) -> Admin | None:
 async def count(db) -> int:
     """How many admins there are."""
     return await db.fetchval("SELECT count(*) FROM admins")
+
+
+async def get(db, admin_id: int) -> Admin | None:
+    """The admin with this id, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM admins WHERE id = $1", admin_id)
+    return None if row is None else Admin(**row)
+
+
+async def record_login(db, admin_id: int) -> None:
+    """Note a successful login."""
+    await db.execute("UPDATE admins SET last_login_at = now() WHERE id = $1", admin_id)
+
+
+#: Serialises the creation of the first admin ("admins" in ASCII).
+FIRST_ADMIN_LOCK_ID = 0x61646D696E73
+
+
+async def create_first(pool, username: str, password_hash: str) -> Admin | None:
+    """Create an admin only if there is none yet (the setup page); None when one exists."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", FIRST_ADMIN_LOCK_ID)
+        if await conn.fetchval("SELECT exists(SELECT 1 FROM admins)"):
+            return None
+        row = await conn.fetchrow(
+            f"INSERT INTO admins (username, password_hash) VALUES ($1, $2) RETURNING {_COLUMNS}",
+            username,
+            password_hash,
+        )
+    return Admin(**row)

@@ -105,3 +105,16 @@ async def revoke(db, key_id: uuid.UUID) -> ApiKey | None:
         key_id,
     )
     return None if row is None else ApiKey.from_row(row)
+
+
+async def count_active(db) -> int:
+    """How many keys are neither revoked nor expired."""
+    return await db.fetchval(
+        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+    )
+
+
+async def get(db, key_id: uuid.UUID) -> ApiKey | None:
+    """The key with this id, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+    return None if row is None else ApiKey.from_row(row)

@@ -60,6 +60,28 @@ class InvalidAssistant(ValueError):
     """The values given cannot make an assistant (unknown provider, parameter out of range...)."""
 
 
+def _values(parameters: Mapping[str, Any] | None, locked: Iterable[str]) -> list[Any]:
+    """The parameter columns in order: each value, then its lock flag."""
+    parameters = dict(parameters or {})
+    locked = frozenset(locked)
+    unknown = (set(parameters) | locked) - set(PARAMETERS)
+    if unknown:
+        raise InvalidAssistant(f"unknown parameters: {', '.join(sorted(unknown))}")
+    values = []
+    for parameter in PARAMETERS:
+        values += [parameters.get(parameter), parameter in locked]
+    return values
+
+
+async def _write(db, sql: str, *args) -> asyncpg.Record | None:
+    try:
+        return await db.fetchrow(sql, *args)
+    except asyncpg.ForeignKeyViolationError:
+        raise InvalidAssistant("that provider does not exist") from None
+    except asyncpg.CheckViolationError as exc:
+        raise InvalidAssistant(f"a value is out of range ({exc.constraint_name})") from None
+
+
 async def create(
     db,
     *,
@@ -74,41 +96,91 @@ async def create(
     enabled: bool = True,
 ) -> Assistant:
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
-    parameters = dict(parameters or {})
-    locked = frozenset(locked)
-    unknown = (set(parameters) | locked) - set(PARAMETERS)
-    if unknown:
-        raise InvalidAssistant(f"unknown parameters: {', '.join(sorted(unknown))}")
-    values = []
-    for parameter in PARAMETERS:
-        values += [parameters.get(parameter), parameter in locked]
-    try:
-        row = await db.fetchrow(
-            f"""
-            INSERT INTO assistants (
-                name, provider_id, model, system_prompt,
-                temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
-                presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
-                seed, seed_locked, stop, stop_locked,
-                extra_params, allow_client_system, enabled
-            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                      $19, $20, $21)
-            RETURNING {_COLUMNS}
-            """,
-            name,
-            provider_id,
-            model,
-            system_prompt,
-            *values,
-            dict(extra_params or {}),
-            allow_client_system,
-            enabled,
-        )
-    except asyncpg.ForeignKeyViolationError:
-        raise InvalidAssistant(f"no provider with id {provider_id}") from None
-    except asyncpg.CheckViolationError as exc:
-        raise InvalidAssistant(f"a value is out of range ({exc.constraint_name})") from None
+    row = await _write(
+        db,
+        f"""
+        INSERT INTO assistants (
+            name, provider_id, model, system_prompt,
+            temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
+            presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
+            seed, seed_locked, stop, stop_locked,
+            extra_params, allow_client_system, enabled
+        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                  $19, $20, $21)
+        RETURNING {_COLUMNS}
+        """,
+        name,
+        provider_id,
+        model,
+        system_prompt,
+        *_values(parameters, locked),
+        dict(extra_params or {}),
+        allow_client_system,
+        enabled,
+    )
     return Assistant.from_row(row)
+
+
+async def update(
+    db,
+    assistant_id: uuid.UUID,
+    *,
+    name: str,
+    provider_id: int,
+    model: str,
+    system_prompt: str = "",
+    parameters: Mapping[str, Any] | None = None,
+    locked: Iterable[str] = (),
+    extra_params: Mapping[str, Any] | None = None,
+    allow_client_system: bool = True,
+    enabled: bool = True,
+) -> Assistant | None:
+    """Replace an assistant's configuration; None when it does not exist."""
+    row = await _write(
+        db,
+        f"""
+        UPDATE assistants SET
+            name = $2, provider_id = $3, model = $4, system_prompt = $5,
+            temperature = $6, temperature_locked = $7, top_p = $8, top_p_locked = $9,
+            max_tokens = $10, max_tokens_locked = $11, presence_penalty = $12, presence_penalty_locked = $13,
+            frequency_penalty = $14, frequency_penalty_locked = $15, seed = $16, seed_locked = $17,
+            stop = $18, stop_locked = $19, extra_params = $20, allow_client_system = $21, enabled = $22,
+            updated_at = now()
+        WHERE id = $1
+        RETURNING {_COLUMNS}
+        """,
+        assistant_id,
+        name,
+        provider_id,
+        model,
+        system_prompt,
+        *_values(parameters, locked),
+        dict(extra_params or {}),
+        allow_client_system,
+        enabled,
+    )
+    return None if row is None else Assistant.from_row(row)
+
+
+async def set_enabled(db, assistant_id: uuid.UUID, enabled: bool) -> Assistant | None:
+    """Enable or disable an assistant; None when it does not exist."""
+    row = await db.fetchrow(
+        f"UPDATE assistants SET enabled = $2, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        assistant_id,
+        enabled,
+    )
+    return None if row is None else Assistant.from_row(row)
+
+
+async def delete(db, assistant_id: uuid.UUID) -> bool:
+    """Delete an assistant; False when it did not exist."""
+    return await db.fetchval("DELETE FROM assistants WHERE id = $1 RETURNING true", assistant_id) is True
+
+
+async def count(db) -> tuple[int, int]:
+    """How many assistants there are, and how many of them are enabled."""
+    row = await db.fetchrow("SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled FROM assistants")
+    return row["total"], row["enabled"]
 
 
 async def get(db, assistant_id: uuid.UUID) -> Assistant | None:
@@ -127,3 +199,9 @@ async def existing_ids(db, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """Which of ``ids`` name an assistant."""
     rows = await db.fetch("SELECT id FROM assistants WHERE id = ANY($1::uuid[])", list(ids))
     return {row["id"] for row in rows}
+
+
+async def count_by_provider(db) -> dict[int, int]:
+    """How many assistants use each provider (providers without any are absent)."""
+    rows = await db.fetch("SELECT provider_id, count(*) AS n FROM assistants GROUP BY provider_id")
+    return {row["provider_id"]: row["n"] for row in rows}

@@ -31,6 +31,13 @@ class ProviderNameTaken(ValueError):
     """A provider with that name exists already."""
 
 
+class ProviderInUse(ValueError):
+    """Assistants still use the provider, so it cannot be deleted."""
+
+#: ``update`` leaves the stored API key as it is when given this.
+KEEP = object()
+
+
 async def create(
     db,
     *,
@@ -76,3 +83,52 @@ async def get_by_name(db, name: str) -> Provider | None:
 async def list_all(db) -> list[Provider]:
     """Every provider, by name."""
     return [Provider(**row) for row in await db.fetch(f"SELECT {_COLUMNS} FROM providers ORDER BY name")]
+
+
+async def update(
+    db,
+    provider_id: int,
+    *,
+    name: str,
+    type: str,
+    base_url: str,
+    api_key_encrypted: bytes | None | object = KEEP,
+    connect_timeout: float,
+    read_timeout: float,
+) -> Provider | None:
+    """Change a provider (its API key only when one is given); None when it does not exist."""
+    keep = api_key_encrypted is KEEP
+    try:
+        row = await db.fetchrow(
+            f"""
+            UPDATE providers
+            SET name = $2, type = $3, base_url = $4, connect_timeout = $5, read_timeout = $6,
+                api_key_encrypted = CASE WHEN $7 THEN api_key_encrypted ELSE $8 END, updated_at = now()
+            WHERE id = $1
+            RETURNING {_COLUMNS}
+            """,
+            provider_id,
+            name,
+            type,
+            base_url,
+            connect_timeout,
+            read_timeout,
+            keep,
+            None if keep else api_key_encrypted,
+        )
+    except asyncpg.UniqueViolationError:
+        raise ProviderNameTaken(f"a provider named {name!r} exists already") from None
+    return None if row is None else Provider(**row)
+
+
+async def delete(db, provider_id: int) -> bool:
+    """Delete a provider; raises ProviderInUse while assistants use it. False when it did not exist."""
+    try:
+        return await db.fetchval("DELETE FROM providers WHERE id = $1 RETURNING true", provider_id) is True
+    except asyncpg.ForeignKeyViolationError:
+        raise ProviderInUse("assistants still use this provider: move or delete them first") from None
+
+
+async def count(db) -> int:
+    """How many providers there are."""
+    return await db.fetchval("SELECT count(*) FROM providers")

@@ -1,0 +1,156 @@
+"""The admin panel: a sub-application mounted at ``/admin/`` with its own middlewares.
+
+Middleware order, outermost first (the API never pays for any of them):
+
+1. ``security_headers``: CSP and friends on every admin response.
+2. aiohttp-session: the encrypted session cookie is read before, and written after, what follows.
+3. ``require_admin``: every route but login, setup and static files needs a logged-in admin, so a
+   request without a session is sent to the login page whatever its method.
+4. ``csrf_protect``: every unsafe request must carry the session's CSRF token (login and setup too).
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from aiohttp_session import get_session, session_middleware
+
+from riceball_proxy import appkeys
+from riceball_proxy.admin.sessions import AdminSessionStorage
+from riceball_proxy.admin.throttle import LoginThrottle
+from riceball_proxy.templating import template_dir
+
+MOUNT_POINT = "/admin/"
+#: Resources (by name) reachable without a session.
+PUBLIC_ROUTES = frozenset({"login", "setup", "static"})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+#: The admin signed in on this request (None on public pages).
+ADMIN = web.RequestKey("admin", object)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def setup_admin(app: web.Application) -> web.Application:
+    """Build the admin sub-application, let plugins extend it, and mount it on ``app``."""
+    from riceball_proxy.admin import assistants, auth, dashboard, keys, providers
+
+    storage = AdminSessionStorage(app[appkeys.SECRET_BOX].derive("riceball admin session"))
+    admin = web.Application(
+        middlewares=[security_headers, session_middleware(storage), require_admin, csrf_protect]
+    )
+    app[appkeys.LOGIN_THROTTLE] = LoginThrottle()
+    router = admin.router
+    router.add_static("/static/", template_dir() / "static", name="static")
+    auth.setup_routes(router)
+    dashboard.setup_routes(router)
+    providers.setup_routes(router)
+    assistants.setup_routes(router)
+    keys.setup_routes(router)
+    app.on_startup.append(auth.announce_setup)
+    app[appkeys.PLUGIN_MANAGER].hook.riceball_admin_setup(admin_app=admin)
+    app.add_subapp(MOUNT_POINT, admin)
+    return admin
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler) -> web.StreamResponse:
+    """Admin pages may run no foreign script, be framed by no one, and be cached nowhere."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(SECURITY_HEADERS)
+        raise
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def csrf_token(request: web.Request) -> str:
+    """The session's CSRF token, made on first use."""
+    session = await get_session(request)
+    token = session.get(CSRF_FIELD)
+    if token is None:
+        token = session[CSRF_FIELD] = secrets.token_urlsafe(32)
+    return token
+
+
+@web.middleware
+async def csrf_protect(request: web.Request, handler) -> web.StreamResponse:
+    """Refuse (403) an unsafe request without the session's CSRF token in its form or header."""
+    if request.method in UNSAFE_METHODS:
+        session = await get_session(request)
+        expected = session.get(CSRF_FIELD)
+        sent = request.headers.get(CSRF_HEADER)
+        if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            sent = (await request.post()).get(CSRF_FIELD)
+        if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
+            return await render(request, "admin/error.html", {
+                "title": "Form expired",
+                "message": "This form was not accepted because its security token is missing or out of date. "
+                           "Go back, reload the page and try again.",
+            }, status=403)
+    return await handler(request)
+
+
+@web.middleware
+async def require_admin(request: web.Request, handler) -> web.StreamResponse:
+    """Send anyone without an admin session to the login page."""
+    from riceball_proxy.db import admins
+
+    resource = request.match_info.route.resource
+    route_name = resource.name if resource is not None else None
+    session = await get_session(request)
+    admin = None
+    if "admin_id" in session:
+        admin = await admins.get(request.config_dict[appkeys.DATABASE].pool, session["admin_id"])
+        if admin is None:  # deleted since: the session ends with it
+            session.invalidate()
+    request[ADMIN] = admin
+    if admin is None and route_name not in PUBLIC_ROUTES:
+        target = request.rel_url if request.method == "GET" else None
+        login = request.app.router["login"].url_for()
+        raise web.HTTPSeeOther(login.with_query(next=str(target)) if target else login)
+    return await handler(request)
+
+
+def url(request: web.Request, name: str, **parts: Any) -> str:
+    """The path of a named admin route (its parts given as keyword arguments)."""
+    return str(request.app.router[name].url_for(**{k: str(v) for k, v in parts.items()}))
+
+
+async def flash(request: web.Request, category: str, message: str) -> None:
+    """Show ``message`` once, on the next page rendered (``success``, ``error`` or ``info``)."""
+    session = await get_session(request)
+    session["flash"] = [*session.get("flash", []), [category, message]]
+
+
+async def render(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
+    """Render an admin page with what every page needs: the admin, the CSRF token, flash messages."""
+    session = await get_session(request)
+    messages = session.pop("flash", [])
+    base = {
+        "admin": request.get(ADMIN),
+        "csrf_token": await csrf_token(request),
+        "messages": messages,
+        "url": lambda name, **parts: url(request, name, **parts),
+        "current": request.match_info.route.name,
+    }
+    response = aiohttp_jinja2.render_template(template, request, base | context, status=status)
+    return response
+
+
+def redirect(request: web.Request, name: str, **parts: Any) -> web.HTTPSeeOther:
+    """A 303 to a named admin route (raise it)."""
+    return web.HTTPSeeOther(url(request, name, **parts))

@@ -1,0 +1,186 @@
+"""Assistants: list, create, edit, enable or disable, delete, and a page with ready-to-use snippets."""
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from aiohttp import web
+
+from riceball_proxy import appkeys
+from riceball_proxy.admin import flash, redirect, render
+from riceball_proxy.admin.forms import Form
+from riceball_proxy.admin.providers import list_upstream_models
+from riceball_proxy.db import assistants, providers
+from riceball_proxy.errors import APIError
+
+#: Seconds the form waits for the provider's model list before offering free text only.
+MODEL_LIST_TIMEOUT = 3
+
+#: Each parameter's label, bounds and whether it is an integer: (label, minimum, maximum, integer).
+NUMERIC_PARAMETERS = {
+    "temperature": ("Temperature", 0, 2, False),
+    "top_p": ("Top p", 0, 1, False),
+    "max_tokens": ("Max tokens (also a ceiling)", 1, None, True),
+    "presence_penalty": ("Presence penalty", -2, 2, False),
+    "frequency_penalty": ("Frequency penalty", -2, 2, False),
+    "seed": ("Seed", None, None, True),
+}
+
+
+def setup_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/assistants", assistant_list, name="assistants")
+    router.add_get("/assistants/new", assistant_form, name="assistant_new")
+    router.add_post("/assistants/new", assistant_save)
+    router.add_get("/assistants/{id}", assistant_detail, name="assistant")
+    router.add_get("/assistants/{id}/edit", assistant_form, name="assistant_edit")
+    router.add_post("/assistants/{id}/edit", assistant_save)
+    router.add_post("/assistants/{id}/toggle", assistant_toggle, name="assistant_toggle")
+    router.add_get("/assistants/{id}/delete", assistant_delete_confirm, name="assistant_delete")
+    router.add_post("/assistants/{id}/delete", assistant_delete)
+
+
+def _pool(request: web.Request):
+    return request.config_dict[appkeys.DATABASE].pool
+
+
+async def _assistant_or_404(request: web.Request) -> assistants.Assistant:
+    try:
+        assistant_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="No such assistant.") from None
+    assistant = await assistants.get(_pool(request), assistant_id)
+    if assistant is None:
+        raise web.HTTPNotFound(text="No such assistant.")
+    return assistant
+
+
+async def assistant_list(request: web.Request) -> web.Response:
+    pool = _pool(request)
+    return await render(request, "admin/assistants.html", {
+        "assistants": await assistants.list_all(pool),
+        "providers": {p.id: p for p in await providers.list_all(pool)},
+    })
+
+
+def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
+    values = {
+        "name": assistant.name, "provider_id": str(assistant.provider_id), "model": assistant.model,
+        "system_prompt": assistant.system_prompt,
+        "extra_params": orjson.dumps(dict(assistant.extra_params), option=orjson.OPT_INDENT_2).decode()
+        if assistant.extra_params else "",
+        "stop": "\n".join(assistant.parameters.get("stop") or []),
+    }
+    for name in NUMERIC_PARAMETERS:
+        if name in assistant.parameters:
+            values[name] = f"{assistant.parameters[name]:g}" if isinstance(assistant.parameters[name], float) \
+                else str(assistant.parameters[name])
+    for name in assistant.locked:
+        values[f"lock_{name}"] = "on"
+    if assistant.allow_client_system:
+        values["allow_client_system"] = "on"
+    if assistant.enabled:
+        values["enabled"] = "on"
+    return values
+
+
+async def _render_form(request, assistant, values, errors, *, status=200) -> web.Response:
+    all_providers = await providers.list_all(_pool(request))
+    models, models_error = [], None
+    provider_id = values.get("provider_id") or (str(all_providers[0].id) if all_providers else "")
+    if provider_id.isdigit() and any(p.id == int(provider_id) for p in all_providers):
+        try:
+            models = await list_upstream_models(request, int(provider_id), MODEL_LIST_TIMEOUT)
+        except APIError as exc:
+            models_error = exc.message
+        except TimeoutError:
+            models_error = "the provider did not answer in time"
+        except (LookupError, ValueError) as exc:
+            models_error = str(exc)
+    return await render(request, "admin/assistant_form.html", {
+        "assistant": assistant, "values": values | {"provider_id": provider_id}, "errors": errors,
+        "providers": all_providers, "models": models, "models_error": models_error,
+        "numeric_parameters": NUMERIC_PARAMETERS,
+    }, status=status)
+
+
+async def assistant_form(request: web.Request) -> web.Response:
+    assistant = await _assistant_or_404(request) if "id" in request.match_info else None
+    if "reload" in request.query:  # "load models" resubmits the form by GET: keep what was typed
+        values = dict(request.query)
+    elif assistant is not None:
+        values = _values_of(assistant)
+    else:
+        values = {"allow_client_system": "on", "enabled": "on"}
+    return await _render_form(request, assistant, values, {})
+
+
+async def assistant_save(request: web.Request) -> web.Response:
+    assistant = await _assistant_or_404(request) if "id" in request.match_info else None
+    pool = _pool(request)
+    form = Form(await request.post())
+    name = form.text("name", required=True)
+    provider_ids = {str(p.id): p.id for p in await providers.list_all(pool)}
+    provider_id = form.choice("provider_id", provider_ids)
+    model = form.text("model", required=True, max_length=300)
+    system_prompt = form.text("system_prompt", max_length=100_000, strip=False)
+    parameters = {}
+    for parameter, (_, low, high, integer) in NUMERIC_PARAMETERS.items():
+        value = form.number(parameter, minimum=low, maximum=high, integer=integer)
+        if value is not None:
+            parameters[parameter] = value
+    stop = form.lines("stop")
+    if len(stop) > 4:
+        form.errors["stop"] = "At most 4 stop sequences."
+    elif stop:
+        parameters["stop"] = stop
+    locked = {parameter for parameter in assistants.PARAMETERS if form.flag(f"lock_{parameter}")}
+    for parameter in locked - set(parameters):
+        form.errors[parameter] = "A locked parameter needs a value."
+    extra_params = form.json_object("extra_params")
+    if form.valid:
+        fields = dict(name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
+                      parameters=parameters, locked=locked, extra_params=extra_params,
+                      allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"))
+        try:
+            if assistant is None:
+                saved = await assistants.create(pool, **fields)
+            else:
+                saved = await assistants.update(pool, assistant.id, **fields)
+        except assistants.InvalidAssistant as exc:
+            form.errors["name"] = str(exc)
+        else:
+            await flash(request, "success", f"Assistant “{saved.name}” saved.")
+            raise redirect(request, "assistant", id=saved.id)
+    return await _render_form(request, assistant, form.values(), form.errors, status=400)
+
+
+async def assistant_detail(request: web.Request) -> web.Response:
+    assistant = await _assistant_or_404(request)
+    provider = await providers.get(_pool(request), assistant.provider_id)
+    base_url = str(request.url.origin()) + f"/api/v1/assistants/{assistant.id}/v1"
+    return await render(request, "admin/assistant.html",
+                        {"assistant": assistant, "provider": provider, "base_url": base_url})
+
+
+async def assistant_toggle(request: web.Request) -> web.Response:
+    assistant = await _assistant_or_404(request)
+    await assistants.set_enabled(_pool(request), assistant.id, not assistant.enabled)
+    state = "disabled" if assistant.enabled else "enabled"
+    await flash(request, "success", f"Assistant “{assistant.name}” {state}.")
+    raise redirect(request, "assistants")
+
+
+async def assistant_delete_confirm(request: web.Request) -> web.Response:
+    assistant = await _assistant_or_404(request)
+    return await render(request, "admin/confirm.html", {
+        "title": f"Delete assistant “{assistant.name}”?",
+        "message": "Clients calling it will get 404. Its usage history is kept. This cannot be undone.",
+        "action": request.path, "button": "Delete assistant", "back": "assistants",
+    })
+
+
+async def assistant_delete(request: web.Request) -> web.Response:
+    assistant = await _assistant_or_404(request)
+    await assistants.delete(_pool(request), assistant.id)
+    await flash(request, "success", f"Assistant “{assistant.name}” deleted.")
+    raise redirect(request, "assistants")

@@ -1,0 +1,146 @@
+"""Logging in and out, and the one-time setup page that creates the first admin."""
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+
+from aiohttp import web
+from aiohttp_session import get_session, new_session
+
+from riceball_proxy import appkeys, crypto
+from riceball_proxy.admin import redirect, render
+from riceball_proxy.commands import MIN_PASSWORD_LENGTH
+from riceball_proxy.db import admins
+
+logger = logging.getLogger(__name__)
+
+# Verified against when the username does not exist, so both cases take the same time.
+_DUMMY_HASH = crypto.hash_password(secrets.token_urlsafe(16))
+
+
+def setup_routes(router: web.UrlDispatcher) -> None:
+    login_page = router.add_resource("/login", name="login")
+    login_page.add_route("GET", login_form)
+    login_page.add_route("POST", login)
+    router.add_post("/logout", logout, name="logout")
+    setup_page = router.add_resource("/setup", name="setup")
+    setup_page.add_route("GET", setup_form)
+    setup_page.add_route("POST", setup)
+
+
+def setup_token(secret_box: crypto.SecretBox) -> str:
+    """The token that unlocks the setup page: derived from the secret key, so every worker agrees on it."""
+    return base64.urlsafe_b64encode(secret_box.derive("riceball admin setup", 24)).decode()
+
+
+async def announce_setup(app: web.Application) -> None:
+    """At start, with no admin yet, print where to create one."""
+    if await admins.count(app[appkeys.DATABASE].pool) == 0:
+        settings = app[appkeys.SETTINGS]
+        logger.warning(
+            "No admin account exists yet. Create one at http://%s:%s/admin/setup?token=%s",
+            settings.host, settings.port, setup_token(app[appkeys.SECRET_BOX]),
+        )
+
+
+def _safe_next(target: str | None) -> str | None:
+    # Only paths inside the panel: never an open redirect to another site.
+    if target and target.startswith("/admin/") and not target.startswith("//"):
+        return target
+    return None
+
+
+async def login_form(request: web.Request) -> web.Response:
+    if await admins.count(request.config_dict[appkeys.DATABASE].pool) == 0:
+        return await render(request, "admin/error.html", {
+            "title": "No admin yet",
+            "message": "Create the first admin with the setup link that riceball serve printed when it started, "
+                       "or with: riceball admin create --username NAME --password-stdin",
+        })
+    return await render(request, "admin/login.html", {"next": _safe_next(request.query.get("next")),
+                                                      "username": ""})
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    address = request.remote or ""
+    throttle = request.config_dict[appkeys.LOGIN_THROTTLE]
+    context = {"next": _safe_next(form.get("next")), "username": username}
+    wait = throttle.retry_after(username, address)
+    if wait > 0:
+        return await render(request, "admin/login.html", context | {
+            "error": f"Too many failed logins. Try again in {int(wait // 60) + 1} minutes."}, status=429)
+    pool = request.config_dict[appkeys.DATABASE].pool
+    admin = await admins.get_by_username(pool, username)
+    valid = crypto.verify_password(admin.password_hash if admin else _DUMMY_HASH, password)
+    if admin is None or not valid:
+        throttle.failed(username, address)
+        return await render(request, "admin/login.html", context | {"error": "Wrong username or password."},
+                            status=401)
+    throttle.succeeded(username, address)
+    await admins.record_login(pool, admin.id)
+    await _start_session(request, admin.id)
+    raise web.HTTPSeeOther(context["next"] or str(request.app.router["dashboard"].url_for()))
+
+
+async def _start_session(request: web.Request, admin_id: int) -> None:
+    # A new session (and CSRF token) at login: a session id planted before login is worth nothing after.
+    session = await new_session(request)
+    session["admin_id"] = admin_id
+    session["csrf_token"] = secrets.token_urlsafe(32)
+
+
+async def logout(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    session.invalidate()
+    raise redirect(request, "login")
+
+
+async def _check_setup(request: web.Request, token: str) -> web.Response | None:
+    """An error page when setup is closed or the token is wrong; None when setup may go on."""
+    if await admins.count(request.config_dict[appkeys.DATABASE].pool) > 0:
+        return await render(request, "admin/error.html", {
+            "title": "Setup is done", "message": "An admin exists already: log in instead."}, status=404)
+    if not secrets.compare_digest(token, setup_token(request.config_dict[appkeys.SECRET_BOX])):
+        return await render(request, "admin/error.html", {
+            "title": "Invalid setup link",
+            "message": "Use the setup link that riceball serve printed when it started."}, status=403)
+    return None
+
+
+async def setup_form(request: web.Request) -> web.Response:
+    token = request.query.get("token", "")
+    refused = await _check_setup(request, token)
+    if refused is not None:
+        return refused
+    return await render(request, "admin/setup.html", {"token": token, "username": "", "errors": {}})
+
+
+async def setup(request: web.Request) -> web.Response:
+    form = await request.post()
+    token = str(form.get("token", ""))
+    refused = await _check_setup(request, token)
+    if refused is not None:
+        return refused
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    errors = {}
+    if not 1 <= len(username) <= 150:
+        errors["username"] = "Choose a username of 1 to 150 characters."
+    if len(password) < MIN_PASSWORD_LENGTH:
+        errors["password"] = f"Use at least {MIN_PASSWORD_LENGTH} characters."
+    elif password != form.get("password_confirm"):
+        errors["password_confirm"] = "The two passwords differ."
+    if errors:
+        return await render(request, "admin/setup.html", {"token": token, "username": username, "errors": errors},
+                            status=400)
+    admin = await admins.create_first(request.config_dict[appkeys.DATABASE].pool, username,
+                                      crypto.hash_password(password))
+    if admin is None:  # another setup won the race
+        return await render(request, "admin/error.html", {
+            "title": "Setup is done", "message": "An admin exists already: log in instead."}, status=404)
+    await _start_session(request, admin.id)
+    raise redirect(request, "dashboard")

@@ -1,0 +1,91 @@
+"""Reading admin forms: typed values out, one error message per bad field, nothing the admin typed lost."""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+
+class Form:
+    """Read fields from a submitted form; every problem is kept in ``errors`` by field name."""
+
+    def __init__(self, data: Mapping[str, Any]):
+        self.data = data
+        self.errors: dict[str, str] = {}
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def raw(self, name: str) -> str:
+        value = self.data.get(name, "")
+        return value if isinstance(value, str) else ""
+
+    def text(self, name: str, *, required: bool = False, max_length: int = 200, strip: bool = True) -> str:
+        value = self.raw(name)
+        if strip:
+            value = value.strip()
+        if required and not value:
+            self.errors[name] = "This field is required."
+        elif len(value) > max_length:
+            self.errors[name] = f"At most {max_length} characters."
+        return value
+
+    def url(self, name: str) -> str:
+        value = self.text(name, required=True, max_length=2000)
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            self.errors[name] = "Enter an http:// or https:// URL."
+        return value.rstrip("/")
+
+    def number(self, name: str, *, minimum: float | None = None, maximum: float | None = None,
+               integer: bool = False, exclusive_minimum: bool = False) -> float | int | None:
+        value = self.raw(name).strip()
+        if not value:
+            return None
+        try:
+            number = int(value) if integer else float(value)
+        except ValueError:
+            self.errors[name] = "Enter a whole number." if integer else "Enter a number."
+            return None
+        if isinstance(number, float) and not math.isfinite(number):
+            self.errors[name] = "Enter a finite number."
+            return None
+        too_low = minimum is not None and (number <= minimum if exclusive_minimum else number < minimum)
+        if too_low or (maximum is not None and number > maximum):
+            low = f"more than {minimum}" if exclusive_minimum else f"at least {minimum}"
+            self.errors[name] = f"Enter a value {low}" + (f" and at most {maximum}." if maximum is not None else ".")
+            return None
+        return number
+
+    def choice(self, name: str, choices: Iterable[str]) -> str:
+        value = self.raw(name)
+        if value not in set(choices):
+            self.errors[name] = "Choose one of the options."
+        return value
+
+    def flag(self, name: str) -> bool:
+        return name in self.data
+
+    def lines(self, name: str) -> list[str]:
+        return [line.strip() for line in self.raw(name).splitlines() if line.strip()]
+
+    def json_object(self, name: str) -> dict[str, Any]:
+        value = self.raw(name).strip()
+        if not value:
+            return {}
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            self.errors[name] = f"Not valid JSON: {exc}."
+            return {}
+        if not isinstance(parsed, dict):
+            self.errors[name] = 'Enter a JSON object, like {"top_k": 40}.'
+            return {}
+        return parsed
+
+    def values(self) -> dict[str, str]:
+        """What was submitted, to fill the form in again."""
+        return {key: value for key, value in self.data.items() if isinstance(value, str)}

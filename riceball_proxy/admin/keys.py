@@ -1,0 +1,113 @@
+"""API keys: create (the key is shown once), list, revoke."""
+from __future__ import annotations
+
+import datetime
+import uuid
+
+from aiohttp import web
+from aiohttp_session import get_session
+
+from riceball_proxy import appkeys, crypto
+from riceball_proxy.admin import flash, redirect, render
+from riceball_proxy.admin.forms import Form
+from riceball_proxy.db import api_keys, assistants
+
+#: The expiries offered: form value -> (label, lifetime).
+EXPIRIES = {
+    "": ("Never", None),
+    "7d": ("In 7 days", datetime.timedelta(days=7)),
+    "30d": ("In 30 days", datetime.timedelta(days=30)),
+    "90d": ("In 90 days", datetime.timedelta(days=90)),
+    "365d": ("In a year", datetime.timedelta(days=365)),
+}
+#: The session entry that carries a new key to the one page that shows it.
+NEW_KEY = "new_key"
+
+
+def setup_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/keys", key_list, name="keys")
+    router.add_get("/keys/new", key_form, name="key_new")
+    router.add_post("/keys/new", key_create)
+    router.add_get("/keys/{id}/revoke", key_revoke_confirm, name="key_revoke")
+    router.add_post("/keys/{id}/revoke", key_revoke)
+
+
+def _pool(request: web.Request):
+    return request.config_dict[appkeys.DATABASE].pool
+
+
+async def key_list(request: web.Request) -> web.Response:
+    pool = _pool(request)
+    session = await get_session(request)
+    new_key = session.pop(NEW_KEY, None)  # shown on this page view, never again
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return await render(request, "admin/keys.html", {
+        "keys": await api_keys.list_all(pool),
+        "assistant_names": {a.id: a.name for a in await assistants.list_all(pool)},
+        "new_key": new_key,
+        "now": now,
+    })
+
+
+async def key_form(request: web.Request) -> web.Response:
+    return await render(request, "admin/key_form.html", {
+        "values": {"expires": ""}, "selected": set(), "errors": {}, "expiries": EXPIRIES,
+        "assistants": await assistants.list_all(_pool(request)),
+    })
+
+
+async def key_create(request: web.Request) -> web.Response:
+    pool = _pool(request)
+    data = await request.post()
+    form = Form(data)
+    name = form.text("name", required=True)
+    expires = form.choice("expires", EXPIRIES)
+    all_assistants = await assistants.list_all(pool)
+    known = {str(a.id): a.id for a in all_assistants}
+    chosen = data.getall("assistants", [])
+    if any(value not in known for value in chosen):
+        form.errors["assistants"] = "Choose assistants from the list."
+    if not form.valid:
+        return await render(request, "admin/key_form.html", {
+            "values": form.values(), "selected": set(chosen), "errors": form.errors, "expiries": EXPIRIES,
+            "assistants": all_assistants,
+        }, status=400)
+    lifetime = EXPIRIES[expires][1]
+    secret = crypto.generate_api_key()
+    key = await api_keys.create(
+        pool,
+        name=name,
+        key_hash=crypto.hash_api_key(secret),
+        prefix=crypto.display_prefix(secret),
+        assistant_ids=[known[value] for value in chosen] or None,
+        expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
+    )
+    session = await get_session(request)
+    session[NEW_KEY] = {"key": secret, "name": key.name}
+    raise redirect(request, "keys")
+
+
+async def _key_or_404(request: web.Request) -> api_keys.ApiKey:
+    try:
+        key = await api_keys.get(_pool(request), uuid.UUID(request.match_info["id"]))
+    except ValueError:
+        key = None
+    if key is None:
+        raise web.HTTPNotFound(text="No such key.")
+    return key
+
+
+async def key_revoke_confirm(request: web.Request) -> web.Response:
+    key = await _key_or_404(request)
+    return await render(request, "admin/confirm.html", {
+        "title": f"Revoke the key “{key.name}” ({key.prefix}…)?",
+        "message": "Every client using it gets 401 from now on. A revoked key cannot be restored.",
+        "action": request.path, "button": "Revoke key", "back": "keys",
+    })
+
+
+async def key_revoke(request: web.Request) -> web.Response:
+    key = await _key_or_404(request)
+    await api_keys.revoke(_pool(request), key.id)
+    await flash(request, "success", f"Key “{key.name}” revoked.")
+    raise redirect(request, "keys")

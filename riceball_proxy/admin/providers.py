@@ -1,0 +1,142 @@
+"""Providers: list, create, edit, delete, and test the connection."""
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from riceball_proxy import appkeys
+from riceball_proxy.admin import flash, redirect, render
+from riceball_proxy.admin.forms import Form
+from riceball_proxy.db import assistants, providers
+from riceball_proxy.errors import APIError
+from riceball_proxy.providers import provider_types
+
+#: Seconds a connection test or a model listing may take.
+UPSTREAM_CHECK_TIMEOUT = 10
+
+
+def setup_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/providers", provider_list, name="providers")
+    router.add_get("/providers/new", provider_form, name="provider_new")
+    router.add_post("/providers/new", provider_save)
+    router.add_get("/providers/{id:\\d+}/edit", provider_form, name="provider_edit")
+    router.add_post("/providers/{id:\\d+}/edit", provider_save)
+    router.add_get("/providers/{id:\\d+}/delete", provider_delete_confirm, name="provider_delete")
+    router.add_post("/providers/{id:\\d+}/delete", provider_delete)
+    router.add_post("/providers/{id:\\d+}/test", provider_test, name="provider_test")
+
+
+def _pool(request: web.Request):
+    return request.config_dict[appkeys.DATABASE].pool
+
+
+def _types(request: web.Request):
+    return provider_types(request.config_dict[appkeys.PLUGIN_MANAGER])
+
+
+async def _provider_or_404(request: web.Request) -> providers.Provider:
+    provider = await providers.get(_pool(request), int(request.match_info["id"]))
+    if provider is None:
+        raise web.HTTPNotFound(text="No such provider.")
+    return provider
+
+
+async def provider_list(request: web.Request) -> web.Response:
+    pool = _pool(request)
+    return await render(request, "admin/providers.html", {
+        "providers": await providers.list_all(pool),
+        "usage": await assistants.count_by_provider(pool),
+        "types": _types(request),
+    })
+
+
+async def provider_form(request: web.Request) -> web.Response:
+    provider = await _provider_or_404(request) if "id" in request.match_info else None
+    types = _types(request)
+    if provider is not None:
+        values = {"name": provider.name, "type": provider.type, "base_url": provider.base_url,
+                  "connect_timeout": f"{provider.connect_timeout:g}", "read_timeout": f"{provider.read_timeout:g}"}
+    else:
+        first = next(iter(types.values()), None)
+        values = {"type": first.name if first else "", "base_url": first.default_base_url if first else "",
+                  "connect_timeout": "10", "read_timeout": "300"}
+    return await render(request, "admin/provider_form.html",
+                        {"provider": provider, "values": values, "errors": {}, "types": types})
+
+
+async def provider_save(request: web.Request) -> web.Response:
+    provider = await _provider_or_404(request) if "id" in request.match_info else None
+    types = _types(request)
+    form = Form(await request.post())
+    name = form.text("name", required=True)
+    provider_type = form.choice("type", types)
+    base_url = form.url("base_url")
+    api_key = form.text("api_key", max_length=4000)
+    connect_timeout = form.number("connect_timeout", minimum=0, maximum=600, exclusive_minimum=True) or 10.0
+    read_timeout = form.number("read_timeout", minimum=0, maximum=3600, exclusive_minimum=True) or 300.0
+    clear_key = form.flag("clear_api_key")
+    if form.valid:
+        box = request.config_dict[appkeys.SECRET_BOX]
+        fields = {"name": name, "type": provider_type, "base_url": base_url,
+                  "connect_timeout": float(connect_timeout), "read_timeout": float(read_timeout)}
+        try:
+            if provider is None:
+                saved = await providers.create(_pool(request), api_key_encrypted=box.encrypt(api_key) if api_key
+                                               else None, **fields)
+            else:
+                # A blank key field keeps the stored key: the form never shows it.
+                key = box.encrypt(api_key) if api_key else (None if clear_key else providers.KEEP)
+                saved = await providers.update(_pool(request), provider.id, api_key_encrypted=key, **fields)
+        except providers.ProviderNameTaken:
+            form.errors["name"] = "Another provider has this name."
+        else:
+            await flash(request, "success", f"Provider “{saved.name}” saved.")
+            raise redirect(request, "providers")
+    values = form.values()
+    values.pop("api_key", None)
+    return await render(request, "admin/provider_form.html",
+                        {"provider": provider, "values": values, "errors": form.errors, "types": types}, status=400)
+
+
+async def provider_delete_confirm(request: web.Request) -> web.Response:
+    provider = await _provider_or_404(request)
+    return await render(request, "admin/confirm.html", {
+        "title": f"Delete provider “{provider.name}”?",
+        "message": "Assistants cannot use a deleted provider. This cannot be undone.",
+        "action": request.path, "button": "Delete provider", "back": "providers",
+    })
+
+
+async def provider_delete(request: web.Request) -> web.Response:
+    provider = await _provider_or_404(request)
+    try:
+        await providers.delete(_pool(request), provider.id)
+    except providers.ProviderInUse:
+        await flash(request, "error", f"“{provider.name}” is used by assistants: move or delete them first.")
+    else:
+        await flash(request, "success", f"Provider “{provider.name}” deleted.")
+    raise redirect(request, "providers")
+
+
+async def list_upstream_models(request: web.Request, provider_id: int,
+                               timeout: float = UPSTREAM_CHECK_TIMEOUT) -> list[str]:
+    """The model ids the provider's upstream offers; raises APIError or TimeoutError when it cannot say."""
+    _, adapter = await request.config_dict[appkeys.CONFIG_CACHE].provider(provider_id)
+    async with asyncio.timeout(timeout):
+        models = await adapter.list_models()
+    return sorted(str(model.get("id")) for model in models if isinstance(model, dict) and model.get("id"))
+
+
+async def provider_test(request: web.Request) -> web.Response:
+    provider = await _provider_or_404(request)
+    models, error = [], None
+    try:
+        models = await list_upstream_models(request, provider.id)
+    except APIError as exc:
+        error = f"{exc.status}: {exc.message}"
+    except TimeoutError:
+        error = f"The upstream did not answer within {UPSTREAM_CHECK_TIMEOUT} seconds."
+    except (LookupError, ValueError) as exc:
+        error = str(exc)
+    return await render(request, "admin/provider_test.html", {"provider": provider, "models": models, "error": error})

@@ -1,0 +1,384 @@
+"""The admin panel through an aiohttp test client: access control, CSRF, escaping, secrets, every form."""
+import re
+import uuid
+
+import pytest
+from aiohttp import web
+
+from riceball_proxy import appkeys, crypto, hookimpl
+from riceball_proxy.admin.auth import setup_token
+from riceball_proxy.app import create_app
+from riceball_proxy.db import admins, api_keys, assistants, providers
+from riceball_proxy.plugins import make_plugin_manager
+
+from conftest import ADMIN_PASSWORD, Panel
+
+HOSTILE = "<script>alert('x')</script>"
+
+
+def admin_routes(app: web.Application):
+    """Every (method, path) of the admin sub-app, with sample values in its placeholders."""
+    admin = next(r.get_info()["app"] for r in app.router.resources() if r.canonical == "/admin")
+    for route in admin.router.routes():
+        if route.method == "HEAD" or route.name == "static":
+            continue
+        info = route.resource.get_info()
+        path = info.get("path") or info["formatter"]
+        path = re.sub(r"\{id[^}]*\}", "1" if "providers" in path else str(uuid.uuid4()), path)
+        yield route.method, "/admin" + path
+
+
+async def provider_via_form(panel, **fields):
+    data = {"name": "up", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "",
+            "connect_timeout": "10", "read_timeout": "300"} | fields
+    return await panel.post("/admin/providers/new", data)
+
+
+async def assistant_via_form(panel, provider_id, **fields):
+    data = {"name": "helper", "provider_id": str(provider_id), "model": "gpt-4o", "system_prompt": "",
+            "allow_client_system": "on", "enabled": "on"} | fields
+    # A browser leaves out unticked checkboxes: None stands for one.
+    return await panel.post("/admin/assistants/new", {k: v for k, v in data.items() if v is not None})
+
+
+# --- access ---------------------------------------------------------------------------------------------
+
+
+async def test_every_admin_route_sends_strangers_to_the_login_page(aiohttp_client, settings):
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    routes = list(admin_routes(app))
+    assert len(routes) >= 20
+    for method, path in routes:
+        if path in ("/admin/login", "/admin/setup"):
+            continue
+        response = await client.request(method, path, allow_redirects=False)
+        assert response.status == 303, (method, path)
+        assert response.headers["Location"].startswith("/admin/login"), (method, path)
+    response = await client.get("/admin/no/such/page", allow_redirects=False)
+    assert response.status == 303
+
+
+async def test_a_post_without_a_valid_csrf_token_is_403(panel):
+    for token in (None, "forged-token"):
+        data = {"name": "x", "type": "openai", "base_url": "http://h"}
+        if token:
+            data["csrf_token"] = token
+        response, text = await panel.post("/admin/providers/new", data, csrf=False)
+        assert response.status == 403 and "security token" in text
+    assert await providers.count(panel.pool) == 0
+    response, _ = await panel.post("/admin/logout", csrf=False)
+    assert response.status == 403
+
+
+async def test_the_login_form_needs_a_csrf_token_too(aiohttp_client, settings):
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    response = await client.post("/admin/login", data={"username": "root", "password": ADMIN_PASSWORD})
+    assert response.status == 403
+
+
+async def test_login_logout_and_wrong_passwords(aiohttp_client, settings):
+    app = create_app(settings)
+    browser = Panel(await aiohttp_client(app))
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    response, text = await browser.login(password="wrong")
+    assert response.status == 401 and "Wrong username or password" in text
+    response, text = await browser.login(username="nobody")
+    assert response.status == 401 and "Wrong username or password" in text
+    response, _ = await browser.get("/admin/providers?x=1", allow_redirects=False)
+    assert response.headers["Location"] == "/admin/login?next=/admin/providers?x%3D1"
+    response, _ = await browser.post("/admin/login", {"username": "root", "password": ADMIN_PASSWORD,
+                                                      "next": "/admin/keys"})
+    assert response.url.path == "/admin/keys"
+    response, _ = await browser.post("/admin/logout")
+    assert response.url.path == "/admin/login"
+    response, _ = await browser.get("/admin/", allow_redirects=False)
+    assert response.status == 303
+
+
+async def test_next_never_leaves_the_panel(aiohttp_client, settings):
+    app = create_app(settings)
+    browser = Panel(await aiohttp_client(app))
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    response, _ = await browser.post("/admin/login", {"username": "root", "password": ADMIN_PASSWORD,
+                                                      "next": "https://evil.example/"}, allow_redirects=False)
+    assert response.headers["Location"] == "/admin/"
+
+
+async def test_repeated_failed_logins_are_throttled(aiohttp_client, settings):
+    app = create_app(settings)
+    browser = Panel(await aiohttp_client(app))
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    for _ in range(5):
+        response, _ = await browser.login(password="guess")
+        assert response.status == 401
+    response, text = await browser.login()  # even the right password waits now
+    assert response.status == 429 and "Too many failed logins" in text
+
+
+async def test_the_session_cookie_is_httponly_lax_and_secure_behind_https(aiohttp_client, settings):
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    plain = await client.get("/admin/login")
+    cookie = plain.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/admin/" in cookie
+    assert "Secure" not in cookie
+    client.session.cookie_jar.clear()
+    proxied = await client.get("/admin/login", headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in proxied.headers["Set-Cookie"]
+
+
+async def test_admin_pages_carry_security_headers(panel):
+    response, _ = await panel.get("/admin/")
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+# --- first admin --------------------------------------------------------------------------------------
+
+
+async def test_setup_creates_the_first_admin_once(aiohttp_client, settings, caplog):
+    app = create_app(settings)
+    with caplog.at_level("WARNING"):
+        browser = Panel(await aiohttp_client(app))
+    token = setup_token(app[appkeys.SECRET_BOX])
+    assert f"/admin/setup?token={token}" in caplog.text  # what riceball serve prints
+    _, text = await browser.get("/admin/login")
+    assert "No admin yet" in text
+    response, _ = await browser.get("/admin/setup?token=wrong")
+    assert response.status == 403
+    setup_page = f"/admin/setup?token={token}"
+    response, text = await browser.post("/admin/setup", {"token": token, "username": "first", "password": "short",
+                                                         "password_confirm": "short"}, csrf_from=setup_page)
+    assert response.status == 400 and "at least 8 characters" in text and 'value="first"' in text
+    response, _ = await browser.post("/admin/setup", {"token": token, "username": "first",
+                                                      "password": ADMIN_PASSWORD, "password_confirm": ADMIN_PASSWORD},
+                                     csrf_from=setup_page)
+    assert response.url.path == "/admin/"  # logged in
+    assert (await admins.get_by_username(app[appkeys.DATABASE].pool, "first")) is not None
+    response, _ = await browser.get(f"/admin/setup?token={token}")
+    assert response.status == 404
+    response, _ = await browser.post("/admin/setup", {"token": token, "username": "second",
+                                                      "password": ADMIN_PASSWORD, "password_confirm": ADMIN_PASSWORD})
+    assert response.status == 404 and await admins.count(app[appkeys.DATABASE].pool) == 1
+
+
+# --- providers ----------------------------------------------------------------------------------------
+
+
+async def test_provider_crud_keeps_the_api_key_write_only(panel):
+    response, text = await provider_via_form(panel, api_key="sk-upstream-SECRET-123")
+    assert response.url.path == "/admin/providers" and "saved" in text
+    provider = (await providers.list_all(panel.pool))[0]
+    box = panel.app[appkeys.SECRET_BOX]
+    assert box.decrypt(provider.api_key_encrypted) == "sk-upstream-SECRET-123"
+
+    _, form = await panel.get(f"/admin/providers/{provider.id}/edit")
+    assert "A key is stored" in form and 'name="api_key" value=""' in form
+    await panel.post(f"/admin/providers/{provider.id}/edit", {
+        "name": "renamed", "type": "openai", "base_url": "http://127.0.0.1:9/v2", "api_key": "",
+        "connect_timeout": "5", "read_timeout": "60"})
+    provider = await providers.get(panel.pool, provider.id)
+    assert (provider.name, provider.base_url, provider.connect_timeout) == ("renamed", "http://127.0.0.1:9/v2", 5.0)
+    assert box.decrypt(provider.api_key_encrypted) == "sk-upstream-SECRET-123"  # blank kept it
+
+    await panel.post(f"/admin/providers/{provider.id}/edit", {
+        "name": "renamed", "type": "openai", "base_url": "http://127.0.0.1:9/v2", "api_key": "",
+        "connect_timeout": "5", "read_timeout": "60", "clear_api_key": "on"})
+    assert (await providers.get(panel.pool, provider.id)).api_key_encrypted is None
+
+    _, text = await panel.post(f"/admin/providers/{provider.id}/delete")
+    assert "deleted" in text and await providers.count(panel.pool) == 0
+
+
+async def test_provider_form_errors_keep_what_was_typed(panel):
+    response, text = await provider_via_form(panel, name="my upstream", base_url="ftp://nope", read_timeout="-1",
+                                             api_key="sk-typed-secret")
+    assert response.status == 400
+    assert "Enter an http:// or https:// URL." in text and 'value="my upstream"' in text
+    assert 'value="ftp://nope"' in text and "Enter a value more than 0" in text
+    assert "sk-typed-secret" not in text  # not even echoed back
+    await provider_via_form(panel, name="taken")
+    response, text = await provider_via_form(panel, name="taken")
+    assert response.status == 400 and "Another provider has this name." in text
+
+
+async def test_a_provider_in_use_cannot_be_deleted(panel):
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    await assistant_via_form(panel, provider.id)
+    _, text = await panel.post(f"/admin/providers/{provider.id}/delete")
+    assert "is used by assistants" in text and await providers.count(panel.pool) == 1
+
+
+async def test_the_connection_test_lists_models_or_shows_the_error(panel, fake_openai):
+    await provider_via_form(panel, base_url=fake_openai.base_url, api_key="sk-upstream-SECRET-123")
+    provider = (await providers.list_all(panel.pool))[0]
+    _, text = await panel.post(f"/admin/providers/{provider.id}/test")
+    assert "answered with 2 models" in text and "gpt-4o-mini" in text
+    fake_openai.error = (401, {"error": {"message": "Incorrect API key provided: sk-upstream-SECRET-123",
+                                         "type": "invalid_request_error", "code": "invalid_api_key"}})
+    _, text = await panel.post(f"/admin/providers/{provider.id}/test")
+    assert "could not list its models" in text and "401" in text
+    assert "sk-upstream-SECRET-123" not in text
+
+
+# --- assistants ---------------------------------------------------------------------------------------
+
+
+async def test_assistant_crud_with_every_injection_field(panel, fake_openai):
+    await provider_via_form(panel, base_url=fake_openai.base_url)
+    provider = (await providers.list_all(panel.pool))[0]
+    _, form = await panel.get("/admin/assistants/new")
+    assert '<option value="gpt-4o-mini">' in form  # the provider's models, offered in a datalist
+    response, text = await assistant_via_form(
+        panel, provider.id, name="Support", model="gpt-4o-mini", system_prompt="Be kind.\nBe brief.",
+        temperature="0.3", lock_temperature="on", max_tokens="256", top_p="", seed="7", stop="END\nSTOP",
+        lock_stop="on", extra_params='{"top_k": 40}', allow_client_system=None)
+    assistant = (await assistants.list_all(panel.pool))[0]
+    assert response.url.path == f"/admin/assistants/{assistant.id}"
+    assert assistant.parameters == {"temperature": 0.3, "max_tokens": 256, "seed": 7, "stop": ["END", "STOP"]}
+    assert assistant.locked == {"temperature", "stop"}
+    assert assistant.extra_params == {"top_k": 40} and assistant.system_prompt == "Be kind.\nBe brief."
+    assert assistant.enabled and not assistant.allow_client_system
+    assert f"/api/v1/assistants/{assistant.id}/v1" in text and "from openai import OpenAI" in text
+    assert "curl " in text
+
+    _, form = await panel.get(f"/admin/assistants/{assistant.id}/edit")
+    assert 'name="lock_temperature" checked' in form and "Be kind.\nBe brief." in form
+
+    _, text = await panel.post(f"/admin/assistants/{assistant.id}/toggle")
+    assert "disabled" in text and not (await assistants.get(panel.pool, assistant.id)).enabled
+    _, text = await panel.post(f"/admin/assistants/{assistant.id}/delete")
+    assert "deleted" in text and await assistants.list_all(panel.pool) == []
+
+
+async def test_assistant_form_errors_are_shown_next_to_their_field(panel):
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    response, text = await assistant_via_form(panel, provider.id, name="keep me", extra_params="{not json",
+                                              temperature="9", lock_top_p="on", system_prompt="typed prompt")
+    assert response.status == 400
+    assert re.search(r'id="extra_params-error" class="error">Not valid JSON', text)
+    assert re.search(r'id="temperature-error" class="error">Enter a value at least 0 and at most 2', text)
+    assert re.search(r'id="top_p-error" class="error">A locked parameter needs a value', text)
+    assert 'value="keep me"' in text and "typed prompt" in text and "{not json" in text
+    assert await assistants.list_all(panel.pool) == []
+
+
+async def test_the_model_field_is_free_text_when_models_cannot_be_listed(panel):
+    await provider_via_form(panel)  # nothing listens at 127.0.0.1:9
+    _, form = await panel.get("/admin/assistants/new")
+    assert "could not be listed" in form and "type the model name" in form
+
+
+# --- keys ---------------------------------------------------------------------------------------------
+
+
+async def test_a_new_key_is_shown_once(panel):
+    response, text = await panel.post("/admin/keys/new", {"name": "laptop", "expires": "30d"})
+    assert response.url.path == "/admin/keys"
+    secret = re.search(r'id="new-key" readonly value="(sk-[^"]+)"', text).group(1)
+    assert "only time it is shown" in text
+    key = await api_keys.get_by_hash(panel.pool, crypto.hash_api_key(secret))
+    assert key.name == "laptop" and key.expires_at is not None and key.assistant_ids is None
+    _, again = await panel.get("/admin/keys")
+    assert secret not in again and key.prefix in again
+
+
+async def test_keys_can_be_scoped_and_revoked_after_confirmation(panel):
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    await assistant_via_form(panel, provider.id, name="scoped-to")
+    assistant = (await assistants.list_all(panel.pool))[0]
+    await panel.post("/admin/keys/new", [("name", "ci"), ("expires", ""), ("assistants", str(assistant.id))])
+    key = (await api_keys.list_all(panel.pool))[0]
+    assert key.assistant_ids == (assistant.id,)
+    _, listing = await panel.get("/admin/keys")
+    assert "scoped-to" in listing
+    _, confirm = await panel.get(f"/admin/keys/{key.id}/revoke")
+    assert "Revoke the key" in confirm and (await api_keys.get(panel.pool, key.id)).revoked_at is None
+    _, text = await panel.post(f"/admin/keys/{key.id}/revoke")
+    assert "revoked" in text and (await api_keys.get(panel.pool, key.id)).revoked_at is not None
+    response, _ = await panel.post("/admin/keys/new", [("name", "x"), ("expires", ""), ("assistants", "nope")])
+    assert response.status == 400
+
+
+# --- escaping and secrets -----------------------------------------------------------------------------
+
+
+async def test_names_and_prompts_are_escaped_and_no_page_shows_a_provider_key(panel, fake_openai):
+    upstream_key = "sk-upstream-NEVER-SHOWN-42"
+    await provider_via_form(panel, name=HOSTILE, base_url=fake_openai.base_url, api_key=upstream_key)
+    provider = (await providers.list_all(panel.pool))[0]
+    await assistant_via_form(panel, provider.id, name=HOSTILE, system_prompt=HOSTILE)
+    assistant = (await assistants.list_all(panel.pool))[0]
+    await panel.post("/admin/keys/new", [("name", HOSTILE), ("expires", ""), ("assistants", str(assistant.id))])
+    key = (await api_keys.list_all(panel.pool))[0]
+    pages = ["/admin/", "/admin/providers", f"/admin/providers/{provider.id}/edit", "/admin/assistants",
+             "/admin/assistants/new", f"/admin/assistants/{assistant.id}", f"/admin/assistants/{assistant.id}/edit",
+             "/admin/keys", "/admin/keys/new", f"/admin/keys/{key.id}/revoke", "/admin/plugins",
+             f"/admin/providers/{provider.id}/delete", f"/admin/assistants/{assistant.id}/delete"]
+    for page in pages:
+        response, text = await panel.get(page)
+        assert response.status == 200, page
+        assert "<script>alert" not in text, page
+        assert upstream_key not in text, page
+    _, text = await panel.get(f"/admin/assistants/{assistant.id}")
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in text
+    _, text = await panel.post(f"/admin/providers/{provider.id}/test")
+    assert upstream_key not in text and "&lt;script&gt;" in text
+
+
+# --- dashboard and plugins ---------------------------------------------------------------------------
+
+
+async def test_the_dashboard_counts_and_shows_recent_api_errors(panel):
+    _, text = await panel.get("/admin/")
+    assert "No API errors since" in text and "Start here" in text
+    client = panel.client
+    response = await client.post(f"/api/v1/assistants/{uuid.uuid4()}/v1/chat/completions",
+                                 json={"messages": [{"role": "user", "content": "hi"}]})
+    assert response.status == 401
+    request_id = response.headers["X-Request-ID"]
+    for _ in range(50):
+        _, text = await panel.get("/admin/")
+        if request_id in text:
+            break
+    assert request_id in text and "401" in text
+
+
+async def test_the_plugins_page_lists_plugins_and_hooks(panel):
+    _, text = await panel.get("/admin/plugins")
+    assert "riceball_proxy.builtin.openai_compat" in text and "riceball_provider_types" in text
+
+
+async def test_hook_riceball_admin_setup(aiohttp_client, settings):
+    class Extension:
+        @hookimpl
+        def riceball_admin_setup(self, admin_app):
+            async def status(request):
+                return web.Response(text="extension is here")
+
+            admin_app.router.add_get("/extension", status)
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(Extension(), name="extension")
+    app = create_app(settings, plugin_manager=pm)
+    browser = Panel(await aiohttp_client(app))
+    response, _ = await browser.get("/admin/extension", allow_redirects=False)
+    assert response.status == 303  # behind the admin session, like every admin page
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    await browser.login()
+    response, text = await browser.get("/admin/extension")
+    assert response.status == 200 and text == "extension is here"
+
+
+@pytest.mark.parametrize("path", ["/admin/static/pico.min.css", "/admin/static/admin.js"])
+async def test_static_files_are_served_without_a_session(aiohttp_client, settings, path):
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get(path)
+    assert response.status == 200
