@@ -21,6 +21,7 @@ run: install
 	$(BIN)/riceball serve
 
 test: install
+	@bash scripts/install-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

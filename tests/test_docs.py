@@ -70,3 +70,9 @@ async def test_the_python_example_in_the_api_guide_works(configured):
     namespace["client"].close()
     assert printed[0] == "Hello from the fake upstream"
     assert "".join(printed[1:]).strip().endswith("tokens")
+
+
+def test_every_image_the_docs_show_exists():
+    for page in DOCS.glob("*.md"):
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
+            assert (page.parent / target).is_file(), f"{page.name} shows a missing image: {target}"

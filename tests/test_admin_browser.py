@@ -1,0 +1,124 @@
+"""The admin panel in a real browser: Debian's Chromium driven by Playwright, against a running gateway."""
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from riceball_proxy import crypto
+from riceball_proxy.db import admins, api_keys
+
+from conftest import ADMIN_PASSWORD, ROOT
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(os.environ.get("RICEBALL_SCREENSHOT_DIR", ROOT / "test-artifacts" / "screenshots"))
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+async def page():
+    """A fresh browser page in headless Chromium (Debian's, never a downloaded one)."""
+    from playwright.async_api import async_playwright
+
+    if CHROMIUM is None:
+        # CI always has it (.ci/run installs it), so there the test fails instead of being skipped.
+        assert not os.environ.get("CI"), "Debian's chromium package is not installed"
+        pytest.skip("Debian's chromium package is not installed (scripts/install-browser installs it)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        yield page
+        await context.close()
+        await browser.close()
+
+
+async def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SCREENSHOTS / f"admin-{name}.png", full_page=True)
+
+
+async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gateway, fake_openai):
+    await admins.create(gateway.pool, "admin", crypto.hash_password(ADMIN_PASSWORD))
+
+    await page.goto(gateway.url("/admin/"))
+    assert page.url.startswith(gateway.url("/admin/login"))
+    await page.get_by_label("Username").fill("admin")
+    await page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    await shot(page, "01-login")
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("heading", name="Dashboard").wait_for()
+    await shot(page, "02-dashboard")
+
+    await page.get_by_role("link", name="Providers").first.click()
+    await page.get_by_role("button", name="Add a provider").first.click()
+    await page.get_by_label("Name", exact=True).fill("local-upstream")
+    await page.get_by_label("Base URL").fill(fake_openai.base_url)
+    await page.get_by_label("API key").fill("sk-upstream-secret")
+    await shot(page, "03-provider-form")
+    await page.get_by_role("button", name="Save provider").click()
+    await page.get_by_text("Provider “local-upstream” saved.").wait_for()
+    assert "sk-upstream-secret" not in await page.content()
+    await shot(page, "04-providers")
+    await page.get_by_role("button", name="Test connection").click()
+    await page.get_by_text("The upstream answered with 2 models.").wait_for()
+    await shot(page, "05-provider-test")
+
+    await page.get_by_role("link", name="Assistants").first.click()
+    await page.get_by_role("button", name="Add an assistant").first.click()
+    await page.get_by_label("Name", exact=True).fill("Support bot")
+    await page.get_by_label("Model", exact=True).fill("gpt-4o-mini")
+    await page.get_by_label("System prompt", exact=True).fill("You are a friendly support assistant.")
+    await page.get_by_label("Temperature", exact=True).fill("0.3")
+    await shot(page, "06-assistant-form")
+    await page.get_by_role("button", name="Save assistant").click()
+    await page.get_by_text("Assistant “Support bot” saved.").wait_for()
+    base_url = await page.locator("#base-url").input_value()
+    assert base_url.startswith(gateway.url("/api/v1/assistants/"))
+    await shot(page, "07-assistant")
+
+    await page.get_by_role("link", name="API keys").first.click()
+    await page.get_by_role("button", name="Create a key").first.click()
+    await page.get_by_label("Name", exact=True).fill("docs example")
+    await page.get_by_label("Support bot").check()
+    await shot(page, "08-key-form")
+    await page.get_by_role("button", name="Create key").click()
+    key = await page.locator("#new-key").input_value()
+    assert key.startswith("sk-")
+    await shot(page, "09-key-created")
+    await page.reload()
+    assert key not in await page.content()
+    assert await page.locator("#new-key").count() == 0
+    await shot(page, "10-keys")
+
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
+        completion = await client.chat.completions.create(model="any", messages=MESSAGES)
+        assert completion.choices[0].message.content == "Hello from the fake upstream"
+        assert fake_openai.last["model"] == "gpt-4o-mini" and fake_openai.last["temperature"] == 0.3
+        assert fake_openai.last["messages"][0] == {"role": "system", "content": "You are a friendly support assistant."}
+
+        await page.get_by_role("link", name="Revoke").click()
+        await shot(page, "11-revoke-confirm")
+        await page.get_by_role("button", name="Revoke key").click()
+        await page.get_by_text("Key “docs example” revoked.").wait_for()
+        assert (await api_keys.list_all(gateway.pool))[0].status() == "revoked"
+
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                await client.chat.completions.create(model="any", messages=MESSAGES)
+            except openai.AuthenticationError:
+                break
+            assert time.monotonic() < deadline, "the revoked key still works"
+            await asyncio.sleep(0.02)
+
+    await page.get_by_role("link", name="Dashboard").first.click()
+    await page.get_by_text("401").first.wait_for()
+    await shot(page, "12-dashboard-errors")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.get_by_role("link", name="Assistants").first.click()
+    await shot(page, "13-mobile-assistants")
