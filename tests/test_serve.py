@@ -57,6 +57,7 @@ def test_serve_with_no_database_url_runs_an_embedded_database(start_server, tmp_
 
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
+    assert "No admin account exists yet. Create one at http://127.0.0.1:" in server.stderr.read()
     assert not (tmp_path / "var" / "postgres" / "postmaster.pid").exists()  # the last user stopped it
     assert (tmp_path / "var" / "secret.key").stat().st_mode & 0o777 == 0o600
 
