@@ -11,7 +11,7 @@ from riceball_proxy.app import create_app
 from riceball_proxy.db import admins, api_keys, assistants, providers
 from riceball_proxy.plugins import make_plugin_manager
 
-from conftest import ADMIN_PASSWORD, Panel
+from tests.support import ADMIN_PASSWORD, Panel
 
 HOSTILE = "<script>alert('x')</script>"
 

@@ -11,7 +11,7 @@ import pytest
 from riceball_proxy import crypto
 from riceball_proxy.db import admins, api_keys
 
-from conftest import ADMIN_PASSWORD, ROOT
+from tests.support import ADMIN_PASSWORD, ROOT
 
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -9,7 +9,7 @@ import pytest
 
 from riceball_proxy.db import api_keys, assistants
 
-from conftest import free_port
+from tests.support import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

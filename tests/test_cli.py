@@ -10,7 +10,7 @@ import pytest
 from riceball_proxy import crypto
 from riceball_proxy.cli import main
 
-from conftest import riceball_command, run_sync
+from tests.support import riceball_command, run_sync
 
 
 def run(capsys, monkeypatch, *argv, stdin=""):

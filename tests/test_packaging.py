@@ -4,7 +4,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import ROOT
+from tests.support import ROOT
 
 SOURCES = ["riceball_proxy", "templates", "setup.cfg", "setup.py", "pyproject.toml", "README.md"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from riceball_proxy.db.migrate import available_migrations
 
-from conftest import free_port, riceball_command, run_sync, wait_for_http
+from tests.support import free_port, riceball_command, run_sync, wait_for_http
 
 
 def environment(**values):

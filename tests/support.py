@@ -219,7 +219,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
 @pytest.fixture
 async def fake_openai(aiohttp_server):
     """A fake OpenAI upstream on a real port; ``fake_openai.base_url`` ends in ``/v1``."""
-    from fake_openai import FakeOpenAI
+    from tests.fake_openai import FakeOpenAI
 
     fake = FakeOpenAI()
     server = await aiohttp_server(fake.app())
