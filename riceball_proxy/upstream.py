@@ -1,0 +1,126 @@
+"""Calling an upstream provider over HTTP: errors in OpenAI's shape, API keys never in a message.
+
+Provider adapters (built-in or in plugins) use :class:`UpstreamCall` for every request, so that a
+refused connection is a 502, a timeout a 504, and an upstream error answer an APIError whatever the
+provider's own error format.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+import yarl
+
+from riceball_proxy.errors import APIError
+
+#: Builds the APIError for an upstream error answer: ``(status, body bytes, redact)``.
+ErrorParser = Callable[[int, bytes, Callable[[str], str]], APIError]
+
+
+def connection_error(exc: BaseException) -> APIError:
+    """The APIError for a failed connection: 504 on a timeout, 502 otherwise."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return APIError(504, "the upstream provider did not answer in time", type="api_error", code="upstream_timeout")
+    return APIError(502, "the upstream provider could not be reached", type="api_error", code="upstream_unavailable")
+
+
+def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambda text: text) -> APIError:
+    """An upstream error answer in OpenAI's shape: a 4xx keeps its status, a 5xx becomes 502.
+
+    Reads ``{"error": {"message", "type", "param", "code"}}`` (OpenAI, Anthropic, most others),
+    ``{"error": "text"}``, or any text.
+    """
+    message, error_type, param, code = None, None, None, None
+    try:
+        payload = orjson.loads(raw)
+        error = payload.get("error", payload) if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message")
+            error_type = error.get("type")
+            param = error.get("param")
+            code = error.get("code")
+        elif isinstance(error, str):
+            message = error
+    except orjson.JSONDecodeError:
+        message = raw[:500].decode("utf-8", "replace").strip() or None
+    message = redact(str(message)) if message else f"the upstream provider answered {status}"
+    code = None if code is None else str(code)
+    param = None if param is None else str(param)
+    if status >= 500:
+        return APIError(502, f"upstream error ({status}): {message}", type="api_error", param=param, code=code)
+    return APIError(status, message, type=str(error_type or "invalid_request_error"), param=param, code=code)
+
+
+def join_url(base_url: str, path: str, **query: str) -> yarl.URL:
+    """``path`` appended to ``base_url``, keeping the base URL's own query (Azure's ?api-version=...)."""
+    base = yarl.URL(base_url)
+    return base.with_path(base.path.rstrip("/") + path).with_query({**base.query, **query})
+
+
+class UpstreamCall:
+    """``async with UpstreamCall(...) as response``: a response with status < 400, or an APIError raised.
+
+    The connection goes back to the pool after a complete read, and is closed when the block is left
+    early (a client that went away, an error): an abandoned upstream stream stops at once.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str | yarl.URL,
+        *,
+        headers: Mapping[str, str],
+        body: Any = None,
+        timeout: aiohttp.ClientTimeout,
+        secret: str | None = None,
+        error_parser: ErrorParser = upstream_error,
+    ):
+        self.session = session
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+        self.secret = secret
+        self.error_parser = error_parser
+        self.response: aiohttp.ClientResponse | None = None
+
+    def redact(self, text: str) -> str:
+        """``text`` with the upstream API key masked."""
+        return text.replace(self.secret, "***") if self.secret else text
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            self.response = await self.session.request(
+                self.method,
+                self.url,
+                data=None if self.body is None else orjson.dumps(self.body),
+                headers=self.headers,
+                timeout=self.timeout,
+            )
+            if self.response.status >= 400:
+                raw = await self.response.read()
+                raise self.error_parser(self.response.status, raw, self.redact)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._close()
+            raise connection_error(exc) from None
+        except BaseException:
+            self._close()
+            raise
+        return self.response
+
+    async def __aexit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None and self.response is not None:
+            self.response.release()
+            self.response = None
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+            self.response = None
