@@ -27,7 +27,7 @@ class Settings:
     port: int = DEFAULT_PORT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "INFO"
-    #: Names of entry-point plugins to load; ``None`` loads every installed one.
+    #: Names of entry-point plugins to load; ``None`` loads every installed one (``RICEBALL_PLUGINS=none``: none).
     plugins: frozenset[str] | None = None
     #: Names of plugins (built-in or installed) that are not registered.
     disabled_plugins: frozenset[str] = frozenset()
@@ -56,7 +56,7 @@ class Settings:
             port=_integer(env, "RICEBALL_PORT", DEFAULT_PORT, 1, 65535),
             max_body_bytes=_integer(env, "RICEBALL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 2**40),
             log_level=log_level,
-            plugins=None if plugins is None else _names(plugins),
+            plugins=None if plugins is None else frozenset() if plugins.lower() == "none" else _names(plugins),
             disabled_plugins=_names(get("RICEBALL_DISABLE_PLUGINS") or ""),
         )
 

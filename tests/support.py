@@ -138,8 +138,9 @@ def secret_key():
 
 @pytest.fixture
 def settings(clean_database, tmp_path, secret_key):
-    """Settings for an app on the emptied shared database."""
-    return Settings(database_url=clean_database, data_dir=tmp_path / "var", secret_key=secret_key)
+    """Settings for an app on the emptied shared database, with no installed plugin but those a test installs."""
+    return Settings(database_url=clean_database, data_dir=tmp_path / "var", secret_key=secret_key,
+                    plugins=frozenset({"recorder", "shout"}))
 
 
 @pytest.fixture
@@ -151,6 +152,7 @@ def cli_env(monkeypatch, settings):
     monkeypatch.setenv("RICEBALL_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("RICEBALL_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("RICEBALL_SECRET_KEY", settings.secret_key)
+    monkeypatch.setenv("RICEBALL_PLUGINS", ",".join(sorted(settings.plugins)))
     return settings
 
 

@@ -33,7 +33,7 @@ def test_default_plugins_are_registered_like_any_plugin():
 
 
 def test_installed_plugins_are_found_by_entry_point(installed_plugin):
-    pm = make_plugin_manager(Settings())
+    pm = make_plugin_manager(Settings(plugins=frozenset({"recorder"})))
     recorder = next(p for p in describe_plugins(pm) if p["name"] == "recorder")
     assert recorder == {
         "name": "recorder",
@@ -44,6 +44,7 @@ def test_installed_plugins_are_found_by_entry_point(installed_plugin):
     }
     types = provider_types(pm)
     assert sorted(types) == ["openai", "recorder"]
+    assert "recorder" in dict(make_plugin_manager(Settings()).list_name_plugin())  # no allowlist: all load
     assert types["openai"].label == "OpenAI (replaced by tests)"  # the installed plugin wins
 
 
@@ -53,7 +54,8 @@ def test_the_allowlist_keeps_other_installed_plugins_out(installed_plugin):
 
 
 def test_disabled_plugins_are_not_registered(installed_plugin):
-    pm = make_plugin_manager(Settings(disabled_plugins=frozenset({"recorder", "riceball_proxy.builtin.openai_compat"})))
+    pm = make_plugin_manager(Settings(plugins=frozenset({"recorder"}),
+                                      disabled_plugins=frozenset({"recorder", "riceball_proxy.builtin.openai_compat"})))
     names = [p["name"] for p in describe_plugins(pm)]
     assert names == [name for name in DEFAULT_PLUGINS if name != "riceball_proxy.builtin.openai_compat"]
     assert provider_types(pm) == {}

@@ -13,7 +13,9 @@ from tests.support import free_port, riceball_command, run_sync, wait_for_http
 
 
 def environment(**values):
+    """The test's environment without RICEBALL_* variables, and with no installed plugin loaded."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("RICEBALL_")}
+    env["RICEBALL_PLUGINS"] = "none"
     env.update(values)
     return env
 

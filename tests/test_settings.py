@@ -36,6 +36,10 @@ def test_values_are_read():
     assert settings.log_level == "DEBUG"
 
 
+def test_plugins_none_loads_no_installed_plugin():
+    assert Settings.from_env({"RICEBALL_PLUGINS": "none"}).plugins == frozenset()
+
+
 @pytest.mark.parametrize(
     "name, value, says",
     [
