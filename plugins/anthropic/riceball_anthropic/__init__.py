@@ -1,0 +1,98 @@
+"""riceball-anthropic: Anthropic's Messages API as a RiceBall provider type."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from riceball_proxy import hookimpl, sse
+from riceball_proxy.builtin.openai_compat import bad_upstream_response
+from riceball_proxy.errors import APIError
+from riceball_proxy.providers import ProviderAdapter, ProviderType
+from riceball_proxy.upstream import connection_error, join_url, upstream_error
+
+from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_anthropic
+
+__version__ = "0.1.0"
+
+ANTHROPIC_VERSION = "2023-06-01"
+#: Anthropic's "overloaded" status: a temporary refusal, passed on as 503 so that clients retry.
+OVERLOADED = 529
+
+
+def anthropic_error(status: int, raw: bytes, redact: Callable[[str], str]) -> APIError:
+    """Anthropic's ``{"type": "error", "error": {"type", "message"}}`` in OpenAI's shape."""
+    error = upstream_error(status, raw, redact)
+    if error.code is None and error.type:
+        error.code = error.type
+    if status == OVERLOADED:
+        error.status, error.type, error.code = 503, "api_error", "overloaded"
+    return error
+
+
+class AnthropicAdapter(ProviderAdapter):
+    """Talks to ``{base_url}/messages`` and ``{base_url}/models``."""
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        return headers
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = to_anthropic(body)
+        async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self._headers(),
+                             body=request, error_parser=anthropic_error) as response:
+            try:
+                return from_anthropic(orjson.loads(await response.read()))
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise bad_upstream_response("answer") from None
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        request = to_anthropic(body | {"stream": True})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translator = StreamTranslator(body["model"], include_usage)
+        async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self._headers(),
+                             body=request, error_parser=anthropic_error) as response:
+            try:
+                async for data in sse.iter_data(response.content):
+                    for payload in translator.feed(orjson.loads(data)):
+                        yield payload
+                    if translator.done:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                yield orjson.dumps(connection_error(exc).body())
+                return
+            except orjson.JSONDecodeError:
+                yield orjson.dumps(bad_upstream_response("stream").body())
+                return
+        if not translator.done:  # the connection ended without message_stop
+            yield orjson.dumps(APIError(502, "the upstream stream ended early", type="api_error",
+                                        code="upstream_unavailable").body())
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        async with self.call("GET", join_url(self.provider.base_url, "/models", limit="1000"),
+                             headers=self._headers(), error_parser=anthropic_error) as response:
+            try:
+                data = orjson.loads(await response.read())["data"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise bad_upstream_response("model list") from None
+        return [{"id": model["id"], "object": "model", "created": _epoch(model.get("created_at")),
+                 "owned_by": "anthropic"} for model in data if isinstance(model, dict) and "id" in model]
+
+
+def _epoch(timestamp: Any) -> int:
+    try:
+        return int(datetime.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+@hookimpl
+def riceball_provider_types():
+    return [ProviderType(name="anthropic", label="Anthropic", adapter=AnthropicAdapter,
+                         default_base_url="https://api.anthropic.com/v1")]

@@ -1,0 +1,231 @@
+"""OpenAI Chat Completions <-> Anthropic Messages: requests, answers and streaming events."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from riceball_proxy.errors import APIError
+
+DEFAULT_MAX_TOKENS = 4096
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
+
+
+def _text(content: Any) -> str:
+    """The text of OpenAI message content (a string or text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+    return ""
+
+
+def _image(url: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0] or "image/png"
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """OpenAI content as Anthropic content blocks."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content or []:
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str):
+                blocks.append(_image(url))
+    return blocks
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None and parallel is None:
+        return None
+    if isinstance(choice, dict):
+        result = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+    else:
+        result = {"type": {"none": "none", "required": "any"}.get(choice, "auto")}
+    if parallel is False and result["type"] != "none":
+        result["disable_parallel_tool_use"] = True
+    return result
+
+
+def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI Chat Completions body as an Anthropic Messages body."""
+    if (body.get("n") or 1) > 1:
+        raise APIError(400, "This provider answers one choice at a time: n must be 1.", param="n",
+                       code="unsupported_parameter")
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if messages and messages[-1]["role"] == role:  # Anthropic wants the roles to alternate
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+
+    for message in body["messages"]:
+        role = message["role"]
+        if role in ("system", "developer"):
+            system.append(_text(message.get("content")))
+        elif role == "user":
+            add("user", _blocks(message.get("content")))
+        elif role == "assistant":
+            blocks = _blocks(message.get("content"))
+            for call in message.get("tool_calls") or []:
+                function = call.get("function", {})
+                try:
+                    arguments = orjson.loads(function.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    raise APIError(400, "A tool call's arguments are not valid JSON.", param="messages",
+                                   code="invalid_value") from None
+                blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
+                               "input": arguments})
+            add("assistant", blocks)
+        elif role in ("tool", "function"):
+            add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+                          "content": _text(message.get("content"))}])
+
+    anthropic: dict[str, Any] = {
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if any(system):
+        anthropic["system"] = "\n\n".join(part for part in system if part)
+    if body.get("temperature") is not None:
+        anthropic["temperature"] = min(float(body["temperature"]), 1.0)  # Anthropic's scale ends at 1
+    if body.get("top_p") is not None:
+        anthropic["top_p"] = body["top_p"]
+    stop = body.get("stop")
+    if stop:
+        anthropic["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("tools"):
+        anthropic["tools"] = [
+            {"name": tool["function"]["name"], "description": tool["function"].get("description", ""),
+             "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}}}
+            for tool in body["tools"] if tool.get("type") == "function"
+        ]
+    choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    if choice is not None and body.get("tools"):
+        anthropic["tool_choice"] = choice
+    if body.get("user"):
+        anthropic["metadata"] = {"user_id": body["user"]}
+    if body.get("top_k") is not None:
+        anthropic["top_k"] = body["top_k"]
+    if body.get("stream"):
+        anthropic["stream"] = True
+    return anthropic
+
+
+def usage_of(usage: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic usage as OpenAI usage (cache reads and writes count as prompt tokens)."""
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + cache_read + (usage.get("cache_creation_input_tokens") or 0)
+    completion = usage.get("output_tokens") or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cache_read}}
+
+
+def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages answer as an OpenAI ``chat.completion``."""
+    texts, calls = [], []
+    for block in message.get("content", []):
+        if block.get("type") == "text":
+            texts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            calls.append({"id": block["id"], "type": "function",
+                          "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input", {})).decode()}})
+    answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if calls:
+        answer["tool_calls"] = calls
+    return {
+        "id": f"chatcmpl-{message.get('id', '')}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": message.get("model", ""),
+        "choices": [{"index": 0, "message": answer, "logprobs": None,
+                     "finish_reason": FINISH_REASONS.get(message.get("stop_reason"), "stop")}],
+        "usage": usage_of(message.get("usage", {})),
+    }
+
+
+def error_body(error: Any) -> dict[str, Any]:
+    """An Anthropic error object as OpenAI's error body."""
+    error = error if isinstance(error, dict) else {}
+    return {"error": {"message": error.get("message") or "The upstream provider failed.",
+                      "type": error.get("type") or "api_error", "param": None, "code": error.get("type")}}
+
+
+class StreamTranslator:
+    """Turns Anthropic streaming events into OpenAI ``chat.completion.chunk`` payloads (JSON bytes)."""
+
+    def __init__(self, model: str, include_usage: bool):
+        self.model = model
+        self.include_usage = include_usage
+        self.id = "chatcmpl-anthropic"
+        self.created = int(time.time())
+        self.usage: dict[str, Any] = {}
+        #: Anthropic content-block index -> OpenAI tool-call index.
+        self.tool_index: dict[int, int] = {}
+        self.done = False
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                             "model": self.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                "finish_reason": finish_reason}]})
+
+    def feed(self, event: dict[str, Any]) -> list[bytes]:
+        """The payloads one event makes (often one, sometimes none)."""
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message", {})
+            self.id = f"chatcmpl-{message.get('id', 'anthropic')}"
+            self.model = message.get("model") or self.model
+            self.usage.update(message.get("usage") or {})
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            block = event.get("content_block", {})
+            if block.get("type") == "tool_use":
+                index = self.tool_index[event["index"]] = len(self.tool_index)
+                return [self._chunk({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
+                                                     "function": {"name": block["name"], "arguments": ""}}]})]
+            if block.get("type") == "text" and block.get("text"):
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            delta = event.get("delta", {})
+            if delta.get("type") == "text_delta":
+                return [self._chunk({"content": delta.get("text", "")})]
+            if delta.get("type") == "input_json_delta" and event.get("index") in self.tool_index:
+                return [self._chunk({"tool_calls": [{"index": self.tool_index[event["index"]],
+                                                     "function": {"arguments": delta.get("partial_json", "")}}]})]
+            return []
+        if kind == "message_delta":
+            self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            reason = (event.get("delta") or {}).get("stop_reason")
+            return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
+        if kind == "message_stop":
+            self.done = True
+            if self.include_usage:
+                return [orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                      "model": self.model, "choices": [], "usage": usage_of(self.usage)})]
+            return []
+        if kind == "error":
+            self.done = True
+            return [orjson.dumps(error_body(event.get("error")))]
+        return []  # ping, content_block_stop and event types added later

@@ -1,0 +1,166 @@
+"""The Anthropic provider through the gateway, the OpenAI SDK on one side and a fake Anthropic API on the other."""
+import json
+import types
+
+import openai
+import pytest
+from fake_anthropic import FakeAnthropic
+
+from riceball_anthropic.translate import to_anthropic
+
+MESSAGES = [{"role": "user", "content": "Hi Claude"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.fixture
+async def claude(aiohttp_server, start_gateway, settings):
+    """The fake Anthropic API, an SDK client of an assistant on it, and the provider's adapter."""
+    fake = FakeAnthropic()
+    server = await aiohttp_server(fake.app())
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
+    provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt="Be brief.")
+    _, adapter = await gateway.cache.provider(provider.id)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter)
+
+
+async def test_plain_text_with_usage(claude):
+    fake, client = claude.fake, claude.client
+    completion = await client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=100, temperature=1.5,
+                                                      stop="END", user="u1")
+    assert completion.choices[0].message.content == "Hello from Claude"
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (15, 7)
+    assert completion.usage.prompt_tokens_details.cached_tokens == 3
+    sent = fake.last
+    assert sent["system"] == "Be brief." and sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Hi Claude"}]}]
+    assert (sent["model"], sent["max_tokens"], sent["temperature"]) == ("claude-sonnet-4-5", 100, 1.0)
+    assert sent["stop_sequences"] == ["END"] and sent["metadata"] == {"user_id": "u1"}
+    headers = fake.requests[-1]["headers"]
+    assert headers["x-api-key"] == "sk-ant-secret" and headers["anthropic-version"] == "2023-06-01"
+
+
+async def test_streaming_with_usage(claude):
+    fake, client = claude.fake, claude.client
+    stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from Claude"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == 7 and chunks[-1].usage.prompt_tokens == 15
+    assert fake.last["stream"] is True and fake.last["max_tokens"] == 4096
+
+
+@pytest.mark.parametrize("uses", [
+    [("toolu_1", "get_weather", {"city": "Paris"})],
+    [("toolu_1", "get_weather", {"city": "Paris"}), ("toolu_2", "get_weather", {"city": "Rome"})],
+])
+async def test_tool_calls_non_streamed(claude, uses):
+    fake, client = claude.fake, claude.client
+    fake.reply = "Let me check."
+    fake.tool_uses = uses
+    completion = await client.chat.completions.create(model="x", messages=MESSAGES, tools=[WEATHER],
+                                                      tool_choice="required", parallel_tool_calls=len(uses) > 1)
+    calls = completion.choices[0].message.tool_calls
+    assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls] == uses
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert fake.last["tools"] == [{"name": "get_weather", "description": "Weather of a city",
+                                   "input_schema": WEATHER["function"]["parameters"]}]
+    expected_choice = {"type": "any"} if len(uses) > 1 else {"type": "any", "disable_parallel_tool_use": True}
+    assert fake.last["tool_choice"] == expected_choice
+
+
+@pytest.mark.parametrize("uses", [
+    [("toolu_1", "get_weather", {"city": "Paris"})],
+    [("toolu_1", "get_weather", {"city": "Paris"}), ("toolu_2", "get_weather", {"city": "Rome"})],
+])
+async def test_tool_calls_streamed_in_fragments(claude, uses):
+    fake, client = claude.fake, claude.client
+    fake.reply = ""
+    fake.tool_uses = uses
+    stream = await client.chat.completions.create(model="x", messages=MESSAGES, tools=[WEATHER], stream=True)
+    calls: dict[int, dict] = {}
+    finish = None
+    async for chunk in stream:
+        for call in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(call.index, {"id": call.id, "name": "", "arguments": ""})
+            entry["name"] += call.function.name or ""
+            entry["arguments"] += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in calls.values()] == uses
+    assert finish == "tool_calls"
+
+
+async def test_a_tool_round_trip_is_translated(claude):
+    fake, client = claude.fake, claude.client
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18 degrees"},
+    ]
+    await client.chat.completions.create(model="x", messages=history, tools=[WEATHER])
+    assert fake.last["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 degrees"}]},
+    ]
+
+
+async def test_an_image_input(claude):
+    fake, client = claude.fake, claude.client
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+               {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    await client.chat.completions.create(model="x", messages=[{"role": "user", "content": content}])
+    assert fake.last["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+    ]
+
+
+async def test_a_mid_stream_error_event(claude):
+    fake, client = claude.fake, claude.client
+    fake.reply = "one two three four"
+    fake.error_after_deltas = 2
+    stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as raised:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert "one" in received and "Overloaded" in str(raised.value.message)
+
+
+@pytest.mark.parametrize("status, error_type, exception, expected_status", [
+    (400, "invalid_request_error", openai.BadRequestError, 400),
+    (401, "authentication_error", openai.AuthenticationError, 401),
+    (429, "rate_limit_error", openai.RateLimitError, 429),
+    (500, "api_error", openai.InternalServerError, 502),
+    (529, "overloaded_error", openai.InternalServerError, 503),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_errors(claude, status, error_type, exception, expected_status, stream):
+    fake, client = claude.fake, claude.client
+    fake.error = (status, {"type": "error", "error": {"type": error_type, "message": "nope sk-ant-secret"}})
+    with pytest.raises(exception) as raised:
+        await client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
+    assert raised.value.status_code == expected_status
+    assert "sk-ant-secret" not in str(raised.value.body)
+
+
+async def test_models_are_listed(claude):
+    fake, client = claude.fake, claude.client
+    assert [m.id for m in (await client.models.list()).data] == ["claude-sonnet-4-5"]  # the assistant's own
+    models = await claude.adapter.list_models()
+    assert [m["id"] for m in models] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    assert models[0]["created"] == 1759104000 and fake.requests[-1]["headers"]["x-api-key"] == "sk-ant-secret"
+
+
+def test_more_than_one_choice_is_refused():
+    with pytest.raises(Exception, match="n must be 1"):
+        to_anthropic({"model": "m", "messages": MESSAGES, "n": 2})
