@@ -1,0 +1,100 @@
+"""riceball-gemini: Google's Gemini API (generateContent) as a RiceBall provider type."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from riceball_proxy import hookimpl, sse
+from riceball_proxy.builtin.openai_compat import bad_upstream_response
+from riceball_proxy.errors import APIError
+from riceball_proxy.providers import ProviderAdapter, ProviderType
+from riceball_proxy.upstream import connection_error, join_url
+
+from riceball_gemini.translate import StreamTranslator, from_gemini, to_gemini
+
+__version__ = "0.1.0"
+
+
+def gemini_error(status: int, raw: bytes, redact: Callable[[str], str]) -> APIError:
+    """Gemini's ``{"error": {"code", "message", "status"}}`` in OpenAI's shape (5xx as 502, 503 kept)."""
+    try:
+        error = orjson.loads(raw).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = redact(str(error.get("message") or f"the upstream provider answered {status}"))
+    code = error.get("status")
+    if status == 503:  # UNAVAILABLE: overloaded for now, worth a retry
+        return APIError(503, message, type="api_error", code=code or "unavailable")
+    if status >= 500:
+        return APIError(502, f"upstream error ({status}): {message}", type="api_error", code=code)
+    error_type = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error")
+    return APIError(status, message, type=error_type, code=code)
+
+
+class GeminiAdapter(ProviderAdapter):
+    """Talks to ``{base_url}/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``."""
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["x-goog-api-key"] = self.api_key
+        return headers
+
+    def _url(self, model: str, method: str, **query: str):
+        return join_url(self.provider.base_url, f"/models/{model}:{method}", **query)
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = to_gemini(body)
+        async with self.call("POST", self._url(body["model"], "generateContent"), headers=self._headers(),
+                             body=request, error_parser=gemini_error) as response:
+            try:
+                return from_gemini(orjson.loads(await response.read()), body["model"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise bad_upstream_response("answer") from None
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        request = to_gemini(body)
+        translator = StreamTranslator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
+        url = self._url(body["model"], "streamGenerateContent", alt="sse")
+        async with self.call("POST", url, headers=self._headers(), body=request, error_parser=gemini_error) as response:
+            try:
+                async for data in sse.iter_data(response.content):
+                    for payload in translator.feed(orjson.loads(data)):
+                        yield payload
+                    if translator.failed:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                yield orjson.dumps(connection_error(exc).body())
+                return
+            except orjson.JSONDecodeError:
+                yield orjson.dumps(bad_upstream_response("stream").body())
+                return
+        for payload in translator.finish():
+            yield payload
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        async with self.call("GET", join_url(self.provider.base_url, "/models", pageSize="1000"),
+                             headers=self._headers(), error_parser=gemini_error) as response:
+            try:
+                models = orjson.loads(await response.read()).get("models") or []
+            except (orjson.JSONDecodeError, AttributeError):
+                raise bad_upstream_response("model list") from None
+        return [
+            {"id": model["name"].removeprefix("models/"), "object": "model", "created": 0, "owned_by": "google"}
+            for model in models
+            if isinstance(model, dict) and "name" in model
+            and "generateContent" in (model.get("supportedGenerationMethods") or ["generateContent"])
+        ]
+
+
+@hookimpl
+def riceball_provider_types():
+    return [ProviderType(name="gemini", label="Google Gemini", adapter=GeminiAdapter,
+                         default_base_url="https://generativelanguage.googleapis.com/v1beta")]

@@ -1,0 +1,258 @@
+"""OpenAI Chat Completions <-> Gemini generateContent: requests, answers and streamed chunks."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from riceball_proxy.errors import APIError
+
+FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+GENERATION_CONFIG = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+    "n": "candidateCount",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _image(url: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        return {"inlineData": {"mimeType": header[5:].split(";")[0] or "image/png", "data": data}}
+    extension = url.rsplit(".", 1)[-1].lower().split("?")[0]
+    mime = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}.get(extension,
+                                                                                                    "image/png")
+    return {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts = []
+    for part in content or []:
+        if part.get("type") == "text":
+            parts.append({"text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str):
+                parts.append(_image(url))
+    return parts
+
+
+def _arguments(call: dict[str, Any]) -> dict[str, Any]:
+    try:
+        arguments = orjson.loads(call.get("function", {}).get("arguments") or "{}")
+    except orjson.JSONDecodeError:
+        raise APIError(400, "A tool call's arguments are not valid JSON.", param="messages",
+                       code="invalid_value") from None
+    return arguments if isinstance(arguments, dict) else {"value": arguments}
+
+
+def _tool_response(content: Any) -> dict[str, Any]:
+    text = _text(content)
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {"content": text}
+    return parsed if isinstance(parsed, dict) else {"content": parsed}
+
+
+def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI Chat Completions body as a Gemini ``generateContent`` body (the model goes in the URL)."""
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+
+    def add(role: str, parts: list[dict[str, Any]]) -> None:
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+
+    for message in body["messages"]:
+        role = message["role"]
+        if role in ("system", "developer"):
+            system.append(_text(message.get("content")))
+        elif role == "user":
+            add("user", _parts(message.get("content")))
+        elif role == "assistant":
+            parts = _parts(message.get("content"))
+            for call in message.get("tool_calls") or []:
+                name = call.get("function", {}).get("name", "")
+                call_names[call.get("id", "")] = name
+                parts.append({"functionCall": {"name": name, "args": _arguments(call)}})
+            add("model", parts)
+        elif role in ("tool", "function"):
+            name = call_names.get(message.get("tool_call_id", ""), message.get("name", ""))
+            add("user", [{"functionResponse": {"name": name, "response": _tool_response(message.get("content"))}}])
+
+    gemini: dict[str, Any] = {"contents": contents}
+    if any(system):
+        gemini["systemInstruction"] = {"parts": [{"text": "\n\n".join(p for p in system if p)}]}
+    config = {target: body[source] for source, target in GENERATION_CONFIG.items() if body.get(source) is not None}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        config["maxOutputTokens"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema:
+            config["responseJsonSchema"] = schema
+    if config:
+        gemini["generationConfig"] = config
+    tools = [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]
+    if tools:
+        gemini["tools"] = [{"functionDeclarations": [
+            {"name": t["name"], "description": t.get("description", ""),
+             **({"parameters": t["parameters"]} if t.get("parameters") else {})} for t in tools]}]
+        choice = body.get("tool_choice")
+        if choice is not None:
+            if isinstance(choice, dict):
+                calling = {"mode": "ANY", "allowedFunctionNames": [(choice.get("function") or {}).get("name", "")]}
+            else:
+                calling = {"mode": {"none": "NONE", "required": "ANY"}.get(choice, "AUTO")}
+            gemini["toolConfig"] = {"functionCallingConfig": calling}
+    return gemini
+
+
+def usage_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Gemini ``usageMetadata`` as OpenAI usage."""
+    prompt = metadata.get("promptTokenCount") or 0
+    completion = (metadata.get("candidatesTokenCount") or 0) + (metadata.get("thoughtsTokenCount") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": metadata.get("totalTokenCount") or prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": metadata.get("cachedContentTokenCount") or 0},
+        "completion_tokens_details": {"reasoning_tokens": metadata.get("thoughtsTokenCount") or 0},
+    }
+
+
+def new_call_id() -> str:
+    """Gemini does not name its function calls: the gateway does, as OpenAI clients expect."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _split(parts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The visible text and the function calls among a candidate's parts (thoughts left out)."""
+    text, calls = [], []
+    for part in parts:
+        if "functionCall" in part:
+            call = part["functionCall"]
+            calls.append({"id": new_call_id(), "type": "function",
+                          "function": {"name": call.get("name", ""),
+                                       "arguments": orjson.dumps(call.get("args") or {}).decode()}})
+        elif "text" in part and not part.get("thought"):
+            text.append(part["text"])
+    return "".join(text), calls
+
+
+def _finish(reason: str | None, has_calls: bool) -> str:
+    if has_calls and reason in (None, "STOP"):
+        return "tool_calls"
+    return FINISH_REASONS.get(reason or "STOP", "stop")
+
+
+def from_gemini(response: dict[str, Any], model: str) -> dict[str, Any]:
+    """A Gemini ``GenerateContentResponse`` as an OpenAI ``chat.completion``."""
+    choices = []
+    for index, candidate in enumerate(response.get("candidates") or []):
+        text, calls = _split((candidate.get("content") or {}).get("parts") or [])
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+        if calls:
+            message["tool_calls"] = calls
+        choices.append({"index": candidate.get("index", index), "message": message, "logprobs": None,
+                        "finish_reason": _finish(candidate.get("finishReason"), bool(calls))})
+    if not choices:  # the prompt itself was blocked
+        choices.append({"index": 0, "message": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": "content_filter"})
+    return {
+        "id": f"chatcmpl-{response.get('responseId') or uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": response.get("modelVersion") or model,
+        "choices": choices,
+        "usage": usage_of(response.get("usageMetadata") or {}),
+    }
+
+
+class StreamTranslator:
+    """Turns Gemini's streamed ``GenerateContentResponse`` chunks into OpenAI chunk payloads (JSON bytes)."""
+
+    def __init__(self, model: str, include_usage: bool):
+        self.model = model
+        self.include_usage = include_usage
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.started = False
+        self.tool_calls = 0
+        self.usage: dict[str, Any] | None = None
+        #: True once the upstream sent an error: nothing follows it.
+        self.failed = False
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                             "model": self.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                "finish_reason": finish_reason}]})
+
+    def feed(self, response: dict[str, Any]) -> list[bytes]:
+        """The payloads one streamed response chunk makes."""
+        if "error" in response:
+            self.failed = True
+            error = response["error"] if isinstance(response["error"], dict) else {}
+            return [orjson.dumps({"error": {"message": error.get("message") or "The upstream provider failed.",
+                                            "type": "api_error", "param": None, "code": error.get("status")}})]
+        payloads = []
+        if not self.started:
+            self.started = True
+            payloads.append(self._chunk({"role": "assistant", "content": ""}))
+        if response.get("usageMetadata"):
+            self.usage = response["usageMetadata"]
+        for candidate in (response.get("candidates") or [])[:1]:
+            text, calls = _split((candidate.get("content") or {}).get("parts") or [])
+            if text:
+                payloads.append(self._chunk({"content": text}))
+            if calls:
+                payloads.append(self._chunk({"tool_calls": [
+                    call | {"index": self.tool_calls + n} for n, call in enumerate(calls)]}))
+                self.tool_calls += len(calls)
+            if candidate.get("finishReason"):
+                payloads.append(self._chunk({}, _finish(candidate["finishReason"], self.tool_calls > 0)))
+        if not response.get("candidates") and (response.get("promptFeedback") or {}).get("blockReason"):
+            payloads.append(self._chunk({}, "content_filter"))
+        return payloads
+
+    def finish(self) -> list[bytes]:
+        """What follows the last chunk: the usage, when the client's request asked for it."""
+        if self.include_usage and self.usage is not None:
+            return [orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                  "model": self.model, "choices": [], "usage": usage_of(self.usage)})]
+        return []

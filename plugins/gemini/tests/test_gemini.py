@@ -1,0 +1,150 @@
+"""The Gemini provider through the gateway: the OpenAI SDK on one side, a fake Gemini API on the other."""
+import json
+import types
+
+import openai
+import pytest
+from fake_gemini import FakeGemini
+
+MESSAGES = [{"role": "user", "content": "Hi Gemini"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.fixture
+async def gemini(aiohttp_server, start_gateway, settings):
+    """The fake Gemini API, an SDK client of an assistant on it, and the provider's adapter."""
+    fake = FakeGemini()
+    server = await aiohttp_server(fake.app())
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"gemini"})))
+    provider = await gateway.provider(str(server.make_url("/v1beta")), type="gemini", api_key="AIza-secret")
+    assistant = await gateway.assistant(provider, model="gemini-2.5-flash", system_prompt="Be brief.")
+    _, adapter = await gateway.cache.provider(provider.id)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter)
+
+
+async def test_plain_text_with_usage(gemini):
+    fake, client = gemini.fake, gemini.client
+    completion = await client.chat.completions.create(
+        model="x", messages=MESSAGES, max_tokens=64, temperature=0.4, top_p=0.9, stop=["END"], seed=5, n=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}})
+    assert completion.choices[0].message.content == "Hello from Gemini"  # the thought part is left out
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (9, 4, 13)
+    assert completion.usage.prompt_tokens_details.cached_tokens == 2
+    request = fake.requests[-1]
+    assert (request["model"], request["method"]) == ("gemini-2.5-flash", "generateContent")
+    assert request["headers"]["x-goog-api-key"] == "AIza-secret"
+    assert request["body"]["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert request["body"]["contents"] == [{"role": "user", "parts": [{"text": "Hi Gemini"}]}]
+    assert request["body"]["generationConfig"] == {
+        "temperature": 0.4, "topP": 0.9, "candidateCount": 1, "seed": 5, "maxOutputTokens": 64,
+        "stopSequences": ["END"], "responseMimeType": "application/json", "responseJsonSchema": {"type": "object"}}
+
+
+async def test_streaming_with_usage(gemini):
+    fake, client = gemini.fake, gemini.client
+    stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from Gemini"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == 13
+    assert (fake.requests[-1]["method"], fake.requests[-1]["query"]) == ("streamGenerateContent", {"alt": "sse"})
+
+
+@pytest.mark.parametrize("calls", [
+    [("get_weather", {"city": "Paris"})],
+    [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})],
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_function_calls(gemini, calls, stream):
+    fake, client = gemini.fake, gemini.client
+    fake.reply = ""
+    fake.function_calls = calls
+    options = dict(model="x", messages=MESSAGES, tools=[WEATHER], tool_choice={"type": "function",
+                                                                                "function": {"name": "get_weather"}})
+    if stream:
+        received: dict[int, dict] = {}
+        finish = None
+        async for chunk in await client.chat.completions.create(stream=True, **options):
+            for call in chunk.choices[0].delta.tool_calls or []:
+                entry = received.setdefault(call.index, {"id": call.id, "name": "", "arguments": ""})
+                entry["name"] += call.function.name or ""
+                entry["arguments"] += call.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        result = list(received.values())
+    else:
+        completion = await client.chat.completions.create(**options)
+        finish = completion.choices[0].finish_reason
+        result = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                  for c in completion.choices[0].message.tool_calls]
+    assert [(c["name"], json.loads(c["arguments"])) for c in result] == calls
+    assert all(c["id"].startswith("call_") for c in result) and len({c["id"] for c in result}) == len(result)
+    assert finish == "tool_calls"
+    assert fake.last["tools"] == [{"functionDeclarations": [{"name": "get_weather", "description": "Weather of a city",
+                                                              "parameters": WEATHER["function"]["parameters"]}]}]
+    assert fake.last["toolConfig"] == {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
+
+
+async def test_a_function_round_trip_is_translated(gemini):
+    fake, client = gemini.fake, gemini.client
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 18}'},
+    ]
+    await client.chat.completions.create(model="x", messages=history, tools=[WEATHER])
+    assert fake.last["contents"] == [
+        {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"celsius": 18}}}]},
+    ]
+
+
+async def test_an_image_input(gemini):
+    fake, client = gemini.fake, gemini.client
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": "data:image/webp;base64,UklGR"}},
+               {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]
+    await client.chat.completions.create(model="x", messages=[{"role": "user", "content": content}])
+    assert fake.last["contents"][0]["parts"] == [
+        {"text": "What is this?"},
+        {"inlineData": {"mimeType": "image/webp", "data": "UklGR"}},
+        {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg"}},
+    ]
+
+
+async def test_a_mid_stream_error(gemini):
+    fake, client = gemini.fake, gemini.client
+    fake.reply = "one two three four"
+    fake.error_after_chunks = 2
+    received = []
+    with pytest.raises(openai.APIError) as raised:
+        async for chunk in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True):
+            received.append(chunk.choices[0].delta.content)
+    assert "one" in received and "Internal error encountered." in raised.value.message
+
+
+@pytest.mark.parametrize("status, google_status, exception, expected", [
+    (400, "INVALID_ARGUMENT", openai.BadRequestError, 400),
+    (403, "PERMISSION_DENIED", openai.PermissionDeniedError, 403),
+    (429, "RESOURCE_EXHAUSTED", openai.RateLimitError, 429),
+    (500, "INTERNAL", openai.InternalServerError, 502),
+    (503, "UNAVAILABLE", openai.InternalServerError, 503),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_errors(gemini, status, google_status, exception, expected, stream):
+    fake, client = gemini.fake, gemini.client
+    fake.error = (status, {"error": {"code": status, "message": "no: key AIza-secret", "status": google_status}})
+    with pytest.raises(exception) as raised:
+        await client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
+    assert raised.value.status_code == expected and raised.value.code == google_status
+    assert "AIza-secret" not in str(raised.value.body)
+
+
+async def test_models_are_listed(gemini):
+    models = await gemini.adapter.list_models()
+    assert [m["id"] for m in models] == ["gemini-2.5-flash"]  # embedding models cannot chat
