@@ -76,3 +76,48 @@ def test_every_image_the_docs_show_exists():
     for page in DOCS.glob("*.md"):
         for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
             assert (page.parent / target).is_file(), f"{page.name} shows a missing image: {target}"
+
+
+async def test_the_worked_provider_example_serves_requests(aiohttp_server, start_gateway, settings):
+    """docs/writing-a-provider.md's adapter against a fake Acme upstream speaking the format it describes."""
+    import orjson
+    from aiohttp import web
+
+    from riceball_proxy.plugins import make_plugin_manager
+
+    received = []
+
+    async def generate(request):
+        body = await request.json()
+        received.append((request.headers.get("X-Acme-Key"), body))
+        if not body.get("stream"):
+            return web.json_response({"text": "Acme says hi", "words_in": 4, "words_out": 3})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in ({"piece": "Acme"}, {"piece": " says"}, {"piece": " hi"},
+                      {"done": True, "words_in": 4, "words_out": 3}):
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/generate", generate)
+    server = await aiohttp_server(upstream)
+
+    namespace: dict = {}
+    exec(compile(python_blocks((DOCS / "writing-a-provider.md").read_text())[0], "docs/writing-a-provider.md",
+                 "exec"), namespace)
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(type("Acme", (), {"riceball_provider_types": staticmethod(namespace["riceball_provider_types"])})(),
+                name="acme")
+    gateway = await start_gateway(settings, plugin_manager=pm)
+    provider = await gateway.provider(str(server.make_url("")), type="acme", api_key="acme-secret")
+    assistant = await gateway.assistant(provider, model="acme-1")
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        completion = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+        assert completion.choices[0].message.content == "Acme says hi" and completion.usage.total_tokens == 7
+        stream = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True, stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Acme says hi"
+    assert chunks[-1].usage.total_tokens == 7
+    assert received[0] == ("acme-secret", {"prompt": "user: hi", "max_words": 100})

@@ -1,0 +1,132 @@
+"""Providers as installable plugins: the first-party ones, and one written from scratch by a "third party"."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from riceball_proxy.plugins import describe_plugins, make_plugin_manager
+from riceball_proxy.providers import provider_types
+from riceball_proxy.settings import Settings
+
+from tests.support import Panel, riceball_command
+
+FIRST_PARTY = {"echo": "riceball-echo", "anthropic": "riceball-anthropic", "gemini": "riceball-gemini"}
+
+SCRATCH_PLUGIN = '''
+"""A provider that answers with the last user message backwards. No network, no core change."""
+import time
+
+import orjson
+
+from riceball_proxy import hookimpl
+from riceball_proxy.providers import ProviderAdapter, ProviderType
+
+
+def _reply(body):
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")[::-1]
+
+
+class ReverseAdapter(ProviderAdapter):
+    async def complete(self, body):
+        return {"id": "chatcmpl-rev", "object": "chat.completion", "created": int(time.time()),
+                "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": _reply(body)}}]}
+
+    async def stream(self, body):
+        for letter in _reply(body):
+            yield orjson.dumps({"id": "chatcmpl-rev", "object": "chat.completion.chunk", "created": 0,
+                                "model": body["model"], "choices": [{"index": 0, "delta": {"content": letter},
+                                                                      "finish_reason": None}]})
+
+    async def list_models(self):
+        return [{"id": "reverse-1", "object": "model", "created": 0, "owned_by": "someone"}]
+
+
+@hookimpl
+def riceball_provider_types():
+    return [ProviderType(name="reverse", label="Reverse", adapter=ReverseAdapter)]
+'''
+
+
+@pytest.fixture(scope="module")
+def scratch_site(tmp_path_factory):
+    """The scratch plugin built and installed by pip (into a folder of its own), as an operator would."""
+    root = tmp_path_factory.mktemp("scratch")
+    source = root / "riceball-reverse"
+    (source / "riceball_reverse").mkdir(parents=True)
+    (source / "riceball_reverse" / "__init__.py").write_text(SCRATCH_PLUGIN)
+    (source / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=68"]\n'
+                                           'build-backend = "setuptools.build_meta"\n')
+    (source / "setup.cfg").write_text(textwrap.dedent("""
+        [metadata]
+        name = riceball-reverse
+        version = 0.0.1
+
+        [options]
+        packages = riceball_reverse
+
+        [options.entry_points]
+        riceball =
+            reverse = riceball_reverse
+    """))
+    site = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(source)], check=True, timeout=300)
+    return site
+
+
+@pytest.fixture
+def scratch_plugin(scratch_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(scratch_site))
+    yield scratch_site
+    sys.modules.pop("riceball_reverse", None)
+
+
+def test_riceball_plugins_lists_an_installed_third_party_provider(scratch_site):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
+    env["PYTHONPATH"] = str(scratch_site)
+    result = subprocess.run([*riceball_command(), "--json", "plugins"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
+    assert plugins["reverse"] == {"name": "reverse", "builtin": False, "distribution": "riceball-reverse",
+                                  "version": "0.0.1", "hooks": ["riceball_provider_types"]}
+
+
+async def test_a_third_party_provider_serves_requests(scratch_plugin, start_gateway, settings):
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"reverse"})))
+    provider = await gateway.provider("http://unused.invalid", type="reverse", api_key=None)
+    assistant = await gateway.assistant(provider, model="reverse-1")
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        completion = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "stressed"}])
+        assert completion.choices[0].message.content == "desserts"
+        stream = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "abc"}],
+                                                      stream=True)
+        assert [c.choices[0].delta.content async for c in stream] == ["c", "b", "a"]
+
+
+def test_the_first_party_plugins_are_installed_and_listed():
+    described = {p["name"]: p for p in describe_plugins(make_plugin_manager(Settings()))}
+    for name, distribution in FIRST_PARTY.items():
+        assert described[name]["distribution"] == distribution and described[name]["version"] == "0.1.0"
+        assert "riceball_provider_types" in described[name]["hooks"]
+    assert {"openai", "echo", "anthropic", "gemini"} <= set(provider_types(make_plugin_manager(Settings())))
+
+
+async def test_the_admin_panel_offers_every_installed_provider_type(aiohttp_client, settings):
+    from riceball_proxy import appkeys, crypto
+    from riceball_proxy.app import create_app
+    from riceball_proxy.db import admins
+
+    from tests.support import ADMIN_PASSWORD
+
+    app = create_app(settings.replace(plugins=None))
+    browser = Panel(await aiohttp_client(app))
+    await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    await browser.login()
+    _, form = await browser.get("/admin/providers/new")
+    for label in ("OpenAI-compatible", "Anthropic", "Google Gemini", "Echo (offline demo)"):
+        assert f">{label}</option>" in form
