@@ -17,7 +17,7 @@ from riceball_proxy import appkeys
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.pipeline import chat_completions
-from riceball_proxy.stages import new_context, resolve, resolve_provider
+from riceball_proxy.stages import observed, resolve, resolve_provider
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +69,17 @@ def _model_object(ctx: ChatContext) -> dict:
     }
 
 
-async def list_models(request: web.Request) -> web.Response:
+@observed
+async def list_models(request: web.Request, ctx: ChatContext) -> web.Response:
     """The models this assistant answers with: its one upstream model (what ``models.list()`` reads)."""
-    ctx = new_context(request)
     await resolve(request, ctx)
     await resolve_provider(request, ctx)
     return web.json_response({"object": "list", "data": [_model_object(ctx)]}, dumps=_dumps)
 
 
-async def retrieve_model(request: web.Request) -> web.Response:
+@observed
+async def retrieve_model(request: web.Request, ctx: ChatContext) -> web.Response:
     """The assistant's model when asked for by name (``models.retrieve()``); 404 for any other name."""
-    ctx = new_context(request)
     await resolve(request, ctx)
     await resolve_provider(request, ctx)
     model = request.match_info["model"]

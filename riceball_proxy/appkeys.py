@@ -13,6 +13,7 @@ from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
 from riceball_proxy.plugins import PluginManager
 from riceball_proxy.settings import Settings
+from riceball_proxy.usage import UsageRecorder
 
 SETTINGS = web.AppKey("settings", Settings)
 PLUGIN_MANAGER = web.AppKey("plugin_manager", PluginManager)
@@ -24,6 +25,8 @@ CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
 RECENT_ERRORS = web.AppKey("recent_errors", collections.deque)
 #: Failed admin logins, per username and address.
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+#: Writes usage rows in batches.
+USAGE_RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 #: Tasks started off the request path (``riceball_request_finished`` observers), awaited at shutdown.
 BACKGROUND_TASKS = web.AppKey("background_tasks", set[asyncio.Task])
 

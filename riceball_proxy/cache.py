@@ -2,8 +2,10 @@
 
 Triggers (migration 0002) notify channel ``riceball_config`` with ``<table>:<id>`` on every change.
 A dedicated connection listens; each notification drops the matching entry. While that connection
-is down nothing is cached (every lookup reads the database), and all entries are dropped when it
-comes back, so a change made while it was down is never served stale.
+is down every lookup reads the database (nothing new is cached), and all entries are dropped when it
+comes back, so a change made while it was down is never served stale. When the database itself cannot
+be reached, lookups fall back to the entries held from before: requests keep being served through an
+outage, and nobody can change a key or an assistant meanwhile anyway.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from riceball_proxy.db import api_keys, assistants, providers
 from riceball_proxy.db.api_keys import ApiKey
 from riceball_proxy.db.assistants import Assistant
 from riceball_proxy.db.providers import Provider
+from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderAdapter, ProviderType
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ MAX_UNKNOWN_KEYS = 10_000
 #: Seconds between liveness checks of the listening connection, and before reconnecting.
 LISTENER_PING_INTERVAL = 5.0
 LISTENER_RETRY_DELAY = 1.0
+#: Seconds a lookup may wait for the database.
+LOOKUP_TIMEOUT = 3.0
 
 
 class ProviderNotInstalled(LookupError):
@@ -67,26 +72,22 @@ class ConfigCache:
     async def api_key(self, key_hash: bytes) -> ApiKey | None:
         """The key with this SHA-256, or None."""
         key = self._keys.get(key_hash)
-        if key is not None or key_hash in self._unknown_keys:
+        if self.listening and (key is not None or key_hash in self._unknown_keys):
             return key
-        key = await self._load(lambda: api_keys.get_by_hash(self.pool, key_hash), self._store_key, key_hash)
-        return key
+        return await self._load(lambda: api_keys.get_by_hash(self.pool, key_hash), self._store_key, key_hash,
+                                self._keys)
 
     async def assistant(self, assistant_id: uuid.UUID) -> Assistant | None:
         """The assistant with this id, or None."""
-        try:
+        if self.listening and assistant_id in self._assistants:
             return self._assistants[assistant_id]
-        except KeyError:
-            return await self._load(
-                lambda: assistants.get(self.pool, assistant_id), self._assistants.__setitem__, assistant_id
-            )
+        return await self._load(lambda: assistants.get(self.pool, assistant_id), self._assistants.__setitem__,
+                                assistant_id, self._assistants)
 
     async def provider(self, provider_id: int) -> tuple[Provider, ProviderAdapter]:
         """The provider with this id and its adapter (built once per provider, not per request)."""
-        try:
+        if self.listening and provider_id in self._providers:
             return self._providers[provider_id]
-        except KeyError:
-            pass
 
         async def load():
             provider = await providers.get(self.pool, provider_id)
@@ -94,7 +95,7 @@ class ConfigCache:
                 raise LookupError(f"no provider with id {provider_id}")
             return provider, self._adapter(provider)
 
-        return await self._load(load, self._providers.__setitem__, provider_id)
+        return await self._load(load, self._providers.__setitem__, provider_id, self._providers)
 
     def _adapter(self, provider: Provider) -> ProviderAdapter:
         provider_type = self.provider_types.get(provider.type)
@@ -105,9 +106,18 @@ class ConfigCache:
             api_key = self.secret_box.decrypt(provider.api_key_encrypted)
         return provider_type.adapter(provider, api_key, self.session)
 
-    async def _load(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any) -> Any:
+    async def _load(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any,
+                    held: dict[Any, Any]) -> Any:
         generation = self._generation
-        value = await read()
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                value = await read()
+        except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            if cache_key in held:  # the database is away: serve what was known before
+                return held[cache_key]
+            logger.warning("configuration lookup failed: %s", type(exc).__name__)
+            raise APIError(503, "The gateway cannot reach its database right now; retry shortly.",
+                           type="api_error", code="database_unavailable") from None
         if self.listening and generation == self._generation:
             store(cache_key, value)
         return value
@@ -172,8 +182,8 @@ class ConfigCache:
             except Exception as exc:  # any failure: stop caching, reconnect after a pause
                 logger.warning("configuration listener lost (%s); retrying", type(exc).__name__)
             finally:
+                # Entries are kept as a fallback for an outage; the next connection starts with a flush.
                 self.listening = False
-                self.flush()
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(LISTENER_RETRY_DELAY)

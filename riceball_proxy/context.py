@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 import uuid
 from typing import Any
@@ -58,8 +59,13 @@ class ChatContext:
     #: What the client asked for in ``stream_options.include_usage``.
     client_wants_usage: bool = False
     client_addr: str | None = None
+    #: When the request arrived: a monotonic clock for durations, and the wall clock for records.
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
+    received_at: datetime.datetime = dataclasses.field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
     first_token_at: float | None = None
+    #: The error that ended an answer already under way (a stream's error event), if any.
+    error: Any = None
     usage: Usage = dataclasses.field(default_factory=Usage)
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -11,14 +11,7 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys, sse
-from riceball_proxy.stages import (
-    CLIENT_CLOSED_REQUEST,
-    finish,
-    new_context,
-    read_chat_request,
-    resolve,
-    resolve_provider,
-)
+from riceball_proxy.stages import observed, read_chat_request, resolve, resolve_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.plugins import await_hook, fold_hook
@@ -43,39 +36,20 @@ class UpstreamStreamError(Exception):
         self.payload = payload
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+@observed
+async def chat_completions(request: web.Request, ctx: ChatContext) -> web.StreamResponse:
     """``POST .../v1/chat/completions``, streamed or not."""
-    ctx = new_context(request)
-    status, error_type, disconnected = 200, None, False
-    try:
-        await resolve(request, ctx)
-        client_body = await read_chat_request(request)
-        ctx.client_body = client_body
-        ctx.body = {**client_body, "messages": list(client_body["messages"])}
-        ctx.stream = bool(client_body.get("stream"))
-        adapter = await resolve_provider(request, ctx)
-        pm = request.config_dict[appkeys.PLUGIN_MANAGER]
-        await await_hook(pm.hook.riceball_prepare_request, ctx=ctx)
-        if not ctx.stream:
-            return await _complete(request, ctx, adapter)
-        response, error = await _stream(request, ctx, adapter)
-        if error is not None:
-            status, error_type = error.status, error.type
-        return response
-    except APIError as exc:
-        status, error_type = exc.status, exc.type
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
-        status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
-        raise
-    except web.HTTPException as exc:
-        status, error_type = exc.status, "invalid_request_error"
-        raise
-    except Exception:
-        status, error_type = 500, "server_error"
-        raise
-    finally:
-        finish(request, ctx, status, error_type, disconnected=disconnected)
+    await resolve(request, ctx)
+    client_body = await read_chat_request(request)
+    ctx.client_body = client_body
+    ctx.body = {**client_body, "messages": list(client_body["messages"])}
+    ctx.stream = bool(client_body.get("stream"))
+    adapter = await resolve_provider(request, ctx)
+    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    await await_hook(pm.hook.riceball_prepare_request, ctx=ctx)
+    if not ctx.stream:
+        return await _complete(request, ctx, adapter)
+    return await _stream(request, ctx, adapter)
 
 
 async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.Response:
@@ -87,8 +61,8 @@ async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAda
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
-async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter):
-    """Answer with SSE; returns the response and the error that ended it early, if any."""
+async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.StreamResponse:
+    """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``."""
     pm = request.config_dict[appkeys.PLUGIN_MANAGER]
     transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
     upstream = adapter.stream(ctx.body)
@@ -126,7 +100,8 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
         else:
             await response.write(DONE_EVENT)
         await response.write_eof()
-        return response, error
+        ctx.error = error
+        return response
     finally:
         await upstream.aclose()
 

@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "riceball_proxy.builtin.openai_compat",
     "riceball_proxy.builtin.request_log",
     "riceball_proxy.builtin.recent_errors",
+    "riceball_proxy.builtin.usage_recorder",
 )
 
 

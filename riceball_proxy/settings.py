@@ -31,6 +31,15 @@ class Settings:
     plugins: frozenset[str] | None = None
     #: Names of plugins (built-in or installed) that are not registered.
     disabled_plugins: frozenset[str] = frozenset()
+    #: Usage rows: written every this many seconds, or once this many wait; kept in memory up to the bound.
+    usage_flush_interval: float = 1.0
+    usage_batch_size: int = 500
+    usage_max_buffer: int = 10_000
+    #: ``text`` or ``json`` (one JSON object a line).
+    log_format: str = "text"
+    #: Serve Prometheus metrics at /metrics; on a port of their own when ``metrics_port`` is set.
+    metrics: bool = True
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,6 +57,13 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise SettingsError(f"RICEBALL_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         plugins = get("RICEBALL_PLUGINS")
+        log_format = (get("RICEBALL_LOG_FORMAT") or "text").lower()
+        if log_format not in ("text", "json"):
+            raise SettingsError("RICEBALL_LOG_FORMAT must be text or json")
+        metrics = (get("RICEBALL_METRICS") or "on").lower()
+        if metrics not in ("on", "off"):
+            raise SettingsError("RICEBALL_METRICS must be on or off")
+        metrics_port = get("RICEBALL_METRICS_PORT")
         return cls(
             database_url=database_url,
             data_dir=Path(get("RICEBALL_DATA_DIR") or "var"),
@@ -58,6 +74,12 @@ class Settings:
             log_level=log_level,
             plugins=None if plugins is None else frozenset() if plugins.lower() == "none" else _names(plugins),
             disabled_plugins=_names(get("RICEBALL_DISABLE_PLUGINS") or ""),
+            usage_flush_interval=_number(env, "RICEBALL_USAGE_FLUSH_INTERVAL", 1.0, 0.01, 3600),
+            usage_batch_size=_integer(env, "RICEBALL_USAGE_BATCH_SIZE", 500, 1, 100_000),
+            usage_max_buffer=_integer(env, "RICEBALL_USAGE_MAX_BUFFER", 10_000, 2, 10_000_000),
+            log_format=log_format,
+            metrics=metrics == "on",
+            metrics_port=None if metrics_port is None else _integer(env, "RICEBALL_METRICS_PORT", 0, 1, 65535),
         )
 
     def replace(self, **changes) -> Settings:
@@ -75,6 +97,19 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return value
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -22,10 +23,40 @@ logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
 
 
-def new_context(request: web.Request) -> ChatContext:
-    """The context of an API request, before anything is known of its caller."""
-    root_app = request.match_info.apps[0]
-    return ChatContext(request_id=request[appkeys.REQUEST_ID], app=root_app, client_addr=request.remote)
+#: The context of the API request being served (for the access log).
+CHAT_CONTEXT = web.RequestKey("chat_context", ChatContext)
+
+
+def observed(handler):
+    """Make an API handler ``handler(request, ctx)`` whose outcome every call reports to the observers.
+
+    The status recorded is the one the client got, or the error that ended a stream already under
+    way, or 499 when the client went away first.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=request.match_info.apps[0],
+                          client_addr=request.remote)
+        request[CHAT_CONTEXT] = ctx
+        status, error_type, disconnected = 500, "server_error", False
+        try:
+            response = await handler(request, ctx)
+            status, error_type = (ctx.error.status, ctx.error.type) if ctx.error else (response.status, None)
+            return response
+        except APIError as exc:
+            status, error_type = exc.status, exc.type
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
+            raise
+        except web.HTTPException as exc:
+            status, error_type = exc.status, "invalid_request_error"
+            raise
+        finally:
+            finish(request, ctx, status, error_type, disconnected=disconnected)
+
+    return wrapper
 
 
 async def resolve(request: web.Request, ctx: ChatContext) -> None:

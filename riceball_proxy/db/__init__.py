@@ -20,6 +20,9 @@ from riceball_proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: Seconds to open a database connection before giving up (asyncpg waits 60 by default).
+CONNECT_TIMEOUT = 5.0
+
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per-connection set-up: json and jsonb columns go through orjson."""
@@ -77,7 +80,8 @@ async def open_database(settings: Settings, *, min_size: int = 1, max_size: int 
             await conn.close()
         for migration in applied:
             logger.info("applied migration %04d_%s", migration.version, migration.name)
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection)
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
+                                         timeout=CONNECT_TIMEOUT)
         try:
             yield Database(pool, url)
         finally:

@@ -118,3 +118,18 @@ async def get(db, key_id: uuid.UUID) -> ApiKey | None:
     """The key with this id, or None."""
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
     return None if row is None else ApiKey.from_row(row)
+
+
+async def touch_last_used(db, used: dict[uuid.UUID, datetime]) -> None:
+    """Move each key's ``last_used_at`` forward to the time given (never back)."""
+    if not used:
+        return
+    await db.execute(
+        """
+        UPDATE api_keys AS k SET last_used_at = greatest(k.last_used_at, u.used_at)
+        FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, used_at)
+        WHERE k.id = u.id
+        """,
+        list(used),
+        list(used.values()),
+    )

@@ -39,10 +39,15 @@ async def insert_many(db, events: Sequence[UsageEvent]) -> None:
     records = []
     for event in events:
         record = dataclasses.astuple(event)
-        if event.client_addr is not None:
-            record = (*record[:-1], ipaddress.ip_address(event.client_addr))
-        records.append(record)
+        records.append((*record[:-1], _address(event.client_addr)))
     await db.copy_records_to_table("usage_events", records=records, columns=_FIELDS)
+
+
+def _address(text: str | None):
+    try:
+        return None if text is None else ipaddress.ip_address(text)
+    except ValueError:  # a unix socket peer, or anything else that is no IP address
+        return None
 
 
 async def recent(db, limit: int = 100) -> list[UsageEvent]:

@@ -1,0 +1,54 @@
+"""Records one usage row per API call, written in batches off the request path (``riceball_proxy.usage``)."""
+from __future__ import annotations
+
+from riceball_proxy import appkeys, hookimpl
+from riceball_proxy.db.usage_events import UsageEvent
+from riceball_proxy.usage import UsageRecorder
+
+
+@hookimpl
+def riceball_startup(app):
+    settings = app[appkeys.SETTINGS]
+    recorder = UsageRecorder(
+        app[appkeys.DATABASE].pool,
+        settings.data_dir,
+        flush_interval=settings.usage_flush_interval,
+        batch_size=settings.usage_batch_size,
+        max_buffer=settings.usage_max_buffer,
+    )
+    app[appkeys.USAGE_RECORDER] = recorder
+    recorder.start()
+
+
+@hookimpl
+async def riceball_shutdown(app):
+    recorder = app.get(appkeys.USAGE_RECORDER)
+    if recorder is not None:
+        await recorder.close()
+
+
+@hookimpl
+def riceball_request_finished(ctx, outcome):
+    recorder = ctx.app.get(appkeys.USAGE_RECORDER) if ctx.app is not None else None
+    if recorder is None:
+        return
+    usage = outcome.usage
+    recorder.record(UsageEvent(
+        created_at=ctx.received_at,
+        request_id=ctx.request_id,
+        status=outcome.status,
+        api_key_id=ctx.principal.key_id if ctx.principal else None,
+        assistant_id=ctx.assistant.id if ctx.assistant else None,
+        provider_id=ctx.provider.id if ctx.provider else None,
+        upstream_model=ctx.body.get("model") or (ctx.assistant.model if ctx.assistant else None),
+        stream=ctx.stream,
+        error_type=outcome.error_type,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms,
+        client_addr=ctx.client_addr,
+    ))

@@ -1,0 +1,194 @@
+"""Usage events written off the request path, in batches, and never lost.
+
+Each API call adds one :class:`UsageEvent` to an in-memory queue. A background task writes the queue
+with ``COPY`` every ``flush_interval`` seconds, or sooner once ``batch_size`` rows wait, and moves the
+keys' ``last_used_at`` forward the same way. While the database cannot be reached the queue keeps
+growing up to ``max_buffer`` rows; past that the oldest rows are written to files in
+``$RICEBALL_DATA_DIR/usage-spill/``, which are loaded back once the database answers again. On
+shutdown whatever is left is written, or spilled if the database is still away.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import os
+import uuid
+from collections import deque
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from riceball_proxy.db import api_keys, usage_events
+from riceball_proxy.db.usage_events import UsageEvent
+
+logger = logging.getLogger(__name__)
+
+SPILL_DIR = "usage-spill"
+#: Seconds a write may take before the database counts as unreachable.
+WRITE_TIMEOUT = 10.0
+#: Failures that no retry can fix: the rows are set aside in a ``.rejected`` file instead.
+_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _json_default(value):
+    if isinstance(value, uuid.UUID):  # asyncpg's UUID subclass too
+        return str(value)
+    raise TypeError
+
+
+def _event_line(event: UsageEvent) -> bytes:
+    return orjson.dumps(dataclasses.asdict(event), default=_json_default)
+
+
+def _event_from(data: dict) -> UsageEvent:
+    data["created_at"] = datetime.datetime.fromisoformat(data["created_at"])
+    for field in ("api_key_id", "assistant_id"):
+        if data[field] is not None:
+            data[field] = uuid.UUID(data[field])
+    return UsageEvent(**data)
+
+
+class UsageRecorder:
+    """Queues usage events and writes them in batches; see the module's docstring."""
+
+    def __init__(self, pool: asyncpg.Pool, data_dir: Path, *, flush_interval: float = 1.0, batch_size: int = 500,
+                 max_buffer: int = 10_000):
+        self.pool = pool
+        self.spill_dir = Path(data_dir) / SPILL_DIR
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.max_buffer = max_buffer
+        self.pending: deque[UsageEvent] = deque()
+        self.last_used: dict[uuid.UUID, datetime.datetime] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    # --- recording ---------------------------------------------------------------------------------
+
+    def record(self, event: UsageEvent) -> None:
+        """Queue one event (never blocks on the database)."""
+        self.pending.append(event)
+        if event.api_key_id is not None and event.status < 400:
+            previous = self.last_used.get(event.api_key_id)
+            if previous is None or previous < event.created_at:
+                self.last_used[event.api_key_id] = event.created_at
+        if len(self.pending) >= self.batch_size:
+            self._wakeup.set()
+        if len(self.pending) > self.max_buffer:
+            self._spill([self.pending.popleft() for _ in range(len(self.pending) - self.max_buffer // 2)])
+
+    # --- the background writer ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover spill files left by a stopped process, and start writing in the background."""
+        self._recover_claimed_files()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="riceball-usage-writer")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            await self.flush()
+
+    async def close(self) -> None:
+        """Stop the background writer and write (or spill) everything still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if not await self.flush(load_spilled=False):
+            self._spill(list(self.pending))
+            self.pending.clear()
+            logger.warning("database unreachable at shutdown: usage rows kept in %s", self.spill_dir)
+
+    async def flush(self, *, load_spilled: bool = True) -> bool:
+        """Write what is queued (and spilled); False when the database could not be reached."""
+        async with self._lock:
+            while self.pending:
+                batch = [self.pending[n] for n in range(min(self.batch_size, len(self.pending)))]
+                written = await self._write(batch)
+                if written is None:
+                    return False
+                for _ in batch:
+                    self.pending.popleft()
+            if self.last_used:
+                used, self.last_used = self.last_used, {}
+                try:
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await api_keys.touch_last_used(self.pool, used)
+                except Exception:  # unreachable: keep the times for the next flush
+                    for key_id, at in used.items():
+                        self.last_used[key_id] = max(at, self.last_used.get(key_id, at))
+                    return False
+            if load_spilled:
+                return await self._load_spilled()
+            return True
+
+    async def _write(self, batch: list[UsageEvent]) -> bool | None:
+        """True when written, False when set aside as unwritable, None when the database is unreachable."""
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await usage_events.insert_many(self.pool, batch)
+            return True
+        except _REJECTED:
+            logger.exception("usage rows the database refuses; kept in a .rejected file")
+            self._spill(batch, suffix=".rejected")
+            return False
+        except Exception as exc:
+            logger.warning("usage rows not written yet (%s); retrying", type(exc).__name__)
+            return None
+
+    # --- spill files ---------------------------------------------------------------------------------
+
+    def _spill(self, events: list[UsageEvent], suffix: str = ".jsonl") -> None:
+        if not events:
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        name = f"usage-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+        partial = self.spill_dir / f".{name}.partial"
+        partial.write_bytes(b"\n".join(_event_line(event) for event in events) + b"\n")
+        partial.rename(self.spill_dir / f"{name}{suffix}")  # whole files only: a crash leaves a .partial
+        logger.warning("%d usage rows spilled to %s", len(events), self.spill_dir)
+
+    async def _load_spilled(self) -> bool:
+        """Write spilled rows back, one file at a time; each file is claimed first, so one worker loads it."""
+        if not self.spill_dir.is_dir():
+            return True
+        for path in sorted(self.spill_dir.glob("usage-*.jsonl")):
+            claimed = path.with_name(f"{path.name}.loading-{os.getpid()}")
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:
+                continue  # another worker claimed it
+            events = [_event_from(orjson.loads(line)) for line in claimed.read_bytes().splitlines() if line]
+            for start in range(0, len(events), self.batch_size):
+                written = await self._write(events[start:start + self.batch_size])
+                if written is None:
+                    rest = events[start:]
+                    claimed.unlink()
+                    self._spill(rest)
+                    return False
+            claimed.unlink()
+            logger.info("loaded %d spilled usage rows from %s", len(events), path.name)
+        return True
+
+    def _recover_claimed_files(self) -> None:
+        if not self.spill_dir.is_dir():
+            return
+        for path in self.spill_dir.glob("usage-*.jsonl.loading-*"):
+            pid = int(path.name.rsplit("-", 1)[1])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:  # its loader died: the file is free again
+                path.rename(path.with_name(path.name.split(".loading-")[0]))
+            except PermissionError:
+                pass

@@ -1,0 +1,161 @@
+"""Usage accounting: one row per API call with the right numbers, written off the request path, never lost."""
+import asyncio
+import time
+
+import aiohttp
+import openai
+
+from riceball_proxy import appkeys
+from riceball_proxy.db import api_keys
+
+from tests.tcp_proxy import TcpProxy
+
+MESSAGES = [{"role": "user", "content": "count my tokens"}]
+
+
+async def rows(pool, expected: int, timeout: float = 20.0):
+    """The usage rows once there are ``expected`` of them (fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await pool.fetch("SELECT * FROM usage_events ORDER BY id")
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def disconnect_mid_stream(gateway, assistant_id, key):
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(gateway.base_url(assistant_id) + "/chat/completions",
+                                      json={"messages": MESSAGES, "stream": True},
+                                      headers={"Authorization": f"Bearer {key}"})
+        await response.content.readline()
+        response.close()
+
+
+async def test_concurrent_calls_give_exactly_one_row_each(start_gateway, settings, fake_openai, db):
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    key = await gateway.key()
+    fake_openai.reply = " ".join(["word"] * 30)
+    fake_openai.chunk_delay = 0.01
+
+    async with gateway.client(assistant.id, key) as client, gateway.client(assistant.id, "sk-wrong") as stranger:
+        async def plain():
+            return await client.chat.completions.create(model="x", messages=MESSAGES)
+
+        async def streamed():
+            stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+            return [chunk async for chunk in stream]
+
+        async def refused():
+            try:
+                await stranger.chat.completions.create(model="x", messages=MESSAGES)
+            except openai.AuthenticationError:
+                return "401"
+
+        calls = [plain() for _ in range(10)] + [streamed() for _ in range(10)] + [refused() for _ in range(5)]
+        calls += [disconnect_mid_stream(gateway, assistant.id, key) for _ in range(5)]
+        await asyncio.gather(*calls)
+
+    found = await rows(db, 30)
+    assert len(found) == 30 and len({r["request_id"] for r in found}) == 30
+    ok = [r for r in found if r["status"] == 200]
+    assert len(ok) == 20
+    assert {(r["prompt_tokens"], r["completion_tokens"], r["total_tokens"]) for r in ok} == {(3, 30, 33)}
+    assert sum(r["stream"] for r in ok) == 10  # streams' usage came from the chunk the gateway asked for
+    assert all(r["api_key_id"] is not None and r["assistant_id"] == assistant.id and r["provider_id"] == provider.id
+               and r["upstream_model"] == "gpt-4o" and r["latency_ms"] > 0 for r in ok)
+    assert all(r["ttft_ms"] is not None and r["ttft_ms"] <= r["latency_ms"] for r in ok)
+    assert all(r["cached_tokens"] == 0 and r["reasoning_tokens"] == 0 for r in ok)
+    refused_rows = [r for r in found if r["status"] == 401]
+    assert len(refused_rows) == 5 and all(r["api_key_id"] is None and r["error_type"] == "invalid_request_error"
+                                          for r in refused_rows)
+    gone = [r for r in found if r["status"] == 499]
+    assert len(gone) == 5 and all(r["error_type"] == "client_disconnected" and r["stream"] for r in gone)
+    assert all(str(r["client_addr"]) == "127.0.0.1" for r in found)
+    key_row = (await api_keys.list_all(db))[0]
+    assert key_row.last_used_at is not None  # written in the same batches
+
+
+async def test_an_upstream_failure_is_recorded_with_its_status(start_gateway, settings, fake_openai, db):
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    fake_openai.error = (503, b"down")
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        try:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        except openai.InternalServerError:
+            pass
+    (row,) = await rows(db, 1)
+    assert (row["status"], row["error_type"], row["prompt_tokens"]) == (502, "api_error", None)
+
+
+async def test_pending_rows_are_written_at_shutdown(start_gateway, settings, fake_openai, db):
+    gateway = await start_gateway(settings.replace(usage_flush_interval=3600))  # never on its own
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 0
+    await gateway.server.close()  # a graceful shutdown
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 3
+
+
+async def test_nothing_is_lost_while_the_database_is_unreachable(start_gateway, settings, fake_openai, db, tmp_path):
+    proxy = await TcpProxy(settings.database_url).start()
+    try:
+        gateway = await start_gateway(settings.replace(database_url=proxy.url(), usage_flush_interval=0.05,
+                                                       usage_batch_size=5, usage_max_buffer=8))
+        provider = await gateway.provider(fake_openai.base_url)
+        assistant = await gateway.assistant(provider)
+        key = await gateway.key()
+        async with gateway.client(assistant.id, key) as client:
+            await client.chat.completions.create(model="x", messages=MESSAGES)  # warms the caches
+            await rows(db, 1)
+
+            proxy.block()  # the database is gone for the gateway
+            for n in range(30):
+                if n % 2:
+                    async for _ in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True):
+                        pass
+                else:
+                    await client.chat.completions.create(model="x", messages=MESSAGES)
+            spill_dir = settings.data_dir / "usage-spill"
+            assert list(spill_dir.glob("usage-*.jsonl")), "past the bound, rows go to files"
+            assert await db.fetchval("SELECT count(*) FROM usage_events") == 1
+
+            proxy.unblock()  # the database is back
+            found = await rows(db, 31)
+        assert len(found) == 31 and len({r["request_id"] for r in found}) == 31
+        assert all(r["status"] == 200 and r["total_tokens"] == 8 for r in found)
+        deadline = time.monotonic() + 10
+        while list(spill_dir.iterdir()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert list(spill_dir.iterdir()) == []  # every spilled row was loaded back
+        assert len(gateway.app[appkeys.USAGE_RECORDER].pending) == 0
+    finally:
+        await proxy.close()
+
+
+async def test_rows_still_pending_at_shutdown_without_a_database_are_spilled_then_loaded(
+        start_gateway, settings, fake_openai, db):
+    proxy = await TcpProxy(settings.database_url).start()
+    try:
+        slow = settings.replace(database_url=proxy.url(), usage_flush_interval=3600)
+        gateway = await start_gateway(slow)
+        provider = await gateway.provider(fake_openai.base_url)
+        assistant = await gateway.assistant(provider)
+        async with gateway.client(assistant.id, await gateway.key()) as client:
+            for _ in range(4):
+                await client.chat.completions.create(model="x", messages=MESSAGES)
+        proxy.block()
+        await gateway.server.close()
+        assert len(list((settings.data_dir / "usage-spill").glob("usage-*.jsonl"))) == 1
+        proxy.unblock()
+        await start_gateway(slow.replace(usage_flush_interval=0.05))  # the next start loads them
+        assert len(await rows(db, 4)) == 4
+    finally:
+        await proxy.close()
