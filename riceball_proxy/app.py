@@ -18,6 +18,8 @@ from riceball_proxy.api import setup_api
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
+from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from riceball_proxy.metrics import Metrics
 from riceball_proxy.plugins import PluginManager, await_me_maybe, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
@@ -41,6 +43,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app[appkeys.SETTINGS] = settings
     app[appkeys.PLUGIN_MANAGER] = plugin_manager or make_plugin_manager(settings)
     app[appkeys.SECRET_BOX] = load_secret_box(settings)
+    app[appkeys.METRICS] = Metrics()
     app.on_response_prepare.append(add_request_id_header)
     setup_templates(app)
     # Order matters: plugins start after, and stop before, the resources they use.
@@ -49,9 +52,13 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app.cleanup_ctx.append(config_cache_ctx)
     app.cleanup_ctx.append(plugins_ctx)
     app.cleanup_ctx.append(background_tasks_ctx)
+    if settings.metrics and settings.metrics_port is not None:
+        app.cleanup_ctx.append(metrics_site_ctx)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if settings.metrics and settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics)
     setup_api(app)
     setup_admin(app)
     return app
@@ -98,6 +105,19 @@ async def background_tasks_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait(tasks, timeout=BACKGROUND_TASKS_GRACE)
 
 
+async def metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serve /metrics on a port of its own (shared by the workers), away from the API."""
+    metrics_app = web.Application()
+    metrics_app[appkeys.METRICS] = app[appkeys.METRICS]
+    metrics_app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    settings = app[appkeys.SETTINGS]
+    await web.TCPSite(runner, settings.host, settings.metrics_port, reuse_port=True).start()
+    yield
+    await runner.cleanup()
+
+
 async def plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the plugins' ``riceball_startup`` and ``riceball_shutdown`` hooks."""
     pm = app[appkeys.PLUGIN_MANAGER]
@@ -135,6 +155,12 @@ async def index(request: web.Request) -> dict:
 async def healthz(request: web.Request) -> web.Response:
     """200 while the process is alive."""
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus metrics."""
+    body = request.config_dict[appkeys.METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def readyz(request: web.Request) -> web.Response:

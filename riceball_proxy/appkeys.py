@@ -11,6 +11,7 @@ from riceball_proxy.admin.throttle import LoginThrottle
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
+from riceball_proxy.metrics import Metrics
 from riceball_proxy.plugins import PluginManager
 from riceball_proxy.settings import Settings
 from riceball_proxy.usage import UsageRecorder
@@ -25,6 +26,8 @@ CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
 RECENT_ERRORS = web.AppKey("recent_errors", collections.deque)
 #: Failed admin logins, per username and address.
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+#: The Prometheus metrics.
+METRICS = web.AppKey("metrics", Metrics)
 #: Writes usage rows in batches.
 USAGE_RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 #: Tasks started off the request path (``riceball_request_finished`` observers), awaited at shutdown.

@@ -30,6 +30,7 @@ from riceball_proxy.commands import (
     cmd_provider_list,
     cmd_serve,
 )
+from riceball_proxy.logs import configure_logging
 from riceball_proxy.settings import Settings, SettingsError
 
 logger = logging.getLogger("riceball")
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level if args.command == "serve" else "WARNING")
+        configure_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
         return args.run(args, settings) or 0
     except (CommandError, SettingsError) as exc:
         print(f"riceball: error: {exc}", file=sys.stderr)
@@ -56,12 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"riceball: error: database unavailable: {exc}", file=sys.stderr)
         return 1
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level``; the embedded server's own chatter only from WARNING up."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,8 @@ class ChatContext:
     first_token_at: float | None = None
     #: The error that ended an answer already under way (a stream's error event), if any.
     error: Any = None
+    #: The error the upstream call ended with (an ``APIError``), if it failed.
+    upstream_error: Any = None
     usage: Usage = dataclasses.field(default_factory=Usage)
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)

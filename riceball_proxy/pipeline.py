@@ -53,7 +53,11 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
 
 
 async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.Response:
-    answer = await adapter.complete(ctx.body)
+    try:
+        answer = await adapter.complete(ctx.body)
+    except APIError as exc:
+        ctx.upstream_error = exc
+        raise
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage"))
     pm = request.config_dict[appkeys.PLUGIN_MANAGER]
@@ -66,6 +70,8 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
     pm = request.config_dict[appkeys.PLUGIN_MANAGER]
     transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
     upstream = adapter.stream(ctx.body)
+    in_flight = request.config_dict[appkeys.METRICS].streams_in_flight
+    response = None
     try:
         # The first chunk is awaited before anything is sent, so an upstream that refuses the
         # request is answered with a proper HTTP status rather than an error event.
@@ -73,11 +79,16 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
             first = await anext(upstream)
         except StopAsyncIteration:
             first = None
+        except APIError as exc:
+            ctx.upstream_error = exc
+            raise
         if first is not None and _is_error_payload(first):
-            raise _error_from_payload(first)
+            ctx.upstream_error = _error_from_payload(first)
+            raise ctx.upstream_error
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
+        in_flight.inc()
         payloads = _payloads(ctx, first, upstream)
         events = _transformed_events(ctx, payloads, transformers) if transformers else _raw_events(ctx, payloads)
         error = None
@@ -85,7 +96,7 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
             async for event in events:
                 await response.write(event)
         except UpstreamStreamError as exc:
-            error = _error_from_payload(exc.payload)
+            error = ctx.upstream_error = _error_from_payload(exc.payload)
             await response.write(sse.encode(exc.payload))
         except APIError as exc:
             error = exc
@@ -103,6 +114,8 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
         ctx.error = error
         return response
     finally:
+        if response is not None and response.prepared:
+            in_flight.dec()
         await upstream.aclose()
 
 

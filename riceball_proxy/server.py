@@ -4,12 +4,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
+from pathlib import Path
 
 from aiohttp import web
 
 from riceball_proxy.app import create_app
-from riceball_proxy.cli import configure_logging
+from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, configure_logging
+from riceball_proxy.metrics import MULTIPROCESS_ENV
 from riceball_proxy.db.embedded import EmbeddedPostgres
 from riceball_proxy.settings import Settings
 
@@ -34,6 +38,11 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     embedded = None if settings.database_url else EmbeddedPostgres(settings.data_dir)
     if embedded is not None:
         settings = settings.replace(database_url=embedded.start())
+    # Every worker writes its metrics into one folder, and /metrics on any of them adds them all up.
+    metrics_dir = Path(settings.data_dir).resolve() / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=run_worker, args=(settings,), kwargs={"reuse_port": True}, name=f"riceball-worker-{n}")
@@ -59,7 +68,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
 
 def run_worker(settings: Settings, *, reuse_port: bool) -> None:
     """Run one gateway process on the settings' host and port."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     web.run_app(
         create_app(settings),
         host=settings.host,
@@ -67,6 +76,8 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
         reuse_port=reuse_port or None,
         # A client that goes away cancels its handler, and so the upstream call.
         handler_cancellation=True,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger(ACCESS_LOGGER),
         loop=new_event_loop(),
         print=lambda message: logger.info("RiceBall %s", message.strip().splitlines()[0] if message else ""),
     )

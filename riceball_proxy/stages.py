@@ -10,7 +10,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from riceball_proxy import appkeys
+from riceball_proxy import appkeys, upstream
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
@@ -39,6 +39,7 @@ def observed(handler):
         ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=request.match_info.apps[0],
                           client_addr=request.remote)
         request[CHAT_CONTEXT] = ctx
+        upstream.REQUEST_ID.set(ctx.request_id)
         status, error_type, disconnected = 500, "server_error", False
         try:
             response = await handler(request, ctx)

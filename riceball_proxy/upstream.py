@@ -7,6 +7,7 @@ provider's own error format.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,6 +16,9 @@ import orjson
 import yarl
 
 from riceball_proxy.errors import APIError
+
+#: The id of the API request being served: sent upstream as X-Request-ID, to follow a call across both logs.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("riceball_request_id", default=None)
 
 #: Builds the APIError for an upstream error answer: ``(status, body bytes, redact)``.
 ErrorParser = Callable[[int, bytes, Callable[[str], str]], APIError]
@@ -94,12 +98,16 @@ class UpstreamCall:
         return text.replace(self.secret, "***") if self.secret else text
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
+        headers = self.headers
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            headers = {**headers, "X-Request-ID": request_id}
         try:
             self.response = await self.session.request(
                 self.method,
                 self.url,
                 data=None if self.body is None else orjson.dumps(self.body),
-                headers=self.headers,
+                headers=headers,
                 timeout=self.timeout,
             )
             if self.response.status >= 400:

@@ -28,7 +28,9 @@ def test_default_plugins_are_registered_like_any_plugin():
     }
     assert described["riceball_proxy.builtin.api_key_auth"]["hooks"] == ["riceball_authenticate"]
     assert described["riceball_proxy.builtin.injection"]["hooks"] == ["riceball_prepare_request"]
-    assert described["riceball_proxy.builtin.request_log"]["hooks"] == ["riceball_request_finished"]
+    assert described["riceball_proxy.builtin.metrics"]["hooks"] == ["riceball_request_finished"]
+    assert described["riceball_proxy.builtin.usage_recorder"]["hooks"] == [
+        "riceball_request_finished", "riceball_shutdown", "riceball_startup"]
     assert list(provider_types(pm)) == ["openai"]
 
 

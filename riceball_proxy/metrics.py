@@ -1,0 +1,61 @@
+"""Prometheus metrics (prometheus-client), correct across ``riceball serve --workers N``.
+
+With several workers, ``riceball serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a folder of the data
+directory before starting them; each worker then writes its values there and ``/metrics`` on any of them
+adds up all of them.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from riceball_proxy.context import ChatContext, Outcome
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """The gateway's metrics, on a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter("riceball_requests", "API calls, by assistant and HTTP status",
+                                ["assistant", "status"], registry=registry)
+        self.latency = Histogram("riceball_request_duration_seconds", "Time from request to last byte",
+                                 ["assistant", "stream"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.time_to_first_token = Histogram("riceball_time_to_first_token_seconds",
+                                             "Time from request to the first chunk of the answer", ["assistant"],
+                                             buckets=LATENCY_BUCKETS, registry=registry)
+        self.upstream_errors = Counter("riceball_upstream_errors", "Failed upstream calls, by provider and status",
+                                       ["provider", "status"], registry=registry)
+        self.tokens = Counter("riceball_tokens", "Tokens, by assistant and kind (prompt or completion)",
+                              ["assistant", "kind"], registry=registry)
+        self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
+                                       registry=registry, multiprocess_mode="livesum")
+
+    def observe(self, ctx: ChatContext, outcome: Outcome) -> None:
+        """Count one finished API call."""
+        assistant = str(ctx.assistant.id) if ctx.assistant else "-"
+        self.requests.labels(assistant, str(outcome.status)).inc()
+        self.latency.labels(assistant, "true" if ctx.stream else "false").observe(outcome.latency_ms / 1000)
+        if outcome.ttft_ms is not None:
+            self.time_to_first_token.labels(assistant).observe(outcome.ttft_ms / 1000)
+        if ctx.upstream_error is not None and ctx.provider is not None:
+            self.upstream_errors.labels(ctx.provider.name, str(ctx.upstream_error.status)).inc()
+        if outcome.usage.prompt_tokens:
+            self.tokens.labels(assistant, "prompt").inc(outcome.usage.prompt_tokens)
+        if outcome.usage.completion_tokens:
+            self.tokens.labels(assistant, "completion").inc(outcome.usage.completion_tokens)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes: all workers' values when several share the port."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
