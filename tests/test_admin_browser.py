@@ -100,6 +100,11 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
         assert completion.choices[0].message.content == "Hello from the fake upstream"
         assert fake_openai.last["model"] == "gpt-4o-mini" and fake_openai.last["temperature"] == 0.3
         assert fake_openai.last["messages"][0] == {"role": "system", "content": "You are a friendly support assistant."}
+        for _ in range(4):
+            await client.chat.completions.create(model="any", messages=MESSAGES)
+        for _ in range(3):
+            async for _ in await client.chat.completions.create(model="any", messages=MESSAGES, stream=True):
+                pass
 
         await page.get_by_role("link", name="Revoke").click()
         await shot(page, "11-revoke-confirm")
@@ -119,6 +124,18 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
     await page.get_by_role("link", name="Dashboard").first.click()
     await page.get_by_text("401").first.wait_for()
     await shot(page, "12-dashboard-errors")
+
+    # Usage rows are written in the background: the page shows them once they are in.
+    await page.get_by_role("link", name="Usage").first.click()
+    for _ in range(100):
+        errors = page.locator("article", has_text="Errors").locator("p.big")
+        if await errors.count() and (await errors.inner_text()).strip() != "0":
+            break
+        await asyncio.sleep(0.1)
+        await page.reload()
+    await page.get_by_role("heading", name="Per assistant").wait_for()
+    assert "Support bot" in await page.content()
+    await shot(page, "14-usage")
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.get_by_role("link", name="Assistants").first.click()
     await shot(page, "13-mobile-assistants")

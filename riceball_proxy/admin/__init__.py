@@ -45,7 +45,7 @@ SECURITY_HEADERS = {
 
 def setup_admin(app: web.Application) -> web.Application:
     """Build the admin sub-application, let plugins extend it, and mount it on ``app``."""
-    from riceball_proxy.admin import assistants, auth, dashboard, keys, providers
+    from riceball_proxy.admin import assistants, auth, dashboard, keys, providers, usage
 
     storage = AdminSessionStorage(app[appkeys.SECRET_BOX].derive("riceball admin session"))
     admin = web.Application(
@@ -59,6 +59,7 @@ def setup_admin(app: web.Application) -> web.Application:
     providers.setup_routes(router)
     assistants.setup_routes(router)
     keys.setup_routes(router)
+    usage.setup_routes(router)
     app.on_startup.append(auth.announce_setup)
     app[appkeys.PLUGIN_MANAGER].hook.riceball_admin_setup(admin_app=admin)
     app.add_subapp(MOUNT_POINT, admin)

@@ -63,3 +63,89 @@ def _event(row) -> UsageEvent:
     if values["client_addr"] is not None:
         values["client_addr"] = str(values["client_addr"])
     return UsageEvent(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageFilter:
+    """Which rows a usage report covers: a time range, optionally one assistant and one key."""
+
+    since: datetime
+    until: datetime
+    assistant_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+
+    def args(self) -> tuple:
+        return self.since, self.until, self.assistant_id, self.api_key_id
+
+
+# $1..$4 are UsageFilter.args(): a constant clause, never built from input.
+_WHERE = """
+    created_at >= $1 AND created_at < $2
+    AND ($3::uuid IS NULL OR assistant_id = $3)
+    AND ($4::uuid IS NULL OR api_key_id = $4)
+"""
+_TOTALS = """
+    count(*) AS requests,
+    count(*) FILTER (WHERE status >= 400) AS errors,
+    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+    coalesce(sum(completion_tokens), 0) AS completion_tokens,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50,
+    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95
+"""
+#: Bucket sizes a timeline may use.
+BUCKETS = ("hour", "day")
+
+
+async def summary(db, where: UsageFilter) -> dict:
+    """Totals over the filter: requests, errors, tokens, latency p50 and p95."""
+    return dict(await db.fetchrow(f"SELECT {_TOTALS} FROM usage_events WHERE {_WHERE}", *where.args()))
+
+
+async def by_assistant(db, where: UsageFilter) -> list[dict]:
+    """Totals per assistant, busiest first."""
+    rows = await db.fetch(f"SELECT assistant_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
+                          "GROUP BY assistant_id ORDER BY requests DESC", *where.args())
+    return [dict(row) for row in rows]
+
+
+async def by_key(db, where: UsageFilter) -> list[dict]:
+    """Totals per API key, busiest first."""
+    rows = await db.fetch(f"SELECT api_key_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
+                          "GROUP BY api_key_id ORDER BY requests DESC", *where.args())
+    return [dict(row) for row in rows]
+
+
+async def timeline(db, where: UsageFilter, bucket: str) -> list[dict]:
+    """Requests, errors and tokens per hour or day (UTC) over the filter's range, empty buckets included."""
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {BUCKETS}")
+    rows = await db.fetch(
+        f"""
+        WITH filtered AS (SELECT * FROM usage_events WHERE {_WHERE}),
+        buckets AS (
+            SELECT generate_series(
+                date_trunc($5, $1 AT TIME ZONE 'UTC'),
+                date_trunc($5, ($2 - interval '1 microsecond') AT TIME ZONE 'UTC'),
+                ('1 ' || $5)::interval
+            ) AS bucket
+        )
+        SELECT b.bucket,
+               count(f.id) AS requests,
+               count(f.id) FILTER (WHERE f.status >= 400) AS errors,
+               coalesce(sum(f.prompt_tokens), 0) + coalesce(sum(f.completion_tokens), 0) AS tokens
+        FROM buckets b LEFT JOIN filtered f ON date_trunc($5, f.created_at AT TIME ZONE 'UTC') = b.bucket
+        GROUP BY b.bucket ORDER BY b.bucket
+        """,
+        *where.args(),
+        bucket,
+    )
+    return [dict(row) for row in rows]
+
+
+async def export(pool, where: UsageFilter, chunk: int = 1000):
+    """Every row of the filter, oldest first, read with a server-side cursor (any number of rows)."""
+    async with pool.acquire() as conn, conn.transaction():
+        cursor = conn.cursor(f"SELECT {', '.join(_FIELDS)} FROM usage_events WHERE {_WHERE} ORDER BY created_at, id",
+                             *where.args(), prefetch=chunk)
+        async for row in cursor:
+            yield _event(row)

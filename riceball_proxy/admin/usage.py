@@ -1,0 +1,131 @@
+"""Usage: requests, tokens and errors over time, per assistant and per key, with filters and a CSV export."""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import uuid
+
+from aiohttp import web
+
+from riceball_proxy import appkeys
+from riceball_proxy.admin import render
+from riceball_proxy.db import api_keys, assistants, usage_events
+from riceball_proxy.db.usage_events import UsageFilter
+
+DEFAULT_DAYS = 7
+#: Up to this many days the timeline is hourly, beyond it daily.
+HOURLY_UP_TO_DAYS = 2
+MAX_DAYS = 366
+CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provider_id", "upstream_model", "stream",
+              "status", "error_type", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+              "reasoning_tokens", "latency_ms", "ttft_ms", "client_addr")
+
+
+def setup_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/usage", usage_page, name="usage")
+    router.add_get("/usage.csv", usage_csv, name="usage_csv")
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def _date(value: str | None) -> datetime.date | None:
+    try:
+        return datetime.date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def read_filter(query) -> tuple[UsageFilter, dict[str, str]]:
+    """The filter a query string asks for (dates are whole UTC days, ``to`` included), and its form values."""
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    until_day = _date(query.get("to")) or today
+    since_day = _date(query.get("from")) or until_day - datetime.timedelta(days=DEFAULT_DAYS - 1)
+    if since_day > until_day:
+        since_day, until_day = until_day, since_day
+    since_day = max(since_day, until_day - datetime.timedelta(days=MAX_DAYS - 1))
+    utc = datetime.timezone.utc
+    where = UsageFilter(
+        since=datetime.datetime.combine(since_day, datetime.time(), utc),
+        until=datetime.datetime.combine(until_day + datetime.timedelta(days=1), datetime.time(), utc),
+        assistant_id=_uuid(query.get("assistant")),
+        api_key_id=_uuid(query.get("key")),
+    )
+    values = {"from": since_day.isoformat(), "to": until_day.isoformat(),
+              "assistant": str(where.assistant_id or ""), "key": str(where.api_key_id or "")}
+    return where, values
+
+
+def chart(points: list[dict], value: str, *, overlay: str | None = None, width: int = 720, height: int = 160) -> dict:
+    """Bar geometry for an SVG chart of ``points[value]`` (and ``overlay`` drawn over it)."""
+    top = max((point[value] for point in points), default=0) or 1
+    step = width / max(len(points), 1)
+    bars = []
+    for n, point in enumerate(points):
+        bar_height = point[value] / top * height
+        overlay_height = point[overlay] / top * height if overlay else 0
+        bars.append({
+            "x": round(n * step + step * 0.1, 2), "width": round(max(step * 0.8, 1), 2),
+            "y": round(height - bar_height, 2), "height": round(bar_height, 2),
+            "overlay_y": round(height - overlay_height, 2), "overlay_height": round(overlay_height, 2),
+            "label": point["label"], "value": point[value], "overlay": point[overlay] if overlay else None,
+        })
+    return {"bars": bars, "width": width, "height": height, "top": top}
+
+
+async def usage_page(request: web.Request) -> web.Response:
+    pool = request.config_dict[appkeys.DATABASE].pool
+    where, values = read_filter(request.query)
+    days = (where.until - where.since).days
+    bucket = "hour" if days <= HOURLY_UP_TO_DAYS else "day"
+    points = await usage_events.timeline(pool, where, bucket)
+    for point in points:
+        point["label"] = point["bucket"].strftime("%Y-%m-%d %H:00" if bucket == "hour" else "%Y-%m-%d")
+    all_assistants = await assistants.list_all(pool)
+    all_keys = await api_keys.list_all(pool)
+    return await render(request, "admin/usage.html", {
+        "values": values, "bucket": bucket,
+        "summary": await usage_events.summary(pool, where),
+        "per_assistant": await usage_events.by_assistant(pool, where),
+        "per_key": await usage_events.by_key(pool, where),
+        "requests_chart": chart(points, "requests", overlay="errors"),
+        "tokens_chart": chart(points, "tokens"),
+        "points": points,
+        "assistants": all_assistants, "keys": all_keys,
+        "assistant_names": {a.id: a.name for a in all_assistants},
+        "key_names": {k.id: f"{k.name} ({k.prefix}…)" for k in all_keys},
+        "csv_query": request.query_string,
+    })
+
+
+def _csv_cell(value) -> str:
+    text = "" if value is None else str(value)
+    # A cell a spreadsheet would read as a formula is written as text.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+async def usage_csv(request: web.Request) -> web.StreamResponse:
+    where, values = read_filter(request.query)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="riceball-usage-{values["from"]}-{values["to"]}.csv"',
+    })
+    await response.prepare(request)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_FIELDS)
+    pool = request.config_dict[appkeys.DATABASE].pool
+    async for event in usage_events.export(pool, where):
+        writer.writerow([_csv_cell(getattr(event, field)) for field in CSV_FIELDS])
+        if buffer.tell() > 64 * 1024:
+            await response.write(buffer.getvalue().encode())
+            buffer.seek(0)
+            buffer.truncate()
+    await response.write(buffer.getvalue().encode())
+    await response.write_eof()
+    return response

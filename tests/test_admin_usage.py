@@ -1,0 +1,93 @@
+"""The admin usage page and its CSV export, over usage rows of known values."""
+import csv
+import datetime
+import io
+import re
+import uuid
+
+from riceball_proxy.db import api_keys, assistants, providers, usage_events
+from riceball_proxy.db.usage_events import UsageEvent
+
+NOW = datetime.datetime.now(datetime.timezone.utc).replace(minute=30, second=0, microsecond=0)
+
+
+async def seed(pool):
+    """Two assistants, one key, and rows: 3 ok + 1 error today for A, 2 ok yesterday for B, 1 long ago."""
+    provider = await providers.create(pool, name="p", type="openai", base_url="http://127.0.0.1:9/v1")
+    a = await assistants.create(pool, name="Alpha", provider_id=provider.id, model="=cmd|calc")
+    b = await assistants.create(pool, name="Beta", provider_id=provider.id, model="m")
+    key = await api_keys.create(pool, name="ci", key_hash=b"k" * 32, prefix="sk-ci")
+
+    def event(assistant, when, status=200, latency=100.0, tokens=(10, 20)):
+        return UsageEvent(created_at=when, request_id=f"req_{uuid.uuid4().hex}", status=status, api_key_id=key.id,
+                          assistant_id=assistant.id, provider_id=provider.id, upstream_model=assistant.model,
+                          prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=sum(tokens),
+                          latency_ms=latency, error_type=None if status < 400 else "api_error")
+
+    await usage_events.insert_many(pool, [
+        event(a, NOW, latency=100), event(a, NOW, latency=200), event(a, NOW, latency=300),
+        event(a, NOW, status=502, latency=50, tokens=(0, 0)),
+        event(b, NOW - datetime.timedelta(days=1)), event(b, NOW - datetime.timedelta(days=1)),
+        event(b, NOW - datetime.timedelta(days=40)),
+    ])
+    return a, b, key
+
+
+def stat(text: str, label: str) -> str:
+    return re.search(rf"<header>{label}</header><p class=\"big\">([^<]+)</p>", text).group(1).strip()
+
+
+async def test_the_usage_page_sums_the_last_seven_days(panel):
+    await seed(panel.pool)
+    _, text = await panel.get("/admin/usage")
+    assert stat(text, "Requests") == "6" and stat(text, "Errors") == "1" and stat(text, "Tokens") == "150"
+    assert "Requests per day" in text and "<svg" in text and text.count('fill="#c62828"') == 1
+    # Alpha: 4 requests, 1 error, 30/60 tokens; latencies 50, 100, 200, 300 ms: p50 150, p95 285.
+    assert re.search(r"<td>Alpha</td>\s*<td>4</td><td>1</td><td>30</td><td>60</td>\s*<td>150 ms</td><td>285 ms</td>",
+                     text)
+    assert re.search(r"<td>Beta</td>\s*<td>2</td><td>0</td><td>20</td><td>40</td>", text)
+    assert "ci (sk-ci…)" in text
+
+
+async def test_filters_by_assistant_key_and_dates(panel):
+    a, b, key = await seed(panel.pool)
+    _, text = await panel.get(f"/admin/usage?assistant={b.id}")
+    assert stat(text, "Requests") == "2"
+    long_ago = (NOW - datetime.timedelta(days=40)).date().isoformat()
+    _, text = await panel.get(f"/admin/usage?from={long_ago}&to={long_ago}&key={key.id}")
+    assert stat(text, "Requests") == "1" and "Requests per hour" in text
+    _, text = await panel.get(f"/admin/usage?key={uuid.uuid4()}")
+    assert "No API calls in this range" in text
+    _, text = await panel.get("/admin/usage?from=garbage&assistant=nope")  # bad values fall back to defaults
+    assert stat(text, "Requests") == "6"
+
+
+async def test_the_csv_export_has_every_row_of_the_filter(panel):
+    a, b, key = await seed(panel.pool)
+    response, text = await panel.get(f"/admin/usage.csv?assistant={a.id}")
+    assert response.headers["Content-Type"].startswith("text/csv")
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 4 and {r["assistant_id"] for r in rows} == {str(a.id)}
+    assert sorted(r["status"] for r in rows) == ["200", "200", "200", "502"]
+    assert {r["upstream_model"] for r in rows} == {"'=cmd|calc"}  # never a formula in a spreadsheet
+    _, text = await panel.get("/admin/usage.csv")
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 6
+
+
+async def test_the_keys_page_shows_real_last_use(panel, fake_openai):
+    from riceball_proxy import appkeys, crypto
+
+    provider = await providers.create(panel.pool, name="up", type="openai", base_url=fake_openai.base_url)
+    assistant = await assistants.create(panel.pool, name="a", provider_id=provider.id, model="m")
+    secret = crypto.generate_api_key()
+    await api_keys.create(panel.pool, name="used", key_hash=crypto.hash_api_key(secret),
+                          prefix=crypto.display_prefix(secret))
+    response = await panel.client.post(f"/api/v1/assistants/{assistant.id}/v1/chat/completions",
+                                        json={"messages": [{"role": "user", "content": "hi"}]},
+                                        headers={"Authorization": f"Bearer {secret}"})
+    assert response.status == 200
+    await panel.app[appkeys.USAGE_RECORDER].flush()
+    _, text = await panel.get("/admin/keys")
+    used_row = re.search(r"<td>used</td>.*?</tr>", text, flags=re.S).group(0)
+    assert "never</td>" not in used_row.split("<td>", 6)[5]  # the "last used" cell has a time
