@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLUGIN_DIRS := $(wildcard plugins/*/setup.cfg)
 
-.PHONY: run test install clean
+.PHONY: run test bench install clean
 
 $(BIN)/riceball: setup.cfg setup.py pyproject.toml $(PLUGIN_DIRS)
 	@test -n "$(PYTHON)" || { echo "RiceBall needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
@@ -23,6 +23,12 @@ run: install
 test: install
 	@bash scripts/install-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# make bench: each scenario straight to a fake upstream and through the gateway; writes docs/performance.md.
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
+		|| { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python -m benchmarks.run --write docs/performance.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

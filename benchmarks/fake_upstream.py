@@ -1,0 +1,86 @@
+"""A fast fake OpenAI upstream for benchmarks, in a process of its own.
+
+    python -m benchmarks.fake_upstream --port 9100 [--workers 2]
+
+POST /v1/chat/completions answers a fixed completion, or a stream of 20 chunks. A model named
+``delay-<seconds>`` waits that long between chunks (for slow, long-lived streams).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+
+import orjson
+from aiohttp import web
+
+CHUNKS = 20
+COMPLETION = orjson.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "bench",
+    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                 "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog."}}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22},
+})
+
+
+def _chunk(delta: dict, finish: str | None = None) -> bytes:
+    return b"data: " + orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+                                     "model": "bench", "usage": None,
+                                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+
+
+STREAM = [_chunk({"role": "assistant", "content": ""})]
+STREAM += [_chunk({"content": f" word{n}"}) for n in range(CHUNKS - 2)]
+STREAM += [_chunk({}, "stop")]
+USAGE = b"data: " + orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+                                  "model": "bench", "choices": [],
+                                  "usage": {"prompt_tokens": 12, "completion_tokens": 18, "total_tokens": 30}}) + b"\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    if not body.get("stream"):
+        return web.Response(body=COMPLETION, content_type="application/json")
+    model = str(body.get("model", ""))
+    delay = float(model.removeprefix("delay-")) if model.startswith("delay-") else 0.0
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    if delay:
+        for chunk in STREAM:
+            await response.write(chunk)
+            await asyncio.sleep(delay)
+    else:
+        await response.write(b"".join(STREAM))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await response.write(USAGE)
+    await response.write(DONE)
+    return response
+
+
+def serve(port: int, reuse_port: bool) -> None:
+    import uvloop
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, reuse_port=reuse_port,
+                loop=uvloop.new_event_loop(), backlog=4096)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    if args.workers == 1:
+        serve(args.port, False)
+        return
+    processes = [multiprocessing.Process(target=serve, args=(args.port, True)) for _ in range(args.workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+
+
+if __name__ == "__main__":
+    main()

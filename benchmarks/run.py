@@ -1,0 +1,302 @@
+"""``make bench``: each scenario straight to a fake upstream and through the gateway, in the same run.
+
+    python -m benchmarks.run [--quick] [--write docs/performance.md]
+
+Prints a table of figures and, with --write, puts it with a description of the machine into a
+Markdown file. Needs `wrk` (Debian's package) for the requests/s figures.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MESSAGES = [{"role": "user", "content": "Tell me something."}]
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer")
+
+
+@contextmanager
+def running(argv: list[str], env: dict, ready_url: str, log: Path):
+    """A server process, stopped with SIGTERM on exit."""
+    with open(log, "ab") as output:
+        process = subprocess.Popen(argv, env=env, stdout=output, stderr=output, start_new_session=True)
+        try:
+            wait_for(ready_url, process)
+            yield process
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def bench_database():
+    """A fresh database on the machine's PostgreSQL when it answers (dropped afterwards), else none (embedded)."""
+    server = os.environ.get("RICEBALL_BENCH_DATABASE_URL", DEFAULT_SERVER)
+
+    async def run(sql):
+        conn = await asyncpg.connect(server, timeout=3)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    name = f"riceball_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        yield None
+        return
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def riceball(env: dict, *argv: str, stdin: str | None = None) -> dict:
+    result = subprocess.run([str(BIN / "riceball"), "--json", *argv], env=env, input=stdin, capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+
+async def latencies(url: str, headers: dict, body: dict, count: int, *, first_byte: bool) -> list[float]:
+    """Seconds per request, one at a time over one keep-alive connection (to the first byte for streams)."""
+    times = []
+    payload = json.dumps(body).encode()
+    async with aiohttp.ClientSession(headers=headers | {"Content-Type": "application/json"}) as session:
+        for n in range(count + count // 10):  # the first tenth warms up and is not counted
+            started = time.perf_counter()
+            async with session.post(url, data=payload) as response:
+                if first_byte:
+                    await response.content.readany()
+                    elapsed = time.perf_counter() - started
+                    await response.read()
+                else:
+                    await response.read()
+                    elapsed = time.perf_counter() - started
+                if response.status != 200:
+                    raise SystemExit(f"{url} answered {response.status}")
+            if n >= count // 10:
+                times.append(elapsed)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def wrk(url: str, headers: dict, body: dict, connections: int, seconds: int, workdir: Path) -> tuple[float, int]:
+    """Requests/s and non-2xx answers at ``connections`` concurrent connections, measured by wrk."""
+    script = workdir / f"wrk-{uuid.uuid4().hex[:8]}.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
+             'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    output = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+                            capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    return rps, int(errors.group(1)) if errors else 0
+
+
+async def hold_streams(url: str, headers: dict, body: dict, count: int, gateway_pid: int) -> tuple[int, int, int]:
+    """Open ``count`` slow streams at once; returns (RSS before in KiB, peak RSS in KiB, failed streams)."""
+    before = rss_kib(gateway_pid)
+    peak = before
+    started = asyncio.Event()
+    opened = 0
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, headers=headers | {"Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def one():
+            nonlocal opened, failures
+            try:
+                async with session.post(url, json=body) as response:
+                    await response.content.readline()
+                    opened += 1
+                    if opened == count:
+                        started.set()
+                    text = await response.text()
+                    if response.status != 200 or not text.rstrip().endswith("data: [DONE]"):
+                        failures += 1
+            except aiohttp.ClientError:
+                failures += 1
+                opened += 1
+                if opened == count:
+                    started.set()
+
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        while not all(task.done() for task in tasks):
+            peak = max(peak, rss_kib(gateway_pid))
+            await asyncio.sleep(0.2)
+    return before, peak, failures
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))) // 1024 // 1024
+    import uvloop
+
+    return (f"{os.cpu_count()} x {cpu}, {memory} GiB, Linux {platform.release()}, Python {platform.python_version()}, "
+            f"uvloop {uvloop.__version__}, aiohttp {aiohttp.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests and shorter runs")
+    parser.add_argument("--write", metavar="FILE", help="write the table into this Markdown file")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    count, seconds, streams = (300, 3, 200) if args.quick else (2000, 10, 1000)
+
+    workdir = Path(tempfile.mkdtemp(prefix="riceball-bench-"))
+    rows: list[tuple[str, str, str, str]] = []
+    with bench_database() as database_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
+        env |= {"RICEBALL_DATA_DIR": str(workdir / "var"), "RICEBALL_PLUGINS": "none"}
+        if database_url:
+            env["RICEBALL_DATABASE_URL"] = database_url
+        upstream_port = free_port()
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        upstream_argv = [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)]
+        with running(upstream_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
+                     workdir / "upstream.log"):
+            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url", upstream_url)
+            fast = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
+            slow = riceball(env, "assistant", "add", "--name", "slow", "--provider", "bench", "--model", "delay-0.5")
+            key = riceball(env, "key", "create", "--name", "bench")["key"]
+            auth = {"Authorization": f"Bearer {key}"}
+            direct = upstream_url + "/chat/completions"
+            plain = {"model": "bench", "messages": MESSAGES}
+            streamed = plain | {"stream": True}
+
+            def through(assistant, port):
+                return f"http://127.0.0.1:{port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
+
+            results = {}
+            for workers in (1, 2):
+                port = free_port()
+                gateway_argv = [str(BIN / "riceball"), "serve", "--port", str(port), "--workers", str(workers)]
+                with running(gateway_argv, env, f"http://127.0.0.1:{port}/healthz",
+                             workdir / f"gateway-{workers}.log") as gateway:
+                    if workers == 1:
+                        d = asyncio.run(latencies(direct, {}, plain, count, first_byte=False))
+                        g = asyncio.run(latencies(through(fast, port), auth, plain, count, first_byte=False))
+                        results["latency"] = (d, g)
+                        d = asyncio.run(latencies(direct, {}, streamed, count, first_byte=True))
+                        g = asyncio.run(latencies(through(fast, port), auth, streamed, count, first_byte=True))
+                        results["ttfb"] = (d, g)
+                        for name, body in (("rps", plain), ("rps_stream", streamed)):
+                            results[name] = (wrk(direct, {}, body, 64, seconds, workdir),
+                                             wrk(through(fast, port), auth, body, 64, seconds, workdir))
+                        slow_body = {"model": "x", "messages": MESSAGES, "stream": True}
+                        results["streams"] = asyncio.run(hold_streams(through(slow, port), auth, slow_body, streams,
+                                                                      gateway.pid))
+                    else:
+                        results["rps_workers"] = wrk(through(fast, port), auth, plain, 64, seconds, workdir)
+
+    ms = lambda seconds_: f"{seconds_ * 1000:.3f} ms"  # noqa: E731
+    d, g = results["latency"]
+    rows.append(("added latency p50, c=1, non-stream", ms(statistics.median(g) - statistics.median(d)),
+                 f"direct {ms(statistics.median(d))}, gateway {ms(statistics.median(g))}", "<= 0.5 ms"))
+    rows.append(("added latency p99, c=1, non-stream", ms(percentile(g, 99) - percentile(d, 99)),
+                 f"direct {ms(percentile(d, 99))}, gateway {ms(percentile(g, 99))}", ""))
+    d, g = results["ttfb"]
+    rows.append(("added time to first byte p50, c=1, stream", ms(statistics.median(g) - statistics.median(d)),
+                 f"direct {ms(statistics.median(d))}, gateway {ms(statistics.median(g))}", "<= 0.5 ms"))
+    for name, label in (("rps", "non-stream"), ("rps_stream", "stream of 20 chunks")):
+        (direct_rps, direct_errors), (gateway_rps, gateway_errors) = results[name]
+        rows.append((f"requests/s, c=64, {label}", f"{gateway_rps / direct_rps:.0%} of direct",
+                     f"direct {direct_rps:,.0f}/s, gateway {gateway_rps:,.0f}/s, errors {direct_errors + gateway_errors}",
+                     ">= 35%"))
+    before, peak, failures = results["streams"]
+    rows.append((f"{streams} concurrent slow streams", f"+{(peak - before) / 1024:.1f} MB RSS",
+                 f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed", "< 100 MB, 0 failed"))
+    one_worker = results["rps"][1][0]
+    two_workers, errors = results["rps_workers"]
+    rows.append(("requests/s, c=64, --workers 2 vs 1", f"{two_workers / one_worker:.2f}x",
+                 f"1 worker {one_worker:,.0f}/s, 2 workers {two_workers:,.0f}/s, errors {errors}", ">= 1.6x"))
+
+    table = ["| measure | result | detail | target |", "| --- | --- | --- | --- |"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    described = machine()
+    print(f"\nMachine: {described}\n")
+    print("\n".join(table))
+    if args.write:
+        write(Path(args.write), described, table, args.quick)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write(path: Path, described: str, table: list[str], quick: bool) -> None:
+    text = path.read_text() if path.exists() else ""
+    block = (f"<!-- bench:start -->\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')}"
+             f"{' (--quick)' if quick else ''}. Machine: {described}.\n\n" + "\n".join(table) + "\n<!-- bench:end -->")
+    if "<!-- bench:start -->" in text:
+        text = re.sub(r"<!-- bench:start -->.*<!-- bench:end -->", lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
