@@ -20,6 +20,7 @@ from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
+from riceball_proxy.observers import ObserverQueue
 from riceball_proxy.plugins import PluginManager, await_me_maybe, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
@@ -34,7 +35,7 @@ HTTP_POOL_LIMIT_PER_HOST = 0
 #: Bytes of one upstream line (an SSE event) read at once; large tool-call chunks need room.
 HTTP_READ_BUFSIZE = 2**20
 #: Seconds that observers still running at shutdown are given to finish.
-BACKGROUND_TASKS_GRACE = 10.0
+OBSERVERS_GRACE = 10.0
 
 
 def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
@@ -51,7 +52,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(config_cache_ctx)
     app.cleanup_ctx.append(plugins_ctx)
-    app.cleanup_ctx.append(background_tasks_ctx)
+    app.cleanup_ctx.append(observers_ctx)
     if settings.metrics and settings.metrics_port is not None:
         app.cleanup_ctx.append(metrics_site_ctx)
     app.router.add_get("/", index)
@@ -97,12 +98,11 @@ async def config_cache_ctx(app: web.Application) -> AsyncIterator[None]:
         await listener
 
 
-async def background_tasks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Let work started off the request path (observers) finish before the resources close."""
-    app[appkeys.BACKGROUND_TASKS] = tasks = set()
+async def observers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Observers run off the request path, and finish before the resources close."""
+    app[appkeys.OBSERVERS] = observers = ObserverQueue(app[appkeys.PLUGIN_MANAGER])
     yield
-    if tasks:
-        await asyncio.wait(tasks, timeout=BACKGROUND_TASKS_GRACE)
+    await observers.close(OBSERVERS_GRACE)
 
 
 async def metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,7 +1,6 @@
 """Every typed key under which the application keeps its shared objects."""
 from __future__ import annotations
 
-import asyncio
 import collections
 
 import aiohttp
@@ -12,6 +11,7 @@ from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
 from riceball_proxy.metrics import Metrics
+from riceball_proxy.observers import ObserverQueue
 from riceball_proxy.plugins import PluginManager
 from riceball_proxy.settings import Settings
 from riceball_proxy.usage import UsageRecorder
@@ -30,8 +30,8 @@ LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 METRICS = web.AppKey("metrics", Metrics)
 #: Writes usage rows in batches.
 USAGE_RECORDER = web.AppKey("usage_recorder", UsageRecorder)
-#: Tasks started off the request path (``riceball_request_finished`` observers), awaited at shutdown.
-BACKGROUND_TASKS = web.AppKey("background_tasks", set[asyncio.Task])
+#: Finished API calls on their way to the ``riceball_request_finished`` observers.
+OBSERVERS = web.AppKey("observers", ObserverQueue)
 
 #: The request's id (the client's X-Request-ID when sane, else a new one).
 REQUEST_ID = web.RequestKey("request_id", str)

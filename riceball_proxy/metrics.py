@@ -35,22 +35,31 @@ class Metrics:
                                        ["provider", "status"], registry=registry)
         self.tokens = Counter("riceball_tokens", "Tokens, by assistant and kind (prompt or completion)",
                               ["assistant", "kind"], registry=registry)
+        self._children: dict = {}
         self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
                                        registry=registry, multiprocess_mode="livesum")
+
+    def _child(self, metric, *labels: str):
+        # labels() validates and locks on every call; the children are kept instead (few label sets).
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, ctx: ChatContext, outcome: Outcome) -> None:
         """Count one finished API call."""
         assistant = str(ctx.assistant.id) if ctx.assistant else "-"
-        self.requests.labels(assistant, str(outcome.status)).inc()
-        self.latency.labels(assistant, "true" if ctx.stream else "false").observe(outcome.latency_ms / 1000)
+        self._child(self.requests, assistant, str(outcome.status)).inc()
+        self._child(self.latency, assistant, "true" if ctx.stream else "false").observe(outcome.latency_ms / 1000)
         if outcome.ttft_ms is not None:
-            self.time_to_first_token.labels(assistant).observe(outcome.ttft_ms / 1000)
+            self._child(self.time_to_first_token, assistant).observe(outcome.ttft_ms / 1000)
         if ctx.upstream_error is not None and ctx.provider is not None:
-            self.upstream_errors.labels(ctx.provider.name, str(ctx.upstream_error.status)).inc()
+            self._child(self.upstream_errors, ctx.provider.name, str(ctx.upstream_error.status)).inc()
         if outcome.usage.prompt_tokens:
-            self.tokens.labels(assistant, "prompt").inc(outcome.usage.prompt_tokens)
+            self._child(self.tokens, assistant, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:
-            self.tokens.labels(assistant, "completion").inc(outcome.usage.completion_tokens)
+            self._child(self.tokens, assistant, "completion").inc(outcome.usage.completion_tokens)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes: all workers' values when several share the port."""

@@ -45,7 +45,7 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     ctx.body = {**client_body, "messages": list(client_body["messages"])}
     ctx.stream = bool(client_body.get("stream"))
     adapter = await resolve_provider(request, ctx)
-    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    pm = ctx.app[appkeys.PLUGIN_MANAGER]
     await await_hook(pm.hook.riceball_prepare_request, ctx=ctx)
     if not ctx.stream:
         return await _complete(request, ctx, adapter)
@@ -60,17 +60,17 @@ async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAda
         raise
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage"))
-    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    pm = ctx.app[appkeys.PLUGIN_MANAGER]
     answer = await fold_hook(pm.hook.riceball_transform_response, "response", answer, ctx=ctx)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
 async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.StreamResponse:
     """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``."""
-    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    pm = ctx.app[appkeys.PLUGIN_MANAGER]
     transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
     upstream = adapter.stream(ctx.body)
-    in_flight = request.config_dict[appkeys.METRICS].streams_in_flight
+    in_flight = ctx.app[appkeys.METRICS].streams_in_flight
     response = None
     try:
         # The first chunk is awaited before anything is sent, so an upstream that refuses the

@@ -14,7 +14,7 @@ from riceball_proxy import appkeys, upstream
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
-from riceball_proxy.plugins import await_first, await_hook
+from riceball_proxy.plugins import await_first
 from riceball_proxy.validation import validate_chat_request
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ async def resolve(request: web.Request, ctx: ChatContext) -> None:
         assistant_id = uuid.UUID(request.match_info["assistant_id"])
     except ValueError:
         raise assistant_not_found(request.match_info["assistant_id"]) from None
-    pm = request.config_dict[appkeys.PLUGIN_MANAGER]
+    pm = ctx.app[appkeys.PLUGIN_MANAGER]
     principal = await await_first(pm.hook.riceball_authenticate, request=request, assistant_id=assistant_id)
     if principal is None:
         raise APIError(401, "No API key was accepted for this request.", code="invalid_api_key")
@@ -79,8 +79,7 @@ async def resolve(request: web.Request, ctx: ChatContext) -> None:
     if not principal.allows(assistant_id):
         raise APIError(403, "This API key may not use this assistant.", type="permission_error",
                        code="assistant_not_allowed")
-    cache = request.config_dict[appkeys.CONFIG_CACHE]
-    assistant = await cache.assistant(assistant_id)
+    assistant = await ctx.app[appkeys.CONFIG_CACHE].assistant(assistant_id)
     if assistant is None or not assistant.enabled:
         raise assistant_not_found(str(assistant_id))
     ctx.assistant = assistant
@@ -89,7 +88,7 @@ async def resolve(request: web.Request, ctx: ChatContext) -> None:
 async def resolve_provider(request: web.Request, ctx: ChatContext):
     """The assistant's provider (into ``ctx``) and its adapter."""
     try:
-        provider, adapter = await request.config_dict[appkeys.CONFIG_CACHE].provider(ctx.assistant.provider_id)
+        provider, adapter = await ctx.app[appkeys.CONFIG_CACHE].provider(ctx.assistant.provider_id)
     except ProviderNotInstalled as exc:
         logger.error("assistant %s: %s", ctx.assistant.id, exc)
         raise APIError(502, "The assistant's provider is not available on this gateway.", type="api_error",
@@ -126,16 +125,4 @@ def finish(request: web.Request, ctx: ChatContext, status: int, error_type: str 
         usage=ctx.usage,
         client_disconnected=disconnected,
     )
-    app = request.config_dict
-    pm = app[appkeys.PLUGIN_MANAGER]
-    task = asyncio.get_running_loop().create_task(_notify_observers(pm, ctx, outcome))
-    tasks = app[appkeys.BACKGROUND_TASKS]
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-
-
-async def _notify_observers(pm, ctx: ChatContext, outcome: Outcome) -> None:
-    try:
-        await await_hook(pm.hook.riceball_request_finished, ctx=ctx, outcome=outcome)
-    except Exception:
-        logger.exception("a riceball_request_finished observer failed for %s", ctx.request_id)
+    ctx.app[appkeys.OBSERVERS].put(ctx, outcome)

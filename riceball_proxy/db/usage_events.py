@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import operator
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -32,14 +33,13 @@ class UsageEvent:
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(UsageEvent))
+_values = operator.attrgetter(*_FIELDS)
 
 
 async def insert_many(db, events: Sequence[UsageEvent]) -> None:
     """Write a batch of events with one COPY."""
-    records = []
-    for event in events:
-        record = dataclasses.astuple(event)
-        records.append((*record[:-1], _address(event.client_addr)))
+    # attrgetter, not dataclasses.astuple: astuple deep-copies every value, which costs more than the COPY.
+    records = [(*_values(event)[:-1], _address(event.client_addr)) for event in events]
     await db.copy_records_to_table("usage_events", records=records, columns=_FIELDS)
 
 
