@@ -254,6 +254,12 @@ def main() -> None:
                                                                       gateway.pid))
                     else:
                         results["rps_workers"] = wrk(through(fast, port), auth, plain, 64, seconds, workdir)
+            proxy_port = free_port()
+            proxy_argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port),
+                          "--upstream", f"http://127.0.0.1:{upstream_port}"]
+            with running(proxy_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{proxy_port}/",
+                         workdir / "minimal-proxy.log"):
+                results["rps_floor"] = wrk(f"http://127.0.0.1:{proxy_port}/x", {}, plain, 64, seconds, workdir)
 
     ms = lambda seconds_: f"{seconds_ * 1000:.3f} ms"  # noqa: E731
     d, g = results["latency"]
@@ -272,6 +278,10 @@ def main() -> None:
     before, peak, failures = results["streams"]
     rows.append((f"{streams} concurrent slow streams", f"+{(peak - before) / 1024:.1f} MB RSS",
                  f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed", "< 100 MB, 0 failed"))
+    floor_rps, floor_errors = results["rps_floor"]
+    rows.append(("requests/s, c=64, non-stream, a 20-line aiohttp proxy (no gateway logic)",
+                 f"{floor_rps / results['rps'][0][0]:.0%} of direct",
+                 f"{floor_rps:,.0f}/s, errors {floor_errors}: the ceiling of aiohttp's server and client here", ""))
     one_worker = results["rps"][1][0]
     two_workers, errors = results["rps_workers"]
     rows.append(("requests/s, c=64, --workers 2 vs 1", f"{two_workers / one_worker:.2f}x",
