@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 import yarl
 
+from riceball_proxy import sse
 from riceball_proxy.errors import APIError
 
 #: The id of the API request being served: sent upstream as X-Request-ID, to follow a call across both logs.
@@ -56,6 +57,27 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
     if status >= 500:
         return APIError(502, f"upstream error ({status}): {message}", type="api_error", param=param, code=code)
     return APIError(status, message, type=str(error_type or "invalid_request_error"), param=param, code=code)
+
+
+def bad_upstream_response(what: str) -> APIError:
+    """502 for an upstream answer that is not in the format it should be."""
+    return APIError(502, f"the upstream's {what} is not in the expected format", type="api_error",
+                    code="bad_upstream_response")
+
+
+async def json_events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
+    """The JSON of each Server-Sent Event of an upstream stream.
+
+    A broken connection, a timeout or an event that is not JSON raises APIError, which an adapter
+    yields as the stream's last (error) event.
+    """
+    try:
+        async for data in sse.iter_data(response.content):
+            yield orjson.loads(data)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise connection_error(exc) from None
+    except orjson.JSONDecodeError:
+        raise bad_upstream_response("stream") from None
 
 
 def join_url(base_url: str, path: str, **query: str) -> yarl.URL:

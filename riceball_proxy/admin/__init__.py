@@ -152,6 +152,13 @@ async def render(request: web.Request, template: str, context: dict[str, Any], *
     return response
 
 
+async def confirm(request: web.Request, *, title: str, message: str, button: str, back: str) -> web.Response:
+    """A page asking to confirm what a POST to the same path does (``back``: the route Cancel goes to)."""
+    return await render(request, "admin/confirm.html", {
+        "title": title, "message": message, "action": request.path, "button": button, "back": back,
+    })
+
+
 def redirect(request: web.Request, name: str, **parts: Any) -> web.HTTPSeeOther:
     """A 303 to a named admin route (raise it)."""
     return web.HTTPSeeOther(url(request, name, **parts))

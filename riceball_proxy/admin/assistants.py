@@ -7,7 +7,7 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import flash, redirect, render
+from riceball_proxy.admin import confirm, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
@@ -172,11 +172,9 @@ async def assistant_toggle(request: web.Request) -> web.Response:
 
 async def assistant_delete_confirm(request: web.Request) -> web.Response:
     assistant = await _assistant_or_404(request)
-    return await render(request, "admin/confirm.html", {
-        "title": f"Delete assistant “{assistant.name}”?",
-        "message": "Clients calling it will get 404. Its usage history is kept. This cannot be undone.",
-        "action": request.path, "button": "Delete assistant", "back": "assistants",
-    })
+    return await confirm(request, title=f"Delete assistant “{assistant.name}”?",
+                         message="Clients calling it will get 404. Its usage history is kept. This cannot be undone.",
+                         button="Delete assistant", back="assistants")
 
 
 async def assistant_delete(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp_session import get_session
 
 from riceball_proxy import appkeys, crypto
-from riceball_proxy.admin import flash, redirect, render
+from riceball_proxy.admin import confirm, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.db import api_keys, assistants
 
@@ -99,11 +99,9 @@ async def _key_or_404(request: web.Request) -> api_keys.ApiKey:
 
 async def key_revoke_confirm(request: web.Request) -> web.Response:
     key = await _key_or_404(request)
-    return await render(request, "admin/confirm.html", {
-        "title": f"Revoke the key “{key.name}” ({key.prefix}…)?",
-        "message": "Every client using it gets 401 from now on. A revoked key cannot be restored.",
-        "action": request.path, "button": "Revoke key", "back": "keys",
-    })
+    return await confirm(request, title=f"Revoke the key “{key.name}” ({key.prefix}…)?",
+                         message="Every client using it gets 401 from now on. A revoked key cannot be restored.",
+                         button="Revoke key", back="keys")
 
 
 async def key_revoke(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ import asyncio
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import flash, redirect, render
+from riceball_proxy.admin import confirm, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.errors import APIError
@@ -101,11 +101,9 @@ async def provider_save(request: web.Request) -> web.Response:
 
 async def provider_delete_confirm(request: web.Request) -> web.Response:
     provider = await _provider_or_404(request)
-    return await render(request, "admin/confirm.html", {
-        "title": f"Delete provider “{provider.name}”?",
-        "message": "Assistants cannot use a deleted provider. This cannot be undone.",
-        "action": request.path, "button": "Delete provider", "back": "providers",
-    })
+    return await confirm(request, title=f"Delete provider “{provider.name}”?",
+                         message="Assistants cannot use a deleted provider. This cannot be undone.",
+                         button="Delete provider", back="providers")
 
 
 async def provider_delete(request: web.Request) -> web.Response:

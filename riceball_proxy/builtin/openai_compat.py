@@ -12,15 +12,8 @@ import aiohttp
 import orjson
 
 from riceball_proxy import hookimpl, sse
-from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderAdapter, ProviderType
-from riceball_proxy.upstream import connection_error, join_url
-
-
-def bad_upstream_response(what: str) -> APIError:
-    """502 for an upstream answer that is not in the format it should be."""
-    return APIError(502, f"the upstream's {what} is not in the expected format", type="api_error",
-                    code="bad_upstream_response")
+from riceball_proxy.upstream import bad_upstream_response, connection_error, join_url
 
 
 class OpenAICompatibleAdapter(ProviderAdapter):

@@ -1,19 +1,16 @@
 """riceball-anthropic: Anthropic's Messages API as a RiceBall provider type."""
 from __future__ import annotations
 
-import asyncio
 import datetime
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
-from riceball_proxy import hookimpl, sse
-from riceball_proxy.builtin.openai_compat import bad_upstream_response
+from riceball_proxy import hookimpl
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderAdapter, ProviderType
-from riceball_proxy.upstream import connection_error, join_url, upstream_error
+from riceball_proxy.upstream import bad_upstream_response, join_url, json_events, upstream_error
 
 from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_anthropic
 
@@ -59,16 +56,13 @@ class AnthropicAdapter(ProviderAdapter):
         async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self._headers(),
                              body=request, error_parser=anthropic_error) as response:
             try:
-                async for data in sse.iter_data(response.content):
-                    for payload in translator.feed(orjson.loads(data)):
+                async for event in json_events(response):
+                    for payload in translator.feed(event):
                         yield payload
                     if translator.done:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                yield orjson.dumps(connection_error(exc).body())
-                return
-            except orjson.JSONDecodeError:
-                yield orjson.dumps(bad_upstream_response("stream").body())
+            except APIError as exc:
+                yield orjson.dumps(exc.body())
                 return
         if not translator.done:  # the connection ended without message_stop
             yield orjson.dumps(APIError(502, "the upstream stream ended early", type="api_error",

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from riceball_proxy.content import image_url_of, split_data_url, text_of
 from riceball_proxy.errors import APIError
 
 DEFAULT_MAX_TOKENS = 4096
@@ -19,19 +20,10 @@ FINISH_REASONS = {
 }
 
 
-def _text(content: Any) -> str:
-    """The text of OpenAI message content (a string or text parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
-    return ""
-
-
 def _image(url: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        media_type = header[5:].split(";")[0] or "image/png"
+    data_url = split_data_url(url)
+    if data_url is not None:
+        media_type, data = data_url
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
@@ -44,11 +36,8 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     for part in content or []:
         if part.get("type") == "text":
             blocks.append({"type": "text", "text": part.get("text", "")})
-        elif part.get("type") == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if isinstance(url, str):
-                blocks.append(_image(url))
+        elif part.get("type") == "image_url" and (url := image_url_of(part)) is not None:
+            blocks.append(_image(url))
     return blocks
 
 
@@ -81,7 +70,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     for message in body["messages"]:
         role = message["role"]
         if role in ("system", "developer"):
-            system.append(_text(message.get("content")))
+            system.append(text_of(message.get("content")))
         elif role == "user":
             add("user", _blocks(message.get("content")))
         elif role == "assistant":
@@ -98,7 +87,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
             add("assistant", blocks)
         elif role in ("tool", "function"):
             add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
-                          "content": _text(message.get("content"))}])
+                          "content": text_of(message.get("content"))}])
 
     anthropic: dict[str, Any] = {
         "model": body["model"],

@@ -1,18 +1,15 @@
 """riceball-gemini: Google's Gemini API (generateContent) as a RiceBall provider type."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
-from riceball_proxy import hookimpl, sse
-from riceball_proxy.builtin.openai_compat import bad_upstream_response
+from riceball_proxy import hookimpl
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderAdapter, ProviderType
-from riceball_proxy.upstream import connection_error, join_url
+from riceball_proxy.upstream import bad_upstream_response, join_url, json_events
 
 from riceball_gemini.translate import StreamTranslator, from_gemini, to_gemini
 
@@ -65,16 +62,13 @@ class GeminiAdapter(ProviderAdapter):
         url = self._url(body["model"], "streamGenerateContent", alt="sse")
         async with self.call("POST", url, headers=self._headers(), body=request, error_parser=gemini_error) as response:
             try:
-                async for data in sse.iter_data(response.content):
-                    for payload in translator.feed(orjson.loads(data)):
+                async for event in json_events(response):
+                    for payload in translator.feed(event):
                         yield payload
                     if translator.failed:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                yield orjson.dumps(connection_error(exc).body())
-                return
-            except orjson.JSONDecodeError:
-                yield orjson.dumps(bad_upstream_response("stream").body())
+            except APIError as exc:
+                yield orjson.dumps(exc.body())
                 return
         for payload in translator.finish():
             yield payload

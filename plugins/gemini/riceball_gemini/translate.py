@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from riceball_proxy.content import image_url_of, split_data_url, text_of
 from riceball_proxy.errors import APIError
 
 FINISH_REASONS = {
@@ -30,18 +31,11 @@ GENERATION_CONFIG = {
 }
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
 def _image(url: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        return {"inlineData": {"mimeType": header[5:].split(";")[0] or "image/png", "data": data}}
+    data_url = split_data_url(url)
+    if data_url is not None:
+        mime, data = data_url
+        return {"inlineData": {"mimeType": mime, "data": data}}
     extension = url.rsplit(".", 1)[-1].lower().split("?")[0]
     mime = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}.get(extension,
                                                                                                     "image/png")
@@ -55,11 +49,8 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     for part in content or []:
         if part.get("type") == "text":
             parts.append({"text": part.get("text", "")})
-        elif part.get("type") == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if isinstance(url, str):
-                parts.append(_image(url))
+        elif part.get("type") == "image_url" and (url := image_url_of(part)) is not None:
+            parts.append(_image(url))
     return parts
 
 
@@ -73,7 +64,7 @@ def _arguments(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool_response(content: Any) -> dict[str, Any]:
-    text = _text(content)
+    text = text_of(content)
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -96,7 +87,7 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     for message in body["messages"]:
         role = message["role"]
         if role in ("system", "developer"):
-            system.append(_text(message.get("content")))
+            system.append(text_of(message.get("content")))
         elif role == "user":
             add("user", _parts(message.get("content")))
         elif role == "assistant":
