@@ -96,10 +96,10 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
         raise APIError(400, "'messages' must contain at least one message.", param="messages", code="empty_array")
     for index, message in enumerate(messages):
         _validate_message(index, message)
-    for name, (check, expected) in FIELD_TYPES.items():
-        value = body.get(name)
-        if value is not None and not check(value):
-            raise invalid_type(name, expected, value)
+    for name, value in body.items():  # a body has a few fields; FIELD_TYPES has many
+        spec = FIELD_TYPES.get(name)
+        if spec is not None and value is not None and not spec[0](value):
+            raise invalid_type(name, spec[1], value)
     options = body.get("stream_options")
     if options is not None and not isinstance(options.get("include_usage", False), bool):
         raise invalid_type("stream_options.include_usage", "a boolean", options["include_usage"])
