@@ -1,7 +1,6 @@
 """Every typed key under which the application keeps its shared objects."""
 from __future__ import annotations
 
-import collections
 
 import aiohttp
 from aiohttp import web
@@ -22,8 +21,6 @@ SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DATABASE = web.AppKey("database", Database)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
-#: The newest failed API calls of this process, newest last (for the admin dashboard).
-RECENT_ERRORS = web.AppKey("recent_errors", collections.deque)
 #: Failed admin logins, per username and address.
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: The Prometheus metrics.

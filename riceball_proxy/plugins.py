@@ -24,7 +24,6 @@ DEFAULT_PLUGINS = (
     "riceball_proxy.builtin.injection",
     "riceball_proxy.builtin.openai_compat",
     "riceball_proxy.builtin.metrics",
-    "riceball_proxy.builtin.recent_errors",
     "riceball_proxy.builtin.usage_recorder",
 )
 

@@ -38,9 +38,11 @@ async def announce_setup(app: web.Application) -> None:
     """At start, with no admin yet, print where to create one."""
     if await admins.count(app[appkeys.DATABASE].pool) == 0:
         settings = app[appkeys.SETTINGS]
+        # Listening on every address: point at the one that surely reaches this machine.
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         logger.warning(
             "No admin account exists yet. Create one at http://%s:%s/admin/setup?token=%s",
-            settings.host, settings.port, setup_token(app[appkeys.SECRET_BOX]),
+            host, settings.port, setup_token(app[appkeys.SECRET_BOX]),
         )
 
 

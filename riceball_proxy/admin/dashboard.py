@@ -1,13 +1,11 @@
 """The dashboard (counts and recent API errors) and the plugins page."""
 from __future__ import annotations
 
-import datetime
-
 from aiohttp import web
 
 from riceball_proxy import appkeys
 from riceball_proxy.admin import render
-from riceball_proxy.db import api_keys, assistants, providers
+from riceball_proxy.db import api_keys, assistants, providers, usage_events
 from riceball_proxy.plugins import describe_plugins
 
 
@@ -19,16 +17,14 @@ def setup_routes(router: web.UrlDispatcher) -> None:
 async def dashboard(request: web.Request) -> web.Response:
     pool = request.config_dict[appkeys.DATABASE].pool
     total, enabled = await assistants.count(pool)
-    errors = [
-        error | {"at": datetime.datetime.fromtimestamp(error["at"], datetime.timezone.utc)}
-        for error in reversed(request.config_dict.get(appkeys.RECENT_ERRORS, ()))
-    ]
     return await render(request, "admin/dashboard.html", {
         "providers": await providers.count(pool),
         "assistants": total,
         "enabled_assistants": enabled,
         "active_keys": await api_keys.count_active(pool),
-        "errors": errors[:20],
+        "errors": await usage_events.recent_errors(pool),
+        "assistant_names": {a.id: a.name for a in await assistants.list_all(pool)},
+        "key_names": {k.id: k.name for k in await api_keys.list_all(pool)},
     })
 
 

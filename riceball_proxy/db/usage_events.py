@@ -50,6 +50,15 @@ def _address(text: str | None):
         return None
 
 
+async def recent_errors(db, limit: int = 20) -> list[UsageEvent]:
+    """The newest failed calls (status 400 and up), newest first."""
+    rows = await db.fetch(
+        f"SELECT {', '.join(_FIELDS)} FROM usage_events WHERE status >= 400 ORDER BY created_at DESC, id DESC LIMIT $1",
+        limit,
+    )
+    return [_event(row) for row in rows]
+
+
 async def recent(db, limit: int = 100) -> list[UsageEvent]:
     """The newest events first."""
     rows = await db.fetch(
