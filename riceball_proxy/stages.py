@@ -55,7 +55,7 @@ def observed(handler):
             status, error_type = exc.status, "invalid_request_error"
             raise
         finally:
-            finish(request, ctx, status, error_type, disconnected=disconnected)
+            finish(ctx, status, error_type, disconnected=disconnected)
 
     return wrapper
 
@@ -113,8 +113,7 @@ async def read_chat_request(request: web.Request) -> dict:
     return validate_chat_request(body)
 
 
-def finish(request: web.Request, ctx: ChatContext, status: int, error_type: str | None, *,
-           disconnected: bool = False) -> None:
+def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False) -> None:
     """Hand the outcome to the ``riceball_request_finished`` observers, off the request path."""
     now = time.perf_counter()
     outcome = Outcome(
