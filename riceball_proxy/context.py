@@ -19,6 +19,9 @@ class Principal:
     name: str
     #: None: every assistant; otherwise only these.
     assistant_ids: frozenset[uuid.UUID] | None = None
+    #: Why this known caller may not call at all (a revoked or expired key): answered 401 with it,
+    #: and still recorded as this caller's call.
+    refused: str | None = None
 
     def allows(self, assistant_id: uuid.UUID) -> bool:
         """True when this caller may use that assistant."""

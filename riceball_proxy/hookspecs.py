@@ -48,8 +48,9 @@ def riceball_authenticate(request, assistant_id):
     ``request`` is the ``aiohttp.web.Request``; ``assistant_id`` the ``uuid.UUID`` from its path.
     Return a ``riceball_proxy.context.Principal`` (or an awaitable of one) for a caller you know,
     None when the request is not yours to judge. *Awaited*, in call order; the first Principal wins.
-    Raise ``riceball_proxy.errors.APIError`` to refuse the request outright. With no Principal from
-    any plugin the request is answered 401.
+    Raise ``riceball_proxy.errors.APIError`` to refuse the request outright, or return a Principal
+    with ``refused`` set for a caller you know but refuse (a revoked key): it is answered 401 and
+    still recorded as that caller's call. With no Principal from any plugin the request is answered 401.
     """
 
 

@@ -76,6 +76,8 @@ async def resolve(request: web.Request, ctx: ChatContext) -> None:
     if principal is None:
         raise APIError(401, "No API key was accepted for this request.", code="invalid_api_key")
     ctx.principal = principal
+    if principal.refused:
+        raise APIError(401, principal.refused, code="invalid_api_key")
     if not principal.allows(assistant_id):
         raise APIError(403, "This API key may not use this assistant.", type="permission_error",
                        code="assistant_not_allowed")

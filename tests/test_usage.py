@@ -4,6 +4,7 @@ import time
 
 import aiohttp
 import openai
+import pytest
 
 from riceball_proxy import appkeys
 from riceball_proxy.db import api_keys
@@ -159,3 +160,19 @@ async def test_rows_still_pending_at_shutdown_without_a_database_are_spilled_the
         assert len(await rows(db, 4)) == 4
     finally:
         await proxy.close()
+
+
+async def test_calls_with_a_revoked_key_are_recorded_as_that_keys(start_gateway, settings, fake_openai, db):
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    secret = await gateway.key()
+    key = await api_keys.find(db, secret[:11])
+    await api_keys.revoke(db, key.id)
+    async with gateway.client(assistant.id, secret) as client:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "invalid_api_key" and "This API key is revoked." in raised.value.message
+    (row,) = await rows(db, 1)
+    assert (row["status"], row["api_key_id"]) == (401, key.id)
+    assert (await api_keys.get(db, key.id)).last_used_at is None  # a refused call is no use

@@ -23,10 +23,9 @@ async def riceball_authenticate(request, assistant_id):
     if key is None:
         raise _invalid("Incorrect API key provided.")
     status = key.status()
-    if status != "active":
-        raise _invalid(f"This API key is {status}.")
     return Principal(
         key_id=key.id,
         name=key.name,
         assistant_ids=None if key.assistant_ids is None else frozenset(key.assistant_ids),
+        refused=None if status == "active" else f"This API key is {status}.",
     )
