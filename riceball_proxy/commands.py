@@ -14,7 +14,6 @@ import orjson
 
 from riceball_proxy import crypto
 from riceball_proxy.db import admins, api_keys, assistants, open_database, providers
-from riceball_proxy.db.migrate import apply_migrations
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
@@ -96,13 +95,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    async def work(pool):
-        async with pool.acquire() as conn:
-            applied = await apply_migrations(conn)  # open_database applied them; this reports the state
-            rows = await conn.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
-        return applied, [dict(row) for row in rows]
+    async def work(pool):  # opening the database applied what was pending; this reports the state
+        rows = await pool.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+        return [dict(row) for row in rows]
 
-    _, rows = run_db(settings, work)
+    rows = run_db(settings, work)
     emit(args, {"migrations": rows}, table(rows, ["version", "name", "applied_at"], "no migrations"))
     return 0
 

@@ -23,17 +23,16 @@ class ProviderAdapter:
         self.provider = provider
         self.api_key = api_key
         self.session = session
-
-    def timeout(self) -> aiohttp.ClientTimeout:
-        """The provider's connect and read timeouts (no total: a stream may last as long as it flows)."""
-        return aiohttp.ClientTimeout(
-            total=None, sock_connect=self.provider.connect_timeout, sock_read=self.provider.read_timeout
+        # The provider's connect and read timeouts (no total: a stream may last as long as it flows).
+        # An adapter is rebuilt when its provider changes, so this is made once.
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=provider.connect_timeout, sock_read=provider.read_timeout
         )
 
     def call(self, method: str, url, *, headers: dict[str, str], body: Any = None,
              error_parser: ErrorParser = upstream_error) -> UpstreamCall:
         """An upstream request through the shared session, with the provider's timeouts and key redaction."""
-        return UpstreamCall(self.session, method, url, headers=headers, body=body, timeout=self.timeout(),
+        return UpstreamCall(self.session, method, url, headers=headers, body=body, timeout=self.timeout,
                             secret=self.api_key, error_parser=error_parser)
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -126,6 +126,11 @@ async def require_admin(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
+def db_pool(request: web.Request):
+    """The database pool, for the admin views."""
+    return request.config_dict[appkeys.DATABASE].pool
+
+
 def url(request: web.Request, name: str, **parts: Any) -> str:
     """The path of a named admin route (its parts given as keyword arguments)."""
     return str(request.app.router[name].url_for(**{k: str(v) for k, v in parts.items()}))

@@ -6,8 +6,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from riceball_proxy import appkeys
-from riceball_proxy.admin import confirm, flash, redirect, render
+from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
@@ -39,23 +38,20 @@ def setup_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/assistants/{id}/delete", assistant_delete)
 
 
-def _pool(request: web.Request):
-    return request.config_dict[appkeys.DATABASE].pool
-
 
 async def _assistant_or_404(request: web.Request) -> assistants.Assistant:
     try:
         assistant_id = uuid.UUID(request.match_info["id"])
     except ValueError:
         raise web.HTTPNotFound(text="No such assistant.") from None
-    assistant = await assistants.get(_pool(request), assistant_id)
+    assistant = await assistants.get(db_pool(request), assistant_id)
     if assistant is None:
         raise web.HTTPNotFound(text="No such assistant.")
     return assistant
 
 
 async def assistant_list(request: web.Request) -> web.Response:
-    pool = _pool(request)
+    pool = db_pool(request)
     return await render(request, "admin/assistants.html", {
         "assistants": await assistants.list_all(pool),
         "providers": {p.id: p for p in await providers.list_all(pool)},
@@ -84,7 +80,7 @@ def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
 
 
 async def _render_form(request, assistant, values, errors, *, status=200) -> web.Response:
-    all_providers = await providers.list_all(_pool(request))
+    all_providers = await providers.list_all(db_pool(request))
     models, models_error = [], None
     provider_id = values.get("provider_id") or (str(all_providers[0].id) if all_providers else "")
     if provider_id.isdigit() and any(p.id == int(provider_id) for p in all_providers):
@@ -116,7 +112,7 @@ async def assistant_form(request: web.Request) -> web.Response:
 
 async def assistant_save(request: web.Request) -> web.Response:
     assistant = await _assistant_or_404(request) if "id" in request.match_info else None
-    pool = _pool(request)
+    pool = db_pool(request)
     form = Form(await request.post())
     name = form.text("name", required=True)
     provider_ids = {str(p.id): p.id for p in await providers.list_all(pool)}
@@ -156,7 +152,7 @@ async def assistant_save(request: web.Request) -> web.Response:
 
 async def assistant_detail(request: web.Request) -> web.Response:
     assistant = await _assistant_or_404(request)
-    provider = await providers.get(_pool(request), assistant.provider_id)
+    provider = await providers.get(db_pool(request), assistant.provider_id)
     base_url = str(request.url.origin()) + f"/api/v1/assistants/{assistant.id}/v1"
     return await render(request, "admin/assistant.html",
                         {"assistant": assistant, "provider": provider, "base_url": base_url})
@@ -164,7 +160,7 @@ async def assistant_detail(request: web.Request) -> web.Response:
 
 async def assistant_toggle(request: web.Request) -> web.Response:
     assistant = await _assistant_or_404(request)
-    await assistants.set_enabled(_pool(request), assistant.id, not assistant.enabled)
+    await assistants.set_enabled(db_pool(request), assistant.id, not assistant.enabled)
     state = "disabled" if assistant.enabled else "enabled"
     await flash(request, "success", f"Assistant “{assistant.name}” {state}.")
     raise redirect(request, "assistants")
@@ -179,6 +175,6 @@ async def assistant_delete_confirm(request: web.Request) -> web.Response:
 
 async def assistant_delete(request: web.Request) -> web.Response:
     assistant = await _assistant_or_404(request)
-    await assistants.delete(_pool(request), assistant.id)
+    await assistants.delete(db_pool(request), assistant.id)
     await flash(request, "success", f"Assistant “{assistant.name}” deleted.")
     raise redirect(request, "assistants")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import secrets
 
@@ -15,8 +16,10 @@ from riceball_proxy.db import admins
 
 logger = logging.getLogger(__name__)
 
-# Verified against when the username does not exist, so both cases take the same time.
-_DUMMY_HASH = crypto.hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username does not exist, so both cases take the same time."""
+    return crypto.hash_password(secrets.token_urlsafe(16))
 
 
 def setup_routes(router: web.UrlDispatcher) -> None:
@@ -77,7 +80,7 @@ async def login(request: web.Request) -> web.Response:
             "error": f"Too many failed logins. Try again in {int(wait // 60) + 1} minutes."}, status=429)
     pool = request.config_dict[appkeys.DATABASE].pool
     admin = await admins.get_by_username(pool, username)
-    valid = crypto.verify_password(admin.password_hash if admin else _DUMMY_HASH, password)
+    valid = crypto.verify_password(admin.password_hash if admin else _dummy_hash(), password)
     if admin is None or not valid:
         throttle.failed(username, address)
         return await render(request, "admin/login.html", context | {"error": "Wrong username or password."},

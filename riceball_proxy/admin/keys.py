@@ -7,8 +7,8 @@ import uuid
 from aiohttp import web
 from aiohttp_session import get_session
 
-from riceball_proxy import appkeys, crypto
-from riceball_proxy.admin import confirm, flash, redirect, render
+from riceball_proxy import crypto
+from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.db import api_keys, assistants
 
@@ -32,12 +32,9 @@ def setup_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/keys/{id}/revoke", key_revoke)
 
 
-def _pool(request: web.Request):
-    return request.config_dict[appkeys.DATABASE].pool
-
 
 async def key_list(request: web.Request) -> web.Response:
-    pool = _pool(request)
+    pool = db_pool(request)
     session = await get_session(request)
     new_key = session.pop(NEW_KEY, None)  # shown on this page view, never again
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -52,12 +49,12 @@ async def key_list(request: web.Request) -> web.Response:
 async def key_form(request: web.Request) -> web.Response:
     return await render(request, "admin/key_form.html", {
         "values": {"expires": ""}, "selected": set(), "errors": {}, "expiries": EXPIRIES,
-        "assistants": await assistants.list_all(_pool(request)),
+        "assistants": await assistants.list_all(db_pool(request)),
     })
 
 
 async def key_create(request: web.Request) -> web.Response:
-    pool = _pool(request)
+    pool = db_pool(request)
     data = await request.post()
     form = Form(data)
     name = form.text("name", required=True)
@@ -89,7 +86,7 @@ async def key_create(request: web.Request) -> web.Response:
 
 async def _key_or_404(request: web.Request) -> api_keys.ApiKey:
     try:
-        key = await api_keys.get(_pool(request), uuid.UUID(request.match_info["id"]))
+        key = await api_keys.get(db_pool(request), uuid.UUID(request.match_info["id"]))
     except ValueError:
         key = None
     if key is None:
@@ -106,6 +103,6 @@ async def key_revoke_confirm(request: web.Request) -> web.Response:
 
 async def key_revoke(request: web.Request) -> web.Response:
     key = await _key_or_404(request)
-    await api_keys.revoke(_pool(request), key.id)
+    await api_keys.revoke(db_pool(request), key.id)
     await flash(request, "success", f"Key “{key.name}” revoked.")
     raise redirect(request, "keys")

@@ -6,7 +6,7 @@ import asyncio
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import confirm, flash, redirect, render
+from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.errors import APIError
@@ -27,23 +27,20 @@ def setup_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/providers/{id:\\d+}/test", provider_test, name="provider_test")
 
 
-def _pool(request: web.Request):
-    return request.config_dict[appkeys.DATABASE].pool
-
 
 def _types(request: web.Request):
     return provider_types(request.config_dict[appkeys.PLUGIN_MANAGER])
 
 
 async def _provider_or_404(request: web.Request) -> providers.Provider:
-    provider = await providers.get(_pool(request), int(request.match_info["id"]))
+    provider = await providers.get(db_pool(request), int(request.match_info["id"]))
     if provider is None:
         raise web.HTTPNotFound(text="No such provider.")
     return provider
 
 
 async def provider_list(request: web.Request) -> web.Response:
-    pool = _pool(request)
+    pool = db_pool(request)
     return await render(request, "admin/providers.html", {
         "providers": await providers.list_all(pool),
         "usage": await assistants.count_by_provider(pool),
@@ -82,12 +79,12 @@ async def provider_save(request: web.Request) -> web.Response:
                   "connect_timeout": float(connect_timeout), "read_timeout": float(read_timeout)}
         try:
             if provider is None:
-                saved = await providers.create(_pool(request), api_key_encrypted=box.encrypt(api_key) if api_key
+                saved = await providers.create(db_pool(request), api_key_encrypted=box.encrypt(api_key) if api_key
                                                else None, **fields)
             else:
                 # A blank key field keeps the stored key: the form never shows it.
                 key = box.encrypt(api_key) if api_key else (None if clear_key else providers.KEEP)
-                saved = await providers.update(_pool(request), provider.id, api_key_encrypted=key, **fields)
+                saved = await providers.update(db_pool(request), provider.id, api_key_encrypted=key, **fields)
         except providers.ProviderNameTaken:
             form.errors["name"] = "Another provider has this name."
         else:
@@ -109,7 +106,7 @@ async def provider_delete_confirm(request: web.Request) -> web.Response:
 async def provider_delete(request: web.Request) -> web.Response:
     provider = await _provider_or_404(request)
     try:
-        await providers.delete(_pool(request), provider.id)
+        await providers.delete(db_pool(request), provider.id)
     except providers.ProviderInUse:
         await flash(request, "error", f"“{provider.name}” is used by assistants: move or delete them first.")
     else:
