@@ -28,15 +28,47 @@ class Principal:
         return self.assistant_ids is None or assistant_id in self.assistant_ids
 
 
+#: The largest token count a usage row stores (the columns are PostgreSQL ``integer``).
+MAX_TOKEN_COUNT = 2**31 - 1
+
+
 @dataclasses.dataclass
 class Usage:
-    """Token counts reported by the upstream (None where it reported nothing)."""
+    """Token counts reported by the upstream (None where it reported nothing, or nothing usable)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    #: True when the upstream reported something that is not a token count (kept as None).
+    invalid: bool = False
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage:
+        """The counts of an OpenAI ``usage`` object; whatever is not a count in range becomes None, flagged."""
+        if not isinstance(usage, dict):
+            return cls(invalid=usage is not None)
+        flags: list[bool] = []
+
+        def count(container: Any, name: str) -> int | None:
+            if not isinstance(container, dict):
+                flags.append(container is not None)
+                return None
+            value = container.get(name)
+            if value is None or (type(value) is int and 0 <= value <= MAX_TOKEN_COUNT):
+                return value
+            flags.append(True)
+            return None
+
+        return cls(
+            prompt_tokens=count(usage, "prompt_tokens"),
+            completion_tokens=count(usage, "completion_tokens"),
+            total_tokens=count(usage, "total_tokens"),
+            cached_tokens=count(usage.get("prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=count(usage.get("completion_tokens_details"), "reasoning_tokens"),
+            invalid=any(flags),
+        )
 
 
 @dataclasses.dataclass
@@ -76,16 +108,8 @@ class ChatContext:
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def record_usage(self, usage: Any) -> None:
-        """Take the token counts of an OpenAI ``usage`` object (ignored when it is not one)."""
-        if not isinstance(usage, dict):
-            return
-        self.usage = Usage(
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            total_tokens=usage.get("total_tokens"),
-            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
-        )
+        """Take the token counts of an OpenAI ``usage`` object (see :meth:`Usage.from_openai`)."""
+        self.usage = Usage.from_openai(usage)
 
 
 @dataclasses.dataclass(frozen=True)

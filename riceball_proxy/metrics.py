@@ -35,6 +35,12 @@ class Metrics:
                                        ["provider", "status"], registry=registry)
         self.tokens = Counter("riceball_tokens", "Tokens, by assistant and kind (prompt or completion)",
                               ["assistant", "kind"], registry=registry)
+        self.usage_dead_letter_rows = Counter(
+            "riceball_usage_dead_letter_rows", "Usage rows the database cannot take, kept in the dead-letter folder",
+            registry=registry)
+        self.invalid_usage = Counter("riceball_upstream_invalid_usage",
+                                     "Upstream answers whose token counts were not counts, by provider",
+                                     ["provider"], registry=registry)
         self._children: dict = {}
         self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
                                        registry=registry, multiprocess_mode="livesum")
@@ -56,6 +62,8 @@ class Metrics:
             self._child(self.time_to_first_token, assistant).observe(outcome.ttft_ms / 1000)
         if ctx.upstream_error is not None and ctx.provider is not None:
             self._child(self.upstream_errors, ctx.provider.name, str(ctx.upstream_error.status)).inc()
+        if outcome.usage.invalid:
+            self._child(self.invalid_usage, ctx.provider.name if ctx.provider else "-").inc()
         if outcome.usage.prompt_tokens:
             self._child(self.tokens, assistant, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:

@@ -59,7 +59,7 @@ async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAda
         ctx.upstream_error = exc
         raise
     ctx.first_token_at = time.perf_counter()
-    ctx.record_usage(answer.get("usage"))
+    ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     answer = await fold_hook(pm.hook.riceball_transform_response, "response", answer, ctx=ctx)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
@@ -153,7 +153,7 @@ async def _transformed_events(
             chunk = orjson.loads(payload)
             if _is_error_chunk(chunk):
                 raise UpstreamStreamError(payload)
-            if isinstance(chunk.get("usage"), dict):
+            if chunk.get("usage") is not None:
                 ctx.record_usage(chunk["usage"])
             yield chunk
 
@@ -175,10 +175,10 @@ def _may_carry_usage_or_error(payload: bytes) -> bool:
 def _keep_after_usage(ctx: ChatContext, chunk: dict[str, Any]) -> bool:
     """Record the usage a chunk carries; False for the usage-only chunk the client did not ask for."""
     usage = chunk.get("usage")
-    if not isinstance(usage, dict):
+    if usage is None:
         return True
     ctx.record_usage(usage)
-    return ctx.client_wants_usage or bool(chunk.get("choices"))
+    return ctx.client_wants_usage or bool(chunk.get("choices")) or not isinstance(usage, dict)
 
 
 def _is_error_chunk(chunk: Any) -> bool:

@@ -6,6 +6,13 @@ keys' ``last_used_at`` forward the same way. While the database cannot be reache
 growing up to ``max_buffer`` rows; past that the oldest rows are written to files in
 ``$RICEBALL_DATA_DIR/usage-spill/``, which are loaded back once the database answers again. On
 shutdown whatever is left is written, or spilled if the database is still away.
+
+A failed write is one of two things. The database is away (a lost connection, a timeout, a server
+shutting down): the batch is kept and tried again, nothing is dropped. Or the rows themselves cannot be
+written (a value the column refuses): the batch is halved until the bad rows are found, the others are
+written, and each bad row goes to a dead-letter file in ``$RICEBALL_DATA_DIR/usage-dead-letter/`` with
+a log line and ``riceball_usage_dead_letter_rows_total``. A bad row never holds up another. Every row
+has an ``event_id``, so a batch written again after its acknowledgement was lost adds nothing.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import logging
 import os
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -27,10 +35,12 @@ from riceball_proxy.db.usage_events import UsageEvent
 logger = logging.getLogger(__name__)
 
 SPILL_DIR = "usage-spill"
+DEAD_LETTER_DIR = "usage-dead-letter"
 #: Seconds a write may take before the database counts as unreachable.
 WRITE_TIMEOUT = 10.0
-#: Failures that no retry can fix: the rows are set aside in a ``.rejected`` file instead.
-_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+#: Failures of the rows themselves, which no retry can fix: a value the client library cannot encode,
+#: or one the server refuses (SQLSTATE classes 22 and 23).
+_ROW_ERRORS = (TypeError, ValueError, OverflowError, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def _json_default(value):
@@ -40,14 +50,29 @@ def _json_default(value):
 
 
 def _event_line(event: UsageEvent) -> bytes:
-    return orjson.dumps(dataclasses.asdict(event), default=_json_default)
+    values = dataclasses.asdict(event)
+    try:
+        return orjson.dumps(values, default=_json_default)
+    except TypeError:  # a value JSON cannot hold (an integer past 64 bits...): kept as its text
+        return orjson.dumps({name: value if _json_safe(value) else repr(value) for name, value in values.items()},
+                            default=_json_default)
+
+
+def _json_safe(value) -> bool:
+    try:
+        orjson.dumps(value, default=_json_default)
+    except TypeError:
+        return False
+    return True
 
 
 def _event_from(data: dict) -> UsageEvent:
     data["created_at"] = datetime.datetime.fromisoformat(data["created_at"])
-    for field in ("api_key_id", "assistant_id"):
-        if data[field] is not None:
+    for field in ("api_key_id", "assistant_id", "event_id"):
+        if data.get(field) is not None:
             data[field] = uuid.UUID(data[field])
+    if data.get("event_id") is None:  # spilled before rows had ids
+        data.pop("event_id", None)
     return UsageEvent(**data)
 
 
@@ -55,9 +80,12 @@ class UsageRecorder:
     """Queues usage events and writes them in batches; see the module's docstring."""
 
     def __init__(self, pool: asyncpg.Pool, data_dir: Path, *, flush_interval: float = 1.0, batch_size: int = 500,
-                 max_buffer: int = 10_000):
+                 max_buffer: int = 10_000, dead_letters: Callable[[int], None] = lambda count: None):
         self.pool = pool
         self.spill_dir = Path(data_dir) / SPILL_DIR
+        self.dead_letter_dir = Path(data_dir) / DEAD_LETTER_DIR
+        #: Called with the number of rows each time some go to the dead-letter folder (a metric).
+        self.dead_letters = dead_letters
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.max_buffer = max_buffer
@@ -134,29 +162,46 @@ class UsageRecorder:
             return True
 
     async def _write(self, batch: list[UsageEvent]) -> bool | None:
-        """True when written, False when set aside as unwritable, None when the database is unreachable."""
+        """True when every row was written or set aside as unwritable; None when the database is unreachable.
+
+        A batch with unwritable rows is halved until they are found: the others are written, those go
+        to the dead-letter folder.
+        """
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await usage_events.insert_many(self.pool, batch)
             return True
-        except _REJECTED:
-            logger.exception("usage rows the database refuses; kept in a .rejected file")
-            self._spill(batch, suffix=".rejected")
-            return False
+        except _ROW_ERRORS as exc:
+            if len(batch) == 1:
+                self._dead_letter(batch[0], exc)
+                return True
         except Exception as exc:
             logger.warning("usage rows not written yet (%s); retrying", type(exc).__name__)
             return None
+        middle = len(batch) // 2
+        if await self._write(batch[:middle]) is None:
+            return None
+        return await self._write(batch[middle:])
+
+    def _dead_letter(self, event: UsageEvent, exc: BaseException) -> None:
+        self.dead_letter_dir.mkdir(parents=True, exist_ok=True)
+        path = self.dead_letter_dir / f"usage-{event.created_at:%Y%m%d}.jsonl"
+        with path.open("ab") as file:  # one line per row: appends from several workers do not interleave
+            file.write(_event_line(event) + b"\n")
+        logger.error("usage row %s of request %s cannot be written (%s: %s); kept in %s",
+                     event.event_id, event.request_id, type(exc).__name__, exc, path)
+        self.dead_letters(1)
 
     # --- spill files ---------------------------------------------------------------------------------
 
-    def _spill(self, events: list[UsageEvent], suffix: str = ".jsonl") -> None:
+    def _spill(self, events: list[UsageEvent]) -> None:
         if not events:
             return
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         name = f"usage-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         partial = self.spill_dir / f".{name}.partial"
         partial.write_bytes(b"\n".join(_event_line(event) for event in events) + b"\n")
-        partial.rename(self.spill_dir / f"{name}{suffix}")  # whole files only: a crash leaves a .partial
+        partial.rename(self.spill_dir / f"{name}.jsonl")  # whole files only: a crash leaves a .partial
         logger.warning("%d usage rows spilled to %s", len(events), self.spill_dir)
 
     async def _load_spilled(self) -> bool:

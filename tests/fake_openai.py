@@ -35,6 +35,8 @@ class FakeOpenAI:
         self.client_went_away = asyncio.Event()
         self.stream_finished = asyncio.Event()
         self.models = ["gpt-4o", "gpt-4o-mini"]
+        #: Sent as ``usage`` instead of the counted one (any JSON value, to play a careless upstream).
+        self.usage: Any = None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -71,7 +73,9 @@ class FakeOpenAI:
             return await self._stream(request, body)
         return web.json_response(self._completion(body))
 
-    def _usage(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _usage(self, body: dict[str, Any]) -> Any:
+        if self.usage is not None:
+            return self.usage
         prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         completion = len(self.reply.split()) if not self.tool_calls else 5 * len(self.tool_calls)
         return {

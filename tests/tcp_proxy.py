@@ -18,6 +18,9 @@ class TcpProxy:
             self.unix_path = f"{query['host'][0]}/.s.PGSQL.{self.target_port}"
         self.target_url = target_url
         self.blocked = False
+        #: When set, the next server reply containing these bytes is not passed on: the connection is cut instead.
+        self.cut_before: bytes | None = None
+        self.cuts = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -46,11 +49,18 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, upstream_writer}
-        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+        await asyncio.gather(self._pipe(reader, upstream_writer),
+                             self._pipe(upstream_reader, writer, from_server=True, peer=upstream_writer))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_server: bool = False,
+                    peer: asyncio.StreamWriter | None = None) -> None:
         try:
             while data := await reader.read(65536):
+                if from_server and self.cut_before is not None and self.cut_before in data:
+                    self.cut_before = None
+                    self.cuts += 1
+                    peer.close()
+                    break
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -67,6 +77,9 @@ class TcpProxy:
 
     def unblock(self) -> None:
         self.blocked = False
+        #: When set, the next server reply containing these bytes is not passed on: the connection is cut instead.
+        self.cut_before: bytes | None = None
+        self.cuts = 0
 
     async def close(self) -> None:
         self.block()

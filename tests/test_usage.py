@@ -176,3 +176,97 @@ async def test_calls_with_a_revoked_key_are_recorded_as_that_keys(start_gateway,
     (row,) = await rows(db, 1)
     assert (row["status"], row["api_key_id"]) == (401, key.id)
     assert (await api_keys.get(db, key.id)).last_used_at is None  # a refused call is no use
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": "12", "completion_tokens": 3, "total_tokens": 15},
+    {"prompt_tokens": 2**40, "completion_tokens": 3, "total_tokens": 15},
+    {"prompt_tokens": [1], "completion_tokens": {"n": 3}, "total_tokens": 15},
+    {"prompt_tokens": -5, "completion_tokens": 3, "total_tokens": 15},
+    {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "prompt_tokens_details": "x"},
+    "twelve",
+])
+async def test_token_counts_that_are_not_counts_never_stop_the_books(start_gateway, settings, fake_openai, db, usage):
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    key = await gateway.key()
+    fake_openai.usage = usage
+    url = gateway.base_url(assistant.id) + "/chat/completions"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        async with session.post(url, json={"messages": MESSAGES}) as response:
+            assert response.status == 200
+            assert (await response.json())["usage"] == usage  # the client gets the answer as it was
+        async with session.post(url, json={"messages": MESSAGES, "stream": True,
+                                           "stream_options": {"include_usage": True}}) as response:
+            events = (await response.read()).decode()
+            assert response.status == 200 and '"error"' not in events and events.endswith("data: [DONE]\n\n")
+    fake_openai.usage = None
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+
+    found = await rows(db, 5)
+    assert len(found) == 5 and all(r["status"] == 200 for r in found)
+    poisoned, normal = found[:2], found[2:]
+    valid_prompt = 12 if isinstance(usage, dict) and usage["prompt_tokens"] == 12 else None
+    assert all(r["usage_invalid"] and r["prompt_tokens"] == valid_prompt and r["cached_tokens"] is None
+               for r in poisoned)
+    assert all(not r["usage_invalid"] and r["total_tokens"] == 8 for r in normal)
+    assert (await api_keys.list_all(db))[0].last_used_at == normal[-1]["created_at"]
+    assert not (settings.data_dir / "usage-dead-letter").exists()
+
+
+async def test_a_row_the_database_cannot_take_is_set_aside_and_the_others_are_written(
+        start_gateway, settings, fake_openai, db):
+    import datetime
+
+    from riceball_proxy.db.usage_events import UsageEvent
+
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    recorder = gateway.app[appkeys.USAGE_RECORDER]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        # Rows a plugin or an old spill file might hold: too big for the column, and not a number at all.
+        recorder.record(UsageEvent(created_at=now, request_id="req_huge", status=200, prompt_tokens=2**40))
+        recorder.record(UsageEvent(created_at=now, request_id="req_text", status=200, prompt_tokens="12"))
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        found = await rows(db, 4)
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        found = await rows(db, 5)
+    assert len(found) == 5 and all(r["request_id"].startswith("req_") and r["total_tokens"] == 8 for r in found)
+    dead = list((settings.data_dir / "usage-dead-letter").glob("usage-*.jsonl"))
+    lines = [line for path in dead for line in path.read_text().splitlines()]
+    assert sorted('"req_huge"' in line or '"req_text"' in line for line in lines) == [True, True]
+    exposition = gateway.app[appkeys.METRICS].exposition().decode()
+    assert "riceball_usage_dead_letter_rows_total 2.0" in exposition
+    assert not list((settings.data_dir / "usage-spill").glob("*"))
+
+
+async def test_a_batch_whose_acknowledgement_is_lost_is_written_once(start_gateway, settings, fake_openai, db):
+    proxy = await TcpProxy(settings.database_url).start()
+    try:
+        gateway = await start_gateway(settings.replace(database_url=proxy.url(), usage_flush_interval=0.05))
+        provider = await gateway.provider(fake_openai.base_url)
+        assistant = await gateway.assistant(provider)
+        recorder = gateway.app[appkeys.USAGE_RECORDER]
+        async with gateway.client(assistant.id, await gateway.key()) as client:
+            await client.chat.completions.create(model="x", messages=MESSAGES)  # warms the caches
+            await rows(db, 1)
+            # The server commits the next batch, and the connection is cut before the client hears so.
+            proxy.cut_before = b"C\x00\x00\x00\x0bCOMMIT\x00"
+            await asyncio.gather(*(client.chat.completions.create(model="x", messages=MESSAGES) for _ in range(6)))
+            deadline = time.monotonic() + 20
+            while (proxy.cuts == 0 or recorder.pending) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await recorder.flush()
+        assert proxy.cuts == 1 and not recorder.pending
+        found = await db.fetch("SELECT request_id FROM usage_events")
+        assert len(found) == 7 and len({r["request_id"] for r in found}) == 7
+        assert not (settings.data_dir / "usage-dead-letter").exists()  # written again, not refused
+    finally:
+        await proxy.close()

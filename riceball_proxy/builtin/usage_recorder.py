@@ -15,6 +15,7 @@ def riceball_startup(app):
         flush_interval=settings.usage_flush_interval,
         batch_size=settings.usage_batch_size,
         max_buffer=settings.usage_max_buffer,
+        dead_letters=app[appkeys.METRICS].usage_dead_letter_rows.inc,
     )
     app[appkeys.USAGE_RECORDER] = recorder
     recorder.start()
@@ -48,6 +49,7 @@ def riceball_request_finished(ctx, outcome):
         total_tokens=usage.total_tokens,
         cached_tokens=usage.cached_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        usage_invalid=usage.invalid,
         latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms,
         client_addr=ctx.client_addr,

@@ -29,6 +29,10 @@ class UsageEvent:
     reasoning_tokens: int | None = None
     latency_ms: float | None = None
     ttft_ms: float | None = None
+    #: True when the upstream's token counts were unusable (they are None here).
+    usage_invalid: bool = False
+    #: Made when the call ends: a batch written twice adds its rows once.
+    event_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
     client_addr: str | None = None
 
 
@@ -36,11 +40,23 @@ _FIELDS = tuple(field.name for field in dataclasses.fields(UsageEvent))
 _values = operator.attrgetter(*_FIELDS)
 
 
-async def insert_many(db, events: Sequence[UsageEvent]) -> None:
-    """Write a batch of events with one COPY."""
+_COLUMNS = ", ".join(_FIELDS)
+
+
+async def insert_many(pool, events: Sequence[UsageEvent]) -> None:
+    """Write a batch of events with one COPY; rows already written (same ``event_id``) are skipped.
+
+    The rows are copied into a temporary table and moved from there with ``ON CONFLICT DO NOTHING``,
+    all in one transaction: a batch sent again after its acknowledgement was lost writes nothing twice.
+    """
     # attrgetter, not dataclasses.astuple: astuple deep-copies every value, which costs more than the COPY.
     records = [(*_values(event)[:-1], _address(event.client_addr)) for event in events]
-    await db.copy_records_to_table("usage_events", records=records, columns=_FIELDS)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"CREATE TEMP TABLE usage_staging ON COMMIT DROP AS "
+                           f"SELECT {_COLUMNS} FROM usage_events WITH NO DATA")
+        await conn.copy_records_to_table("usage_staging", records=records, columns=_FIELDS)
+        await conn.execute(f"INSERT INTO usage_events ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_staging "
+                           "ON CONFLICT (event_id) DO NOTHING")
 
 
 def _address(text: str | None):
@@ -69,6 +85,8 @@ async def recent(db, limit: int = 100) -> list[UsageEvent]:
 
 def _event(row) -> UsageEvent:
     values = dict(row)
+    if values["event_id"] is None:  # a row from before event ids
+        del values["event_id"]
     if values["client_addr"] is not None:
         values["client_addr"] = str(values["client_addr"])
     return UsageEvent(**values)
