@@ -29,8 +29,9 @@ from riceball_proxy.templating import setup_templates
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
-#: Upstream connections kept open at once (all providers together), and per upstream host.
-HTTP_POOL_LIMIT = 1000
+#: No bound on the shared pool itself: each provider's ConnectionGate bounds its own calls, so that
+#: calls hanging on one provider cannot take the connections another provider needs.
+HTTP_POOL_LIMIT = 0
 HTTP_POOL_LIMIT_PER_HOST = 0
 #: Bytes of one upstream line (an SSE event) read at once; large tool-call chunks need room.
 HTTP_READ_BUFSIZE = 2**20

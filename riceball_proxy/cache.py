@@ -26,6 +26,7 @@ from riceball_proxy.db.assistants import Assistant
 from riceball_proxy.db.providers import Provider
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderAdapter, ProviderType
+from riceball_proxy.upstream import ConnectionGate
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class ConfigCache:
         self._unknown_keys: OrderedDict[bytes, None] = OrderedDict()
         self._assistants: dict[uuid.UUID, Assistant | None] = {}
         self._providers: dict[int, tuple[Provider, ProviderAdapter]] = {}
+        # One gate per provider, kept across adapter rebuilds so that the bound holds whatever is cached.
+        self._gates: dict[int, ConnectionGate] = {}
         # Bumped by every invalidation: a read that started before one must not store its result.
         self._generation = 0
 
@@ -104,7 +107,18 @@ class ConfigCache:
         api_key = None
         if provider.api_key_encrypted is not None:
             api_key = self.secret_box.decrypt(provider.api_key_encrypted)
-        return provider_type.adapter(provider, api_key, self.session)
+        adapter = provider_type.adapter(provider, api_key, self.session)
+        adapter.gate = self._gate(provider)
+        return adapter
+
+    def _gate(self, provider: Provider) -> ConnectionGate:
+        gate = self._gates.get(provider.id)
+        if gate is None or (gate.limit, gate.wait, gate.provider_name) != (
+                provider.max_connections, provider.queue_timeout, provider.name):
+            # Calls under the old gate finish under it; new calls count against the new bound.
+            gate = self._gates[provider.id] = ConnectionGate(provider.name, provider.max_connections,
+                                                             provider.queue_timeout)
+        return gate
 
     async def _load(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any,
                     held: dict[Any, Any]) -> Any:

@@ -137,6 +137,8 @@ def _provider_dict(provider: providers.Provider) -> dict[str, Any]:
         "has_api_key": provider.has_api_key,
         "connect_timeout": provider.connect_timeout,
         "read_timeout": provider.read_timeout,
+        "max_connections": provider.max_connections,
+        "queue_timeout": provider.queue_timeout,
         "created_at": provider.created_at,
     }
 
@@ -158,6 +160,8 @@ def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
                 api_key_encrypted=encrypted,
                 connect_timeout=args.connect_timeout,
                 read_timeout=args.read_timeout,
+                max_connections=args.max_connections,
+                queue_timeout=args.queue_timeout,
             )
         except providers.ProviderNameTaken as exc:
             raise CommandError(str(exc)) from None

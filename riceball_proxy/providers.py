@@ -9,15 +9,20 @@ import aiohttp
 import pluggy
 
 from riceball_proxy.db.providers import Provider
-from riceball_proxy.upstream import ErrorParser, UpstreamCall, upstream_error
+from riceball_proxy.upstream import ConnectionGate, ErrorParser, UpstreamCall, upstream_error
 
 
 class ProviderAdapter:
     """Talks to one upstream provider in its own wire format, and to the gateway in OpenAI's.
 
-    An adapter is built per provider (not per request) and shares the app's ClientSession.
+    An adapter is built per provider (not per request) and shares the app's ClientSession; every call
+    made through :meth:`call` waits for a turn at the provider's own :class:`ConnectionGate` (``gate``,
+    set by the gateway), so a provider with all its connections busy never delays another provider.
     Errors are raised as ``riceball_proxy.errors.APIError`` already in OpenAI's shape.
     """
+
+    #: The provider's bound on calls at once; None (an adapter built outside the gateway): no bound.
+    gate: ConnectionGate | None = None
 
     def __init__(self, provider: Provider, api_key: str | None, session: aiohttp.ClientSession):
         self.provider = provider
@@ -31,9 +36,9 @@ class ProviderAdapter:
 
     def call(self, method: str, url, *, headers: dict[str, str], body: Any = None,
              error_parser: ErrorParser = upstream_error) -> UpstreamCall:
-        """An upstream request through the shared session, with the provider's timeouts and key redaction."""
+        """An upstream request through the shared session, with the provider's timeouts, gate and key redaction."""
         return UpstreamCall(self.session, method, url, headers=headers, body=body, timeout=self.timeout,
-                            secret=self.api_key, error_parser=error_parser)
+                            secret=self.api_key, error_parser=error_parser, gate=self.gate)
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """Send a non-streamed request (OpenAI body) and return the ``chat.completion`` dict."""

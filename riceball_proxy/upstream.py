@@ -80,6 +80,44 @@ async def json_events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
         raise bad_upstream_response("stream") from None
 
 
+class ConnectionGate:
+    """At most ``limit`` calls to one provider at once; a call waits at most ``wait`` seconds for its turn.
+
+    Each provider has its own gate, so calls hanging on one provider never delay another's. A call
+    that waits too long is refused with 503 ``provider_overloaded``.
+    """
+
+    def __init__(self, provider_name: str, limit: int, wait: float):
+        self.provider_name = provider_name
+        self.limit = limit
+        self.wait = wait
+        self._semaphore = asyncio.Semaphore(limit)
+
+    @property
+    def in_use(self) -> int:
+        """Calls holding a turn right now."""
+        return self.limit - self._semaphore._value
+
+    async def acquire(self) -> None:
+        """Wait for a turn; raises APIError (503) when none comes in time."""
+        if not self._semaphore.locked():
+            await self._semaphore.acquire()  # free: taken without suspending
+            return
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            raise APIError(
+                503,
+                f"The upstream provider '{self.provider_name}' is busy with {self.limit} calls; retry shortly.",
+                type="api_error",
+                code="provider_overloaded",
+            ) from None
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+
 def join_url(base_url: str, path: str, **query: str) -> yarl.URL:
     """``path`` appended to ``base_url``, keeping the base URL's own query (Azure's ?api-version=...)."""
     base = yarl.URL(base_url)
@@ -104,8 +142,11 @@ class UpstreamCall:
         timeout: aiohttp.ClientTimeout,
         secret: str | None = None,
         error_parser: ErrorParser = upstream_error,
+        gate: ConnectionGate | None = None,
     ):
         self.session = session
+        self.gate = gate
+        self._holding = False
         self.method = method
         self.url = url
         self.headers = headers
@@ -124,6 +165,9 @@ class UpstreamCall:
         request_id = REQUEST_ID.get()
         if request_id is not None:
             headers = {**headers, "X-Request-ID": request_id}
+        if self.gate is not None:
+            await self.gate.acquire()
+            self._holding = True
         try:
             self.response = await self.session.request(
                 self.method,
@@ -147,6 +191,7 @@ class UpstreamCall:
         if exc_type is None and self.response is not None:
             self.response.release()
             self.response = None
+            self._release_gate()
         else:
             self._close()
 
@@ -154,3 +199,9 @@ class UpstreamCall:
         if self.response is not None:
             self.response.close()
             self.response = None
+        self._release_gate()
+
+    def _release_gate(self) -> None:
+        if self._holding:
+            self._holding = False
+            self.gate.release()

@@ -53,11 +53,14 @@ async def provider_form(request: web.Request) -> web.Response:
     types = _types(request)
     if provider is not None:
         values = {"name": provider.name, "type": provider.type, "base_url": provider.base_url,
-                  "connect_timeout": f"{provider.connect_timeout:g}", "read_timeout": f"{provider.read_timeout:g}"}
+                  "connect_timeout": f"{provider.connect_timeout:g}", "read_timeout": f"{provider.read_timeout:g}",
+                  "max_connections": str(provider.max_connections), "queue_timeout": f"{provider.queue_timeout:g}"}
     else:
         first = next(iter(types.values()), None)
         values = {"type": first.name if first else "", "base_url": first.default_base_url if first else "",
-                  "connect_timeout": "10", "read_timeout": "300"}
+                  "connect_timeout": "10", "read_timeout": "300",
+                  "max_connections": str(providers.DEFAULT_MAX_CONNECTIONS),
+                  "queue_timeout": f"{providers.DEFAULT_QUEUE_TIMEOUT:g}"}
     return await render(request, "admin/provider_form.html",
                         {"provider": provider, "values": values, "errors": {}, "types": types})
 
@@ -72,11 +75,17 @@ async def provider_save(request: web.Request) -> web.Response:
     api_key = form.text("api_key", max_length=4000)
     connect_timeout = form.number("connect_timeout", minimum=0, maximum=600, exclusive_minimum=True) or 10.0
     read_timeout = form.number("read_timeout", minimum=0, maximum=3600, exclusive_minimum=True) or 300.0
+    max_connections = form.number("max_connections", minimum=1, maximum=100_000, integer=True)
+    queue_timeout = form.number("queue_timeout", minimum=0, maximum=3600)
     clear_key = form.flag("clear_api_key")
     if form.valid:
         box = request.config_dict[appkeys.SECRET_BOX]
         fields = {"name": name, "type": provider_type, "base_url": base_url,
-                  "connect_timeout": float(connect_timeout), "read_timeout": float(read_timeout)}
+                  "connect_timeout": float(connect_timeout), "read_timeout": float(read_timeout),
+                  "max_connections": providers.DEFAULT_MAX_CONNECTIONS if max_connections is None
+                  else max_connections,
+                  "queue_timeout": providers.DEFAULT_QUEUE_TIMEOUT if queue_timeout is None
+                  else float(queue_timeout)}
         try:
             if provider is None:
                 saved = await providers.create(db_pool(request), api_key_encrypted=box.encrypt(api_key) if api_key

@@ -6,7 +6,11 @@ from datetime import datetime
 
 import asyncpg
 
-_COLUMNS = "id, name, type, base_url, api_key_encrypted, connect_timeout, read_timeout, created_at, updated_at"
+_COLUMNS = ("id, name, type, base_url, api_key_encrypted, connect_timeout, read_timeout, max_connections, "
+            "queue_timeout, created_at, updated_at")
+#: Upstream calls one provider may have open at once, and seconds a call waits for a free one.
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_QUEUE_TIMEOUT = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +23,8 @@ class Provider:
     api_key_encrypted: bytes | None = dataclasses.field(repr=False)
     connect_timeout: float
     read_timeout: float
+    max_connections: int
+    queue_timeout: float
     created_at: datetime
     updated_at: datetime
 
@@ -47,13 +53,16 @@ async def create(
     api_key_encrypted: bytes | None = None,
     connect_timeout: float = 10.0,
     read_timeout: float = 300.0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> Provider:
     """Add a provider; raises ProviderNameTaken when the name is in use."""
     try:
         row = await db.fetchrow(
             f"""
-            INSERT INTO providers (name, type, base_url, api_key_encrypted, connect_timeout, read_timeout)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO providers (name, type, base_url, api_key_encrypted, connect_timeout, read_timeout,
+                                   max_connections, queue_timeout)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             RETURNING {_COLUMNS}
             """,
             name,
@@ -62,6 +71,8 @@ async def create(
             api_key_encrypted,
             connect_timeout,
             read_timeout,
+            max_connections,
+            queue_timeout,
         )
     except asyncpg.UniqueViolationError:
         raise ProviderNameTaken(f"a provider named {name!r} exists already") from None
@@ -95,6 +106,8 @@ async def update(
     api_key_encrypted: bytes | None | object = KEEP,
     connect_timeout: float,
     read_timeout: float,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> Provider | None:
     """Change a provider (its API key only when one is given); None when it does not exist."""
     keep = api_key_encrypted is KEEP
@@ -103,7 +116,8 @@ async def update(
             f"""
             UPDATE providers
             SET name = $2, type = $3, base_url = $4, connect_timeout = $5, read_timeout = $6,
-                api_key_encrypted = CASE WHEN $7 THEN api_key_encrypted ELSE $8 END, updated_at = now()
+                api_key_encrypted = CASE WHEN $7 THEN api_key_encrypted ELSE $8 END,
+                max_connections = $9, queue_timeout = $10, updated_at = now()
             WHERE id = $1
             RETURNING {_COLUMNS}
             """,
@@ -115,6 +129,8 @@ async def update(
             read_timeout,
             keep,
             None if keep else api_key_encrypted,
+            max_connections,
+            queue_timeout,
         )
     except asyncpg.UniqueViolationError:
         raise ProviderNameTaken(f"a provider named {name!r} exists already") from None

@@ -1,0 +1,51 @@
+"""Calls to providers: each provider's own bound on calls at once, and upstream keys kept out of errors."""
+import asyncio
+
+import openai
+import pytest
+
+from tests.fake_openai import FakeOpenAI
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+async def test_a_saturated_provider_never_delays_another(configured, aiohttp_server):
+    gateway = configured.gateway
+    hanging = FakeOpenAI()
+    hanging.delay = 3600  # answers nothing, ever
+    hanging_server = await aiohttp_server(hanging.app())
+    stuck = await gateway.provider(str(hanging_server.make_url("/v1")), max_connections=3, queue_timeout=0.2)
+    stuck_assistant = await gateway.assistant(stuck)
+
+    async with gateway.client(stuck_assistant.id, configured.key) as stuck_client:
+        calls = [asyncio.create_task(stuck_client.chat.completions.create(model="x", messages=MESSAGES,
+                                                                          stream=n % 2 == 1))
+                 for n in range(3)]
+        while len(hanging.requests) < 3:
+            await asyncio.sleep(0.01)
+
+        # The fourth call to the saturated provider waits its turn for 0.2 s, then is refused.
+        with pytest.raises(openai.InternalServerError) as raised:
+            await stuck_client.chat.completions.create(model="x", messages=MESSAGES)
+        assert raised.value.status_code == 503 and raised.value.code == "provider_overloaded"
+        assert len(hanging.requests) == 3  # it never reached the upstream
+
+        # Meanwhile the healthy provider answers at once, streamed or not.
+        answer = await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+        assert answer.choices[0].message.content == "Hello from the fake upstream"
+        chunks = [c async for c in await configured.client.chat.completions.create(
+            model="x", messages=MESSAGES, stream=True)]
+        assert chunks and not any(call.done() for call in calls)
+
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        # A call that ends gives its turn back: the provider takes calls again.
+        hanging.delay = 0
+        async with asyncio.timeout(10):
+            while len(hanging.requests) < 4:
+                try:
+                    await stuck_client.chat.completions.create(model="x", messages=MESSAGES)
+                except openai.InternalServerError as exc:  # the cancelled calls are still closing
+                    assert exc.code == "provider_overloaded"
+                    await asyncio.sleep(0.05)
