@@ -25,6 +25,31 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("ricebal
 ErrorParser = Callable[[int, bytes, Callable[[str], str]], APIError]
 
 
+#: A run of at least this many leading characters of a provider key is masked wherever it appears.
+MIN_SECRET_RUN = 8
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` with the key, and any run of its first ``MIN_SECRET_RUN`` or more characters, as ``***``.
+
+    Upstream errors often echo part of the key they refused (``Incorrect API key provided: sk-abc...``).
+    """
+    if not secret:
+        return text
+    if len(secret) <= MIN_SECRET_RUN:
+        return text.replace(secret, "***")
+    head = secret[:MIN_SECRET_RUN]
+    parts, start = [], 0
+    while (found := text.find(head, start)) != -1:
+        end = found + MIN_SECRET_RUN
+        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+            end += 1
+        parts += [text[start:found], "***"]
+        start = end
+    parts.append(text[start:])
+    return "".join(parts)
+
+
 def connection_error(exc: BaseException) -> APIError:
     """The APIError for a failed connection: 504 on a timeout, 502 otherwise."""
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
@@ -52,8 +77,8 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
     except orjson.JSONDecodeError:
         message = raw[:500].decode("utf-8", "replace").strip() or None
     message = redact(str(message)) if message else f"the upstream provider answered {status}"
-    code = None if code is None else str(code)
-    param = None if param is None else str(param)
+    code = None if code is None else redact(str(code))
+    param = None if param is None else redact(str(param))
     if status >= 500:
         return APIError(502, f"upstream error ({status}): {message}", type="api_error", param=param, code=code)
     return APIError(status, message, type=str(error_type or "invalid_request_error"), param=param, code=code)
@@ -157,8 +182,8 @@ class UpstreamCall:
         self.response: aiohttp.ClientResponse | None = None
 
     def redact(self, text: str) -> str:
-        """``text`` with the upstream API key masked."""
-        return text.replace(self.secret, "***") if self.secret else text
+        """``text`` with the upstream API key, or any long enough start of it, masked."""
+        return mask_secret(text, self.secret)
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         headers = self.headers

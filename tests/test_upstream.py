@@ -49,3 +49,25 @@ async def test_a_saturated_provider_never_delays_another(configured, aiohttp_ser
                 except openai.InternalServerError as exc:  # the cancelled calls are still closing
                     assert exc.code == "provider_overloaded"
                     await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("echo", [
+    "boom sk-upstrea",
+    "Incorrect API key provided: sk-upstream-se****",
+    "key sk-upstream-secret and again sk-upstream-secret!",
+])
+async def test_no_part_of_the_upstream_key_reaches_the_client(configured, echo):
+    configured.upstream.error = (401, {"error": {"message": echo, "type": "invalid_request_error",
+                                                 "param": echo, "code": "invalid_api_key"}})
+    with pytest.raises(openai.AuthenticationError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    body = str(raised.value.body)
+    assert "sk-upstrea" not in body and "***" in raised.value.message
+
+
+def test_short_echoes_of_the_key_are_left_alone():
+    from riceball_proxy.upstream import mask_secret
+
+    assert mask_secret("prefix sk-upst only", "sk-upstream-secret") == "prefix sk-upst only"
+    assert mask_secret("sk-upstream-secretX", "sk-upstream-secret") == "***X"
+    assert mask_secret("a short key abc", "abc") == "a short key ***"
