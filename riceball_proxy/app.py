@@ -18,6 +18,7 @@ from riceball_proxy.api import setup_api
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
+from riceball_proxy.errors import APIError
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
@@ -35,13 +36,22 @@ HTTP_POOL_LIMIT = 0
 HTTP_POOL_LIMIT_PER_HOST = 0
 #: Bytes of one upstream line (an SSE event) read at once; large tool-call chunks need room.
 HTTP_READ_BUFSIZE = 2**20
+#: What a request line and its headers may hold. The HTTP parser is given room past these (PARSER_ROOM)
+#: so that a request over them reaches ``request_limits_middleware`` and is answered in the API's
+#: error shape; past the parser's room the connection gets aiohttp's plain 400.
+MAX_URL_LENGTH = 8190
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 128
+PARSER_ROOM = {"max_line_size": 2 * MAX_URL_LENGTH, "max_field_size": 2 * MAX_HEADER_LINE,
+               "max_headers": 2 * MAX_HEADERS}
 #: Seconds that observers still running at shutdown are given to finish.
 OBSERVERS_GRACE = 10.0
 
 
 def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
     """Build the gateway for ``settings``; resources are opened when the app starts."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_id_middleware])
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=PARSER_ROOM,
+                          middlewares=[request_limits_middleware, request_id_middleware])
     app[appkeys.SETTINGS] = settings
     app[appkeys.PLUGIN_MANAGER] = plugin_manager or make_plugin_manager(settings)
     app[appkeys.SECRET_BOX] = load_secret_box(settings)
@@ -130,6 +140,24 @@ async def plugins_ctx(app: web.Application) -> AsyncIterator[None]:
             await await_me_maybe(result)
         except Exception:
             logger.exception("a plugin failed in riceball_shutdown")
+
+
+@web.middleware
+async def request_limits_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """414 for a URL, 431 for headers past the limits; in OpenAI's error shape under ``/api/``."""
+    headers = request.raw_headers
+    if len(request.raw_path) > MAX_URL_LENGTH:
+        status, message = 414, f"The request URL is longer than {MAX_URL_LENGTH} bytes."
+    elif len(headers) > MAX_HEADERS:
+        status, message = 431, f"The request has more than {MAX_HEADERS} headers."
+    elif any(len(name) + len(value) + 2 > MAX_HEADER_LINE for name, value in headers):
+        status, message = 431, f"A request header is longer than {MAX_HEADER_LINE} bytes."
+    else:
+        return await handler(request)
+    if request.path.startswith("/api/"):
+        code = "uri_too_long" if status == 414 else "request_header_fields_too_large"
+        return APIError(status, message, code=code).response()
+    return web.Response(status=status, text=message)
 
 
 @web.middleware

@@ -15,7 +15,7 @@ from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.plugins import await_first
-from riceball_proxy.validation import validate_chat_request
+from riceball_proxy.validation import check_depth, validate_chat_request
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ async def read_chat_request(request: web.Request) -> dict:
     except orjson.JSONDecodeError:
         raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON.",
                        code="invalid_json") from None
+    check_depth(raw, body)
     return validate_chat_request(body)
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from riceball_proxy.errors import APIError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: Arrays and objects nested deeper than this are refused (the JSON encoder stops at 254 levels).
+MAX_DEPTH = 64
 
 
 def _is_number(value: Any) -> bool:
@@ -82,6 +86,33 @@ def invalid_type(param: str, expected: str, value: Any) -> APIError:
     )
 
 
+def check_depth(raw: bytes, body: Any) -> None:
+    """Raise APIError (400, naming the field) when ``body`` nests arrays or objects past MAX_DEPTH.
+
+    ``raw`` is the body's JSON: with fewer brackets than MAX_DEPTH nothing can be that deep, which is
+    the common case and costs two byte counts.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return
+    stack: list[tuple[Any, str, int]] = [(body, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise APIError(400, f"'{path}' is nested more than {MAX_DEPTH} levels deep.", param=path,
+                           code="too_deep")
+        if isinstance(value, dict):
+            stack.extend((item, _member(path, key), depth + 1) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+
+
+def _member(path: str, key: str) -> str:
+    """The path of an object's member: ``a.b``, or ``a["b c"]`` for a key that is no plain name."""
+    if key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{orjson.dumps(key).decode()}]"
+
+
 def validate_chat_request(body: Any) -> dict[str, Any]:
     """Return ``body`` when it is a well-formed Chat Completions request; raise APIError (400) otherwise."""
     if not isinstance(body, dict):
@@ -114,11 +145,12 @@ def _validate_message(index: int, message: Any) -> None:
     if role is None:
         raise APIError(400, f"Missing required parameter: '{where}.role'.", param=f"{where}.role",
                        code="missing_required_parameter")
+    if not isinstance(role, str):
+        raise invalid_type(f"{where}.role", "a string", role)
     if role not in ROLES:
         raise APIError(
             400,
-            f"Invalid value: '{role}'. Supported values are: {', '.join(repr(r) for r in sorted(ROLES))}."
-            if isinstance(role, str) else f"Invalid type for '{where}.role': expected a string.",
+            f"Invalid value: '{role}'. Supported values are: {', '.join(repr(r) for r in sorted(ROLES))}.",
             param=f"{where}.role",
             code="invalid_value",
         )

@@ -74,3 +74,30 @@ async def test_a_failing_startup_hook_stops_the_start(aiohttp_client, settings):
         await runner.setup()
     await app.cleanup()  # what run_app does after a failed start: close what was opened
     assert app[appkeys.HTTP_SESSION].closed
+
+
+API_PATH = "/api/v1/assistants/00000000-0000-0000-0000-000000000000/v1/chat/completions"
+
+
+@pytest.mark.parametrize("case, status", [("long_header", 431), ("many_headers", 431), ("long_url", 414)])
+async def test_oversized_requests_are_answered_in_the_apis_error_shape(aiohttp_client, settings, case, status):
+    client = await aiohttp_client(create_app(settings))
+    path, headers = API_PATH, {"Authorization": "Bearer sk-x"}
+    if case == "long_header":
+        headers["X-Big"] = "x" * 9000
+    elif case == "many_headers":
+        headers |= {f"X-H{n}": "1" for n in range(140)}
+    else:
+        path += "?q=" + "x" * 8200
+    response = await client.post(path, json={"messages": []}, headers=headers)
+    assert response.status == status and response.content_type == "application/json"
+    error = (await response.json())["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    elsewhere = await client.get("/healthz" + path[len(API_PATH):], headers=headers)
+    assert elsewhere.status == status and elsewhere.content_type == "text/plain"
+
+
+async def test_headers_within_the_limits_are_served(aiohttp_client, settings):
+    client = await aiohttp_client(create_app(settings))
+    headers = {f"X-H{n}": "1" for n in range(100)} | {"X-Big": "x" * 8000}
+    assert (await client.get("/healthz", headers=headers)).status == 200
