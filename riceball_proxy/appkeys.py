@@ -5,7 +5,6 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from riceball_proxy.admin.throttle import LoginThrottle
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
@@ -21,8 +20,6 @@ SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DATABASE = web.AppKey("database", Database)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
-#: Failed admin logins, per username and address.
-LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: The Prometheus metrics.
 METRICS = web.AppKey("metrics", Metrics)
 #: Writes usage rows in batches.

@@ -19,6 +19,8 @@ from riceball_proxy import __version__
 from riceball_proxy.commands import (
     CommandError,
     cmd_admin_create,
+    cmd_admin_delete,
+    cmd_admin_password,
     cmd_assistant_add,
     cmd_assistant_list,
     cmd_key_create,
@@ -90,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     admin_create.add_argument("--username", required=True, type=_name)
     admin_create.add_argument("--password-stdin", action="store_true", required=True,
                               help="read the password from standard input")
+    admin_password = command(admin, "password", cmd_admin_password,
+                             "set an admin's password (their sessions end)")
+    admin_password.add_argument("--username", required=True, type=_name)
+    admin_password.add_argument("--password-stdin", action="store_true", required=True,
+                                help="read the new password from standard input")
+    admin_delete = command(admin, "delete", cmd_admin_delete, "delete an admin account (their sessions end)")
+    admin_delete.add_argument("--username", required=True, type=_name)
 
     provider = commands.add_parser("provider", help="manage upstream providers").add_subparsers(
         title="provider commands", metavar="COMMAND", required=True

@@ -125,6 +125,42 @@ def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _admin_named(pool, username: str) -> admins.Admin:
+    admin = await admins.get_by_username(pool, username)
+    if admin is None:
+        raise CommandError(f"no admin named {username!r}")
+    return admin
+
+
+def cmd_admin_password(args: argparse.Namespace, settings: Settings) -> int:
+    password = read_stdin_secret("password")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise CommandError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
+    password_hash = crypto.hash_password(password)
+
+    async def work(pool):
+        admin = await _admin_named(pool, args.username)
+        await admins.set_password(pool, admin.id, password_hash)
+        return admin
+
+    admin = run_db(settings, work)
+    emit(args, {"id": admin.id, "username": admin.username},
+         f"password of {admin.username!r} changed; their sessions have ended")
+    return 0
+
+
+def cmd_admin_delete(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        admin = await _admin_named(pool, args.username)
+        await admins.delete(pool, admin.id)
+        return admin
+
+    admin = run_db(settings, work)
+    emit(args, {"id": admin.id, "username": admin.username, "deleted": True},
+         f"admin {admin.username!r} deleted; their sessions have ended")
+    return 0
+
+
 # --- providers --------------------------------------------------------------------------------------
 
 

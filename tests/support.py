@@ -24,7 +24,8 @@ from riceball_proxy.db.migrate import apply_migrations
 from riceball_proxy.settings import Settings
 
 DEFAULT_TEST_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
-APP_TABLES = "admins, providers, assistants, api_keys, usage_events, conversations, messages"
+APP_TABLES = ("admins, admin_sessions, login_failures, providers, assistants, api_keys, usage_events, "
+              "conversations, messages")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -119,6 +119,71 @@ async def test_repeated_failed_logins_are_throttled(aiohttp_client, settings):
     assert response.status == 429 and "Too many failed logins" in text
 
 
+def saved_cookies(browser: Panel) -> dict[str, str]:
+    return {cookie.key: cookie.value for cookie in browser.client.session.cookie_jar}
+
+
+async def signed_in(browser: Panel, cookies: dict[str, str]) -> bool:
+    """Whether a request carrying exactly these cookies reaches the dashboard."""
+    browser.client.session.cookie_jar.clear()
+    browser.client.session.cookie_jar.update_cookies(cookies)
+    response, _ = await browser.get("/admin/", allow_redirects=False)
+    return response.status == 200
+
+
+async def test_logout_ends_the_session_on_the_server(panel):
+    before_logout = saved_cookies(panel)
+    await panel.post("/admin/logout")
+    assert not await signed_in(panel, before_logout)  # a copy of the cookie is worth nothing now
+
+
+async def test_a_new_password_ends_every_other_session(aiohttp_client, settings, panel):
+    other = Panel(await aiohttp_client(create_app(settings)))
+    await other.login()
+    other_cookies = saved_cookies(other)
+    response, text = await panel.post("/admin/account", {"current_password": "not it", "password": "x" * 12,
+                                                         "password_confirm": "x" * 12}, csrf_from="/admin/account")
+    assert response.status == 400 and "not your current password" in text
+    response, text = await panel.post("/admin/account", {"current_password": ADMIN_PASSWORD,
+                                                         "password": "a new long password",
+                                                         "password_confirm": "a new long password"},
+                                      csrf_from="/admin/account")
+    assert response.url.path == "/admin/" and "Password changed" in text
+    assert await signed_in(panel, saved_cookies(panel))  # this browser goes on
+    assert not await signed_in(other, other_cookies)
+    response, _ = await other.login(password="a new long password")
+    assert response.url.path == "/admin/"
+
+
+async def test_deleting_an_admin_ends_their_sessions(panel):
+    cookies = saved_cookies(panel)
+    admin = await admins.get_by_username(panel.pool, "root")
+    assert await admins.delete(panel.pool, admin.id)
+    assert not await signed_in(panel, cookies)
+    assert await panel.pool.fetchval("SELECT count(*) FROM admin_sessions") == 0
+
+
+async def test_the_login_throttle_is_shared_bounded_and_stores_no_username(aiohttp_client, settings):
+    first, second = create_app(settings), create_app(settings)  # two workers on one database
+    browser, other_worker = Panel(await aiohttp_client(first)), Panel(await aiohttp_client(second))
+    await admins.create(first[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    huge = "u" * 200_000
+    response, _ = await browser.login(username=huge, password="guess")
+    assert response.status == 413  # the form is refused before it is read
+    long_name = "u" * 5000
+    response, _ = await browser.login(username=long_name, password="guess")
+    assert response.status == 401
+    for _ in range(5):
+        response, _ = await browser.login(password="guess")
+        assert response.status == 401
+    response, text = await other_worker.login()  # the other worker counts the same failures
+    assert response.status == 429 and "Too many failed logins" in text
+    pool = first[appkeys.DATABASE].pool
+    rows = await pool.fetch("SELECT key_hash FROM login_failures")
+    assert len(rows) == 12 and all(len(row["key_hash"]) == 32 for row in rows)
+    assert not await pool.fetchval("SELECT count(*) FROM login_failures WHERE position('uuuu'::bytea IN key_hash) > 0")
+
+
 async def test_the_session_cookie_is_httponly_lax_and_secure_behind_https(aiohttp_client, settings):
     app = create_app(settings)
     client = await aiohttp_client(app)
@@ -280,14 +345,20 @@ async def test_the_model_field_is_free_text_when_models_cannot_be_listed(panel):
 
 
 async def test_a_new_key_is_shown_once(panel):
-    response, text = await panel.post("/admin/keys/new", {"name": "laptop", "expires": "30d"})
-    assert response.url.path == "/admin/keys"
+    response, text = await panel.post("/admin/keys/new", {"name": "laptop", "expires": "30d"},
+                                      allow_redirects=False)
+    assert response.status == 200
     secret = re.search(r'id="new-key" readonly value="(sk-[^"]+)"', text).group(1)
     assert "only time it is shown" in text
     key = await api_keys.get_by_hash(panel.pool, crypto.hash_api_key(secret))
     assert key.name == "laptop" and key.expires_at is not None and key.assistant_ids is None
+    cookies_after_creation = {c.key: c.value for c in panel.client.session.cookie_jar}
     _, again = await panel.get("/admin/keys")
     assert secret not in again and key.prefix in again
+    # Replaying the cookie the browser held right after the key was made shows nothing either.
+    panel.client.session.cookie_jar.update_cookies(cookies_after_creation)
+    _, replayed = await panel.get("/admin/keys")
+    assert secret not in replayed and key.prefix in replayed
 
 
 async def test_keys_can_be_scoped_and_revoked_after_confirmation(panel):

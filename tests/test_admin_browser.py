@@ -90,7 +90,7 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
     key = await page.locator("#new-key").input_value()
     assert key.startswith("sk-")
     await shot(page, "09-key-created")
-    await page.reload()
+    await page.get_by_role("link", name="API keys").first.click()
     assert key not in await page.content()
     assert await page.locator("#new-key").count() == 0
     await shot(page, "10-keys")

@@ -5,6 +5,8 @@ import io
 import re
 import uuid
 
+import pytest
+
 from riceball_proxy.db import api_keys, assistants, providers, usage_events
 from riceball_proxy.db.usage_events import UsageEvent
 
@@ -58,8 +60,23 @@ async def test_filters_by_assistant_key_and_dates(panel):
     assert stat(text, "Requests") == "1" and "Requests per hour" in text
     _, text = await panel.get(f"/admin/usage?key={uuid.uuid4()}")
     assert "No API calls in this range" in text
-    _, text = await panel.get("/admin/usage?from=garbage&assistant=nope")  # bad values fall back to defaults
+    _, text = await panel.get("/admin/usage?from=&to=&assistant=&key=")  # blank fields: the defaults
     assert stat(text, "Requests") == "6"
+
+
+@pytest.mark.parametrize("query", ["from=garbage", "to=9999-12-31", "from=0001-01-01", "to=0001-01-01",
+                                   "assistant=nope", "key=12", "from=2026-02-30"])
+@pytest.mark.parametrize("page", ["/admin/usage", "/admin/usage.csv"])
+async def test_a_filter_that_names_no_real_date_or_id_is_400(panel, page, query):
+    response, text = await panel.get(f"{page}?{query}")
+    assert response.status == 400 and "Invalid filter" in text
+
+
+@pytest.mark.parametrize("path", ["/admin/providers/99999999999999999999/edit",
+                                  "/admin/providers/9223372036854775808/delete"])
+async def test_an_id_past_bigint_is_404(panel, path):
+    response, _ = await panel.get(path)
+    assert response.status == 404
 
 
 async def test_the_csv_export_has_every_row_of_the_filter(panel):

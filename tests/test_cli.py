@@ -95,6 +95,42 @@ def test_admin_create_hashes_the_password(cli_env, capsys, monkeypatch):
     assert (status, err) == (2, "riceball: error: an admin named 'root' exists already\n")
 
 
+def test_admin_password_and_delete_end_the_admins_sessions(cli_env, capsys, monkeypatch):
+    run_json(capsys, monkeypatch, "admin", "create", "--username", "root", "--password-stdin", stdin="a long password\n")
+    run_sync(_start_session, cli_env.database_url)
+    changed = run_json(capsys, monkeypatch, "admin", "password", "--username", "root", "--password-stdin",
+                       stdin="another password\n")
+    assert changed["username"] == "root"
+    assert crypto.verify_password(run_sync(_fetch_password_hash, cli_env.database_url), "another password")
+    assert run_sync(_count_sessions, cli_env.database_url) == 0
+    run_sync(_start_session, cli_env.database_url)
+    assert run_json(capsys, monkeypatch, "admin", "delete", "--username", "root")["deleted"] is True
+    assert run_sync(_count_sessions, cli_env.database_url) == 0
+    status, _, err = run(capsys, monkeypatch, "admin", "delete", "--username", "root")
+    assert (status, err) == (2, "riceball: error: no admin named 'root'\n")
+
+
+async def _start_session(url):
+    import datetime
+
+    from riceball_proxy.db import admin_sessions, admins
+
+    conn = await asyncpg.connect(url)
+    try:
+        admin = await admins.get_by_username(conn, "root")
+        await admin_sessions.start(conn, "session-id", admin.id, datetime.timedelta(hours=1))
+    finally:
+        await conn.close()
+
+
+async def _count_sessions(url):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM admin_sessions")
+    finally:
+        await conn.close()
+
+
 async def _fetch_password_hash(url):
     conn = await asyncpg.connect(url)
     try:

@@ -125,3 +125,16 @@ async def test_conversations_keep_messages_in_order(db):
     await conversations.add_message(db, conversation.id, "assistant", [{"type": "text", "text": "hi"}])
     messages = await conversations.messages(db, conversation.id)
     assert [(m.role, m.content) for m in messages] == [("user", "hello"), ("assistant", [{"type": "text", "text": "hi"}])]
+
+
+async def test_login_failures_keep_within_their_bound(db):
+    import datetime
+
+    from riceball_proxy.db import login_failures
+
+    window = datetime.timedelta(minutes=15)
+    for n in range(10):
+        await login_failures.add(db, [bytes([n]) * 32, b"\xff" * 32], window, max_rows=6)
+    assert await db.fetchval("SELECT count(*) FROM login_failures") <= 6
+    recent = await login_failures.recent(db, [b"\xff" * 32, b"\x09" * 32], window)
+    assert recent[b"\x09" * 32][0] == 1 and 0 < recent[b"\xff" * 32][1] <= window.total_seconds()

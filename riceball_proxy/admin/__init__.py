@@ -2,11 +2,13 @@
 
 Middleware order, outermost first (the API never pays for any of them):
 
-1. ``security_headers``: CSP and friends on every admin response.
-2. aiohttp-session: the encrypted session cookie is read before, and written after, what follows.
-3. ``require_admin``: every route but login, setup and static files needs a logged-in admin, so a
-   request without a session is sent to the login page whatever its method.
-4. ``csrf_protect``: every unsafe request must carry the session's CSRF token (login and setup too).
+1. ``limit_body``: a form body may hold at most ``MAX_FORM_BYTES`` (``MAX_PUBLIC_FORM_BYTES`` on the
+   pages that need no session); it comes first, so everything after reads the bounded request.
+2. ``security_headers``: CSP and friends on every admin response.
+3. aiohttp-session: the encrypted session cookie is read before, and written after, what follows.
+4. ``require_admin``: every route but login, setup and static files needs a live server-side session
+   (``admin_sessions``), so a request without one is sent to the login page whatever its method.
+5. ``csrf_protect``: every unsafe request must carry the session's CSRF token (login and setup too).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from aiohttp_session import get_session, session_middleware
 
 from riceball_proxy import appkeys
 from riceball_proxy.admin.sessions import AdminSessionStorage
-from riceball_proxy.admin.throttle import LoginThrottle
 from riceball_proxy.templating import template_dir
 
 MOUNT_POINT = "/admin/"
@@ -30,6 +31,11 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 #: The admin signed in on this request (None on public pages).
 ADMIN = web.RequestKey("admin", object)
+#: The cookie's entry naming the server-side session.
+SESSION_ID = "sid"
+#: Bytes a form may send: the assistant form's system prompt needs room; login and setup need little.
+MAX_FORM_BYTES = 1024 * 1024
+MAX_PUBLIC_FORM_BYTES = 16 * 1024
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -49,9 +55,8 @@ def setup_admin(app: web.Application) -> web.Application:
 
     storage = AdminSessionStorage(app[appkeys.SECRET_BOX].derive("riceball admin session"))
     admin = web.Application(
-        middlewares=[security_headers, session_middleware(storage), require_admin, csrf_protect]
+        middlewares=[limit_body, security_headers, session_middleware(storage), require_admin, csrf_protect]
     )
-    app[appkeys.LOGIN_THROTTLE] = LoginThrottle()
     router = admin.router
     router.add_static("/static/", template_dir() / "static", name="static")
     auth.setup_routes(router)
@@ -64,6 +69,18 @@ def setup_admin(app: web.Application) -> web.Application:
     app[appkeys.PLUGIN_MANAGER].hook.riceball_admin_setup(admin_app=admin)
     app.add_subapp(MOUNT_POINT, admin)
     return admin
+
+
+def _route_name(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    return resource.name if resource is not None else None
+
+
+@web.middleware
+async def limit_body(request: web.Request, handler) -> web.StreamResponse:
+    """Bound what a form may send (413 past it), far below the API's limit."""
+    limit = MAX_PUBLIC_FORM_BYTES if _route_name(request) in PUBLIC_ROUTES else MAX_FORM_BYTES
+    return await handler(request.clone(client_max_size=limit))
 
 
 @web.middleware
@@ -108,18 +125,16 @@ async def csrf_protect(request: web.Request, handler) -> web.StreamResponse:
 @web.middleware
 async def require_admin(request: web.Request, handler) -> web.StreamResponse:
     """Send anyone without an admin session to the login page."""
-    from riceball_proxy.db import admins
+    from riceball_proxy.db import admin_sessions
 
-    resource = request.match_info.route.resource
-    route_name = resource.name if resource is not None else None
     session = await get_session(request)
     admin = None
-    if "admin_id" in session:
-        admin = await admins.get(request.config_dict[appkeys.DATABASE].pool, session["admin_id"])
-        if admin is None:  # deleted since: the session ends with it
+    if SESSION_ID in session:
+        admin = await admin_sessions.admin_for(db_pool(request), session[SESSION_ID])
+        if admin is None:  # ended (logout, new password), expired, or its admin deleted
             session.invalidate()
     request[ADMIN] = admin
-    if admin is None and route_name not in PUBLIC_ROUTES:
+    if admin is None and _route_name(request) not in PUBLIC_ROUTES:
         target = request.rel_url if request.method == "GET" else None
         login = request.app.router["login"].url_for()
         raise web.HTTPSeeOther(login.with_query(next=str(target)) if target else login)

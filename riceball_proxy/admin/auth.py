@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import logging
 import secrets
@@ -10,9 +11,15 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 
 from riceball_proxy import appkeys, crypto
-from riceball_proxy.admin import redirect, render
+from riceball_proxy.admin import SESSION_ID, db_pool, flash, redirect, render
+from riceball_proxy.admin.sessions import MAX_AGE
+from riceball_proxy.admin.throttle import LoginThrottle
 from riceball_proxy.commands import MIN_PASSWORD_LENGTH
-from riceball_proxy.db import admins
+from riceball_proxy.db import admin_sessions, admins
+
+#: The longest username and password the forms take (longer ones are never checked against a hash).
+MAX_USERNAME_LENGTH = 150
+MAX_PASSWORD_LENGTH = 1024
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +34,9 @@ def setup_routes(router: web.UrlDispatcher) -> None:
     login_page.add_route("GET", login_form)
     login_page.add_route("POST", login)
     router.add_post("/logout", logout, name="logout")
+    account = router.add_resource("/account", name="account")
+    account.add_route("GET", account_form)
+    account.add_route("POST", change_password)
     setup_page = router.add_resource("/setup", name="setup")
     setup_page.add_route("GET", setup_form)
     setup_page.add_route("POST", setup)
@@ -72,20 +82,22 @@ async def login(request: web.Request) -> web.Response:
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
     address = request.remote or ""
-    throttle = request.config_dict[appkeys.LOGIN_THROTTLE]
+    pool = db_pool(request)
+    throttle = LoginThrottle(pool)
+    oversized = len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH
+    username = username[:MAX_USERNAME_LENGTH]
     context = {"next": _safe_next(form.get("next")), "username": username}
-    wait = throttle.retry_after(username, address)
+    wait = await throttle.retry_after(username, address)
     if wait > 0:
         return await render(request, "admin/login.html", context | {
             "error": f"Too many failed logins. Try again in {int(wait // 60) + 1} minutes."}, status=429)
-    pool = request.config_dict[appkeys.DATABASE].pool
-    admin = await admins.get_by_username(pool, username)
-    valid = crypto.verify_password(admin.password_hash if admin else _dummy_hash(), password)
+    admin = None if oversized else await admins.get_by_username(pool, username)
+    valid = crypto.verify_password(admin.password_hash if admin else _dummy_hash(), password[:MAX_PASSWORD_LENGTH])
     if admin is None or not valid:
-        throttle.failed(username, address)
+        await throttle.failed(username, address)
         return await render(request, "admin/login.html", context | {"error": "Wrong username or password."},
                             status=401)
-    throttle.succeeded(username, address)
+    await throttle.succeeded(username, address)
     await admins.record_login(pool, admin.id)
     await _start_session(request, admin.id)
     raise web.HTTPSeeOther(context["next"] or str(request.app.router["dashboard"].url_for()))
@@ -93,15 +105,46 @@ async def login(request: web.Request) -> web.Response:
 
 async def _start_session(request: web.Request, admin_id: int) -> None:
     # A new session (and CSRF token) at login: a session id planted before login is worth nothing after.
+    session_id = secrets.token_urlsafe(32)
+    await admin_sessions.start(db_pool(request), session_id, admin_id, datetime.timedelta(seconds=MAX_AGE))
     session = await new_session(request)
-    session["admin_id"] = admin_id
+    session[SESSION_ID] = session_id
     session["csrf_token"] = secrets.token_urlsafe(32)
 
 
 async def logout(request: web.Request) -> web.Response:
     session = await get_session(request)
+    if SESSION_ID in session:
+        await admin_sessions.end(db_pool(request), session[SESSION_ID])
     session.invalidate()
     raise redirect(request, "login")
+
+
+async def account_form(request: web.Request) -> web.Response:
+    return await render(request, "admin/account.html", {"errors": {}})
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """A new password for the signed-in admin: every other session of theirs ends, this one goes on."""
+    from riceball_proxy.admin import ADMIN
+
+    form = await request.post()
+    admin = request[ADMIN]
+    current = str(form.get("current_password", ""))[:MAX_PASSWORD_LENGTH]
+    password = str(form.get("password", ""))
+    errors = {}
+    if not crypto.verify_password(admin.password_hash, current):
+        errors["current_password"] = "This is not your current password."
+    elif not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        errors["password"] = f"Use {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters."
+    elif password != form.get("password_confirm"):
+        errors["password_confirm"] = "The two passwords differ."
+    if errors:
+        return await render(request, "admin/account.html", {"errors": errors}, status=400)
+    await admins.set_password(db_pool(request), admin.id, crypto.hash_password(password))
+    await _start_session(request, admin.id)
+    await flash(request, "success", "Password changed. Every other session of yours has ended.")
+    raise redirect(request, "dashboard")
 
 
 async def _check_setup(request: web.Request, token: str) -> web.Response | None:

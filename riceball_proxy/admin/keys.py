@@ -1,11 +1,10 @@
-"""API keys: create (the key is shown once), list, revoke."""
+"""API keys: create (the key is shown once, in the answer to the form), list, revoke."""
 from __future__ import annotations
 
 import datetime
 import uuid
 
 from aiohttp import web
-from aiohttp_session import get_session
 
 from riceball_proxy import crypto
 from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
@@ -20,8 +19,6 @@ EXPIRIES = {
     "90d": ("In 90 days", datetime.timedelta(days=90)),
     "365d": ("In a year", datetime.timedelta(days=365)),
 }
-#: The session entry that carries a new key to the one page that shows it.
-NEW_KEY = "new_key"
 
 
 def setup_routes(router: web.UrlDispatcher) -> None:
@@ -33,10 +30,9 @@ def setup_routes(router: web.UrlDispatcher) -> None:
 
 
 
-async def key_list(request: web.Request) -> web.Response:
+async def key_list(request: web.Request, new_key: dict | None = None) -> web.Response:
+    """The keys; with ``new_key``, the one answer that shows a key just created."""
     pool = db_pool(request)
-    session = await get_session(request)
-    new_key = session.pop(NEW_KEY, None)  # shown on this page view, never again
     now = datetime.datetime.now(datetime.timezone.utc)
     return await render(request, "admin/keys.html", {
         "keys": await api_keys.list_all(pool),
@@ -79,9 +75,8 @@ async def key_create(request: web.Request) -> web.Response:
         assistant_ids=[known[value] for value in chosen] or None,
         expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
     )
-    session = await get_session(request)
-    session[NEW_KEY] = {"key": secret, "name": key.name}
-    raise redirect(request, "keys")
+    # The key is in this answer only: it is kept nowhere (not in the session), so nothing can show it again.
+    return await key_list(request, new_key={"key": secret, "name": key.name})
 
 
 async def _key_or_404(request: web.Request) -> api_keys.ApiKey:

@@ -33,7 +33,9 @@ def _types(request: web.Request):
 
 
 async def _provider_or_404(request: web.Request) -> providers.Provider:
-    provider = await providers.get(db_pool(request), int(request.match_info["id"]))
+    provider_id = int(request.match_info["id"])
+    # An id past bigint cannot exist (and the database would refuse to compare it).
+    provider = await providers.get(db_pool(request), provider_id) if provider_id < 2**63 else None
     if provider is None:
         raise web.HTTPNotFound(text="No such provider.")
     return provider

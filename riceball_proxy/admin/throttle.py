@@ -1,47 +1,52 @@
-"""Slowing down password guessing on the admin login form."""
+"""Slowing down password guessing on the admin login form, across every worker and instance.
+
+Failures are kept in the database (``login_failures``) under a SHA-256 of the lower-cased username and
+the address, and of the address alone: nothing typed at the form is stored, each row has a fixed size,
+rows older than the window are removed, and the table never holds more than ``MAX_ROWS``.
+"""
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
+import datetime
+import hashlib
 
-#: Failed logins allowed per username and address, and per address alone, within WINDOW seconds.
+from riceball_proxy.db import login_failures
+
+#: Failed logins allowed per username and address, and per address alone, within WINDOW.
 MAX_FAILURES_PER_USER = 5
 MAX_FAILURES_PER_ADDRESS = 20
-WINDOW = 15 * 60
+WINDOW = datetime.timedelta(minutes=15)
+#: Failures remembered at most (all keys together); the oldest go first.
+MAX_ROWS = 50_000
+
+
+def _key(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).digest()
 
 
 class LoginThrottle:
-    """Counts failed logins in memory (per process) and refuses attempts past the limits."""
+    """Counts failed logins per (username, address) and per address, and refuses attempts past the limits."""
 
-    def __init__(self, clock=time.monotonic):
-        self._clock = clock
-        self._failures: defaultdict[tuple[str, str], deque[float]] = defaultdict(deque)
+    def __init__(self, pool):
+        self.pool = pool
 
-    def _recent(self, key: tuple[str, str]) -> deque[float]:
-        failures = self._failures[key]
-        cutoff = self._clock() - WINDOW
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-            return deque()
-        return failures
+    def _keys(self, username: str, address: str) -> tuple[bytes, bytes]:
+        return _key("user", username.lower(), address), _key("address", address)
 
-    def retry_after(self, username: str, address: str) -> float:
+    async def retry_after(self, username: str, address: str) -> float:
         """Seconds until a login for ``username`` from ``address`` may be tried; 0 when it may now."""
-        waits = []
-        for key, limit in (((username.lower(), address), MAX_FAILURES_PER_USER), (("", address), MAX_FAILURES_PER_ADDRESS)):
-            failures = self._recent(key)
-            if len(failures) >= limit:
-                waits.append(failures[0] + WINDOW - self._clock())
-        return max(waits, default=0.0)
+        user_key, address_key = self._keys(username, address)
+        recent = await login_failures.recent(self.pool, [user_key, address_key], WINDOW)
+        waits = [0.0]
+        for key, limit in ((user_key, MAX_FAILURES_PER_USER), (address_key, MAX_FAILURES_PER_ADDRESS)):
+            failures, wait = recent.get(key, (0, 0.0))
+            if failures >= limit:
+                waits.append(wait)
+        return max(waits)
 
-    def failed(self, username: str, address: str) -> None:
+    async def failed(self, username: str, address: str) -> None:
         """Count a failed login."""
-        now = self._clock()
-        self._failures[(username.lower(), address)].append(now)
-        self._failures[("", address)].append(now)
+        await login_failures.add(self.pool, list(self._keys(username, address)), WINDOW, MAX_ROWS)
 
-    def succeeded(self, username: str, address: str) -> None:
+    async def succeeded(self, username: str, address: str) -> None:
         """Forget the failures of a username once its password was given right."""
-        self._failures.pop((username.lower(), address), None)
+        await login_failures.forget(self.pool, self._keys(username, address)[0])

@@ -19,7 +19,10 @@ HOURLY_UP_TO_DAYS = 2
 MAX_DAYS = 366
 CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provider_id", "upstream_model", "stream",
               "status", "error_type", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
-              "reasoning_tokens", "latency_ms", "ttft_ms", "client_addr")
+              "reasoning_tokens", "usage_invalid", "latency_ms", "ttft_ms", "client_addr")
+#: The dates a filter may name.
+FIRST_DAY = datetime.date(1970, 1, 1)
+LAST_DAY = datetime.date(9998, 12, 31)
 
 
 def setup_routes(router: web.UrlDispatcher) -> None:
@@ -27,34 +30,48 @@ def setup_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/usage.csv", usage_csv, name="usage_csv")
 
 
-def _uuid(value: str | None) -> uuid.UUID | None:
+class BadFilter(ValueError):
+    """A usage filter that names no real date, assistant or key; the message says which."""
+
+
+def _uuid(query, name: str) -> uuid.UUID | None:
+    value = query.get(name)
     try:
         return uuid.UUID(value) if value else None
     except ValueError:
+        raise BadFilter(f"'{name}' is not an id.") from None
+
+
+def _date(query, name: str) -> datetime.date | None:
+    value = query.get(name)
+    if not value:
         return None
-
-
-def _date(value: str | None) -> datetime.date | None:
     try:
-        return datetime.date.fromisoformat(value) if value else None
+        day = datetime.date.fromisoformat(value)
     except ValueError:
-        return None
+        raise BadFilter(f"'{name}' is not a date (YYYY-MM-DD).") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise BadFilter(f"'{name}' must be between {FIRST_DAY} and {LAST_DAY}.")
+    return day
 
 
 def read_filter(query) -> tuple[UsageFilter, dict[str, str]]:
-    """The filter a query string asks for (dates are whole UTC days, ``to`` included), and its form values."""
+    """The filter a query string asks for (dates are whole UTC days, ``to`` included), and its form values.
+
+    Raises BadFilter for a date or id that cannot be one.
+    """
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    until_day = _date(query.get("to")) or today
-    since_day = _date(query.get("from")) or until_day - datetime.timedelta(days=DEFAULT_DAYS - 1)
+    until_day = _date(query, "to") or today
+    since_day = _date(query, "from") or max(until_day - datetime.timedelta(days=DEFAULT_DAYS - 1), FIRST_DAY)
     if since_day > until_day:
         since_day, until_day = until_day, since_day
-    since_day = max(since_day, until_day - datetime.timedelta(days=MAX_DAYS - 1))
+    since_day = max(since_day, until_day - datetime.timedelta(days=MAX_DAYS - 1), FIRST_DAY)
     utc = datetime.timezone.utc
     where = UsageFilter(
         since=datetime.datetime.combine(since_day, datetime.time(), utc),
         until=datetime.datetime.combine(until_day + datetime.timedelta(days=1), datetime.time(), utc),
-        assistant_id=_uuid(query.get("assistant")),
-        api_key_id=_uuid(query.get("key")),
+        assistant_id=_uuid(query, "assistant"),
+        api_key_id=_uuid(query, "key"),
     )
     values = {"from": since_day.isoformat(), "to": until_day.isoformat(),
               "assistant": str(where.assistant_id or ""), "key": str(where.api_key_id or "")}
@@ -78,9 +95,16 @@ def chart(points: list[dict], value: str, *, overlay: str | None = None, width: 
     return {"bars": bars, "width": width, "height": height, "top": top}
 
 
+async def _bad_filter(request: web.Request, exc: BadFilter) -> web.Response:
+    return await render(request, "admin/error.html", {"title": "Invalid filter", "message": str(exc)}, status=400)
+
+
 async def usage_page(request: web.Request) -> web.Response:
     pool = request.config_dict[appkeys.DATABASE].pool
-    where, values = read_filter(request.query)
+    try:
+        where, values = read_filter(request.query)
+    except BadFilter as exc:
+        return await _bad_filter(request, exc)
     days = (where.until - where.since).days
     bucket = "hour" if days <= HOURLY_UP_TO_DAYS else "day"
     points = await usage_events.timeline(pool, where, bucket)
@@ -110,7 +134,10 @@ def _csv_cell(value) -> str:
 
 
 async def usage_csv(request: web.Request) -> web.StreamResponse:
-    where, values = read_filter(request.query)
+    try:
+        where, values = read_filter(request.query)
+    except BadFilter as exc:
+        return await _bad_filter(request, exc)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": f'attachment; filename="riceball-usage-{values["from"]}-{values["to"]}.csv"',

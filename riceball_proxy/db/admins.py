@@ -73,3 +73,17 @@ async def create_first(pool, username: str, password_hash: str) -> Admin | None:
             password_hash,
         )
     return Admin(**row)
+
+
+async def set_password(pool, admin_id: int, password_hash: str) -> bool:
+    """Change an admin's password and end every session of theirs; False when there is no such admin."""
+    async with pool.acquire() as conn, conn.transaction():
+        found = await conn.fetchval("UPDATE admins SET password_hash = $2 WHERE id = $1 RETURNING true",
+                                    admin_id, password_hash)
+        await conn.execute("DELETE FROM admin_sessions WHERE admin_id = $1", admin_id)
+    return found is True
+
+
+async def delete(db, admin_id: int) -> bool:
+    """Delete an admin (their sessions end with them); False when there was none."""
+    return await db.fetchval("DELETE FROM admins WHERE id = $1 RETURNING true", admin_id) is True
