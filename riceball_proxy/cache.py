@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import aiohttp
 import asyncpg
+from cachetools import LRUCache
 
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import api_keys, assistants, providers
@@ -32,8 +32,13 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "riceball_config"
 LISTENER_APPLICATION_NAME = "riceball-config-listener"
-#: Unknown key hashes remembered (so that a flood of bad keys does not reach the database).
+#: Entries kept, least recently used dropped first. Unknown keys and assistant ids are remembered apart
+#: (so that a flood of bad ones neither reaches the database nor pushes out the entries in use).
+MAX_KEYS = 100_000
 MAX_UNKNOWN_KEYS = 10_000
+MAX_ASSISTANTS = 10_000
+MAX_UNKNOWN_ASSISTANTS = 10_000
+MAX_PROVIDERS = 1_000
 #: Seconds between liveness checks of the listening connection, and before reconnecting.
 LISTENER_PING_INTERVAL = 5.0
 LISTENER_RETRY_DELAY = 1.0
@@ -43,6 +48,14 @@ LOOKUP_TIMEOUT = 3.0
 
 class ProviderNotInstalled(LookupError):
     """A provider's type is offered by no registered plugin."""
+
+
+def _store(known: MutableMapping, unknown: MutableMapping, cache_key: Any, value: Any) -> None:
+    if value is not None:
+        known[cache_key] = value
+        unknown.pop(cache_key, None)
+    else:
+        unknown[cache_key] = None
 
 
 class ConfigCache:
@@ -61,10 +74,11 @@ class ConfigCache:
         self.session = session
         #: True while the listening connection is up; nothing is cached otherwise.
         self.listening = False
-        self._keys: dict[bytes, ApiKey] = {}
-        self._unknown_keys: OrderedDict[bytes, None] = OrderedDict()
-        self._assistants: dict[uuid.UUID, Assistant | None] = {}
-        self._providers: dict[int, tuple[Provider, ProviderAdapter]] = {}
+        self._keys: LRUCache[bytes, ApiKey] = LRUCache(MAX_KEYS)
+        self._unknown_keys: LRUCache[bytes, None] = LRUCache(MAX_UNKNOWN_KEYS)
+        self._assistants: LRUCache[uuid.UUID, Assistant] = LRUCache(MAX_ASSISTANTS)
+        self._unknown_assistants: LRUCache[uuid.UUID, None] = LRUCache(MAX_UNKNOWN_ASSISTANTS)
+        self._providers: LRUCache[int, tuple[Provider, ProviderAdapter]] = LRUCache(MAX_PROVIDERS)
         # One gate per provider, kept across adapter rebuilds so that the bound holds whatever is cached.
         self._gates: dict[int, ConnectionGate] = {}
         # Bumped by every invalidation: a read that started before one must not store its result.
@@ -82,9 +96,11 @@ class ConfigCache:
 
     async def assistant(self, assistant_id: uuid.UUID) -> Assistant | None:
         """The assistant with this id, or None."""
-        if self.listening and assistant_id in self._assistants:
-            return self._assistants[assistant_id]
-        return await self._load(lambda: assistants.get(self.pool, assistant_id), self._assistants.__setitem__,
+        if self.listening:
+            assistant = self._assistants.get(assistant_id)
+            if assistant is not None or assistant_id in self._unknown_assistants:
+                return assistant
+        return await self._load(lambda: assistants.get(self.pool, assistant_id), self._store_assistant,
                                 assistant_id, self._assistants)
 
     async def provider(self, provider_id: int) -> tuple[Provider, ProviderAdapter]:
@@ -121,7 +137,7 @@ class ConfigCache:
         return gate
 
     async def _load(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any,
-                    held: dict[Any, Any]) -> Any:
+                    held: MutableMapping[Any, Any]) -> Any:
         generation = self._generation
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
@@ -137,12 +153,16 @@ class ConfigCache:
         return value
 
     def _store_key(self, key_hash: bytes, key: ApiKey | None) -> None:
-        if key is not None:
-            self._keys[key_hash] = key
-            return
-        self._unknown_keys[key_hash] = None
-        if len(self._unknown_keys) > MAX_UNKNOWN_KEYS:
-            self._unknown_keys.popitem(last=False)
+        _store(self._keys, self._unknown_keys, key_hash, key)
+
+    def _store_assistant(self, assistant_id: uuid.UUID, assistant: Assistant | None) -> None:
+        _store(self._assistants, self._unknown_assistants, assistant_id, assistant)
+
+    def entries(self) -> dict[str, int]:
+        """How many entries each part of the cache holds (each is bounded)."""
+        return {"keys": len(self._keys), "unknown_keys": len(self._unknown_keys),
+                "assistants": len(self._assistants), "unknown_assistants": len(self._unknown_assistants),
+                "providers": len(self._providers)}
 
     # --- invalidation ------------------------------------------------------------------------------
 
@@ -152,6 +172,7 @@ class ConfigCache:
         self._keys.clear()
         self._unknown_keys.clear()
         self._assistants.clear()
+        self._unknown_assistants.clear()
         self._providers.clear()
 
     def invalidate(self, payload: str) -> None:
@@ -166,7 +187,9 @@ class ConfigCache:
                         del self._keys[key_hash]
                 self._unknown_keys.clear()  # a new key may have a hash seen before as unknown
             elif table == "assistants":
-                self._assistants.pop(uuid.UUID(raw_id), None)
+                assistant_id = uuid.UUID(raw_id)
+                self._assistants.pop(assistant_id, None)
+                self._unknown_assistants.pop(assistant_id, None)
             elif table == "providers":
                 self._providers.pop(int(raw_id), None)
             else:

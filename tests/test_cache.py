@@ -95,3 +95,33 @@ async def test_the_cache_is_flushed_when_the_listener_reconnects(configured):
         await rejected_within(configured.client, openai.AuthenticationError, 1.0)
     finally:
         await killer.close()
+
+
+async def test_unknown_ids_and_keys_fill_bounded_caches_that_keep_the_entries_in_use(
+        start_gateway, settings, fake_openai, monkeypatch):
+    import uuid
+
+    from riceball_proxy import cache
+
+    for name in ("MAX_UNKNOWN_ASSISTANTS", "MAX_UNKNOWN_KEYS", "MAX_ASSISTANTS"):
+        monkeypatch.setattr(cache, name, 5)
+    gateway = await start_gateway(settings)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    key = await gateway.key()
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    for _ in range(40):  # random assistant ids with a key that may use any, and random keys
+        async with gateway.client(uuid.uuid4(), key) as stranger:
+            try:
+                await stranger.chat.completions.create(model="x", messages=MESSAGES)
+            except openai.NotFoundError:
+                pass
+        async with gateway.client(assistant.id, "sk-" + uuid.uuid4().hex) as guesser:
+            try:
+                await guesser.chat.completions.create(model="x", messages=MESSAGES)
+            except openai.AuthenticationError:
+                pass
+    entries = gateway.cache.entries()
+    assert entries["unknown_assistants"] == 5 and entries["unknown_keys"] == 5
+    assert entries["assistants"] == 1 and entries["keys"] == 1  # the ones in use stayed
