@@ -111,7 +111,9 @@ async def config_cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def observers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Observers run off the request path, and finish before the resources close."""
-    app[appkeys.OBSERVERS] = observers = ObserverQueue(app[appkeys.PLUGIN_MANAGER])
+    app[appkeys.OBSERVERS] = observers = ObserverQueue(
+        app[appkeys.PLUGIN_MANAGER], max_pending=app[appkeys.SETTINGS].observer_queue_size,
+        on_backpressure=app[appkeys.METRICS].observer_backpressure.inc)
     yield
     await observers.close(OBSERVERS_GRACE)
 

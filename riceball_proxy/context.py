@@ -28,6 +28,9 @@ class Principal:
         return self.assistant_ids is None or assistant_id in self.assistant_ids
 
 
+#: Request fields that observers do not get (``ChatContext.release_bodies``).
+BULKY_FIELDS = frozenset({"messages", "tools", "functions", "response_format", "prediction", "logit_bias",
+                          "metadata"})
 #: The largest token count a usage row stores (the columns are PostgreSQL ``integer``).
 MAX_TOKEN_COUNT = 2**31 - 1
 
@@ -106,6 +109,12 @@ class ChatContext:
     usage: Usage = dataclasses.field(default_factory=Usage)
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def release_bodies(self) -> None:
+        """Let go of the request's bulk once the answer is sent: ``body`` and ``client_body`` keep every
+        field but ``BULKY_FIELDS`` (the prompt, tools and the like), so queued outcomes stay small."""
+        self.body = {name: value for name, value in self.body.items() if name not in BULKY_FIELDS}
+        self.client_body = {name: value for name, value in self.client_body.items() if name not in BULKY_FIELDS}
 
     def record_usage(self, usage: Any) -> None:
         """Take the token counts of an OpenAI ``usage`` object (see :meth:`Usage.from_openai`)."""

@@ -41,6 +41,9 @@ class Metrics:
         self.invalid_usage = Counter("riceball_upstream_invalid_usage",
                                      "Upstream answers whose token counts were not counts, by provider",
                                      ["provider"], registry=registry)
+        self.observer_backpressure = Counter(
+            "riceball_observer_backpressure", "Finishing requests that waited because the observers' queue was full",
+            registry=registry)
         self._children: dict = {}
         self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
                                        registry=registry, multiprocess_mode="livesum")

@@ -55,7 +55,7 @@ def observed(handler):
             status, error_type = exc.status, "invalid_request_error"
             raise
         finally:
-            finish(ctx, status, error_type, disconnected=disconnected)
+            await finish(ctx, status, error_type, disconnected=disconnected)
 
     return wrapper
 
@@ -116,8 +116,11 @@ async def read_chat_request(request: web.Request) -> dict:
     return validate_chat_request(body)
 
 
-def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False) -> None:
-    """Hand the outcome to the ``riceball_request_finished`` observers, off the request path."""
+async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False) -> None:
+    """Hand the outcome to the ``riceball_request_finished`` observers, off the request path.
+
+    Returns at once, unless the observers are so far behind that their queue is full (then it waits).
+    """
     now = time.perf_counter()
     outcome = Outcome(
         status=status,
@@ -127,4 +130,4 @@ def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnecte
         usage=ctx.usage,
         client_disconnected=disconnected,
     )
-    ctx.app[appkeys.OBSERVERS].put(ctx, outcome)
+    await ctx.app[appkeys.OBSERVERS].put(ctx, outcome)

@@ -5,7 +5,7 @@ import aiohttp
 import openai
 import pytest
 
-from riceball_proxy import hookimpl
+from riceball_proxy import appkeys, hookimpl
 from riceball_proxy.builtin.openai_compat import OpenAICompatibleAdapter
 from riceball_proxy.context import Principal
 from riceball_proxy.errors import APIError
@@ -188,3 +188,35 @@ async def test_hook_riceball_request_finished(with_plugin, fake_openai):
         response.close()
     ctx, outcome = await next_outcome()
     assert outcome.client_disconnected is True and outcome.status == 499
+
+
+async def test_slow_observers_slow_requests_down_but_lose_nothing_and_hold_no_prompts(
+        start_gateway, settings, fake_openai, db):
+    seen, release = [], asyncio.Event()
+
+    class SlowObserver:
+        @hookimpl
+        async def riceball_request_finished(self, ctx, outcome):
+            await release.wait()
+            seen.append(("messages" in ctx.body, "messages" in ctx.client_body, ctx.body.get("model")))
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(SlowObserver(), name="under-test")
+    gateway = await start_gateway(settings.replace(observer_queue_size=2, usage_flush_interval=0.05),
+                                  plugin_manager=pm)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        calls = [asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES)) for _ in range(6)]
+        while len(fake_openai.requests) < 6:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        # One outcome is with the observer, two wait in the queue; the others' requests wait for room.
+        assert sum(call.done() for call in calls) == 3
+        release.set()
+        await asyncio.gather(*calls)
+    await gateway.app[appkeys.OBSERVERS].queue.join()
+    assert seen == [(False, False, "gpt-4o")] * 6
+    assert "riceball_observer_backpressure_total 3.0" in gateway.app[appkeys.METRICS].exposition().decode()
+    await gateway.app[appkeys.USAGE_RECORDER].flush()
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 6
