@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 
@@ -122,6 +124,7 @@ async def metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve /metrics on a port of its own (shared by the workers), away from the API."""
     metrics_app = web.Application()
     metrics_app[appkeys.METRICS] = app[appkeys.METRICS]
+    metrics_app[appkeys.SETTINGS] = app[appkeys.SETTINGS]
     metrics_app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
@@ -188,8 +191,30 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _from_this_machine(request: web.Request) -> bool:
+    """A caller on a loopback address that came straight here (no proxy named another one)."""
+    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:  # a unix socket peer, or anything else that is no IP address
+        return False
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """The Prometheus metrics."""
+    """The Prometheus metrics: open to this machine; others need ``RICEBALL_METRICS_TOKEN`` as a bearer token.
+
+    They name assistants and providers, which are nobody else's business.
+    """
+    token = request.config_dict[appkeys.SETTINGS].metrics_token
+    if not _from_this_machine(request):
+        if token is None:
+            return web.Response(status=403, text="/metrics is served to this machine only; set "
+                                                 "RICEBALL_METRICS_TOKEN to let others scrape it with that token.\n")
+        sent = request.headers.get("Authorization", "")
+        if not secrets.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return web.Response(status=401, text="/metrics needs the metrics token as a bearer token.\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     body = request.config_dict[appkeys.METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 

@@ -42,6 +42,8 @@ class Settings:
     #: Serve Prometheus metrics at /metrics; on a port of their own when ``metrics_port`` is set.
     metrics: bool = True
     metrics_port: int | None = None
+    #: Bearer token that unlocks /metrics for callers other than this machine (loopback, not proxied).
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +85,7 @@ class Settings:
             log_format=log_format,
             metrics=metrics == "on",
             metrics_port=None if metrics_port is None else _integer(env, "RICEBALL_METRICS_PORT", 0, 1, 65535),
+            metrics_token=get("RICEBALL_METRICS_TOKEN"),
         )
 
     def replace(self, **changes) -> Settings:

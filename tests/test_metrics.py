@@ -7,6 +7,7 @@ import subprocess
 
 import aiohttp
 import openai
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import free_port, riceball_command, wait_for_http
@@ -128,3 +129,40 @@ async def test_metrics_add_up_across_workers(cli_env, fake_openai):
         server.send_signal(signal.SIGTERM)
         await asyncio.to_thread(server.wait, 30)
         server.stderr.close()
+
+
+async def test_metrics_are_for_this_machine_or_the_token_holder(start_gateway, settings, tmp_path):
+    gateway = await start_gateway(settings)
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}  # a proxy in front, passing on someone else's call
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url("/metrics")) as response:
+            assert response.status == 200  # loopback, straight here
+        async with session.get(gateway.url("/metrics"), headers=forwarded) as response:
+            assert response.status == 403 and "RICEBALL_METRICS_TOKEN" in await response.text()
+
+    locked = await start_gateway(settings.replace(metrics_token="s3cret-token"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(locked.url("/metrics"), headers=forwarded) as response:
+            assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+        async with session.get(locked.url("/metrics"), headers=forwarded | {"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+        async with session.get(locked.url("/metrics"),
+                               headers=forwarded | {"Authorization": "Bearer s3cret-token"}) as response:
+            assert response.status == 200 and "riceball_requests" in await response.text()
+
+    # A peer that is no loopback address at all: here, a unix socket.
+    from riceball_proxy.app import create_app
+
+    runner = web.AppRunner(create_app(settings.replace(metrics_token="s3cret-token")))
+    await runner.setup()
+    path = str(tmp_path / "gateway.sock")
+    await web.UnixSite(runner, path).start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
+            async with session.get("http://gateway/metrics") as response:
+                assert response.status == 401
+            async with session.get("http://gateway/metrics",
+                                   headers={"Authorization": "Bearer s3cret-token"}) as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
