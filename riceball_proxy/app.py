@@ -21,6 +21,7 @@ from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
 from riceball_proxy.errors import APIError
+from riceball_proxy.inflight import InFlight
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
@@ -58,6 +59,9 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app[appkeys.PLUGIN_MANAGER] = plugin_manager or make_plugin_manager(settings)
     app[appkeys.SECRET_BOX] = load_secret_box(settings)
     app[appkeys.METRICS] = Metrics()
+    app[appkeys.IN_FLIGHT] = InFlight()
+    # Shutdown: the listening sockets are closed first; then the calls in flight get their time.
+    app.on_shutdown.append(drain_in_flight)
     app.on_response_prepare.append(add_request_id_header)
     setup_templates(app)
     # Order matters: plugins start after, and stop before, the resources they use.
@@ -76,6 +80,11 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     setup_api(app)
     setup_admin(app)
     return app
+
+
+async def drain_in_flight(app: web.Application) -> None:
+    """Let the API calls in flight finish for ``RICEBALL_SHUTDOWN_TIMEOUT`` seconds, then end the rest."""
+    await app[appkeys.IN_FLIGHT].drain(app[appkeys.SETTINGS].shutdown_timeout)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from aiohttp import web
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import Database
+from riceball_proxy.inflight import InFlight
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
 from riceball_proxy.plugins import PluginManager
@@ -26,6 +27,9 @@ METRICS = web.AppKey("metrics", Metrics)
 USAGE_RECORDER = web.AppKey("usage_recorder", UsageRecorder)
 #: Finished API calls on their way to the ``riceball_request_finished`` observers.
 OBSERVERS = web.AppKey("observers", ObserverQueue)
+
+#: API calls being answered (for a graceful shutdown).
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 #: The request's id (the client's X-Request-ID when sane, else a new one).
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -107,6 +107,8 @@ class ChatContext:
     #: The error the upstream call ended with (an ``APIError``), if it failed.
     upstream_error: Any = None
     usage: Usage = dataclasses.field(default_factory=Usage)
+    #: Set when the gateway ends this call because it is shutting down.
+    shutting_down: bool = False
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
 

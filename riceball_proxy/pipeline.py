@@ -14,6 +14,7 @@ from riceball_proxy import appkeys, sse
 from riceball_proxy.stages import observed, read_chat_request, resolve, resolve_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
+from riceball_proxy.inflight import shutting_down
 from riceball_proxy.plugins import await_hook, fold_hook
 from riceball_proxy.providers import ProviderAdapter
 
@@ -101,7 +102,13 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
         except APIError as exc:
             error = exc
             await response.write(sse.encode(orjson.dumps(exc.body())))
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
+            if not ctx.shutting_down:
+                raise
+            asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
+            error = shutting_down()
+            await response.write(sse.encode(orjson.dumps(error.body())))
+        except ConnectionResetError:
             raise
         except Exception:
             logger.exception("stream %s failed after it began", ctx.request_id)

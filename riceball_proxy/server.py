@@ -4,12 +4,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import multiprocess
 
 from riceball_proxy.app import create_app
 from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, configure_logging
@@ -18,6 +21,11 @@ from riceball_proxy.db.embedded import EmbeddedPostgres
 from riceball_proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Seconds other requests (admin pages...) are given at shutdown, after the API's calls were drained.
+SERVER_SHUTDOWN_GRACE = 10.0
+#: Seconds before a worker that died is replaced.
+RESTART_DELAY = 1.0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -43,16 +51,46 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
+    try:
+        supervise(settings, workers)
+    finally:
+        if embedded is not None:
+            embedded.close()
+
+
+def supervise(settings: Settings, workers: int) -> None:
+    """Run ``workers`` processes until SIGINT or SIGTERM, starting a new one whenever one dies."""
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=run_worker, args=(settings,), kwargs={"reuse_port": True}, name=f"riceball-worker-{n}")
-        for n in range(workers)
-    ]
-    stop = lambda signum, frame: [p.terminate() for p in processes if p.is_alive()]  # noqa: E731
+
+    def start(n: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=run_worker, args=(settings,), kwargs={"reuse_port": True},
+                                  name=f"riceball-worker-{n}")
+        process.start()
+        return process
+
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # each worker shuts down gracefully on SIGTERM
+
+    processes: list = []
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for process in processes:
-            process.start()
+        processes.extend(start(n) for n in range(workers))
+        while not stopping:
+            multiprocessing.connection.wait([p.sentinel for p in processes], timeout=1.0)
+            for n, process in enumerate(processes):
+                if stopping or process.is_alive():
+                    continue
+                logger.error("worker %s (pid %s) exited with %s; starting another", process.name, process.pid,
+                             process.exitcode)
+                multiprocess.mark_process_dead(process.pid)
+                time.sleep(RESTART_DELAY)  # a worker that dies at once must not spin the CPU
+                processes[n] = start(n)
         for process in processes:
             process.join()
     finally:
@@ -62,8 +100,6 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
             if process.is_alive():
                 process.terminate()
                 process.join()
-        if embedded is not None:
-            embedded.close()
 
 
 def run_worker(settings: Settings, *, reuse_port: bool) -> None:
@@ -76,6 +112,8 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
         reuse_port=reuse_port or None,
         # A client that goes away cancels its handler, and so the upstream call.
         handler_cancellation=True,
+        # The API's calls had RICEBALL_SHUTDOWN_TIMEOUT already (app.drain_in_flight); this bounds the rest.
+        shutdown_timeout=SERVER_SHUTDOWN_GRACE,
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
         loop=new_event_loop(),

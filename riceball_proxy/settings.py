@@ -37,6 +37,8 @@ class Settings:
     usage_max_buffer: int = 10_000
     #: Finished calls waiting for the observers at most; past it a finishing request waits for room.
     observer_queue_size: int = 10_000
+    #: Seconds a shutdown waits for the calls in flight before it ends them.
+    shutdown_timeout: float = 30.0
     #: ``text`` or ``json`` (one JSON object a line).
     log_format: str = "text"
     #: Serve Prometheus metrics at /metrics; on a port of their own when ``metrics_port`` is set.
@@ -81,6 +83,7 @@ class Settings:
             usage_flush_interval=_number(env, "RICEBALL_USAGE_FLUSH_INTERVAL", 1.0, 0.01, 3600),
             usage_batch_size=_integer(env, "RICEBALL_USAGE_BATCH_SIZE", 500, 1, 100_000),
             usage_max_buffer=_integer(env, "RICEBALL_USAGE_MAX_BUFFER", 10_000, 2, 10_000_000),
+            shutdown_timeout=_number(env, "RICEBALL_SHUTDOWN_TIMEOUT", 30.0, 0, 3600),
             observer_queue_size=_integer(env, "RICEBALL_OBSERVER_QUEUE_SIZE", 10_000, 1, 10_000_000),
             log_format=log_format,
             metrics=metrics == "on",

@@ -14,6 +14,7 @@ from riceball_proxy import appkeys, upstream
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
+from riceball_proxy.inflight import shutting_down
 from riceball_proxy.plugins import await_first
 from riceball_proxy.validation import check_depth, validate_chat_request
 
@@ -40,6 +41,8 @@ def observed(handler):
                           client_addr=request.remote)
         request[CHAT_CONTEXT] = ctx
         upstream.REQUEST_ID.set(ctx.request_id)
+        in_flight = ctx.app[appkeys.IN_FLIGHT]
+        task = in_flight.add(ctx)
         status, error_type, disconnected = 500, "server_error", False
         try:
             response = await handler(request, ctx)
@@ -48,7 +51,15 @@ def observed(handler):
         except APIError as exc:
             status, error_type = exc.status, exc.type
             raise
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
+            if not ctx.shutting_down:
+                status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
+                raise
+            task.uncancel()  # ended by the shutdown, not by the client: it gets an answer
+            error = shutting_down()
+            status, error_type = error.status, error.type
+            return error.response()
+        except ConnectionResetError:
             status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
             raise
         except web.HTTPException as exc:
@@ -56,6 +67,7 @@ def observed(handler):
             raise
         finally:
             await finish(ctx, status, error_type, disconnected=disconnected)
+            in_flight.discard(task)
 
     return wrapper
 

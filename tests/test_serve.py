@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -90,3 +91,42 @@ def test_workers_share_one_port(start_server, clean_database, tmp_path):
         assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
+
+
+def workers_of(pid: int) -> set[int]:
+    """The worker processes ``pid`` started (children running multiprocessing's spawn_main)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                command = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if parent == pid and b"spawn_main" in command:
+                found.add(int(entry.name))
+    return found
+
+
+def test_a_worker_that_dies_is_replaced(start_server, clean_database, tmp_path):
+    import time
+
+    env = environment(RICEBALL_DATABASE_URL=clean_database, RICEBALL_DATA_DIR=str(tmp_path / "var"))
+    port = free_port()
+    server = start_server(env, port, "--workers", "2")
+    assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+    deadline = time.monotonic() + 30
+    while len(workers := workers_of(server.pid)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    victim = max(workers)
+    os.kill(victim, signal.SIGKILL)
+    while len(workers_of(server.pid) - {victim}) < 2:
+        assert time.monotonic() < deadline, "no new worker was started"
+        time.sleep(0.1)
+    for _ in range(10):
+        assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    log = server.stderr.read()
+    assert f"(pid {victim}) exited with -9; starting another" in log

@@ -270,3 +270,32 @@ async def test_a_batch_whose_acknowledgement_is_lost_is_written_once(start_gatew
         assert not (settings.data_dir / "usage-dead-letter").exists()  # written again, not refused
     finally:
         await proxy.close()
+
+
+async def test_a_shutdown_ends_long_streams_with_an_error_event_and_records_them(start_gateway, settings,
+                                                                                   fake_openai, db):
+    gateway = await start_gateway(settings.replace(shutdown_timeout=0.3, usage_flush_interval=3600))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    key = await gateway.key()
+    fake_openai.reply = " ".join(["word"] * 1000)
+    fake_openai.chunk_delay = 0.1  # a 100 s stream
+    headers = {"Authorization": f"Bearer {key}"}
+    url = gateway.base_url(assistant.id) + "/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"messages": MESSAGES, "stream": True}, headers=headers) as streamed:
+            await streamed.content.readline()  # under way
+            fake_openai.delay = 100  # and a call that has not been answered yet
+            waiting = asyncio.create_task(session.post(url, json={"messages": MESSAGES}, headers=headers))
+            while len(fake_openai.requests) < 2:
+                await asyncio.sleep(0.01)
+            closing = asyncio.create_task(gateway.server.close())  # SIGTERM does the same
+            events = (await streamed.read()).decode()
+        answered = await waiting
+        assert answered.status == 503 and (await answered.json())["error"]["code"] == "server_shutting_down"
+        await closing
+    last = events.strip().split("\n\n")[-1]
+    assert last.startswith("data: {") and '"code":"server_shutting_down"' in last
+    assert not fake_openai.stream_finished.is_set()
+    found = await db.fetch("SELECT status, stream, error_type FROM usage_events ORDER BY stream")
+    assert [tuple(r) for r in found] == [(503, False, "api_error"), (503, True, "api_error")]

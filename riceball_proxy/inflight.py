@@ -1,0 +1,63 @@
+"""The API calls being answered, so that a shutdown can let them finish and then end what is left.
+
+On shutdown (SIGTERM, SIGINT) the gateway stops accepting connections, then waits up to
+``RICEBALL_SHUTDOWN_TIMEOUT`` seconds for the calls in flight. Whatever still runs then is ended: a
+stream gets one last error event (``server_shutting_down``) and a clean close, a call not yet answered
+gets a 503, and each is recorded with that status before the usage rows are written.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from riceball_proxy.context import ChatContext
+from riceball_proxy.errors import APIError
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the calls that were ended are given to write their last event and finish.
+END_GRACE = 5.0
+
+
+def shutting_down() -> APIError:
+    """The error that ends a call still running when the gateway stops."""
+    return APIError(503, "The gateway is shutting down; retry the request.", type="api_error",
+                    code="server_shutting_down")
+
+
+class InFlight:
+    """Tasks answering API calls, with their contexts."""
+
+    def __init__(self) -> None:
+        self._calls: dict[asyncio.Task, ChatContext] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, ctx: ChatContext) -> asyncio.Task:
+        """Count the current task as answering ``ctx``; give the task back to :meth:`discard`."""
+        task = asyncio.current_task()
+        self._calls[task] = ctx
+        self._idle.clear()
+        return task
+
+    def discard(self, task: asyncio.Task) -> None:
+        self._calls.pop(task, None)
+        if not self._calls:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the calls to finish, then end the rest."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        if not self._calls:
+            return
+        logger.warning("shutting down: ending %d calls still in flight after %g s", len(self._calls), timeout)
+        for task, ctx in list(self._calls.items()):
+            ctx.shutting_down = True
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), END_GRACE)
