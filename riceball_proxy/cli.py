@@ -110,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     provider_add.add_argument("--api-key-stdin", action="store_true", help="read the upstream API key from stdin")
     provider_add.add_argument("--connect-timeout", type=_positive_float, default=10.0, help="seconds (default 10)")
     provider_add.add_argument("--read-timeout", type=_positive_float, default=300.0, help="seconds (default 300)")
-    provider_add.add_argument("--max-connections", type=_connections, default=providers.DEFAULT_MAX_CONNECTIONS,
+    provider_add.add_argument("--max-connections", type=_between(1, 100_000, integer=True), default=providers.DEFAULT_MAX_CONNECTIONS,
                               help=f"upstream calls at once (default {providers.DEFAULT_MAX_CONNECTIONS})")
-    provider_add.add_argument("--queue-timeout", type=_queue_seconds, default=providers.DEFAULT_QUEUE_TIMEOUT,
+    provider_add.add_argument("--queue-timeout", type=_between(0, 3600), default=providers.DEFAULT_QUEUE_TIMEOUT,
                               help="seconds a call waits for a free turn before a 503 "
                                    f"(default {providers.DEFAULT_QUEUE_TIMEOUT:g})")
     command(provider, "list", cmd_provider_list, "list providers")
@@ -195,24 +195,19 @@ def _positive_float(value: str) -> float:
     return number
 
 
-def _connections(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 1 <= number <= 100_000:
-        raise argparse.ArgumentTypeError("must be between 1 and 100000")
-    return number
+def _between(low: float, high: float, *, integer: bool = False) -> Callable[[str], float]:
+    """An argparse type for a number (a whole one with ``integer``) from ``low`` to ``high``."""
 
+    def parse(value: str) -> float:
+        try:
+            number = int(value) if integer else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {'whole ' if integer else ''}number") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}")
+        return number
 
-def _queue_seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 <= number <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600")
-    return number
+    return parse
 
 
 def _uuid(value: str) -> uuid.UUID:

@@ -107,11 +107,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 # --- admins -----------------------------------------------------------------------------------------
 
 
-def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> int:
+def _new_password_hash() -> str:
+    """The argon2id hash of a password read from standard input (CommandError when it is too short)."""
     password = read_stdin_secret("password")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise CommandError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
-    password_hash = crypto.hash_password(password)
+    return crypto.hash_password(password)
+
+
+def cmd_admin_create(args: argparse.Namespace, settings: Settings) -> int:
+    password_hash = _new_password_hash()
 
     async def work(pool):
         try:
@@ -133,10 +138,7 @@ async def _admin_named(pool, username: str) -> admins.Admin:
 
 
 def cmd_admin_password(args: argparse.Namespace, settings: Settings) -> int:
-    password = read_stdin_secret("password")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise CommandError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
-    password_hash = crypto.hash_password(password)
+    password_hash = _new_password_hash()
 
     async def work(pool):
         admin = await _admin_named(pool, args.username)

@@ -37,12 +37,10 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def add(self, ctx: ChatContext) -> asyncio.Task:
-        """Count the current task as answering ``ctx``; give the task back to :meth:`discard`."""
-        task = asyncio.current_task()
+    def add(self, task: asyncio.Task, ctx: ChatContext) -> None:
+        """Count ``task`` as answering ``ctx`` until :meth:`discard`."""
         self._calls[task] = ctx
         self._idle.clear()
-        return task
 
     def discard(self, task: asyncio.Task) -> None:
         self._calls.pop(task, None)

@@ -42,7 +42,8 @@ def observed(handler):
         request[CHAT_CONTEXT] = ctx
         upstream.REQUEST_ID.set(ctx.request_id)
         in_flight = ctx.app[appkeys.IN_FLIGHT]
-        task = in_flight.add(ctx)
+        task = request.task
+        in_flight.add(task, ctx)
         status, error_type, disconnected = 500, "server_error", False
         try:
             response = await handler(request, ctx)

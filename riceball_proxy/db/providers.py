@@ -9,7 +9,7 @@ import asyncpg
 _COLUMNS = ("id, name, type, base_url, api_key_encrypted, connect_timeout, read_timeout, max_connections, "
             "queue_timeout, created_at, updated_at")
 #: Upstream calls one provider may have open at once, and seconds a call waits for a free one.
-DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_QUEUE_TIMEOUT = 10.0
 
 

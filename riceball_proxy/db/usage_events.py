@@ -3,10 +3,30 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import operator
+import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+
+
+def _reseed() -> None:
+    global _event_prefix, _event_numbers
+    _event_prefix = int.from_bytes(os.urandom(8)) << 64
+    _event_numbers = itertools.count()
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)  # a forked process must never repeat its parent's ids
+
+
+def new_event_id() -> uuid.UUID:
+    """A usage row id unique across processes: a random 64-bit prefix per process and a counter.
+
+    Cheaper than ``uuid4()`` (no system call per row), and as unique for this purpose.
+    """
+    return uuid.UUID(int=_event_prefix | next(_event_numbers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +52,7 @@ class UsageEvent:
     #: True when the upstream's token counts were unusable (they are None here).
     usage_invalid: bool = False
     #: Made when the call ends: a batch written twice adds its rows once.
-    event_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = dataclasses.field(default_factory=new_event_id)
     client_addr: str | None = None
 
 
