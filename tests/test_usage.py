@@ -257,8 +257,9 @@ async def test_a_batch_whose_acknowledgement_is_lost_is_written_once(start_gatew
         async with gateway.client(assistant.id, await gateway.key()) as client:
             await client.chat.completions.create(model="x", messages=MESSAGES)  # warms the caches
             await rows(db, 1)
-            # The server commits the next batch, and the connection is cut before the client hears so.
-            proxy.cut_before = b"C\x00\x00\x00\x0bCOMMIT\x00"
+            # The server writes the next batch, and the connection is cut before the client hears so
+            # (the cut comes in place of the COPY's CommandComplete).
+            proxy.cut_before = b"COPY "
             await asyncio.gather(*(client.chat.completions.create(model="x", messages=MESSAGES) for _ in range(6)))
             deadline = time.monotonic() + 20
             while (proxy.cuts == 0 or recorder.pending) and time.monotonic() < deadline:

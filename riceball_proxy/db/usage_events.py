@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+import asyncpg
+
 
 def _reseed() -> None:
     global _event_prefix, _event_numbers
@@ -66,11 +68,21 @@ _COLUMNS = ", ".join(_FIELDS)
 async def insert_many(pool, events: Sequence[UsageEvent]) -> None:
     """Write a batch of events with one COPY; rows already written (same ``event_id``) are skipped.
 
-    The rows are copied into a temporary table and moved from there with ``ON CONFLICT DO NOTHING``,
-    all in one transaction: a batch sent again after its acknowledgement was lost writes nothing twice.
+    A batch is sent again only when its acknowledgement was lost; then the plain COPY meets the unique
+    ``event_id`` index, and the batch goes through a temporary table and ``ON CONFLICT DO NOTHING``
+    instead, so nothing is written twice while the common case stays one COPY.
     """
     # attrgetter, not dataclasses.astuple: astuple deep-copies every value, which costs more than the COPY.
     records = [(*_values(event)[:-1], _address(event.client_addr)) for event in events]
+    try:
+        await pool.copy_records_to_table("usage_events", records=records, columns=_FIELDS)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "usage_events_event_id":
+            raise
+        await _insert_new(pool, records)
+
+
+async def _insert_new(pool, records: list[tuple]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"CREATE TEMP TABLE usage_staging ON COMMIT DROP AS "
                            f"SELECT {_COLUMNS} FROM usage_events WITH NO DATA")
