@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     assistant_add.add_argument("--system-prompt", default="")
     assistant_add.add_argument("--temperature", type=float)
     assistant_add.add_argument("--top-p", type=float)
-    assistant_add.add_argument("--max-tokens", type=_positive_int)
+    assistant_add.add_argument("--max-tokens", type=_between(1, 2**31 - 1, integer=True))
     assistant_add.add_argument("--lock", action="append", default=[], metavar="PARAMETER",
                                help="make the assistant's value of a parameter win over the client's (repeatable)")
     assistant_add.add_argument("--no-client-system", action="store_true",

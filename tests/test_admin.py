@@ -335,6 +335,16 @@ async def test_assistant_form_errors_are_shown_next_to_their_field(panel):
     assert await assistants.list_all(panel.pool) == []
 
 
+@pytest.mark.parametrize("field, value", [("seed", str(2**63)), ("seed", str(-(2**63) - 1)),
+                                          ("max_tokens", str(2**31)), ("max_tokens", "99999999999999999999")])
+async def test_numbers_past_what_the_database_holds_are_form_errors(panel, field, value):
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    response, text = await assistant_via_form(panel, provider.id, **{field: value})
+    assert response.status == 400 and f'id="{field}-error" class="error">Enter a value' in text
+    assert await assistants.list_all(panel.pool) == []
+
+
 async def test_the_model_field_is_free_text_when_models_cannot_be_listed(panel):
     await provider_via_form(panel)  # nothing listens at 127.0.0.1:9
     _, form = await panel.get("/admin/assistants/new")

@@ -19,10 +19,10 @@ MODEL_LIST_TIMEOUT = 3
 NUMERIC_PARAMETERS = {
     "temperature": ("Temperature", 0, 2, False),
     "top_p": ("Top p", 0, 1, False),
-    "max_tokens": ("Max tokens (also a ceiling)", 1, None, True),
+    "max_tokens": ("Max tokens (also a ceiling)", 1, 2**31 - 1, True),
     "presence_penalty": ("Presence penalty", -2, 2, False),
     "frequency_penalty": ("Frequency penalty", -2, 2, False),
-    "seed": ("Seed", None, None, True),
+    "seed": ("Seed", -(2**63), 2**63 - 1, True),
 }
 
 
