@@ -29,14 +29,6 @@ SSE_HEADERS = {
 DONE_EVENT = sse.encode(sse.DONE)
 
 
-class UpstreamStreamError(Exception):
-    """The upstream sent an error event in the middle of a stream; ``payload`` is its JSON."""
-
-    def __init__(self, payload: bytes):
-        super().__init__("upstream error event")
-        self.payload = payload
-
-
 @observed
 async def chat_completions(request: web.Request, ctx: ChatContext) -> web.StreamResponse:
     """``POST .../v1/chat/completions``, streamed or not."""
@@ -67,7 +59,11 @@ async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAda
 
 
 async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.StreamResponse:
-    """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``."""
+    """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``.
+
+    One rule for failures: an APIError before the response is prepared is answered with its HTTP
+    status; after it, with one SSE error event in OpenAI's shape, and no ``[DONE]``.
+    """
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
     upstream = adapter.stream(ctx.body)
@@ -83,9 +79,6 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
         except APIError as exc:
             ctx.upstream_error = exc
             raise
-        if first is not None and _is_error_payload(first):
-            ctx.upstream_error = _error_from_payload(first)
-            raise ctx.upstream_error
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -96,11 +89,8 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
         try:
             async for event in events:
                 await response.write(event)
-        except UpstreamStreamError as exc:
-            error = ctx.upstream_error = _error_from_payload(exc.payload)
-            await response.write(sse.encode(exc.payload))
         except APIError as exc:
-            error = exc
+            error = ctx.upstream_error = exc
             await response.write(sse.encode(orjson.dumps(exc.body())))
         except asyncio.CancelledError:
             if not ctx.shutting_down:
@@ -137,14 +127,10 @@ async def _payloads(ctx: ChatContext, first: bytes | None, upstream: AsyncIterat
 
 
 async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The fast path: upstream payloads forwarded as they are, looked into only for usage and errors."""
+    """The fast path: the adapter's chunks forwarded as they are, looked into only for usage."""
     async for payload in payloads:
-        if _may_carry_usage_or_error(payload):
-            chunk = orjson.loads(payload)
-            if _is_error_chunk(chunk):
-                raise UpstreamStreamError(payload)
-            if not _keep_after_usage(ctx, chunk):
-                continue
+        if _may_carry_usage(payload) and not _keep_after_usage(ctx, orjson.loads(payload)):
+            continue
         yield sse.encode(payload)
 
 
@@ -158,8 +144,6 @@ async def _transformed_events(
     async def chunks() -> AsyncIterator[dict]:
         async for payload in payloads:
             chunk = orjson.loads(payload)
-            if _is_error_chunk(chunk):
-                raise UpstreamStreamError(payload)
             if chunk.get("usage") is not None:
                 ctx.record_usage(chunk["usage"])
             yield chunk
@@ -172,10 +156,8 @@ async def _transformed_events(
             yield sse.encode(orjson.dumps(chunk))
 
 
-def _may_carry_usage_or_error(payload: bytes) -> bool:
+def _may_carry_usage(payload: bytes) -> bool:
     # With include_usage every chunk has "usage":null; only a non-null one needs parsing.
-    if b'"error"' in payload:
-        return True
     return b'"usage"' in payload and b'"usage":null' not in payload and b'"usage": null' not in payload
 
 
@@ -186,33 +168,3 @@ def _keep_after_usage(ctx: ChatContext, chunk: dict[str, Any]) -> bool:
         return True
     ctx.record_usage(usage)
     return ctx.client_wants_usage or bool(chunk.get("choices")) or not isinstance(usage, dict)
-
-
-def _is_error_chunk(chunk: Any) -> bool:
-    return isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices")
-
-
-def _is_error_payload(payload: bytes) -> bool:
-    if b'"error"' not in payload:
-        return False
-    try:
-        return _is_error_chunk(orjson.loads(payload))
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _error_from_payload(payload: bytes) -> APIError:
-    """An APIError from an ``{"error": {...}}`` event (a 502: the upstream failed)."""
-    try:
-        error = orjson.loads(payload).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        error = None
-    if not isinstance(error, dict):
-        error = {"message": str(error) if error else "The upstream provider failed."}
-    return APIError(
-        502,
-        str(error.get("message") or "The upstream provider failed."),
-        type=str(error.get("type") or "api_error"),
-        param=error.get("param"),
-        code=None if error.get("code") is None else str(error.get("code")),
-    )

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pluggy
 
 from riceball_proxy.db.providers import Provider
-from riceball_proxy.upstream import ConnectionGate, ErrorParser, UpstreamCall, upstream_error
+from riceball_proxy.upstream import ConnectionGate, ErrorParser, UpstreamCall, json_events, mask_secret, upstream_error
 
 
 class ProviderAdapter:
@@ -44,17 +44,71 @@ class ProviderAdapter:
         """Send a non-streamed request (OpenAI body) and return the ``chat.completion`` dict."""
         raise NotImplementedError
 
-    def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """Send a streamed request and yield each chunk as the JSON bytes of an SSE ``data:`` field.
+    def redact(self, text: str) -> str:
+        """``text`` with the provider's API key (or a long enough start of it) masked."""
+        return mask_secret(text, self.api_key)
 
-        The ``[DONE]`` sentinel is not yielded. An upstream error before the first chunk is raised;
-        one after it is yielded as an ``{"error": {...}}`` payload, as OpenAI does.
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Send a streamed request and yield each ``chat.completion.chunk`` as the JSON bytes of an SSE event.
+
+        The ``[DONE]`` sentinel is not yielded. Every failure raises ``APIError``, whenever it happens:
+        a refusal, a broken connection, an error event, an event that is not a chunk, a stream that
+        ends before the answer is complete. Nothing but chunks is ever yielded.
         """
         raise NotImplementedError
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The upstream's models as OpenAI ``model`` objects."""
         raise NotImplementedError
+
+
+class StreamTranslator(Protocol):
+    """Turns one upstream stream's events into OpenAI chunks (see :class:`TranslatingAdapter`)."""
+
+    #: True once the upstream's last event arrived.
+    done: bool
+
+    def feed(self, event: Any) -> list[bytes]:
+        """The chunks one upstream event makes; raises ``APIError`` for an error event."""
+
+    def finish(self) -> list[bytes]:
+        """The chunks that close the answer (the usage chunk); raises ``APIError`` unless ``done``."""
+
+
+class TranslatingAdapter(ProviderAdapter):
+    """An adapter for an upstream with a wire format of its own, streamed as JSON Server-Sent Events.
+
+    A subclass says where a stream is requested and how its events translate; this class runs the
+    stream, so every such adapter fails the same way: every failure raises ``APIError``.
+    """
+
+    #: Turns the upstream's error answers into APIErrors in OpenAI's shape.
+    error_parser: ErrorParser = staticmethod(upstream_error)
+
+    def headers(self) -> dict[str, str]:
+        """The headers of every upstream request (the API key included)."""
+        raise NotImplementedError
+
+    def stream_request(self, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The URL and the upstream body of a streamed request for ``body`` (OpenAI format)."""
+        raise NotImplementedError
+
+    def stream_translator(self, body: dict[str, Any]) -> StreamTranslator:
+        """A fresh translator for one stream of ``body``."""
+        raise NotImplementedError
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        url, request = self.stream_request(body)
+        translator = self.stream_translator(body)
+        async with self.call("POST", url, headers=self.headers(), body=request,
+                             error_parser=self.error_parser) as response:
+            async for event in json_events(response):
+                for payload in translator.feed(event):
+                    yield payload
+                if translator.done:
+                    break
+        for payload in translator.finish():
+            yield payload
 
 
 @dataclasses.dataclass(frozen=True)

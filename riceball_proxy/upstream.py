@@ -90,11 +90,25 @@ def bad_upstream_response(what: str) -> APIError:
                     code="bad_upstream_response")
 
 
+def stream_error(error: Any, redact: Callable[[str], str] = lambda text: text) -> APIError:
+    """502 for an error event in an upstream stream (``error`` is its error object, in whatever shape)."""
+    error = error if isinstance(error, dict) else {"message": str(error) if error else None}
+    message = redact(str(error.get("message") or "the upstream provider failed"))
+    code = error.get("code") if error.get("code") is not None else error.get("status")
+    return APIError(502, f"upstream error: {message}", type="api_error",
+                    code=None if code is None else redact(str(code)))
+
+
+def stream_ended_early() -> APIError:
+    """502 for an upstream stream that stopped before its answer was complete."""
+    return APIError(502, "the upstream stream ended before the answer was complete", type="api_error",
+                    code="upstream_stream_incomplete")
+
+
 async def json_events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
     """The JSON of each Server-Sent Event of an upstream stream.
 
-    A broken connection, a timeout or an event that is not JSON raises APIError, which an adapter
-    yields as the stream's last (error) event.
+    A broken connection, a timeout or an event that is not JSON raises APIError.
     """
     try:
         async for data in sse.iter_data(response.content):

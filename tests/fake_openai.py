@@ -27,7 +27,9 @@ class FakeOpenAI:
         self.error: tuple[int, Any] | None = None
         #: After this many content chunks, send an error event (``error_event``) or drop the connection.
         self.fail_after_chunks: int | None = None
-        self.failure: str = "error_event"  # or "drop"
+        #: "error_event", "drop" (the connection cut), "malformed" (an event that is not JSON) or
+        #: "end" (the body ends cleanly, without a finish reason or [DONE]).
+        self.failure: str = "error_event"
         self.chunk_delay: float = 0.0
         #: Seconds to wait before answering at all (for timeouts).
         self.delay: float = 0.0
@@ -141,6 +143,12 @@ class FakeOpenAI:
                 if self.fail_after_chunks is not None and n == self.fail_after_chunks:
                     if self.failure == "drop":
                         request.transport.close()
+                        return response
+                    if self.failure == "malformed":
+                        await response.write(b'data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
+                        continue
+                    if self.failure == "end":
+                        await response.write_eof()
                         return response
                     error = {"error": {"message": "The server had an error while processing your request.",
                                        "type": "server_error", "param": None, "code": None}}

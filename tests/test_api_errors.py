@@ -5,8 +5,10 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
+from riceball_proxy import appkeys
 from riceball_proxy.db import api_keys, assistants
 
 from tests.support import free_port
@@ -211,16 +213,72 @@ async def test_an_upstream_timeout_is_504(configured, stream):
     assert raised.value.status_code == 504 and raised.value.code == "upstream_timeout"
 
 
-@pytest.mark.parametrize("failure", ["error_event", "drop"])
+async def usage_statuses(gateway, count: int) -> list[int]:
+    recorder = gateway.app[appkeys.USAGE_RECORDER]
+    for _ in range(100):
+        await gateway.app[appkeys.OBSERVERS].queue.join()
+        await recorder.flush()
+        rows = await gateway.pool.fetch("SELECT status FROM usage_events ORDER BY id")
+        if len(rows) >= count:
+            return [row["status"] for row in rows]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the usage rows did not arrive")
+
+
+@pytest.mark.parametrize("failure", ["error_event", "drop", "malformed", "end"])
 async def test_a_failure_after_the_stream_began_is_an_error_event(configured, failure):
     configured.upstream.fail_after_chunks = 2
     configured.upstream.failure = failure
     stream = await configured.client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
     received = []
-    with pytest.raises(openai.APIError):
+    with pytest.raises(openai.APIError) as raised:
         async for chunk in stream:
             received.append(chunk)
     assert received  # the chunks sent before the failure arrived
+    assert raised.value.type == "api_error" and raised.value.code in (
+        None, "upstream_unavailable", "bad_upstream_response", "upstream_stream_incomplete")
+    assert await usage_statuses(configured.gateway, 1) == [502]
+
+
+@pytest.mark.parametrize("failure", ["error_event", "malformed", "end"])
+async def test_a_stream_that_fails_before_its_first_chunk_is_an_http_error(configured, failure):
+    configured.upstream.fail_after_chunks = 0
+    configured.upstream.failure = failure
+    with pytest.raises(openai.InternalServerError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+    assert raised.value.status_code == 502
+    assert await usage_statuses(configured.gateway, 1) == [502]
+
+
+async def test_a_stream_cut_short_on_a_body_that_ends_with_the_connection(configured):
+    """No chunked encoding, no length: the end of the body is the end of the connection, so a cut looks clean."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
+
+    async def answer(reader, writer):
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the request's headers (its body is never read)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        writer.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        provider = await configured.gateway.provider(f"http://127.0.0.1:{port}/v1")
+        assistant = await configured.gateway.assistant(provider)
+        async with configured.gateway.client(assistant.id, configured.key) as client:
+            stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+            received = []
+            with pytest.raises(openai.APIError) as raised:
+                async for part in stream:
+                    received.append(part.choices[0].delta.content)
+        assert received == ["Hello"] and raised.value.code == "upstream_stream_incomplete"
+        assert await usage_statuses(configured.gateway, 1) == [502]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_client_that_goes_away_cancels_the_upstream_request(configured):

@@ -13,7 +13,13 @@ import orjson
 
 from riceball_proxy import hookimpl, sse
 from riceball_proxy.providers import ProviderAdapter, ProviderType
-from riceball_proxy.upstream import bad_upstream_response, connection_error, join_url
+from riceball_proxy.upstream import (
+    bad_upstream_response,
+    connection_error,
+    join_url,
+    stream_ended_early,
+    stream_error,
+)
 
 
 class OpenAICompatibleAdapter(ProviderAdapter):
@@ -35,15 +41,35 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 raise bad_upstream_response("answer") from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The upstream's chunks as it sent them (bytes untouched), each checked on the way.
+
+        The one adapter that reads upstream bytes: an error event, an event that is not a JSON object,
+        or an end with neither ``[DONE]`` nor a finish reason raises APIError.
+        """
         url = join_url(self.provider.base_url, "/chat/completions")
+        finished = False
         async with self.call("POST", url, headers=self._headers(), body=body) as response:
             try:
                 async for data in sse.iter_data(response.content):
                     if data == sse.DONE:
                         return
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise bad_upstream_response("stream") from None
+                    if not isinstance(chunk, dict):
+                        raise bad_upstream_response("stream")
+                    choices = chunk.get("choices")
+                    if "error" in chunk and not choices:
+                        raise stream_error(chunk["error"], self.redact)
+                    if choices and not finished:
+                        finished = any(isinstance(choice, dict) and choice.get("finish_reason")
+                                       for choice in choices)
                     yield data
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                yield orjson.dumps(connection_error(exc).body())
+                raise connection_error(exc) from None
+        if not finished:  # neither [DONE] nor a finish reason: the answer was cut short
+            raise stream_ended_early()
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models"), headers=self._headers()) as response:

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from riceball_proxy import hookimpl
 from riceball_proxy.errors import APIError
-from riceball_proxy.providers import ProviderAdapter, ProviderType
-from riceball_proxy.upstream import bad_upstream_response, join_url, json_events, upstream_error
+from riceball_proxy.providers import ProviderType, TranslatingAdapter
+from riceball_proxy.upstream import bad_upstream_response, join_url, upstream_error
 
 from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_anthropic
 
@@ -31,10 +31,12 @@ def anthropic_error(status: int, raw: bytes, redact: Callable[[str], str]) -> AP
     return error
 
 
-class AnthropicAdapter(ProviderAdapter):
+class AnthropicAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/messages`` and ``{base_url}/models``."""
 
-    def _headers(self) -> dict[str, str]:
+    error_parser = staticmethod(anthropic_error)
+
+    def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if self.api_key:
             headers["x-api-key"] = self.api_key
@@ -42,35 +44,22 @@ class AnthropicAdapter(ProviderAdapter):
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request = to_anthropic(body)
-        async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self._headers(),
+        async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self.headers(),
                              body=request, error_parser=anthropic_error) as response:
             try:
                 return from_anthropic(orjson.loads(await response.read()))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise bad_upstream_response("answer") from None
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        request = to_anthropic(body | {"stream": True})
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        translator = StreamTranslator(body["model"], include_usage)
-        async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self._headers(),
-                             body=request, error_parser=anthropic_error) as response:
-            try:
-                async for event in json_events(response):
-                    for payload in translator.feed(event):
-                        yield payload
-                    if translator.done:
-                        return
-            except APIError as exc:
-                yield orjson.dumps(exc.body())
-                return
-        if not translator.done:  # the connection ended without message_stop
-            yield orjson.dumps(APIError(502, "the upstream stream ended early", type="api_error",
-                                        code="upstream_unavailable").body())
+    def stream_request(self, body: dict[str, Any]):
+        return join_url(self.provider.base_url, "/messages"), to_anthropic(body | {"stream": True})
+
+    def stream_translator(self, body: dict[str, Any]) -> StreamTranslator:
+        return StreamTranslator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", limit="1000"),
-                             headers=self._headers(), error_parser=anthropic_error) as response:
+                             headers=self.headers(), error_parser=anthropic_error) as response:
             try:
                 data = orjson.loads(await response.read())["data"]
             except (orjson.JSONDecodeError, KeyError, TypeError):

@@ -6,8 +6,10 @@ from typing import Any
 
 import orjson
 
+from riceball_proxy.chunks import ChunkBuilder
 from riceball_proxy.content import image_url_of, split_data_url, text_of
 from riceball_proxy.errors import APIError
+from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
 DEFAULT_MAX_TOKENS = 4096
 FINISH_REASONS = {
@@ -153,68 +155,60 @@ def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def error_body(error: Any) -> dict[str, Any]:
-    """An Anthropic error object as OpenAI's error body."""
-    error = error if isinstance(error, dict) else {}
-    return {"error": {"message": error.get("message") or "The upstream provider failed.",
-                      "type": error.get("type") or "api_error", "param": None, "code": error.get("type")}}
-
-
 class StreamTranslator:
     """Turns Anthropic streaming events into OpenAI ``chat.completion.chunk`` payloads (JSON bytes)."""
 
     def __init__(self, model: str, include_usage: bool):
-        self.model = model
+        self.chunks = ChunkBuilder(model, "chatcmpl-anthropic")
         self.include_usage = include_usage
-        self.id = "chatcmpl-anthropic"
-        self.created = int(time.time())
         self.usage: dict[str, Any] = {}
         #: Anthropic content-block index -> OpenAI tool-call index.
         self.tool_index: dict[int, int] = {}
         self.done = False
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                             "model": self.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                                                "finish_reason": finish_reason}]})
-
     def feed(self, event: dict[str, Any]) -> list[bytes]:
-        """The payloads one event makes (often one, sometimes none)."""
+        """The payloads one event makes (often one, sometimes none); an error event raises APIError."""
+        if not isinstance(event, dict):
+            raise bad_upstream_response("stream")
         kind = event.get("type")
+        delta = self.chunks.delta
         if kind == "message_start":
             message = event.get("message", {})
-            self.id = f"chatcmpl-{message.get('id', 'anthropic')}"
-            self.model = message.get("model") or self.model
+            self.chunks.id = f"chatcmpl-{message.get('id', 'anthropic')}"
+            self.chunks.model = message.get("model") or self.chunks.model
             self.usage.update(message.get("usage") or {})
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return [delta({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block", {})
             if block.get("type") == "tool_use":
                 index = self.tool_index[event["index"]] = len(self.tool_index)
-                return [self._chunk({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
-                                                     "function": {"name": block["name"], "arguments": ""}}]})]
+                return [delta({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
+                                               "function": {"name": block["name"], "arguments": ""}}]})]
             if block.get("type") == "text" and block.get("text"):
-                return [self._chunk({"content": block["text"]})]
+                return [delta({"content": block["text"]})]
             return []
         if kind == "content_block_delta":
-            delta = event.get("delta", {})
-            if delta.get("type") == "text_delta":
-                return [self._chunk({"content": delta.get("text", "")})]
-            if delta.get("type") == "input_json_delta" and event.get("index") in self.tool_index:
-                return [self._chunk({"tool_calls": [{"index": self.tool_index[event["index"]],
-                                                     "function": {"arguments": delta.get("partial_json", "")}}]})]
+            change = event.get("delta", {})
+            if change.get("type") == "text_delta":
+                return [delta({"content": change.get("text", "")})]
+            if change.get("type") == "input_json_delta" and event.get("index") in self.tool_index:
+                return [delta({"tool_calls": [{"index": self.tool_index[event["index"]],
+                                               "function": {"arguments": change.get("partial_json", "")}}]})]
             return []
         if kind == "message_delta":
             self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
             reason = (event.get("delta") or {}).get("stop_reason")
-            return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
+            return [delta({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
         if kind == "message_stop":
             self.done = True
-            if self.include_usage:
-                return [orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                      "model": self.model, "choices": [], "usage": usage_of(self.usage)})]
             return []
         if kind == "error":
-            self.done = True
-            return [orjson.dumps(error_body(event.get("error")))]
+            error = event.get("error") if isinstance(event.get("error"), dict) else {}
+            raise stream_error({"message": error.get("message"), "code": error.get("type")})
         return []  # ping, content_block_stop and event types added later
+
+    def finish(self) -> list[bytes]:
+        """The usage chunk when the client asked for it; APIError when message_stop never came."""
+        if not self.done:
+            raise stream_ended_early()
+        return [self.chunks.usage(usage_of(self.usage))] if self.include_usage else []

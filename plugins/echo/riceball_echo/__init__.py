@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy import appkeys, hookimpl
+from riceball_proxy.chunks import ChunkBuilder
 from riceball_proxy.db import providers
 from riceball_proxy.providers import ProviderAdapter, ProviderType
 
@@ -80,21 +81,15 @@ class EchoAdapter(ProviderAdapter):
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         answer = answer_for(body)
         delay = _delay(body)
-        base = {"id": f"chatcmpl-echo-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": body.get("model", MODEL)}
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            return orjson.dumps(base | {"choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                                      "finish_reason": finish_reason}]})
-
-        yield chunk({"role": "assistant", "content": ""})
+        chunks = ChunkBuilder(body.get("model", MODEL), f"chatcmpl-echo-{uuid.uuid4().hex[:24]}")
+        yield chunks.delta({"role": "assistant", "content": ""})
         for n, word in enumerate(answer.split(" ")):
             if n and delay:
                 await asyncio.sleep(delay)
-            yield chunk({"content": word if n == 0 else " " + word})
-        yield chunk({}, "stop")
+            yield chunks.delta({"content": word if n == 0 else " " + word})
+        yield chunks.delta({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
-            yield orjson.dumps(base | {"choices": [], "usage": usage_for(body, answer)})
+            yield chunks.usage(usage_for(body, answer))
 
     async def list_models(self) -> list[dict[str, Any]]:
         return [{"id": MODEL, "object": "model", "created": 0, "owned_by": "riceball-echo"}]

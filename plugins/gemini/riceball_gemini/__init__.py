@@ -1,15 +1,15 @@
 """riceball-gemini: Google's Gemini API (generateContent) as a RiceBall provider type."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from riceball_proxy import hookimpl
 from riceball_proxy.errors import APIError
-from riceball_proxy.providers import ProviderAdapter, ProviderType
-from riceball_proxy.upstream import bad_upstream_response, join_url, json_events
+from riceball_proxy.providers import ProviderType, TranslatingAdapter
+from riceball_proxy.upstream import bad_upstream_response, join_url
 
 from riceball_gemini.translate import StreamTranslator, from_gemini, to_gemini
 
@@ -35,10 +35,12 @@ def gemini_error(status: int, raw: bytes, redact: Callable[[str], str]) -> APIEr
     return APIError(status, message, type=error_type, code=code)
 
 
-class GeminiAdapter(ProviderAdapter):
+class GeminiAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``."""
 
-    def _headers(self) -> dict[str, str]:
+    error_parser = staticmethod(gemini_error)
+
+    def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["x-goog-api-key"] = self.api_key
@@ -49,33 +51,22 @@ class GeminiAdapter(ProviderAdapter):
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request = to_gemini(body)
-        async with self.call("POST", self._url(body["model"], "generateContent"), headers=self._headers(),
+        async with self.call("POST", self._url(body["model"], "generateContent"), headers=self.headers(),
                              body=request, error_parser=gemini_error) as response:
             try:
                 return from_gemini(orjson.loads(await response.read()), body["model"])
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise bad_upstream_response("answer") from None
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        request = to_gemini(body)
-        translator = StreamTranslator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
-        url = self._url(body["model"], "streamGenerateContent", alt="sse")
-        async with self.call("POST", url, headers=self._headers(), body=request, error_parser=gemini_error) as response:
-            try:
-                async for event in json_events(response):
-                    for payload in translator.feed(event):
-                        yield payload
-                    if translator.failed:
-                        return
-            except APIError as exc:
-                yield orjson.dumps(exc.body())
-                return
-        for payload in translator.finish():
-            yield payload
+    def stream_request(self, body: dict[str, Any]):
+        return self._url(body["model"], "streamGenerateContent", alt="sse"), to_gemini(body)
+
+    def stream_translator(self, body: dict[str, Any]) -> StreamTranslator:
+        return StreamTranslator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", pageSize="1000"),
-                             headers=self._headers(), error_parser=gemini_error) as response:
+                             headers=self.headers(), error_parser=gemini_error) as response:
             try:
                 models = orjson.loads(await response.read()).get("models") or []
             except (orjson.JSONDecodeError, AttributeError):

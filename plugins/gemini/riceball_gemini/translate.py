@@ -7,8 +7,10 @@ from typing import Any
 
 import orjson
 
+from riceball_proxy.chunks import ChunkBuilder
 from riceball_proxy.content import image_url_of, split_data_url, text_of
 from riceball_proxy.errors import APIError
+from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -196,54 +198,57 @@ def from_gemini(response: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 class StreamTranslator:
-    """Turns Gemini's streamed ``GenerateContentResponse`` chunks into OpenAI chunk payloads (JSON bytes)."""
+    """Turns Gemini's streamed ``GenerateContentResponse`` chunks into OpenAI chunk payloads (JSON bytes).
+
+    Gemini's stream has no closing event: it is complete when a candidate gave its finish reason (or
+    the prompt was blocked) before the connection ended.
+    """
+
+    #: Gemini says nothing after its last chunk: the stream is read to its end.
+    done = False
 
     def __init__(self, model: str, include_usage: bool):
-        self.model = model
+        self.chunks = ChunkBuilder(model)
         self.include_usage = include_usage
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
         self.started = False
+        self.finished = False
         self.tool_calls = 0
         self.usage: dict[str, Any] | None = None
-        #: True once the upstream sent an error: nothing follows it.
-        self.failed = False
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                             "model": self.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                                                "finish_reason": finish_reason}]})
 
     def feed(self, response: dict[str, Any]) -> list[bytes]:
-        """The payloads one streamed response chunk makes."""
+        """The payloads one streamed response chunk makes; an error chunk raises APIError."""
+        if not isinstance(response, dict):
+            raise bad_upstream_response("stream")
         if "error" in response:
-            self.failed = True
             error = response["error"] if isinstance(response["error"], dict) else {}
-            return [orjson.dumps({"error": {"message": error.get("message") or "The upstream provider failed.",
-                                            "type": "api_error", "param": None, "code": error.get("status")}})]
+            raise stream_error({"message": error.get("message"), "code": error.get("status")})
+        delta = self.chunks.delta
         payloads = []
         if not self.started:
             self.started = True
-            payloads.append(self._chunk({"role": "assistant", "content": ""}))
+            payloads.append(delta({"role": "assistant", "content": ""}))
         if response.get("usageMetadata"):
             self.usage = response["usageMetadata"]
         for candidate in (response.get("candidates") or [])[:1]:
             text, calls = _split((candidate.get("content") or {}).get("parts") or [])
             if text:
-                payloads.append(self._chunk({"content": text}))
+                payloads.append(delta({"content": text}))
             if calls:
-                payloads.append(self._chunk({"tool_calls": [
+                payloads.append(delta({"tool_calls": [
                     call | {"index": self.tool_calls + n} for n, call in enumerate(calls)]}))
                 self.tool_calls += len(calls)
             if candidate.get("finishReason"):
-                payloads.append(self._chunk({}, _finish(candidate["finishReason"], self.tool_calls > 0)))
+                self.finished = True
+                payloads.append(delta({}, _finish(candidate["finishReason"], self.tool_calls > 0)))
         if not response.get("candidates") and (response.get("promptFeedback") or {}).get("blockReason"):
-            payloads.append(self._chunk({}, "content_filter"))
+            self.finished = True
+            payloads.append(delta({}, "content_filter"))
         return payloads
 
     def finish(self) -> list[bytes]:
-        """What follows the last chunk: the usage, when the client's request asked for it."""
+        """The usage chunk when the client asked for it; APIError when no finish reason came."""
+        if not self.finished:
+            raise stream_ended_early()
         if self.include_usage and self.usage is not None:
-            return [orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                  "model": self.model, "choices": [], "usage": usage_of(self.usage)})]
+            return [self.chunks.usage(usage_of(self.usage))]
         return []
