@@ -25,7 +25,7 @@ from riceball_proxy.inflight import InFlight
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
-from riceball_proxy.plugins import PluginManager, await_me_maybe, make_plugin_manager
+from riceball_proxy.plugins import PluginManager, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 from riceball_proxy.templating import setup_templates
@@ -146,14 +146,9 @@ async def metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
 async def plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the plugins' ``riceball_startup`` and ``riceball_shutdown`` hooks."""
     pm = app[appkeys.PLUGIN_MANAGER]
-    for result in pm.hook.riceball_startup(app=app):
-        await await_me_maybe(result)
+    await pm.run("riceball_startup", app=app)
     yield
-    for result in pm.hook.riceball_shutdown(app=app):
-        try:
-            await await_me_maybe(result)
-        except Exception:
-            logger.exception("a plugin failed in riceball_shutdown")
+    await pm.run("riceball_shutdown", app=app)  # isolated: one plugin's failure stops no other
 
 
 @web.middleware

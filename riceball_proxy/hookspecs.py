@@ -1,26 +1,64 @@
 """Every hook a RiceBall plugin can implement, in the order a request meets them.
 
-pluggy calls hooks synchronously. Each hook below says how its results are used:
+Each spec carries its calling policy (``@runs``), declared here once and honoured by the one runner,
+:func:`riceball_proxy.plugins.run_hook`. pluggy itself calls the implementations, so hook wrappers,
+``add_hookcall_monitoring`` and tracing see every call:
 
-* *awaited*: an implementation may return a value, an awaitable or None; the gateway awaits each
-  result in call order (see :func:`riceball_proxy.plugins.await_me_maybe`).
-* *selector*: the implementation returns a plain object (or None) at once; the I/O happens later in
-  that object's async methods.
+* ``all``: pluggy calls every implementation; results that are awaitables are then awaited, in call
+  order. A synchronous implementation's effects happen while pluggy calls it; an ``async def`` one's
+  when its coroutine is awaited, after pluggy's call (and so after any wrapper) returns.
+* ``first``: the same, and the first result that is not None (once awaited) wins; the coroutines
+  after it are closed unawaited.
+* ``fold``: pluggy calls each implementation on its own, in call order, with the previous one's
+  result as the folded argument. Wrappers have nothing to wrap there and are refused at registration.
+* ``select``: synchronous; the results (not awaitables) are returned as they are.
+
+``isolated``: an implementation that raises is logged and the others still run, the built-ins
+included; otherwise the exception ends the call (and is the caller's to answer).
 
 Implementations are called last-registered first: installed plugins before the built-in ones, which
 are registered first. Built-ins that another plugin may replace are ``trylast``.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
+
 import pluggy
 
 hookspec = pluggy.HookspecMarker("riceball")
+
+Spec = TypeVar("Spec", bound=Callable)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How a hook's implementations are called and their results used (see the module's docstring)."""
+
+    how: str
+    isolated: bool = False
+    #: For ``fold``: the argument each implementation's result replaces.
+    fold: str | None = None
+
+
+def runs(how: str, *, isolated: bool = False, fold: str | None = None) -> Callable[[Spec], Spec]:
+    """Declare a spec's calling policy: ``all``, ``first``, ``fold`` or ``select``."""
+    if how not in ("all", "first", "fold", "select") or (how == "fold") != (fold is not None):
+        raise ValueError(f"not a policy: {how!r} (fold={fold!r})")
+
+    def mark(spec: Spec) -> Spec:
+        spec.riceball_policy = Policy(how, isolated, fold)
+        return spec
+
+    return mark
 
 
 # --- lifecycle ------------------------------------------------------------------------------------
 
 
 @hookspec
+@runs("all")
 def riceball_startup(app):
     """Called once the application has opened its resources (database pool, HTTP client).
 
@@ -31,10 +69,12 @@ def riceball_startup(app):
 
 
 @hookspec
+@runs("all", isolated=True)
 def riceball_shutdown(app):
     """Called when the application stops, before its resources are closed.
 
-    *Awaited*: return None or an awaitable. Exceptions are logged and do not stop the shutdown.
+    *Awaited*: return None or an awaitable. *Isolated*: an exception is logged, and every other
+    implementation (the built-in usage writer's included) still runs.
     """
 
 
@@ -42,6 +82,7 @@ def riceball_shutdown(app):
 
 
 @hookspec
+@runs("first")
 def riceball_authenticate(request, assistant_id):
     """Identify the caller of an API request.
 
@@ -58,13 +99,15 @@ def riceball_authenticate(request, assistant_id):
 
 
 @hookspec
+@runs("all")
 def riceball_prepare_request(ctx):
     """Change the request that will be sent upstream.
 
     ``ctx`` is the ``riceball_proxy.context.ChatContext``: ``ctx.body`` is the upstream request body
     (a dict in OpenAI's Chat Completions format), ``ctx.assistant`` the assistant, ``ctx.principal``
     the caller. Change ``ctx.body`` in place. The built-in assistant-config injection runs first
-    (``tryfirst``), so policy plugins see the injected body. *Awaited*: return None or an awaitable.
+    (``tryfirst``) and synchronously, so policy plugins and wrappers see the injected body. *Awaited*:
+    return None or an awaitable.
     Raise ``riceball_proxy.errors.APIError`` to refuse the request.
     """
 
@@ -73,6 +116,7 @@ def riceball_prepare_request(ctx):
 
 
 @hookspec
+@runs("select")
 def riceball_provider_types():
     """Offer provider types: return an iterable of ``riceball_proxy.providers.ProviderType``.
 
@@ -87,6 +131,7 @@ def riceball_provider_types():
 
 
 @hookspec
+@runs("select")
 def riceball_transform_stream(ctx):
     """Wrap the stream of chunks sent to the client.
 
@@ -98,6 +143,7 @@ def riceball_transform_stream(ctx):
 
 
 @hookspec
+@runs("fold", fold="response")
 def riceball_transform_response(ctx, response):
     """Change a non-streamed answer before it is sent.
 
@@ -110,11 +156,13 @@ def riceball_transform_response(ctx, response):
 
 
 @hookspec
+@runs("all", isolated=True)
 def riceball_request_finished(ctx, outcome):
     """Observe a finished API call, after the response has been sent.
 
     ``outcome`` is a ``riceball_proxy.context.Outcome``: HTTP status, error type, latency, time to
-    first token and token usage. *Awaited*; exceptions are logged and never reach the client.
+    first token and token usage. *Awaited*. *Isolated*: an exception is logged, never reaches the
+    client, and does not keep the other observers (usage, metrics) from this call.
     """
 
 
@@ -122,6 +170,7 @@ def riceball_request_finished(ctx, outcome):
 
 
 @hookspec
+@runs("select")
 def riceball_admin_setup(admin_app):
     """Extend the admin panel when its sub-application is built.
 

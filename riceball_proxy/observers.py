@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from riceball_proxy.context import ChatContext, Outcome
-from riceball_proxy.plugins import PluginManager, await_hook
+from riceball_proxy.plugins import PluginManager
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class ObserverQueue:
         while True:
             ctx, outcome = await self.queue.get()
             try:
-                await await_hook(self.pm.hook.riceball_request_finished, ctx=ctx, outcome=outcome)
-            except Exception:
-                logger.exception("a riceball_request_finished observer failed for %s", ctx.request_id)
+                await self.pm.run("riceball_request_finished", ctx=ctx, outcome=outcome)
+            except Exception:  # each observer's own are logged (isolated); this is a last resort
+                logger.exception("the riceball_request_finished observers failed for %s", ctx.request_id)
             finally:
                 self.queue.task_done()
 

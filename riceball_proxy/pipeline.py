@@ -15,7 +15,6 @@ from riceball_proxy.stages import observed, read_chat_request, resolve, resolve_
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
-from riceball_proxy.plugins import await_hook, fold_hook
 from riceball_proxy.providers import ProviderAdapter
 
 logger = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     ctx.stream = bool(client_body.get("stream"))
     adapter = await resolve_provider(request, ctx)
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
-    await await_hook(pm.hook.riceball_prepare_request, ctx=ctx)
+    await pm.run("riceball_prepare_request", ctx=ctx)
     if not ctx.stream:
         return await _complete(request, ctx, adapter)
     return await _stream(request, ctx, adapter)
@@ -54,7 +53,7 @@ async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAda
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
-    answer = await fold_hook(pm.hook.riceball_transform_response, "response", answer, ctx=ctx)
+    answer = await pm.run("riceball_transform_response", ctx=ctx, response=answer)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 

@@ -1,16 +1,18 @@
 """The plugin manager: built-in plugins, installed ones found by entry point, and the allow/block lists."""
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
 
 from riceball_proxy import __version__, hookspecs
+from riceball_proxy.hookspecs import Policy
 from riceball_proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,13 +31,85 @@ DEFAULT_PLUGINS = (
 
 
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager, plus where each installed plugin came from."""
+    """pluggy's manager, plus where each installed plugin came from, and each hook's policy enforced.
+
+    At registration, an implementation of an *isolated* hook gets its exceptions logged instead of
+    raised (so the other implementations still run), and a wrapper of a *fold* hook is refused.
+    """
 
     def __init__(self) -> None:
         super().__init__("riceball")
         self.add_hookspecs(hookspecs)
         #: plugin name -> (distribution name, version), for plugins loaded from an entry point.
         self.distributions: dict[str, tuple[str, str]] = {}
+        # For fold hooks: the implementations last seen, and one caller for each of them.
+        self._one_by_one: dict[str, tuple[list[pluggy.HookImpl], list[pluggy.HookCaller]]] = {}
+
+    async def run(self, name: str, **kwargs: Any) -> Any:
+        """Call hook ``name`` by its declared policy: the list of results (``all``, ``select``), the
+        first result (``first``) or the folded value (``fold``). pluggy calls the implementations."""
+        hook = getattr(self.hook, name)
+        policy = policy_of(hook)
+        if policy.how == "fold":
+            return await self._fold(hook, policy.fold, kwargs)
+        results = hook(**kwargs)  # pluggy: implementations, wrappers, tracing; None results are left out
+        if policy.how == "select":
+            return results
+        values = []
+        awaited = 0
+        try:
+            for result in results:
+                awaited += 1
+                value = await await_me_maybe(result)
+                if value is not None:
+                    if policy.how == "first":
+                        return value
+                    values.append(value)
+        finally:
+            for later in results[awaited:]:  # after a first result, or an exception
+                if inspect.iscoroutine(later):
+                    later.close()  # never started: nothing ran, and no "never awaited" warning
+        return None if policy.how == "first" else values
+
+    async def _fold(self, hook: pluggy.HookCaller, argument: str, kwargs: dict[str, Any]) -> Any:
+        value = kwargs[argument]
+        for caller in self._callers_one_by_one(hook):
+            for result in caller(**{**kwargs, argument: value}):
+                result = await await_me_maybe(result)
+                if result is not None:
+                    value = result
+        return value
+
+    def _callers_one_by_one(self, hook: pluggy.HookCaller) -> list[pluggy.HookCaller]:
+        """One pluggy caller per implementation, in call order (each leaves out every other plugin)."""
+        impls = hook.get_hookimpls()
+        cached = self._one_by_one.get(hook.name)
+        if cached is not None and cached[0] == impls:
+            return cached[1]
+        plugins = [impl.plugin for impl in impls]
+        callers = [self.subset_hook_caller(hook.name, [other for other in plugins if other is not impl.plugin])
+                   for impl in reversed(impls)]
+        self._one_by_one[hook.name] = (impls, callers)
+        return callers
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        name = super().register(plugin, name)
+        if name is None:  # blocked
+            return None
+        for caller in self.get_hookcallers(plugin) or ():
+            policy = policy_of(caller)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                if impl.wrapper or impl.hookwrapper:
+                    if policy.how == "fold":
+                        self.unregister(plugin)
+                        raise pluggy.PluginValidationError(
+                            plugin, f"{name}: {caller.name} is called one implementation at a time; "
+                                    "a wrapper has nothing to wrap there")
+                elif policy.isolated:
+                    impl.function = _isolated(impl.function, caller.name, name)
+        return name
 
 
 def make_plugin_manager(settings: Settings, *, entry_points: bool = True) -> PluginManager:
@@ -95,45 +169,28 @@ async def await_me_maybe(value: Any) -> Any:
     return value
 
 
-def _in_call_order(hook: pluggy.HookCaller) -> list[pluggy.HookImpl]:
-    # pluggy calls the last of get_hookimpls() first; wrappers have no meaning for awaited hooks.
-    return [impl for impl in reversed(hook.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
+def policy_of(hook: pluggy.HookCaller) -> Policy:
+    """The calling policy declared on a hook's spec (``hookspecs.runs``)."""
+    return hook.spec.function.riceball_policy
 
 
-def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
-    return impl.function(*[kwargs[name] for name in impl.argnames])
+def _isolated(function: Callable, hook_name: str, plugin_name: str) -> Callable:
+    """``function`` with its exceptions (and its awaitable's) logged instead of raised."""
 
+    async def logged(awaitable):
+        try:
+            return await awaitable
+        except Exception:
+            logger.exception("plugin %r failed in %s", plugin_name, hook_name)
+            return None
 
-async def await_hook(hook: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
-    """Call an *awaited* hook: each implementation in pluggy's call order, each awaited before the next.
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        try:
+            result = function(*args)
+        except Exception:
+            logger.exception("plugin %r failed in %s", plugin_name, hook_name)
+            return None
+        return logged(result) if inspect.isawaitable(result) else result
 
-    Unlike ``hook(**kwargs)``, which runs every synchronous part before any coroutine body, this
-    keeps the order of effects the order of the chain. Returns the results that are not None.
-    """
-    results = []
-    for impl in _in_call_order(hook):
-        result = await await_me_maybe(_call(impl, kwargs))
-        if result is not None:
-            results.append(result)
-    return results
-
-
-async def await_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
-    """Call an *awaited* hook in call order and stop at the first result that is not None."""
-    for impl in _in_call_order(hook):
-        result = await await_me_maybe(_call(impl, kwargs))
-        if result is not None:
-            return result
-    return None
-
-
-async def fold_hook(hook: pluggy.HookCaller, name: str, value: Any, **kwargs: Any) -> Any:
-    """Call an *awaited* hook in call order, passing each result on as argument ``name``; return the last.
-
-    An implementation that returns None leaves the value as it was.
-    """
-    for impl in _in_call_order(hook):
-        result = await await_me_maybe(_call(impl, {**kwargs, name: value}))
-        if result is not None:
-            value = result
-    return value
+    return call

@@ -15,7 +15,6 @@ from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
-from riceball_proxy.plugins import await_first
 from riceball_proxy.validation import check_depth, validate_chat_request
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ async def resolve(request: web.Request, ctx: ChatContext) -> None:
     except ValueError:
         raise assistant_not_found(request.match_info["assistant_id"]) from None
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
-    principal = await await_first(pm.hook.riceball_authenticate, request=request, assistant_id=assistant_id)
+    principal = await pm.run("riceball_authenticate", request=request, assistant_id=assistant_id)
     if principal is None:
         raise APIError(401, "No API key was accepted for this request.", code="invalid_api_key")
     ctx.principal = principal

@@ -78,3 +78,133 @@ async def test_await_me_maybe():
     assert await await_me_maybe(1) == 1
     assert await await_me_maybe(later()) == 2
     assert await await_me_maybe(None) is None
+
+
+# --- the hook runner: pluggy calls the implementations, each hook by its declared policy -----------------
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_every_hook_declares_its_policy():
+    pm = make_plugin_manager(Settings(), entry_points=False)
+    for name in dir(pm.hook):
+        if name.startswith("riceball_"):
+            assert getattr(pm.hook, name).spec.function.riceball_policy.how in ("all", "first", "fold", "select")
+
+
+@pytest.mark.parametrize("style", ["wrapper", "hookwrapper"])
+async def test_a_wrapper_around_prepare_request_sees_the_injected_body(start_gateway, settings, fake_openai, style):
+    from riceball_proxy import hookimpl
+
+    seen = []
+
+    class Wrapper:
+        if style == "wrapper":
+            @hookimpl(wrapper=True)
+            def riceball_prepare_request(self, ctx):
+                seen.append(("before", ctx.body["messages"][0]["role"]))
+                result = yield
+                seen.append(("after", ctx.body["messages"][0]["content"], ctx.body["model"]))
+                return result
+        else:
+            @hookimpl(hookwrapper=True)
+            def riceball_prepare_request(self, ctx):
+                seen.append(("before", ctx.body["messages"][0]["role"]))
+                yield
+                seen.append(("after", ctx.body["messages"][0]["content"], ctx.body["model"]))
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(Wrapper(), name="wrapper")
+    calls = []
+    pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(name), lambda *args: None)
+    gateway = await start_gateway(settings, plugin_manager=pm)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider, system_prompt="Be brief.", model="gpt-4o-mini")
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert seen == [("before", "user"), ("after", "Be brief.", "gpt-4o-mini")]
+    # pluggy's monitoring sees the hooks a request goes through
+    assert {"riceball_authenticate", "riceball_prepare_request", "riceball_request_finished"} <= set(calls)
+
+
+async def test_a_failing_observer_and_shutdown_hook_stop_no_built_in(start_gateway, settings, fake_openai, db, caplog):
+    from riceball_proxy import appkeys, hookimpl
+
+    class Careless:
+        @hookimpl
+        def riceball_request_finished(self, ctx, outcome):
+            raise RuntimeError("sync observer broke")
+
+        @hookimpl
+        def riceball_shutdown(self, app):
+            raise RuntimeError("sync shutdown broke")
+
+    class CarelessAsync:
+        @hookimpl
+        async def riceball_request_finished(self, ctx, outcome):
+            raise RuntimeError("async observer broke")
+
+        @hookimpl
+        async def riceball_shutdown(self, app):
+            raise RuntimeError("async shutdown broke")
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(Careless(), name="careless")
+    pm.register(CarelessAsync(), name="careless-async")
+    gateway = await start_gateway(settings.replace(usage_flush_interval=3600), plugin_manager=pm)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    await gateway.app[appkeys.OBSERVERS].queue.join()
+    assert 'riceball_requests_total{assistant="%s",status="200"} 3.0' % assistant.id in \
+        gateway.app[appkeys.METRICS].exposition().decode()
+    await gateway.server.close()  # the usage writer's shutdown still writes what waits
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 3
+    logged = caplog.text
+    assert all(f"{what} broke" in logged for what in ("sync observer", "async observer", "sync shutdown",
+                                                      "async shutdown"))
+
+
+def test_a_wrapper_of_a_fold_hook_is_refused_at_registration():
+    import pluggy
+
+    from riceball_proxy import hookimpl
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def riceball_transform_response(self, ctx, response):
+            return (yield)
+
+    pm = make_plugin_manager(Settings(), entry_points=False)
+    with pytest.raises(pluggy.PluginValidationError, match="one implementation at a time"):
+        pm.register(Wrapping(), name="wrapping")
+    assert not pm.has_plugin("wrapping")
+
+
+async def test_fold_hooks_pass_each_result_on_through_pluggy():
+    from riceball_proxy import hookimpl
+
+    class Exclaim:
+        @hookimpl
+        async def riceball_transform_response(self, ctx, response):
+            return response + "!"
+
+    class Shout:
+        @hookimpl(tryfirst=True)
+        def riceball_transform_response(self, ctx, response):
+            return response.upper()
+
+    class Keep:
+        @hookimpl(trylast=True)
+        def riceball_transform_response(self, ctx, response):
+            return None  # leaves it as it is
+
+    pm = make_plugin_manager(Settings(), entry_points=False)
+    for plugin in (Exclaim(), Shout(), Keep()):
+        pm.register(plugin)
+    calls = []
+    pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(len(impls)), lambda *args: None)
+    assert await pm.run("riceball_transform_response", ctx=None, response="hi") == "HI!"
+    assert calls == [1, 1, 1]  # pluggy called each implementation on its own
