@@ -22,6 +22,7 @@ from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import InFlight
+from riceball_proxy.lastused import LastUsedWriter
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
@@ -66,6 +67,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     setup_templates(app)
     # Order matters: plugins start after, and stop before, the resources they use.
     app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(last_used_ctx)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(config_cache_ctx)
     app.cleanup_ctx.append(plugins_ctx)
@@ -92,6 +94,15 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_database(app[appkeys.SETTINGS]) as database:
         app[appkeys.DATABASE] = database
         yield
+
+
+async def last_used_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keys' last use, written in the background by the core (whatever plugins are installed)."""
+    app[appkeys.LAST_USED] = writer = LastUsedWriter(app[appkeys.DATABASE].pool,
+                                                     interval=app[appkeys.SETTINGS].usage_flush_interval)
+    writer.start()
+    yield
+    await writer.close()
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,35 +1,44 @@
-"""Every typed key under which the application keeps its shared objects."""
+"""Every typed key under which the application keeps its shared objects.
+
+It imports nothing of the gateway at run time (the types are for type checkers only), so any module,
+plugins included, can use these keys without pulling in the rest.
+"""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
-from riceball_proxy.cache import ConfigCache
-from riceball_proxy.crypto import SecretBox
-from riceball_proxy.db import Database
-from riceball_proxy.inflight import InFlight
-from riceball_proxy.metrics import Metrics
-from riceball_proxy.observers import ObserverQueue
-from riceball_proxy.plugins import PluginManager
-from riceball_proxy.settings import Settings
-from riceball_proxy.usage import UsageRecorder
+if TYPE_CHECKING:
+    import aiohttp
 
-SETTINGS = web.AppKey("settings", Settings)
-PLUGIN_MANAGER = web.AppKey("plugin_manager", PluginManager)
-SECRET_BOX = web.AppKey("secret_box", SecretBox)
-DATABASE = web.AppKey("database", Database)
-HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
-CONFIG_CACHE = web.AppKey("config_cache", ConfigCache)
+    from riceball_proxy.cache import ConfigCache
+    from riceball_proxy.crypto import SecretBox
+    from riceball_proxy.db import Database
+    from riceball_proxy.inflight import InFlight
+    from riceball_proxy.lastused import LastUsedWriter
+    from riceball_proxy.metrics import Metrics
+    from riceball_proxy.observers import ObserverQueue
+    from riceball_proxy.plugins import PluginManager
+    from riceball_proxy.settings import Settings
+    from riceball_proxy.usage import UsageRecorder
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+PLUGIN_MANAGER: web.AppKey[PluginManager] = web.AppKey("plugin_manager")
+SECRET_BOX: web.AppKey[SecretBox] = web.AppKey("secret_box")
+DATABASE: web.AppKey[Database] = web.AppKey("database")
+HTTP_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_session")
+CONFIG_CACHE: web.AppKey[ConfigCache] = web.AppKey("config_cache")
 #: The Prometheus metrics.
-METRICS = web.AppKey("metrics", Metrics)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 #: Writes usage rows in batches.
-USAGE_RECORDER = web.AppKey("usage_recorder", UsageRecorder)
+USAGE_RECORDER: web.AppKey[UsageRecorder] = web.AppKey("usage_recorder")
+#: Moves API keys' ``last_used_at`` forward, in batches.
+LAST_USED: web.AppKey[LastUsedWriter] = web.AppKey("last_used")
 #: Finished API calls on their way to the ``riceball_request_finished`` observers.
-OBSERVERS = web.AppKey("observers", ObserverQueue)
-
+OBSERVERS: web.AppKey[ObserverQueue] = web.AppKey("observers")
 #: API calls being answered (for a graceful shutdown).
-IN_FLIGHT = web.AppKey("in_flight", InFlight)
+IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 
 #: The request's id (the client's X-Request-ID when sane, else a new one).
-REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

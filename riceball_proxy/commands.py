@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 
 from riceball_proxy import crypto
+from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admins, api_keys, assistants, open_database, providers
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 
-MIN_PASSWORD_LENGTH = 8
 
 
 class CommandError(Exception):

@@ -5,10 +5,16 @@ import dataclasses
 import datetime
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from riceball_proxy.db.assistants import Assistant
 from riceball_proxy.db.providers import Provider
+from riceball_proxy.errors import APIError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,43 +80,60 @@ class Usage:
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True, eq=False)
 class ChatContext:
-    """One API request on its way through the gateway.
+    """One API request on its way through the gateway (``riceball_proxy/api/chat.py``).
 
-    ``principal``, ``assistant`` and ``provider`` are filled in as the request passes authentication
-    and assistant resolution; a request refused before that reaches ``riceball_request_finished``
-    with them still None.
+    Filled in stage by stage: ``principal`` by authentication, ``assistant`` by its resolution,
+    ``client_body``/``body`` from the validated request, ``provider`` by provider selection. A request
+    refused before a stage reaches ``riceball_request_finished`` with that stage's fields still None.
+    Plugins keep their own state in ``stash`` (the class has slots: no other attribute can be added).
     """
 
     request_id: str
     #: The gateway's root application: its shared objects are under ``riceball_proxy.appkeys``.
-    app: Any = None
+    app: web.Application
+    client_addr: str | None = None
     principal: Principal | None = None
+    #: The assistant id the request's path names (once it is known to be one).
+    assistant_id: uuid.UUID | None = None
     assistant: Assistant | None = None
     provider: Provider | None = None
     #: The upstream request body (OpenAI format), changed in place by ``riceball_prepare_request``.
     body: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: The body as the client sent it (a shallow copy taken before injection).
+    #: The body as the client sent it: a copy of its own (nothing in it is shared with ``body``).
     client_body: dict[str, Any] = dataclasses.field(default_factory=dict)
     stream: bool = False
     #: What the client asked for in ``stream_options.include_usage``.
     client_wants_usage: bool = False
-    client_addr: str | None = None
     #: When the request arrived: a monotonic clock for durations, and the wall clock for records.
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
     received_at: datetime.datetime = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
     first_token_at: float | None = None
     #: The error that ended an answer already under way (a stream's error event), if any.
-    error: Any = None
-    #: The error the upstream call ended with (an ``APIError``), if it failed.
-    upstream_error: Any = None
+    error: APIError | None = None
+    #: The error the upstream call ended with, if it failed.
+    upstream_error: APIError | None = None
     usage: Usage = dataclasses.field(default_factory=Usage)
     #: Set when the gateway ends this call because it is shutting down.
     shutting_down: bool = False
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def take_body(self, raw: bytes) -> None:
+        """Take a validated request body (its JSON): the client's copy, and the upstream's own copy.
+
+        Parsing the JSON twice makes two bodies that share nothing, cheaper than a deep copy. Streams
+        always ask the upstream for usage (the gateway records it); whether the client asked is kept.
+        """
+        self.client_body = orjson.loads(raw)
+        self.body = body = orjson.loads(raw)
+        self.stream = body.get("stream") is True
+        if self.stream:
+            options = body.get("stream_options") or {}
+            self.client_wants_usage = options.get("include_usage") is True
+            body["stream_options"] = {**options, "include_usage": True}
 
     def release_bodies(self) -> None:
         """Let go of the request's bulk once the answer is sent: ``body`` and ``client_body`` keep every

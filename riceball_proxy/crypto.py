@@ -108,6 +108,10 @@ def _hasher():
     return _password_hasher
 
 
+#: The shortest password an admin may choose (the panel and the CLI alike).
+MIN_PASSWORD_LENGTH = 8
+
+
 def hash_password(password: str) -> str:
     """An argon2id hash of an admin password, salt and parameters included."""
     return _hasher().hash(password)

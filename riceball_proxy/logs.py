@@ -13,7 +13,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.stages import CHAT_CONTEXT
+from riceball_proxy.api.stages import CHAT_CONTEXT
 
 ACCESS_LOGGER = "riceball.access"
 

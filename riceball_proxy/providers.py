@@ -35,20 +35,24 @@ class ProviderAdapter:
         )
 
     def call(self, method: str, url, *, headers: dict[str, str], body: Any = None,
-             error_parser: ErrorParser = upstream_error) -> UpstreamCall:
-        """An upstream request through the shared session, with the provider's timeouts, gate and key redaction."""
+             error_parser: ErrorParser = upstream_error, request_id: str | None = None) -> UpstreamCall:
+        """An upstream request through the shared session, with the provider's timeouts, gate and key
+        redaction; ``request_id`` (the API request's) is sent as ``X-Request-ID``."""
         return UpstreamCall(self.session, method, url, headers=headers, body=body, timeout=self.timeout,
-                            secret=self.api_key, error_parser=error_parser, gate=self.gate)
+                            secret=self.api_key, error_parser=error_parser, gate=self.gate, request_id=request_id)
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Send a non-streamed request (OpenAI body) and return the ``chat.completion`` dict."""
+    async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
+        """Send a non-streamed request (OpenAI body) and return the ``chat.completion`` dict.
+
+        ``request_id`` is the API request's id: pass it to :meth:`call`.
+        """
         raise NotImplementedError
 
     def redact(self, text: str) -> str:
         """``text`` with the provider's API key (or a long enough start of it) masked."""
         return mask_secret(text, self.api_key)
 
-    def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    def stream(self, body: dict[str, Any], *, request_id: str | None = None) -> AsyncIterator[bytes]:
         """Send a streamed request and yield each ``chat.completion.chunk`` as the JSON bytes of an SSE event.
 
         The ``[DONE]`` sentinel is not yielded. Every failure raises ``APIError``, whenever it happens:
@@ -97,11 +101,11 @@ class TranslatingAdapter(ProviderAdapter):
         """A fresh translator for one stream of ``body``."""
         raise NotImplementedError
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, body: dict[str, Any], *, request_id: str | None = None) -> AsyncIterator[bytes]:
         url, request = self.stream_request(body)
         translator = self.stream_translator(body)
-        async with self.call("POST", url, headers=self.headers(), body=request,
-                             error_parser=self.error_parser) as response:
+        async with self.call("POST", url, headers=self.headers(), body=request, error_parser=self.error_parser,
+                             request_id=request_id) as response:
             async for event in json_events(response):
                 for payload in translator.feed(event):
                     yield payload

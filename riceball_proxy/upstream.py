@@ -7,7 +7,6 @@ provider's own error format.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -17,9 +16,6 @@ import yarl
 
 from riceball_proxy import sse
 from riceball_proxy.errors import APIError
-
-#: The id of the API request being served: sent upstream as X-Request-ID, to follow a call across both logs.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("riceball_request_id", default=None)
 
 #: Builds the APIError for an upstream error answer: ``(status, body bytes, redact)``.
 ErrorParser = Callable[[int, bytes, Callable[[str], str]], APIError]
@@ -182,8 +178,11 @@ class UpstreamCall:
         secret: str | None = None,
         error_parser: ErrorParser = upstream_error,
         gate: ConnectionGate | None = None,
+        request_id: str | None = None,
     ):
         self.session = session
+        #: Sent upstream as X-Request-ID, to follow one call through the gateway's and the provider's logs.
+        self.request_id = request_id
         self.gate = gate
         self._holding = False
         self.method = method
@@ -201,9 +200,8 @@ class UpstreamCall:
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         headers = self.headers
-        request_id = REQUEST_ID.get()
-        if request_id is not None:
-            headers = {**headers, "X-Request-ID": request_id}
+        if self.request_id is not None:
+            headers = {**headers, "X-Request-ID": self.request_id}
         if self.gate is not None:
             await self.gate.acquire()
             self._holding = True

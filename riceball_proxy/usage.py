@@ -1,8 +1,7 @@
 """Usage events written off the request path, in batches, and never lost.
 
 Each API call adds one :class:`UsageEvent` to an in-memory queue. A background task writes the queue
-with ``COPY`` every ``flush_interval`` seconds, or sooner once ``batch_size`` rows wait, and moves the
-keys' ``last_used_at`` forward the same way. While the database cannot be reached the queue keeps
+with ``COPY`` every ``flush_interval`` seconds, or sooner once ``batch_size`` rows wait. While the database cannot be reached the queue keeps
 growing up to ``max_buffer`` rows; past that the oldest rows are written to files in
 ``$RICEBALL_DATA_DIR/usage-spill/``, which are loaded back once the database answers again. On
 shutdown whatever is left is written, or spilled if the database is still away.
@@ -29,7 +28,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from riceball_proxy.db import api_keys, usage_events
+from riceball_proxy.db import usage_events
 from riceball_proxy.db.usage_events import UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,6 @@ class UsageRecorder:
         self.batch_size = batch_size
         self.max_buffer = max_buffer
         self.pending: deque[UsageEvent] = deque()
-        self.last_used: dict[uuid.UUID, datetime.datetime] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
@@ -100,10 +98,6 @@ class UsageRecorder:
     def record(self, event: UsageEvent) -> None:
         """Queue one event (never blocks on the database)."""
         self.pending.append(event)
-        if event.api_key_id is not None and event.status < 400:
-            previous = self.last_used.get(event.api_key_id)
-            if previous is None or previous < event.created_at:
-                self.last_used[event.api_key_id] = event.created_at
         if len(self.pending) >= self.batch_size:
             self._wakeup.set()
         if len(self.pending) > self.max_buffer:
@@ -148,15 +142,6 @@ class UsageRecorder:
                     return False
                 for _ in batch:
                     self.pending.popleft()
-            if self.last_used:
-                used, self.last_used = self.last_used, {}
-                try:
-                    async with asyncio.timeout(WRITE_TIMEOUT):
-                        await api_keys.touch_last_used(self.pool, used)
-                except Exception:  # unreachable: keep the times for the next flush
-                    for key_id, at in used.items():
-                        self.last_used[key_id] = max(at, self.last_used.get(key_id, at))
-                    return False
             if load_spilled:
                 return await self._load_spilled()
             return True

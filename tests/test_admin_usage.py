@@ -104,7 +104,7 @@ async def test_the_keys_page_shows_real_last_use(panel, fake_openai):
                                         json={"messages": [{"role": "user", "content": "hi"}]},
                                         headers={"Authorization": f"Bearer {secret}"})
     assert response.status == 200
-    await panel.app[appkeys.USAGE_RECORDER].flush()
+    await panel.app[appkeys.LAST_USED].flush()
     _, text = await panel.get("/admin/keys")
     used_row = re.search(r"<td>used</td>.*?</tr>", text, flags=re.S).group(0)
     assert "never</td>" not in used_row.split("<td>", 6)[5]  # the "last used" cell has a time

@@ -144,3 +144,45 @@ async def test_a_query_in_the_base_url_is_kept_for_azure_deployments(configured)
     received = configured.upstream.requests[-1]
     assert received["path"] == "/v1/chat/completions" and received["query"] == {"api-version": "2024-10-21"}
     assert received["headers"]["api-key"] == "sk-upstream-secret"
+
+
+async def test_usage_and_last_use_are_the_cores_whatever_plugins_are_disabled(start_gateway, settings, fake_openai):
+    from riceball_proxy import appkeys
+    from riceball_proxy.db import api_keys
+
+    bare = settings.replace(disabled_plugins=frozenset({"riceball_proxy.builtin.injection",
+                                                        "riceball_proxy.builtin.usage_recorder"}))
+    gateway = await start_gateway(bare)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        stream = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True, stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0  # the client asked, and got it
+    await gateway.app[appkeys.LAST_USED].flush()
+    assert (await api_keys.list_all(gateway.pool))[0].last_used_at is not None
+
+
+async def test_a_policy_that_edits_messages_never_changes_what_the_client_sent(start_gateway, settings, fake_openai):
+    from riceball_proxy import hookimpl
+    from riceball_proxy.plugins import make_plugin_manager
+
+    seen = []
+
+    class Redact:
+        @hookimpl
+        def riceball_prepare_request(self, ctx):
+            for message in ctx.body["messages"]:
+                if message["role"] == "user":
+                    message["content"] = "[redacted]"
+            seen.append(ctx.client_body["messages"][-1]["content"])
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    pm.register(Redact(), name="redact")
+    gateway = await start_gateway(settings, plugin_manager=pm)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "my secret"}])
+    assert seen == ["my secret"] and fake_openai.last["messages"][-1]["content"] == "[redacted]"

@@ -30,12 +30,12 @@ def _reply(body):
 
 
 class ReverseAdapter(ProviderAdapter):
-    async def complete(self, body):
+    async def complete(self, body, *, request_id=None):
         return {"id": "chatcmpl-rev", "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
                 "message": {"role": "assistant", "content": _reply(body)}}]}
 
-    async def stream(self, body):
+    async def stream(self, body, *, request_id=None):
         for letter in _reply(body):
             yield orjson.dumps({"id": "chatcmpl-rev", "object": "chat.completion.chunk", "created": 0,
                                 "model": body["model"], "choices": [{"index": 0, "delta": {"content": letter},

@@ -213,6 +213,7 @@ async def test_token_counts_that_are_not_counts_never_stop_the_books(start_gatew
     assert all(r["usage_invalid"] and r["prompt_tokens"] == valid_prompt and r["cached_tokens"] is None
                for r in poisoned)
     assert all(not r["usage_invalid"] and r["total_tokens"] == 8 for r in normal)
+    await gateway.app[appkeys.LAST_USED].flush()
     assert (await api_keys.list_all(db))[0].last_used_at == normal[-1]["created_at"]
     assert not (settings.data_dir / "usage-dead-letter").exists()
 

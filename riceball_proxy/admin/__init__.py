@@ -13,26 +13,22 @@ Middleware order, outermost first (the API never pays for any of them):
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 from aiohttp_session import get_session, session_middleware
 
 from riceball_proxy import appkeys
+from riceball_proxy.admin import assistants, auth, dashboard, keys, providers, usage
+from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, csrf_token, db_pool, render
 from riceball_proxy.admin.sessions import AdminSessionStorage
+from riceball_proxy.db import admin_sessions
 from riceball_proxy.templating import template_dir
 
 MOUNT_POINT = "/admin/"
 #: Resources (by name) reachable without a session.
 PUBLIC_ROUTES = frozenset({"login", "setup", "static"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-#: The admin signed in on this request (None on public pages).
-ADMIN = web.RequestKey("admin", object)
-#: The cookie's entry naming the server-side session.
-SESSION_ID = "sid"
 #: Bytes a form may send: the assistant form's system prompt needs room; login and setup need little.
 MAX_FORM_BYTES = 1024 * 1024
 MAX_PUBLIC_FORM_BYTES = 16 * 1024
@@ -51,8 +47,6 @@ SECURITY_HEADERS = {
 
 def setup_admin(app: web.Application) -> web.Application:
     """Build the admin sub-application, let plugins extend it, and mount it on ``app``."""
-    from riceball_proxy.admin import assistants, auth, dashboard, keys, providers, usage
-
     storage = AdminSessionStorage(app[appkeys.SECRET_BOX].derive("riceball admin session"))
     admin = web.Application(
         middlewares=[limit_body, security_headers, session_middleware(storage), require_admin, csrf_protect]
@@ -95,15 +89,6 @@ async def security_headers(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
-async def csrf_token(request: web.Request) -> str:
-    """The session's CSRF token, made on first use."""
-    session = await get_session(request)
-    token = session.get(CSRF_FIELD)
-    if token is None:
-        token = session[CSRF_FIELD] = secrets.token_urlsafe(32)
-    return token
-
-
 @web.middleware
 async def csrf_protect(request: web.Request, handler) -> web.StreamResponse:
     """Refuse (403) an unsafe request without the session's CSRF token in its form or header."""
@@ -125,8 +110,6 @@ async def csrf_protect(request: web.Request, handler) -> web.StreamResponse:
 @web.middleware
 async def require_admin(request: web.Request, handler) -> web.StreamResponse:
     """Send anyone without an admin session to the login page."""
-    from riceball_proxy.db import admin_sessions
-
     session = await get_session(request)
     admin = None
     if SESSION_ID in session:
@@ -139,46 +122,3 @@ async def require_admin(request: web.Request, handler) -> web.StreamResponse:
         login = request.app.router["login"].url_for()
         raise web.HTTPSeeOther(login.with_query(next=str(target)) if target else login)
     return await handler(request)
-
-
-def db_pool(request: web.Request):
-    """The database pool, for the admin views."""
-    return request.config_dict[appkeys.DATABASE].pool
-
-
-def url(request: web.Request, name: str, **parts: Any) -> str:
-    """The path of a named admin route (its parts given as keyword arguments)."""
-    return str(request.app.router[name].url_for(**{k: str(v) for k, v in parts.items()}))
-
-
-async def flash(request: web.Request, category: str, message: str) -> None:
-    """Show ``message`` once, on the next page rendered (``success``, ``error`` or ``info``)."""
-    session = await get_session(request)
-    session["flash"] = [*session.get("flash", []), [category, message]]
-
-
-async def render(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
-    """Render an admin page with what every page needs: the admin, the CSRF token, flash messages."""
-    session = await get_session(request)
-    messages = session.pop("flash", [])
-    base = {
-        "admin": request.get(ADMIN),
-        "csrf_token": await csrf_token(request),
-        "messages": messages,
-        "url": lambda name, **parts: url(request, name, **parts),
-        "current": request.match_info.route.name,
-    }
-    response = aiohttp_jinja2.render_template(template, request, base | context, status=status)
-    return response
-
-
-async def confirm(request: web.Request, *, title: str, message: str, button: str, back: str) -> web.Response:
-    """A page asking to confirm what a POST to the same path does (``back``: the route Cancel goes to)."""
-    return await render(request, "admin/confirm.html", {
-        "title": title, "message": message, "action": request.path, "button": button, "back": back,
-    })
-
-
-def redirect(request: web.Request, name: str, **parts: Any) -> web.HTTPSeeOther:
-    """A 303 to a named admin route (raise it)."""
-    return web.HTTPSeeOther(url(request, name, **parts))

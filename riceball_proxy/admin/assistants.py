@@ -6,7 +6,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers

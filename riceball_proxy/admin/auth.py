@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 
 from riceball_proxy import appkeys, crypto
-from riceball_proxy.admin import SESSION_ID, db_pool, flash, redirect, render
+from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
+from riceball_proxy.admin.pages import ADMIN, SESSION_ID, db_pool, flash, redirect, render
 from riceball_proxy.admin.sessions import MAX_AGE
 from riceball_proxy.admin.throttle import LoginThrottle
-from riceball_proxy.commands import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admin_sessions, admins
 
 #: The longest username and password the forms take (longer ones are never checked against a hash).
@@ -126,8 +126,6 @@ async def account_form(request: web.Request) -> web.Response:
 
 async def change_password(request: web.Request) -> web.Response:
     """A new password for the signed-in admin: every other session of theirs ends, this one goes on."""
-    from riceball_proxy.admin import ADMIN
-
     form = await request.post()
     admin = request[ADMIN]
     current = str(form.get("current_password", ""))[:MAX_PASSWORD_LENGTH]

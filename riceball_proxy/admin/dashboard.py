@@ -4,7 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import render
+from riceball_proxy.admin.pages import render
 from riceball_proxy.db import api_keys, assistants, providers, usage_events
 from riceball_proxy.plugins import describe_plugins
 

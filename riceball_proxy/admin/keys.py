@@ -7,7 +7,7 @@ import uuid
 from aiohttp import web
 
 from riceball_proxy import crypto
-from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.db import api_keys, assistants
 

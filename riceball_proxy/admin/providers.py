@@ -6,7 +6,7 @@ import asyncio
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import confirm, db_pool, flash, redirect, render
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.errors import APIError

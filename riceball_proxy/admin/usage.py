@@ -9,7 +9,7 @@ import uuid
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import render
+from riceball_proxy.admin.pages import render
 from riceball_proxy.db import api_keys, assistants, usage_events
 from riceball_proxy.db.usage_events import UsageFilter
 

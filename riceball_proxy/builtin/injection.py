@@ -6,7 +6,9 @@
 - Each assistant parameter is a default that the client may override, unless it is locked.
 - The assistant's ``max_tokens`` is also a ceiling on ``max_tokens`` and ``max_completion_tokens``.
 - Extra parameters are defaults too. Everything else the client sent is left as it is.
-- Streams always ask the upstream for usage; whether the client asked is kept in the context.
+
+(That streams ask the upstream for usage is the core's doing, not this plugin's: see
+``ChatContext.take_body``.)
 """
 from __future__ import annotations
 
@@ -36,10 +38,6 @@ def riceball_prepare_request(ctx):
         elif name in assistant.locked or body.get(name) is None:
             body[name] = value
 
-    if ctx.stream:
-        options = body.get("stream_options") or {}
-        ctx.client_wants_usage = bool(options.get("include_usage"))
-        body["stream_options"] = {**options, "include_usage": True}
 
 
 def _apply_token_ceiling(body: dict, ceiling: int, *, locked: bool) -> None:

@@ -32,15 +32,15 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             headers["api-key"] = self.api_key  # Azure OpenAI reads this one
         return headers
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         url = join_url(self.provider.base_url, "/chat/completions")
-        async with self.call("POST", url, headers=self._headers(), body=body) as response:
+        async with self.call("POST", url, headers=self._headers(), body=body, request_id=request_id) as response:
             try:
                 return orjson.loads(await response.read())
             except orjson.JSONDecodeError:
                 raise bad_upstream_response("answer") from None
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, body: dict[str, Any], *, request_id: str | None = None) -> AsyncIterator[bytes]:
         """The upstream's chunks as it sent them (bytes untouched), each checked on the way.
 
         The one adapter that reads upstream bytes: an error event, an event that is not a JSON object,
@@ -48,7 +48,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         """
         url = join_url(self.provider.base_url, "/chat/completions")
         finished = False
-        async with self.call("POST", url, headers=self._headers(), body=body) as response:
+        async with self.call("POST", url, headers=self._headers(), body=body, request_id=request_id) as response:
             try:
                 async for data in sse.iter_data(response.content):
                     if data == sse.DONE:

@@ -42,10 +42,10 @@ class AnthropicAdapter(TranslatingAdapter):
             headers["x-api-key"] = self.api_key
         return headers
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         request = to_anthropic(body)
         async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self.headers(),
-                             body=request, error_parser=anthropic_error) as response:
+                             body=request, error_parser=anthropic_error, request_id=request_id) as response:
             try:
                 return from_anthropic(orjson.loads(await response.read()))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):

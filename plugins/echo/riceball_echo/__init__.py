@@ -66,7 +66,7 @@ def _delay(body: dict[str, Any]) -> float:
 class EchoAdapter(ProviderAdapter):
     """Answers without any upstream."""
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         answer = answer_for(body)
         return {
             "id": f"chatcmpl-echo-{uuid.uuid4().hex[:24]}",
@@ -78,7 +78,7 @@ class EchoAdapter(ProviderAdapter):
             "usage": usage_for(body, answer),
         }
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, body: dict[str, Any], *, request_id: str | None = None) -> AsyncIterator[bytes]:
         answer = answer_for(body)
         delay = _delay(body)
         chunks = ChunkBuilder(body.get("model", MODEL), f"chatcmpl-echo-{uuid.uuid4().hex[:24]}")

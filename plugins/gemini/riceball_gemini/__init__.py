@@ -49,10 +49,10 @@ class GeminiAdapter(TranslatingAdapter):
     def _url(self, model: str, method: str, **query: str):
         return join_url(self.provider.base_url, f"/models/{model}:{method}", **query)
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         request = to_gemini(body)
         async with self.call("POST", self._url(body["model"], "generateContent"), headers=self.headers(),
-                             body=request, error_parser=gemini_error) as response:
+                             body=request, error_parser=gemini_error, request_id=request_id) as response:
             try:
                 return from_gemini(orjson.loads(await response.read()), body["model"])
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):

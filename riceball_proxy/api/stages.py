@@ -1,4 +1,5 @@
-"""The stages every API request shares: context, authentication, assistant and provider, observers."""
+"""The stages API requests share: the context and its outcome, authentication, the assistant, the body,
+the provider."""
 from __future__ import annotations
 
 import asyncio
@@ -10,19 +11,18 @@ import uuid
 import orjson
 from aiohttp import web
 
-from riceball_proxy import appkeys, upstream
+from riceball_proxy import appkeys
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
+from riceball_proxy.providers import ProviderAdapter
 from riceball_proxy.validation import check_depth, validate_chat_request
 
 logger = logging.getLogger(__name__)
 
 #: Status recorded for a call whose client went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
-
-
 #: The context of the API request being served (for the access log).
 CHAT_CONTEXT = web.RequestKey("chat_context", ChatContext)
 
@@ -31,16 +31,16 @@ def observed(handler):
     """Make an API handler ``handler(request, ctx)`` whose outcome every call reports to the observers.
 
     The status recorded is the one the client got, or the error that ended a stream already under
-    way, or 499 when the client went away first.
+    way, or 499 when the client went away first. A call the gateway ends because it is shutting
+    down is answered, and recorded, 503.
     """
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=request.match_info.apps[0],
-                          client_addr=request.remote)
+        app = request.match_info.apps[0]
+        ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=app, client_addr=request.remote)
         request[CHAT_CONTEXT] = ctx
-        upstream.REQUEST_ID.set(ctx.request_id)
-        in_flight = ctx.app[appkeys.IN_FLIGHT]
+        in_flight = app[appkeys.IN_FLIGHT]
         task = request.task
         in_flight.add(task, ctx)
         status, error_type, disconnected = 500, "server_error", False
@@ -72,12 +72,11 @@ def observed(handler):
     return wrapper
 
 
-async def resolve(request: web.Request, ctx: ChatContext) -> None:
-    """Authenticate the caller and find the assistant, filling ``ctx``; raise APIError when refused.
+async def authenticate(request: web.Request, ctx: ChatContext) -> None:
+    """Who is calling, and whether it may use the assistant the path names (``ctx.principal``).
 
     Order: a malformed id cannot name an assistant (404); then who is calling (401); then whether
-    that caller may use the id (403) before anything is said of the assistant (404 when it does not
-    exist or is disabled).
+    that caller may use the id (403) before anything is said of the assistant.
     """
     try:
         assistant_id = uuid.UUID(request.match_info["assistant_id"])
@@ -93,13 +92,36 @@ async def resolve(request: web.Request, ctx: ChatContext) -> None:
     if not principal.allows(assistant_id):
         raise APIError(403, "This API key may not use this assistant.", type="permission_error",
                        code="assistant_not_allowed")
-    assistant = await ctx.app[appkeys.CONFIG_CACHE].assistant(assistant_id)
+    ctx.assistant_id = assistant_id
+
+
+async def resolve_assistant(ctx: ChatContext) -> None:
+    """The assistant the caller named (``ctx.assistant``); 404 when it does not exist or is disabled."""
+    assistant = await ctx.app[appkeys.CONFIG_CACHE].assistant(ctx.assistant_id)
     if assistant is None or not assistant.enabled:
-        raise assistant_not_found(str(assistant_id))
+        raise assistant_not_found(str(ctx.assistant_id))
     ctx.assistant = assistant
 
 
-async def resolve_provider(request: web.Request, ctx: ChatContext):
+def assistant_not_found(assistant_id: str) -> APIError:
+    """404 for an assistant that does not exist, is disabled, or cannot be an id at all."""
+    return APIError(404, f"The assistant '{assistant_id}' does not exist.", code="assistant_not_found")
+
+
+async def read_chat_request(request: web.Request) -> bytes:
+    """The request body, checked as a Chat Completions request (400 or 413 otherwise); returns its JSON."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON.",
+                       code="invalid_json") from None
+    check_depth(raw, body)
+    validate_chat_request(body)
+    return raw
+
+
+async def select_provider(ctx: ChatContext) -> ProviderAdapter:
     """The assistant's provider (into ``ctx``) and its adapter."""
     try:
         provider, adapter = await ctx.app[appkeys.CONFIG_CACHE].provider(ctx.assistant.provider_id)
@@ -111,28 +133,9 @@ async def resolve_provider(request: web.Request, ctx: ChatContext):
     return adapter
 
 
-def assistant_not_found(assistant_id: str) -> APIError:
-    """404 for an assistant that does not exist, is disabled, or cannot be an id at all."""
-    return APIError(404, f"The assistant '{assistant_id}' does not exist.", code="assistant_not_found")
-
-
-async def read_chat_request(request: web.Request) -> dict:
-    """The request body as a checked Chat Completions request (400 or 413 otherwise)."""
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON.",
-                       code="invalid_json") from None
-    check_depth(raw, body)
-    return validate_chat_request(body)
-
-
 async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False) -> None:
-    """Hand the outcome to the ``riceball_request_finished`` observers, off the request path.
-
-    Returns at once, unless the observers are so far behind that their queue is full (then it waits).
-    """
+    """Hand the outcome to the ``riceball_request_finished`` observers, off the request path, and note
+    the key's use. Returns at once, unless the observers are so far behind that their queue is full."""
     now = time.perf_counter()
     outcome = Outcome(
         status=status,
@@ -142,4 +145,6 @@ async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disco
         usage=ctx.usage,
         client_disconnected=disconnected,
     )
+    if status < 400 and ctx.principal is not None and ctx.principal.key_id is not None:
+        ctx.app[appkeys.LAST_USED].used(ctx.principal.key_id, ctx.received_at)
     await ctx.app[appkeys.OBSERVERS].put(ctx, outcome)

@@ -1,4 +1,5 @@
-"""One chat completion through the hook chain: resolve, prepare, call upstream, answer, observe."""
+"""The streamed answer: the adapter's chunks as Server-Sent Events, through the plugins' transformers or
+(the fast path, with none) as they came."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,6 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys, sse
-from riceball_proxy.stages import observed, read_chat_request, resolve, resolve_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
@@ -28,36 +28,7 @@ SSE_HEADERS = {
 DONE_EVENT = sse.encode(sse.DONE)
 
 
-@observed
-async def chat_completions(request: web.Request, ctx: ChatContext) -> web.StreamResponse:
-    """``POST .../v1/chat/completions``, streamed or not."""
-    await resolve(request, ctx)
-    client_body = await read_chat_request(request)
-    ctx.client_body = client_body
-    ctx.body = {**client_body, "messages": list(client_body["messages"])}
-    ctx.stream = bool(client_body.get("stream"))
-    adapter = await resolve_provider(request, ctx)
-    pm = ctx.app[appkeys.PLUGIN_MANAGER]
-    await pm.run("riceball_prepare_request", ctx=ctx)
-    if not ctx.stream:
-        return await _complete(request, ctx, adapter)
-    return await _stream(request, ctx, adapter)
-
-
-async def _complete(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.Response:
-    try:
-        answer = await adapter.complete(ctx.body)
-    except APIError as exc:
-        ctx.upstream_error = exc
-        raise
-    ctx.first_token_at = time.perf_counter()
-    ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
-    pm = ctx.app[appkeys.PLUGIN_MANAGER]
-    answer = await pm.run("riceball_transform_response", ctx=ctx, response=answer)
-    return web.Response(body=orjson.dumps(answer), content_type="application/json")
-
-
-async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.StreamResponse:
+async def answer_stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.StreamResponse:
     """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``.
 
     One rule for failures: an APIError before the response is prepared is answered with its HTTP
@@ -65,7 +36,7 @@ async def _stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapt
     """
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
-    upstream = adapter.stream(ctx.body)
+    upstream = adapter.stream(ctx.body, request_id=ctx.request_id)
     in_flight = ctx.app[appkeys.METRICS].streams_in_flight
     response = None
     try:

@@ -1,9 +1,10 @@
 """The OpenAI-compatible API: a sub-application mounted at ``/api/v1``.
 
-    POST /api/v1/assistants/{assistant_id}/v1/chat/completions
-    GET  /api/v1/assistants/{assistant_id}/v1/models
+    POST /api/v1/assistants/{assistant_id}/v1/chat/completions    api/chat.py (the pipeline)
+    GET  /api/v1/assistants/{assistant_id}/v1/models              api/models.py
     GET  /api/v1/assistants/{assistant_id}/v1/models/{model}
 
+The stages the handlers share are in ``api/stages.py``, the SSE answer in ``api/streaming.py``.
 Every error it answers is in OpenAI's shape, with the matching status.
 """
 from __future__ import annotations
@@ -14,10 +15,9 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.context import ChatContext
+from riceball_proxy.api.chat import chat_completions
+from riceball_proxy.api.models import list_models, retrieve_model
 from riceball_proxy.errors import APIError
-from riceball_proxy.pipeline import chat_completions
-from riceball_proxy.stages import observed, resolve, resolve_provider
 
 logger = logging.getLogger(__name__)
 
@@ -58,36 +58,3 @@ async def api_error_middleware(request: web.Request, handler) -> web.StreamRespo
         logger.exception("unhandled error in request %s", request.get(appkeys.REQUEST_ID))
         return APIError(500, "The server had an error while processing your request.", type="server_error",
                         code="internal_error").response()
-
-
-def _model_object(ctx: ChatContext) -> dict:
-    return {
-        "id": ctx.assistant.model,
-        "object": "model",
-        "created": int(ctx.assistant.created_at.timestamp()),
-        "owned_by": ctx.provider.name if ctx.provider else "riceball",
-    }
-
-
-@observed
-async def list_models(request: web.Request, ctx: ChatContext) -> web.Response:
-    """The models this assistant answers with: its one upstream model (what ``models.list()`` reads)."""
-    await resolve(request, ctx)
-    await resolve_provider(request, ctx)
-    return web.json_response({"object": "list", "data": [_model_object(ctx)]}, dumps=_dumps)
-
-
-@observed
-async def retrieve_model(request: web.Request, ctx: ChatContext) -> web.Response:
-    """The assistant's model when asked for by name (``models.retrieve()``); 404 for any other name."""
-    await resolve(request, ctx)
-    await resolve_provider(request, ctx)
-    model = request.match_info["model"]
-    if model != ctx.assistant.model:
-        raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
-                       code="model_not_found", param="model")
-    return web.json_response(_model_object(ctx), dumps=_dumps)
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value).decode()

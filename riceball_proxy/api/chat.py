@@ -1,0 +1,35 @@
+"""``POST .../v1/chat/completions``: one request, stage by stage (the pipeline of DESIGN.md)."""
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from riceball_proxy import appkeys
+from riceball_proxy.api.stages import authenticate, observed, read_chat_request, resolve_assistant, select_provider
+from riceball_proxy.api.streaming import answer_stream
+from riceball_proxy.context import ChatContext
+from riceball_proxy.errors import APIError
+
+
+@observed  # 9. observe: whatever happens below, the outcome goes to the observers (usage, metrics...)
+async def chat_completions(request: web.Request, ctx: ChatContext) -> web.StreamResponse:
+    """One chat completion, streamed or not; every failure is an APIError in OpenAI's shape."""
+    pm = ctx.app[appkeys.PLUGIN_MANAGER]
+    await authenticate(request, ctx)                            # 1. who is calling (401, 403)
+    await resolve_assistant(ctx)                                # 2. the assistant it names (404)
+    ctx.take_body(await read_chat_request(request))             # 3. a valid Chat Completions body (400, 413)
+    await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
+    adapter = await select_provider(ctx)                        # 6. the provider and its adapter
+    if ctx.stream:
+        return await answer_stream(request, ctx, adapter)       # 6-8. call, transform, answer as SSE
+    try:
+        answer = await adapter.complete(ctx.body, request_id=ctx.request_id)  # 6. call
+    except APIError as exc:
+        ctx.upstream_error = exc
+        raise
+    ctx.first_token_at = time.perf_counter()
+    ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
+    answer = await pm.run("riceball_transform_response", ctx=ctx, response=answer)  # 7. transform
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")  # 8. answer
