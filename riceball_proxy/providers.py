@@ -23,6 +23,9 @@ class ProviderAdapter:
 
     #: The provider's bound on calls at once; None (an adapter built outside the gateway): no bound.
     gate: ConnectionGate | None = None
+    #: Turns the upstream's error answers into APIErrors in OpenAI's shape; a provider whose upstream
+    #: is sometimes overloaded says which statuses: ``functools.partial(upstream_error, retryable=...)``.
+    error_parser: ErrorParser = staticmethod(upstream_error)
 
     def __init__(self, provider: Provider, api_key: str | None, session: aiohttp.ClientSession):
         self.provider = provider
@@ -35,11 +38,12 @@ class ProviderAdapter:
         )
 
     def call(self, method: str, url, *, headers: dict[str, str], body: Any = None,
-             error_parser: ErrorParser = upstream_error, request_id: str | None = None) -> UpstreamCall:
+             error_parser: ErrorParser | None = None, request_id: str | None = None) -> UpstreamCall:
         """An upstream request through the shared session, with the provider's timeouts, gate and key
         redaction; ``request_id`` (the API request's) is sent as ``X-Request-ID``."""
         return UpstreamCall(self.session, method, url, headers=headers, body=body, timeout=self.timeout,
-                            secret=self.api_key, error_parser=error_parser, gate=self.gate, request_id=request_id)
+                            secret=self.api_key, error_parser=error_parser or self.error_parser, gate=self.gate,
+                            request_id=request_id)
 
     async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         """Send a non-streamed request (OpenAI body) and return the ``chat.completion`` dict.
@@ -86,9 +90,6 @@ class TranslatingAdapter(ProviderAdapter):
     stream, so every such adapter fails the same way: every failure raises ``APIError``.
     """
 
-    #: Turns the upstream's error answers into APIErrors in OpenAI's shape.
-    error_parser: ErrorParser = staticmethod(upstream_error)
-
     def headers(self) -> dict[str, str]:
         """The headers of every upstream request (the API key included)."""
         raise NotImplementedError
@@ -104,8 +105,7 @@ class TranslatingAdapter(ProviderAdapter):
     async def stream(self, body: dict[str, Any], *, request_id: str | None = None) -> AsyncIterator[bytes]:
         url, request = self.stream_request(body)
         translator = self.stream_translator(body)
-        async with self.call("POST", url, headers=self.headers(), body=request, error_parser=self.error_parser,
-                             request_id=request_id) as response:
+        async with self.call("POST", url, headers=self.headers(), body=request, request_id=request_id) as response:
             async for event in json_events(response):
                 for payload in translator.feed(event):
                     yield payload

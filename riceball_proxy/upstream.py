@@ -7,7 +7,7 @@ provider's own error format.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 import aiohttp
@@ -53,31 +53,46 @@ def connection_error(exc: BaseException) -> APIError:
     return APIError(502, "the upstream provider could not be reached", type="api_error", code="upstream_unavailable")
 
 
-def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambda text: text) -> APIError:
-    """An upstream error answer in OpenAI's shape: a 4xx keeps its status, a 5xx becomes 502.
+#: The error type OpenAI gives a status, for upstreams whose errors say none.
+_TYPE_OF_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
-    Reads ``{"error": {"message", "type", "param", "code"}}`` (OpenAI, Anthropic, most others),
-    ``{"error": "text"}``, or any text.
+
+def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambda text: text, *,
+                   retryable: Collection[int] = ()) -> APIError:
+    """An upstream error answer in OpenAI's shape, whichever provider sent it (the one error mapper).
+
+    Reads OpenAI's ``{"error": {"message", "type", "param", "code"}}``, Anthropic's
+    ``{"type": "error", "error": {"type", "message"}}``, Google's ``{"error": {"code", "message",
+    "status"}}``, ``{"error": "text"}``, or any text. A 4xx keeps its status. A status in
+    ``retryable`` (an upstream overloaded for now: Anthropic's 529, Google's 503) becomes 503, which
+    the SDKs retry; any other 5xx becomes 502. The code is the upstream's code, else its status name
+    (Google), else its error type (Anthropic).
     """
     message, error_type, param, code = None, None, None, None
     try:
         payload = orjson.loads(raw)
-        error = payload.get("error", payload) if isinstance(payload, dict) else None
-        if isinstance(error, dict):
-            message = error.get("message")
-            error_type = error.get("type")
-            param = error.get("param")
-            code = error.get("code")
-        elif isinstance(error, str):
-            message = error
     except orjson.JSONDecodeError:
-        message = raw[:500].decode("utf-8", "replace").strip() or None
+        payload, message = None, raw[:500].decode("utf-8", "replace").strip() or None
+    error = payload.get("error", payload) if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message, error_type, param, code = (error.get(name) for name in ("message", "type", "param", "code"))
+        if not isinstance(code, str):
+            if isinstance(error.get("status"), str):
+                code = error["status"]
+            elif payload.get("type") == "error" and isinstance(error_type, str):
+                code = error_type
+    elif isinstance(error, str):
+        message = error
     message = redact(str(message)) if message else f"the upstream provider answered {status}"
     code = None if code is None else redact(str(code))
     param = None if param is None else redact(str(param))
+    if status in retryable:
+        return APIError(503, f"upstream overloaded ({status}): {message}", type="api_error", param=param,
+                        code=code or "overloaded")
     if status >= 500:
         return APIError(502, f"upstream error ({status}): {message}", type="api_error", param=param, code=code)
-    return APIError(status, message, type=str(error_type or "invalid_request_error"), param=param, code=code)
+    error_type = error_type if isinstance(error_type, str) else _TYPE_OF_STATUS.get(status, "invalid_request_error")
+    return APIError(status, message, type=error_type, param=param, code=code)
 
 
 def bad_upstream_response(what: str) -> APIError:

@@ -25,6 +25,8 @@ def test_a_built_wheel_carries_templates_and_migrations(tmp_path):
     assert {"riceball_proxy/templates/base.html", "riceball_proxy/templates/index.html",
             "riceball_proxy/db/migrations/0001_init.sql"} <= names
     assert not any(name.startswith(("tests/", "templates/")) for name in names)
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "riceball_proxy").rglob("*.py")}
+    assert modules <= names, f"left out of the wheel: {sorted(modules - names)}"  # every package listed
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),

@@ -19,7 +19,7 @@ from aiohttp_session import get_session, session_middleware
 
 from riceball_proxy import appkeys
 from riceball_proxy.admin import assistants, auth, dashboard, keys, providers, usage
-from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, csrf_token, db_pool, render
+from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, db_pool, render
 from riceball_proxy.admin.sessions import AdminSessionStorage
 from riceball_proxy.db import admin_sessions
 from riceball_proxy.templating import template_dir

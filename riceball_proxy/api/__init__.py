@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys

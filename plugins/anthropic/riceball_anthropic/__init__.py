@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+import functools
 from typing import Any
 
 import orjson
 
 from riceball_proxy import hookimpl
-from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderType, TranslatingAdapter
 from riceball_proxy.upstream import bad_upstream_response, join_url, upstream_error
 
@@ -17,24 +16,14 @@ from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_an
 __version__ = "0.1.0"
 
 ANTHROPIC_VERSION = "2023-06-01"
-#: Anthropic's "overloaded" status: a temporary refusal, passed on as 503 so that clients retry.
 OVERLOADED = 529
-
-
-def anthropic_error(status: int, raw: bytes, redact: Callable[[str], str]) -> APIError:
-    """Anthropic's ``{"type": "error", "error": {"type", "message"}}`` in OpenAI's shape."""
-    error = upstream_error(status, raw, redact)
-    if error.code is None and error.type:
-        error.code = error.type
-    if status == OVERLOADED:
-        error.status, error.type, error.code = 503, "api_error", "overloaded"
-    return error
 
 
 class AnthropicAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/messages`` and ``{base_url}/models``."""
 
-    error_parser = staticmethod(anthropic_error)
+    # 529 is Anthropic's "overloaded": a temporary refusal, passed on as 503 so that clients retry.
+    error_parser = functools.partial(upstream_error, retryable=(OVERLOADED,))
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
@@ -45,7 +34,7 @@ class AnthropicAdapter(TranslatingAdapter):
     async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         request = to_anthropic(body)
         async with self.call("POST", join_url(self.provider.base_url, "/messages"), headers=self.headers(),
-                             body=request, error_parser=anthropic_error, request_id=request_id) as response:
+                             body=request, request_id=request_id) as response:
             try:
                 return from_anthropic(orjson.loads(await response.read()))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
@@ -59,7 +48,7 @@ class AnthropicAdapter(TranslatingAdapter):
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", limit="1000"),
-                             headers=self.headers(), error_parser=anthropic_error) as response:
+                             headers=self.headers()) as response:
             try:
                 data = orjson.loads(await response.read())["data"]
             except (orjson.JSONDecodeError, KeyError, TypeError):

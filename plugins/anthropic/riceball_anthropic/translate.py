@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import image_url_of, split_data_url, text_of
+from riceball_proxy.content import Turns, content_parts, split_data_url, system_text, text_of, tool_arguments
 from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
@@ -32,15 +32,7 @@ def _image(url: str) -> dict[str, Any]:
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
     """OpenAI content as Anthropic content blocks."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks = []
-    for part in content or []:
-        if part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
-        elif part.get("type") == "image_url" and (url := image_url_of(part)) is not None:
-            blocks.append(_image(url))
-    return blocks
+    return content_parts(content, text=lambda text: {"type": "text", "text": text}, image=_image)
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
@@ -60,44 +52,29 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise APIError(400, "This provider answers one choice at a time: n must be 1.", param="n",
                        code="unsupported_parameter")
-    system: list[str] = []
-    messages: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if messages and messages[-1]["role"] == role:  # Anthropic wants the roles to alternate
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-
+    turns = Turns("content")  # Anthropic wants the roles to alternate
     for message in body["messages"]:
         role = message["role"]
-        if role in ("system", "developer"):
-            system.append(text_of(message.get("content")))
-        elif role == "user":
-            add("user", _blocks(message.get("content")))
+        if role == "user":
+            turns.add("user", _blocks(message.get("content")))
         elif role == "assistant":
             blocks = _blocks(message.get("content"))
             for call in message.get("tool_calls") or []:
-                function = call.get("function", {})
-                try:
-                    arguments = orjson.loads(function.get("arguments") or "{}")
-                except orjson.JSONDecodeError:
-                    raise APIError(400, "A tool call's arguments are not valid JSON.", param="messages",
-                                   code="invalid_value") from None
-                blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
-                               "input": arguments})
-            add("assistant", blocks)
+                blocks.append({"type": "tool_use", "id": call.get("id"),
+                               "name": (call.get("function") or {}).get("name"), "input": tool_arguments(call)})
+            turns.add("assistant", blocks)
         elif role in ("tool", "function"):
-            add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
-                          "content": text_of(message.get("content"))}])
+            turns.add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+                                "content": text_of(message.get("content"))}])
 
     anthropic: dict[str, Any] = {
         "model": body["model"],
-        "messages": messages,
+        "messages": turns.turns,
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
     }
-    if any(system):
-        anthropic["system"] = "\n\n".join(part for part in system if part)
+    system = system_text(body["messages"])
+    if system:
+        anthropic["system"] = system
     if body.get("temperature") is not None:
         anthropic["temperature"] = min(float(body["temperature"]), 1.0)  # Anthropic's scale ends at 1
     if body.get("top_p") is not None:

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 
 from riceball_proxy import appkeys, hookimpl
 from riceball_proxy.chunks import ChunkBuilder

@@ -1,44 +1,25 @@
 """riceball-gemini: Google's Gemini API (generateContent) as a RiceBall provider type."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from typing import Any
 
 import orjson
 
 from riceball_proxy import hookimpl
-from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderType, TranslatingAdapter
-from riceball_proxy.upstream import bad_upstream_response, join_url
+from riceball_proxy.upstream import bad_upstream_response, join_url, upstream_error
 
 from riceball_gemini.translate import StreamTranslator, from_gemini, to_gemini
 
 __version__ = "0.1.0"
 
 
-def gemini_error(status: int, raw: bytes, redact: Callable[[str], str]) -> APIError:
-    """Gemini's ``{"error": {"code", "message", "status"}}`` in OpenAI's shape (5xx as 502, 503 kept)."""
-    try:
-        error = orjson.loads(raw).get("error") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        error = {}
-    if not isinstance(error, dict):
-        error = {"message": str(error)}
-    message = redact(str(error.get("message") or f"the upstream provider answered {status}"))
-    code = error.get("status")
-    if status == 503:  # UNAVAILABLE: overloaded for now, worth a retry
-        return APIError(503, message, type="api_error", code=code or "unavailable")
-    if status >= 500:
-        return APIError(502, f"upstream error ({status}): {message}", type="api_error", code=code)
-    error_type = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
-        status, "invalid_request_error")
-    return APIError(status, message, type=error_type, code=code)
-
-
 class GeminiAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``."""
 
-    error_parser = staticmethod(gemini_error)
+    # 503 UNAVAILABLE: overloaded for now, worth a retry (kept as 503).
+    error_parser = functools.partial(upstream_error, retryable=(503,))
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -52,7 +33,7 @@ class GeminiAdapter(TranslatingAdapter):
     async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
         request = to_gemini(body)
         async with self.call("POST", self._url(body["model"], "generateContent"), headers=self.headers(),
-                             body=request, error_parser=gemini_error, request_id=request_id) as response:
+                             body=request, request_id=request_id) as response:
             try:
                 return from_gemini(orjson.loads(await response.read()), body["model"])
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
@@ -66,7 +47,7 @@ class GeminiAdapter(TranslatingAdapter):
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", pageSize="1000"),
-                             headers=self.headers(), error_parser=gemini_error) as response:
+                             headers=self.headers()) as response:
             try:
                 models = orjson.loads(await response.read()).get("models") or []
             except (orjson.JSONDecodeError, AttributeError):

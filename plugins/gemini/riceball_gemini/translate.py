@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import image_url_of, split_data_url, text_of
-from riceball_proxy.errors import APIError
+from riceball_proxy.content import Turns, content_parts, split_data_url, system_text, text_of, tool_arguments
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
 FINISH_REASONS = {
@@ -45,23 +44,11 @@ def _image(url: str) -> dict[str, Any]:
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    parts = []
-    for part in content or []:
-        if part.get("type") == "text":
-            parts.append({"text": part.get("text", "")})
-        elif part.get("type") == "image_url" and (url := image_url_of(part)) is not None:
-            parts.append(_image(url))
-    return parts
+    return content_parts(content, text=lambda text: {"text": text}, image=_image)
 
 
 def _arguments(call: dict[str, Any]) -> dict[str, Any]:
-    try:
-        arguments = orjson.loads(call.get("function", {}).get("arguments") or "{}")
-    except orjson.JSONDecodeError:
-        raise APIError(400, "A tool call's arguments are not valid JSON.", param="messages",
-                       code="invalid_value") from None
+    arguments = tool_arguments(call)
     return arguments if isinstance(arguments, dict) else {"value": arguments}
 
 
@@ -76,36 +63,28 @@ def _tool_response(content: Any) -> dict[str, Any]:
 
 def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI Chat Completions body as a Gemini ``generateContent`` body (the model goes in the URL)."""
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
+    turns = Turns("parts")
     call_names: dict[str, str] = {}
-
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-
     for message in body["messages"]:
         role = message["role"]
-        if role in ("system", "developer"):
-            system.append(text_of(message.get("content")))
-        elif role == "user":
-            add("user", _parts(message.get("content")))
+        if role == "user":
+            turns.add("user", _parts(message.get("content")))
         elif role == "assistant":
             parts = _parts(message.get("content"))
             for call in message.get("tool_calls") or []:
                 name = call.get("function", {}).get("name", "")
                 call_names[call.get("id", "")] = name
                 parts.append({"functionCall": {"name": name, "args": _arguments(call)}})
-            add("model", parts)
+            turns.add("model", parts)
         elif role in ("tool", "function"):
             name = call_names.get(message.get("tool_call_id", ""), message.get("name", ""))
-            add("user", [{"functionResponse": {"name": name, "response": _tool_response(message.get("content"))}}])
+            turns.add("user", [{"functionResponse": {"name": name,
+                                                     "response": _tool_response(message.get("content"))}}])
 
-    gemini: dict[str, Any] = {"contents": contents}
-    if any(system):
-        gemini["systemInstruction"] = {"parts": [{"text": "\n\n".join(p for p in system if p)}]}
+    gemini: dict[str, Any] = {"contents": turns.turns}
+    system = system_text(body["messages"])
+    if system:
+        gemini["systemInstruction"] = {"parts": [{"text": system}]}
     config = {target: body[source] for source, target in GENERATION_CONFIG.items() if body.get(source) is not None}
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens:
