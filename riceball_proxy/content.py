@@ -41,9 +41,11 @@ def split_data_url(url: str) -> tuple[str, str] | None:
     return header[5:].split(";")[0] or "image/png", data
 
 
-def content_parts(content: Any, *, text: Callable[[str], Any], image: Callable[[str], Any]) -> list[Any]:
-    """A message's content as a provider's parts: ``text(string)`` for each text, ``image(url)`` for
-    each image (other part types are left out)."""
+def content_parts(content: Any, *, text: Callable[[str], Any], inline_image: Callable[[str, str], Any],
+                  linked_image: Callable[[str], Any]) -> list[Any]:
+    """A message's content as a provider's parts: ``text(string)`` for each text,
+    ``inline_image(media_type, base64_data)`` for each image given as a data URL, ``linked_image(url)``
+    for each other image (other part types are left out)."""
     if isinstance(content, str):
         return [text(content)] if content else []
     parts = []
@@ -51,7 +53,8 @@ def content_parts(content: Any, *, text: Callable[[str], Any], image: Callable[[
         if part.get("type") == "text":
             parts.append(text(part.get("text", "")))
         elif part.get("type") == "image_url" and (url := image_url_of(part)) is not None:
-            parts.append(image(url))
+            data_url = split_data_url(url)
+            parts.append(linked_image(url) if data_url is None else inline_image(*data_url))
     return parts
 
 

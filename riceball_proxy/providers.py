@@ -98,9 +98,12 @@ class TranslatingAdapter(ProviderAdapter):
         """The URL and the upstream body of a streamed request for ``body`` (OpenAI format)."""
         raise NotImplementedError
 
+    #: The translator class: ``translator(model, include_usage)`` makes one for each stream.
+    translator: Callable[[str, bool], StreamTranslator]
+
     def stream_translator(self, body: dict[str, Any]) -> StreamTranslator:
-        """A fresh translator for one stream of ``body``."""
-        raise NotImplementedError
+        """A fresh translator for one stream of ``body`` (by default ``translator(model, include_usage)``)."""
+        return self.translator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
 
     async def stream(self, body: dict[str, Any], *, request_id: str | None = None) -> AsyncIterator[bytes]:
         url, request = self.stream_request(body)

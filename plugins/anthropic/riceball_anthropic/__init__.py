@@ -22,6 +22,7 @@ OVERLOADED = 529
 class AnthropicAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/messages`` and ``{base_url}/models``."""
 
+    translator = StreamTranslator
     # 529 is Anthropic's "overloaded": a temporary refusal, passed on as 503 so that clients retry.
     error_parser = functools.partial(upstream_error, retryable=(OVERLOADED,))
 
@@ -42,9 +43,6 @@ class AnthropicAdapter(TranslatingAdapter):
 
     def stream_request(self, body: dict[str, Any]):
         return join_url(self.provider.base_url, "/messages"), to_anthropic(body | {"stream": True})
-
-    def stream_translator(self, body: dict[str, Any]) -> StreamTranslator:
-        return StreamTranslator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", limit="1000"),

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import Turns, content_parts, split_data_url, system_text, text_of, tool_arguments
+from riceball_proxy.content import Turns, content_parts, system_text, text_of, tool_arguments
 from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
@@ -22,17 +22,15 @@ FINISH_REASONS = {
 }
 
 
-def _image(url: str) -> dict[str, Any]:
-    data_url = split_data_url(url)
-    if data_url is not None:
-        media_type, data = data_url
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-    return {"type": "image", "source": {"type": "url", "url": url}}
-
-
 def _blocks(content: Any) -> list[dict[str, Any]]:
     """OpenAI content as Anthropic content blocks."""
-    return content_parts(content, text=lambda text: {"type": "text", "text": text}, image=_image)
+    return content_parts(
+        content,
+        text=lambda text: {"type": "text", "text": text},
+        inline_image=lambda media_type, data: {"type": "image", "source": {"type": "base64",
+                                                                           "media_type": media_type, "data": data}},
+        linked_image=lambda url: {"type": "image", "source": {"type": "url", "url": url}},
+    )
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:

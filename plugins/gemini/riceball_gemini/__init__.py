@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 class GeminiAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``."""
 
+    translator = StreamTranslator
     # 503 UNAVAILABLE: overloaded for now, worth a retry (kept as 503).
     error_parser = functools.partial(upstream_error, retryable=(503,))
 
@@ -41,9 +42,6 @@ class GeminiAdapter(TranslatingAdapter):
 
     def stream_request(self, body: dict[str, Any]):
         return self._url(body["model"], "streamGenerateContent", alt="sse"), to_gemini(body)
-
-    def stream_translator(self, body: dict[str, Any]) -> StreamTranslator:
-        return StreamTranslator(body["model"], bool((body.get("stream_options") or {}).get("include_usage")))
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", pageSize="1000"),

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import Turns, content_parts, split_data_url, system_text, text_of, tool_arguments
+from riceball_proxy.content import Turns, content_parts, system_text, text_of, tool_arguments
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
 FINISH_REASONS = {
@@ -32,11 +32,7 @@ GENERATION_CONFIG = {
 }
 
 
-def _image(url: str) -> dict[str, Any]:
-    data_url = split_data_url(url)
-    if data_url is not None:
-        mime, data = data_url
-        return {"inlineData": {"mimeType": mime, "data": data}}
+def _linked_image(url: str) -> dict[str, Any]:
     extension = url.rsplit(".", 1)[-1].lower().split("?")[0]
     mime = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}.get(extension,
                                                                                                     "image/png")
@@ -44,7 +40,9 @@ def _image(url: str) -> dict[str, Any]:
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
-    return content_parts(content, text=lambda text: {"text": text}, image=_image)
+    return content_parts(content, text=lambda text: {"text": text},
+                         inline_image=lambda mime, data: {"inlineData": {"mimeType": mime, "data": data}},
+                         linked_image=_linked_image)
 
 
 def _arguments(call: dict[str, Any]) -> dict[str, Any]:
