@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import secrets
 import uuid
@@ -174,7 +175,8 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
         status, message = 414, f"The request URL is longer than {MAX_URL_LENGTH} bytes."
     elif len(headers) > MAX_HEADERS:
         status, message = 431, f"The request has more than {MAX_HEADERS} headers."
-    elif any(len(name) + len(value) + 2 > MAX_HEADER_LINE for name, value in headers):
+    elif sum(map(len, itertools.chain.from_iterable(headers))) > MAX_HEADER_LINE - 2 and any(
+            len(name) + len(value) + 2 > MAX_HEADER_LINE for name, value in headers):  # the loop only when it could
         status, message = 431, f"A request header is longer than {MAX_HEADER_LINE} bytes."
     else:
         request_id = request.headers.get(REQUEST_ID_HEADER, "")

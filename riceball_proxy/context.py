@@ -121,13 +121,13 @@ class ChatContext:
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def take_body(self, raw: bytes) -> None:
-        """Take a validated request body (its JSON): the client's copy, and the upstream's own copy.
+    def take_body(self, client_body: dict[str, Any], raw: bytes) -> None:
+        """Take a validated request body, parsed from ``raw``, as the client's; the upstream body is
+        ``raw`` parsed again, so the two share nothing (cheaper than a deep copy).
 
-        Parsing the JSON twice makes two bodies that share nothing, cheaper than a deep copy. Streams
-        always ask the upstream for usage (the gateway records it); whether the client asked is kept.
+        Streams always ask the upstream for usage (the gateway records it); whether the client asked is kept.
         """
-        self.client_body = orjson.loads(raw)
+        self.client_body = client_body
         self.body = body = orjson.loads(raw)
         self.stream = body.get("stream") is True
         if self.stream:

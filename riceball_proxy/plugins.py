@@ -42,6 +42,8 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         #: plugin name -> (distribution name, version), for plugins loaded from an entry point.
         self.distributions: dict[str, tuple[str, str]] = {}
+        self._policies = {name: policy_of(getattr(self.hook, name)) for name in dir(self.hook)
+                          if name.startswith("riceball_")}
         # For fold hooks: the implementations last seen, and one caller for each of them.
         self._one_by_one: dict[str, tuple[list[pluggy.HookImpl], list[pluggy.HookCaller]]] = {}
 
@@ -49,7 +51,7 @@ class PluginManager(pluggy.PluginManager):
         """Call hook ``name`` by its declared policy: the list of results (``all``, ``select``), the
         first result (``first``) or the folded value (``fold``). pluggy calls the implementations."""
         hook = getattr(self.hook, name)
-        policy = policy_of(hook)
+        policy = self._policies.get(name) or policy_of(hook)
         if policy.how == "fold":
             return await self._fold(hook, policy.fold, kwargs)
         results = hook(**kwargs)  # pluggy: implementations, wrappers, tracing; None results are left out

@@ -7,6 +7,7 @@ provider's own error format.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
@@ -134,38 +135,52 @@ class ConnectionGate:
     """At most ``limit`` calls to one provider at once; a call waits at most ``wait`` seconds for its turn.
 
     Each provider has its own gate, so calls hanging on one provider never delay another's. A call
-    that waits too long is refused with 503 ``provider_overloaded``.
+    that waits too long is refused with 503 ``provider_overloaded``. Turns are given in arrival order.
     """
 
     def __init__(self, provider_name: str, limit: int, wait: float):
         self.provider_name = provider_name
         self.limit = limit
         self.wait = wait
-        self._semaphore = asyncio.Semaphore(limit)
-
-    @property
-    def in_use(self) -> int:
-        """Calls holding a turn right now."""
-        return self.limit - self._semaphore._value
+        #: Calls holding a turn right now.
+        self.in_use = 0
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self) -> None:
-        """Wait for a turn; raises APIError (503) when none comes in time."""
-        if not self._semaphore.locked():
-            await self._semaphore.acquire()  # free: taken without suspending
+        """Take a turn, waiting for one if need be; raises APIError (503) when none comes in time."""
+        if self.in_use < self.limit and not self._waiting:
+            self.in_use += 1
             return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
         try:
             async with asyncio.timeout(self.wait):
-                await self._semaphore.acquire()
+                await turn  # release() hands its turn over: in_use stays as it is
         except TimeoutError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # the turn came just as the wait ran out: pass it on
             raise APIError(
                 503,
                 f"The upstream provider '{self.provider_name}' is busy with {self.limit} calls; retry shortly.",
                 type="api_error",
                 code="provider_overloaded",
             ) from None
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.release()
+            raise
+        finally:
+            if not turn.done():
+                turn.cancel()
 
     def release(self) -> None:
-        self._semaphore.release()
+        """Give the turn to the first call still waiting, or back."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.in_use -= 1
 
 
 def join_url(base_url: str, path: str, **query: str) -> yarl.URL:

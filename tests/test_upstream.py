@@ -71,3 +71,36 @@ def test_short_echoes_of_the_key_are_left_alone():
     assert mask_secret("prefix sk-upst only", "sk-upstream-secret") == "prefix sk-upst only"
     assert mask_secret("sk-upstream-secretX", "sk-upstream-secret") == "***X"
     assert mask_secret("a short key abc", "abc") == "a short key ***"
+
+
+async def test_a_gate_gives_turns_in_order_and_loses_none_to_callers_that_leave():
+    from riceball_proxy.errors import APIError
+    from riceball_proxy.upstream import ConnectionGate
+
+    gate = ConnectionGate("p", limit=1, wait=5)
+    await gate.acquire()
+    order = []
+
+    async def call(name):
+        await gate.acquire()
+        order.append(name)
+
+    first, leaving, second = (asyncio.create_task(call(name)) for name in ("first", "leaving", "second"))
+    await asyncio.sleep(0.01)
+    leaving.cancel()  # a client that goes away while it waits
+    await asyncio.sleep(0.01)
+    gate.release()
+    await first
+    gate.release()
+    await second
+    assert order == ["first", "second"] and gate.in_use == 1
+    gate.release()
+    assert gate.in_use == 0
+
+    impatient = ConnectionGate("p", limit=1, wait=0.01)
+    await impatient.acquire()
+    with pytest.raises(APIError) as refused:
+        await impatient.acquire()
+    assert refused.value.status == 503 and impatient.in_use == 1
+    impatient.release()
+    await impatient.acquire()  # the refused caller took nothing with it

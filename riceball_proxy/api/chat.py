@@ -19,7 +19,7 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     await authenticate(request, ctx)                            # 1. who is calling (401, 403)
     await resolve_assistant(ctx)                                # 2. the assistant it names (404)
-    ctx.take_body(await read_chat_request(request))             # 3. a valid Chat Completions body (400, 413)
+    ctx.take_body(*await read_chat_request(request))            # 3. a valid Chat Completions body (400, 413)
     await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
     adapter = await select_provider(ctx)                        # 6. the provider and its adapter
     if ctx.stream:

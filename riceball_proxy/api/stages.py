@@ -108,8 +108,8 @@ def assistant_not_found(assistant_id: str) -> APIError:
     return APIError(404, f"The assistant '{assistant_id}' does not exist.", code="assistant_not_found")
 
 
-async def read_chat_request(request: web.Request) -> bytes:
-    """The request body, checked as a Chat Completions request (400 or 413 otherwise); returns its JSON."""
+async def read_chat_request(request: web.Request) -> tuple[dict, bytes]:
+    """The request body, checked as a Chat Completions request (400 or 413 otherwise), and its JSON."""
     raw = await request.read()
     try:
         body = orjson.loads(raw)
@@ -117,8 +117,7 @@ async def read_chat_request(request: web.Request) -> bytes:
         raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON.",
                        code="invalid_json") from None
     check_depth(raw, body)
-    validate_chat_request(body)
-    return raw
+    return validate_chat_request(body), raw
 
 
 async def select_provider(ctx: ChatContext) -> ProviderAdapter:
