@@ -138,15 +138,20 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def wrk(url: str, headers: dict, body: dict, connections: int, seconds: int, workdir: Path) -> tuple[float, int]:
-    """Requests/s and non-2xx answers at ``connections`` concurrent connections, measured by wrk."""
+def wrk_output(url: str, headers: dict, body: dict, connections: int, seconds: int, workdir: Path) -> str:
+    """What wrk prints after POSTing ``body`` at ``connections`` concurrent connections for ``seconds``."""
     script = workdir / f"wrk-{uuid.uuid4().hex[:8]}.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
              'wrk.headers["Content-Type"] = "application/json"']
     lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
     script.write_text("\n".join(lines) + "\n")
-    output = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
-                            capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def wrk(url: str, headers: dict, body: dict, connections: int, seconds: int, workdir: Path) -> tuple[float, int]:
+    """Requests/s and non-2xx answers at ``connections`` concurrent connections, measured by wrk."""
+    output = wrk_output(url, headers, body, connections, seconds, workdir)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     return rps, int(errors.group(1)) if errors else 0

@@ -57,14 +57,17 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                         chunk = orjson.loads(data)
                     except orjson.JSONDecodeError:
                         raise bad_upstream_response("stream") from None
-                    if not isinstance(chunk, dict):
+                    if type(chunk) is not dict:
                         raise bad_upstream_response("stream")
                     choices = chunk.get("choices")
-                    if "error" in chunk and not choices:
-                        raise stream_error(chunk["error"], self.redact)
-                    if choices and not finished:
-                        finished = any(isinstance(choice, dict) and choice.get("finish_reason")
-                                       for choice in choices)
+                    if not choices:
+                        if "error" in chunk:
+                            raise stream_error(chunk["error"], self.redact)
+                    elif not finished:
+                        for choice in choices:  # a plain loop: this runs for every chunk
+                            if type(choice) is dict and choice.get("finish_reason"):
+                                finished = True
+                                break
                     yield data
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise connection_error(exc) from None

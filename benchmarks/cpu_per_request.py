@@ -1,0 +1,87 @@
+"""CPU time the gateway process spends per request, for comparing two versions of the code on a noisy machine.
+
+    python -m benchmarks.cpu_per_request [--stream] [--runs 3] [--seconds 8] [--tree PATH ...]
+
+Each run starts the fake upstream and a one-worker gateway (from the working tree, or from each
+``--tree``: a checkout of another commit, put first on ``PYTHONPATH``), loads it with
+``wrk -t2 -c64``, and divides the gateway's user+system CPU time (from ``/proc``) by the requests wrk
+counted. Runs of the trees alternate, so that a machine that slows down or speeds up does so for both.
+Prints one line per run and the mean per tree.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from benchmarks.run import BIN, MESSAGES, ROOT, bench_database, free_port, riceball, running, wrk_output
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime and stime
+
+
+def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path) -> tuple[float, float]:
+    """(requests/s, gateway CPU µs per request) for the code in ``tree`` (None: this working tree)."""
+    with bench_database() as database_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
+        env |= {"RICEBALL_DATA_DIR": str(workdir / f"var-{uuid.uuid4().hex[:8]}"), "RICEBALL_PLUGINS": "none"}
+        if database_url:
+            env["RICEBALL_DATABASE_URL"] = database_url
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
+        upstream_port, gateway_port = free_port(), free_port()
+        upstream_argv = [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)]
+        with running(upstream_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
+                     workdir / "upstream.log"):
+            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url",
+                     f"http://127.0.0.1:{upstream_port}/v1")
+            assistant = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
+            key = riceball(env, "key", "create", "--name", "bench")["key"]
+            url = f"http://127.0.0.1:{gateway_port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
+            body = {"model": "bench", "messages": MESSAGES, "stream": stream}
+            auth = {"Authorization": f"Bearer {key}"}
+            argv = [str(BIN / "riceball"), "serve", "--port", str(gateway_port)]
+            with running(argv, env, f"http://127.0.0.1:{gateway_port}/healthz", workdir / "gateway.log") as gateway:
+                wrk_output(url, auth, body, 64, 2, workdir)  # warm up
+                before = cpu_seconds(gateway.pid)
+                output = wrk_output(url, auth, body, 64, seconds, workdir)
+                used = cpu_seconds(gateway.pid) - before
+    requests = int(output.split(" requests in ")[0].split()[-1])
+    return requests / seconds, used / requests * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stream", action="store_true", help="20-chunk streams instead of plain answers")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--tree", action="append", type=Path, default=[],
+                        help="another checkout to measure beside this working tree (repeatable)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    trees: list[Path | None] = [None, *args.tree]
+    results: dict[str, list[float]] = {str(tree or "working tree"): [] for tree in trees}
+    workdir = Path(tempfile.mkdtemp(prefix="riceball-cpu-"))
+    for run in range(args.runs):
+        for tree in trees:
+            name = str(tree or "working tree")
+            rps, micros = one_run(tree, args.stream, args.seconds, workdir)
+            results[name].append(micros)
+            print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of gateway CPU per request",
+                  flush=True)
+    for name, values in results.items():
+        print(f"{name}: mean {statistics.mean(values):,.0f} µs per request ({min(values):,.0f}-{max(values):,.0f})")
+
+
+if __name__ == "__main__":
+    main()
