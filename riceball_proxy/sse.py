@@ -9,7 +9,9 @@ DONE = b"[DONE]"
 async def iter_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """Yield the ``data`` of each event in a stream of SSE lines (multi-line data joined by newlines).
 
-    Comments, ``event:``/``id:``/``retry:`` fields and events without data are skipped.
+    Comments, ``event:``/``id:``/``retry:`` fields and events without data are skipped. An event the
+    stream ends in the middle of (no blank line after it) is incomplete and dropped, as the SSE
+    specification says: a connection cut mid-event never passes for a whole event.
     """
     data: list[bytes] = []
     async for raw in lines:
@@ -22,8 +24,6 @@ async def iter_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         if line.startswith(b"data:"):
             value = line[5:]
             data.append(value[1:] if value.startswith(b" ") else value)
-    if data:
-        yield b"\n".join(data)
 
 
 def encode(data: bytes) -> bytes:

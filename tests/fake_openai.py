@@ -27,8 +27,8 @@ class FakeOpenAI:
         self.error: tuple[int, Any] | None = None
         #: After this many content chunks, send an error event (``error_event``) or drop the connection.
         self.fail_after_chunks: int | None = None
-        #: "error_event", "drop" (the connection cut), "malformed" (an event that is not JSON) or
-        #: "end" (the body ends cleanly, without a finish reason or [DONE]).
+        #: "error_event", "drop" (the connection cut), "malformed" (an event cut short), "not_json"
+        #: ("{not json}") or "end" (the body ends cleanly, without a finish reason or [DONE]).
         self.failure: str = "error_event"
         self.chunk_delay: float = 0.0
         #: Seconds to wait before answering at all (for timeouts).
@@ -144,8 +144,11 @@ class FakeOpenAI:
                     if self.failure == "drop":
                         request.transport.close()
                         return response
-                    if self.failure == "malformed":
+                    if self.failure == "malformed":  # cut short
                         await response.write(b'data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')
+                        continue
+                    if self.failure == "not_json":  # braces, but no JSON inside
+                        await response.write(b"data: {not json}\n\n")
                         continue
                     if self.failure == "end":
                         await response.write_eof()

@@ -225,7 +225,7 @@ async def usage_statuses(gateway, count: int) -> list[int]:
     raise AssertionError("the usage rows did not arrive")
 
 
-@pytest.mark.parametrize("failure", ["error_event", "drop", "malformed", "end"])
+@pytest.mark.parametrize("failure", ["error_event", "drop", "malformed", "not_json", "end"])
 async def test_a_failure_after_the_stream_began_is_an_error_event(configured, failure):
     configured.upstream.fail_after_chunks = 2
     configured.upstream.failure = failure
@@ -240,7 +240,7 @@ async def test_a_failure_after_the_stream_began_is_an_error_event(configured, fa
     assert await usage_statuses(configured.gateway, 1) == [502]
 
 
-@pytest.mark.parametrize("failure", ["error_event", "malformed", "end"])
+@pytest.mark.parametrize("failure", ["error_event", "malformed", "not_json", "end"])
 async def test_a_stream_that_fails_before_its_first_chunk_is_an_http_error(configured, failure):
     configured.upstream.fail_after_chunks = 0
     configured.upstream.failure = failure

@@ -44,7 +44,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         """The upstream's chunks as it sent them (bytes untouched), each checked on the way.
 
         The one adapter that reads upstream bytes: an error event, an event that is not a JSON object,
-        or an end with neither ``[DONE]`` nor a finish reason raises APIError.
+        or an end with neither ``[DONE]`` nor a finish reason raises APIError. Every event is parsed
+        (the only way to know it is JSON), and nothing else is done to it.
         """
         url = join_url(self.provider.base_url, "/chat/completions")
         finished = False
@@ -53,12 +54,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 async for data in sse.iter_data(response.content):
                     if data == sse.DONE:
                         return
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        raise bad_upstream_response("stream") from None
-                    if type(chunk) is not dict:
-                        raise bad_upstream_response("stream")
+                    chunk = _json_object(data)
                     choices = chunk.get("choices")
                     if not choices:
                         if "error" in chunk:
@@ -80,6 +76,16 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 return list(orjson.loads(await response.read())["data"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise bad_upstream_response("model list") from None
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise bad_upstream_response("stream") from None
+    if type(chunk) is not dict:
+        raise bad_upstream_response("stream")
+    return chunk
 
 
 @hookimpl(trylast=True)
