@@ -99,6 +99,8 @@ class PluginManager(pluggy.PluginManager):
         if name is None:  # blocked
             return None
         for caller in self.get_hookcallers(plugin) or ():
+            if caller.spec is None:  # a hook no spec declares (pluggy's check_pending reports it)
+                continue
             policy = policy_of(caller)
             for impl in caller.get_hookimpls():
                 if impl.plugin is not plugin:

@@ -208,3 +208,15 @@ async def test_fold_hooks_pass_each_result_on_through_pluggy():
     pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(len(impls)), lambda *args: None)
     assert await pm.run("riceball_transform_response", ctx=None, response="hi") == "HI!"
     assert calls == [1, 1, 1]  # pluggy called each implementation on its own
+
+
+def test_an_implementation_of_an_undeclared_hook_registers_as_pluggy_allows():
+    from riceball_proxy import hookimpl
+
+    class Stray:
+        @hookimpl
+        def riceball_not_a_hook(self):
+            return 1
+
+    pm = make_plugin_manager(Settings(), entry_points=False)
+    assert pm.register(Stray(), name="stray") == "stray"
