@@ -12,6 +12,7 @@ import orjson
 from riceball_proxy.db.assistants import Assistant
 from riceball_proxy.db.providers import Provider
 from riceball_proxy.errors import APIError
+from riceball_proxy.validation import drop_null_fields
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -129,6 +130,7 @@ class ChatContext:
         """
         self.client_body = client_body
         self.body = body = orjson.loads(raw)
+        drop_null_fields(body["messages"])  # as validation did to the client's copy
         self.stream = body.get("stream") is True
         if self.stream:
             options = body.get("stream_options") or {}

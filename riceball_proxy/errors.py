@@ -16,6 +16,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -23,6 +24,8 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        #: Headers the answer carries (an upstream's ``Retry-After``, for one).
+        self.headers = headers
 
     def body(self) -> dict:
         """The error as OpenAI sends it."""
@@ -30,6 +33,8 @@ class APIError(Exception):
 
     def response(self, headers: dict[str, str] | None = None) -> web.Response:
         """A JSON response carrying this error."""
+        if self.headers:
+            headers = {**self.headers, **(headers or {})}
         return web.Response(
             status=self.status, body=orjson.dumps(self.body()), content_type="application/json", headers=headers
         )

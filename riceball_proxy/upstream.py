@@ -96,6 +96,17 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
     return APIError(status, message, type=error_type, param=param, code=code)
 
 
+#: Upstream headers an error answer passes on: when to retry, and the rate limits behind a 429.
+RETRY_HEADERS = ("retry-after", "retry-after-ms")
+RATE_LIMIT_PREFIX = "x-ratelimit-"
+
+
+def passed_on_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an upstream error answer that the client's own retry logic reads (the SDKs do)."""
+    return {name: value for name, value in headers.items()
+            if name.lower() in RETRY_HEADERS or name.lower().startswith(RATE_LIMIT_PREFIX)}
+
+
 def bad_upstream_response(what: str) -> APIError:
     """502 for an upstream answer that is not in the format it should be."""
     return APIError(502, f"the upstream's {what} is not in the expected format", type="api_error",
@@ -245,7 +256,9 @@ class UpstreamCall:
             )
             if self.response.status >= 400:
                 raw = await self.response.read()
-                raise self.error_parser(self.response.status, raw, self.redact)
+                error = self.error_parser(self.response.status, raw, self.redact)
+                error.headers = {**passed_on_headers(self.response.headers), **(error.headers or {})} or None
+                raise error
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self._close()
             raise connection_error(exc) from None

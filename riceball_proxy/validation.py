@@ -113,8 +113,23 @@ def _member(path: str, key: str) -> str:
     return f"{path}[{orjson.dumps(key).decode()}]"
 
 
+def drop_null_fields(messages: list[Any]) -> None:
+    """Remove the optional fields a message sets to null (``"tool_calls": null``, ``"name": null``...), in place.
+
+    ``message.model_dump()`` of an SDK's reply writes them, and clients append it to the history: null
+    means absent. ``content`` is kept (a null content is how an assistant's tool-call turn says it has none).
+    """
+    for message in messages:
+        if isinstance(message, dict) and None in message.values():
+            for name in [name for name, value in message.items() if value is None and name != "content"]:
+                del message[name]
+
+
 def validate_chat_request(body: Any) -> dict[str, Any]:
-    """Return ``body`` when it is a well-formed Chat Completions request; raise APIError (400) otherwise."""
+    """Return ``body`` when it is a well-formed Chat Completions request; raise APIError (400) otherwise.
+
+    Null optional fields of its messages are dropped first (:func:`drop_null_fields`).
+    """
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_type")
     if "messages" not in body:
@@ -125,6 +140,7 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
         raise invalid_type("messages", "an array of message objects", messages)
     if not messages:
         raise APIError(400, "'messages' must contain at least one message.", param="messages", code="empty_array")
+    drop_null_fields(messages)
     for index, message in enumerate(messages):
         _validate_message(index, message)
     for name, value in body.items():  # a body has a few fields; FIELD_TYPES has many

@@ -25,6 +25,8 @@ class FakeOpenAI:
         self.tool_calls: list[tuple[str, str]] = []
         #: (status, body) answered instead of a completion; body bytes are sent as they are.
         self.error: tuple[int, Any] | None = None
+        #: Headers sent with that error answer (Retry-After, x-ratelimit-*...).
+        self.error_headers: dict[str, str] = {}
         #: After this many content chunks, send an error event (``error_event``) or drop the connection.
         self.fail_after_chunks: int | None = None
         #: "error_event", "drop" (the connection cut), "malformed" (an event cut short), "not_json"
@@ -61,7 +63,7 @@ class FakeOpenAI:
     def _error_response(self) -> web.Response:
         status, body = self.error
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
-        return web.Response(status=status, body=raw, content_type="application/json")
+        return web.Response(status=status, body=raw, content_type="application/json", headers=self.error_headers)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -186,3 +186,39 @@ async def test_a_policy_that_edits_messages_never_changes_what_the_client_sent(s
     async with gateway.client(assistant.id, await gateway.key()) as client:
         await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "my secret"}])
     assert seen == ["my secret"] and fake_openai.last["messages"][-1]["content"] == "[redacted]"
+
+
+async def test_a_reply_dumped_by_the_sdk_goes_back_into_the_history(configured):
+    first = await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    dumped = first.choices[0].message.model_dump()  # "tool_calls": None, "function_call": None, "audio": None...
+    assert None in dumped.values()
+    history = [*MESSAGES, dumped, {"role": "user", "content": "And again", "name": None}]
+    second = await configured.client.chat.completions.create(model="x", messages=history)
+    assert second.choices[0].message.content
+    sent = configured.upstream.last["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert all(value is not None for message in sent for value in message.values())  # no null forwarded
+
+
+@pytest.mark.parametrize("shout", [False, True])  # the fast path, and chunks parsed for a transformer
+async def test_chunks_carry_usage_only_when_the_client_asked(start_gateway, settings, fake_openai, shout):
+    from riceball_proxy.plugins import make_plugin_manager
+    from tests.plugins import shout as shout_plugin
+
+    pm = make_plugin_manager(settings, entry_points=False)
+    if shout:
+        pm.register(shout_plugin, name="shout")
+    gateway = await start_gateway(settings, plugin_manager=pm)
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider)
+    key = await gateway.key()
+    url = gateway.base_url(assistant.id) + "/chat/completions"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        async with session.post(url, json={"messages": MESSAGES, "stream": True}) as response:
+            events = (await response.read()).decode()
+        assert fake_openai.last["stream_options"] == {"include_usage": True}  # the gateway asked
+        assert '"usage"' not in events and events.count("data: ") == 8  # 7 chunks and [DONE]
+        async with session.post(url, json={"messages": MESSAGES, "stream": True,
+                                           "stream_options": {"include_usage": True}}) as response:
+            events = (await response.read()).decode()
+        assert events.count('"usage":null') == 7 and '"total_tokens"' in events

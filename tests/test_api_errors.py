@@ -67,9 +67,13 @@ async def test_unusable_keys_are_401(configured, state):
 async def test_a_key_scoped_to_other_assistants_is_403(configured):
     other = await configured.gateway.assistant(configured.provider, name="other")
     key = await configured.gateway.key(assistant_ids=[other.id])
-    async with configured.gateway.client(configured.assistant.id, key) as client:
-        with pytest.raises(openai.PermissionDeniedError):
-            await client.chat.completions.create(model="x", messages=MESSAGES)
+    mistyped = uuid.uuid4()
+    for assistant_id in (configured.assistant.id, mistyped):  # not allowed, and not there at all: the same answer
+        async with configured.gateway.client(assistant_id, key) as client:
+            with pytest.raises(openai.PermissionDeniedError) as raised:
+                await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert raised.value.body["message"] == (f"The assistant '{assistant_id}' does not exist, "
+                                                "or this API key may not use it.")
     async with configured.gateway.client(other.id, key) as client:
         assert (await client.chat.completions.create(model="x", messages=MESSAGES)).choices
 
@@ -302,3 +306,34 @@ async def test_a_provider_type_that_is_not_installed_is_502(configured):
         with pytest.raises(openai.InternalServerError) as raised:
             await client.chat.completions.create(model="x", messages=MESSAGES)
     assert raised.value.status_code == 502 and raised.value.code == "provider_unavailable"
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/chat/completions", "/v1/models", "/api/v1/chat/completions",
+                                  "/api/chat/completions", "/api", "/api/v1/assistants"])
+async def test_a_wrong_base_url_is_an_openai_404_that_names_the_right_one(configured, path):
+    import openai as sdk
+
+    async with sdk.AsyncOpenAI(base_url=configured.gateway.url(path.removesuffix("/chat/completions")
+                                                               .removesuffix("/models")),
+                               api_key=configured.key, max_retries=0) as client:
+        with pytest.raises(sdk.NotFoundError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "unknown_url"
+    assert "/api/v1/assistants/{assistant_id}/v1" in raised.value.message
+    async with aiohttp.ClientSession() as session, session.get(configured.gateway.url(path)) as response:
+        assert response.status == 404 and response.content_type == "application/json"
+        assert (await response.json())["error"]["code"] == "unknown_url"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_429_passes_on_when_to_retry(configured, stream):
+    limits = {"Retry-After": "7", "retry-after-ms": "6500", "x-ratelimit-remaining-requests": "0",
+              "x-ratelimit-reset-requests": "6.5s"}
+    configured.upstream.error = (429, {"error": {"message": "Rate limit reached", "type": "requests",
+                                                 "code": "rate_limit_exceeded"}})
+    configured.upstream.error_headers = limits | {"Set-Cookie": "upstream=secret", "X-Upstream-Internal": "1"}
+    with pytest.raises(openai.RateLimitError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
+    headers = raised.value.response.headers
+    assert {name: headers.get(name) for name in limits} == limits
+    assert "set-cookie" not in headers and "x-upstream-internal" not in headers  # only what retries need

@@ -24,13 +24,29 @@ MOUNT_POINT = "/api/v1"
 ASSISTANT_BASE = "/assistants/{assistant_id}/v1"
 
 
+def unknown_url(request: web.Request) -> APIError:
+    """404 for a URL the API does not serve, naming the form it does (the SDK's ``base_url``)."""
+    return APIError(404, f"Unknown request URL: {request.method} {request.path}. Each assistant is served at "
+                         f"{MOUNT_POINT}{ASSISTANT_BASE}: use that, with the assistant's id, as the SDK's base URL "
+                         "(e.g. base_url='http://127.0.0.1:8000/api/v1/assistants/<assistant id>/v1').",
+                    code="unknown_url")
+
+
+async def wrong_base_url(request: web.Request) -> web.Response:
+    """Every other URL under ``/v1/`` and ``/api/``: the mistakes a first base URL makes, answered as the SDKs read."""
+    return unknown_url(request).response()
+
+
 def setup_api(app: web.Application) -> web.Application:
-    """Mount the API sub-application on ``app``."""
+    """Mount the API sub-application on ``app``, and answer the URLs near it that it does not serve."""
     api = web.Application(middlewares=[api_error_middleware])
     api.router.add_post(ASSISTANT_BASE + "/chat/completions", chat_completions)
     api.router.add_get(ASSISTANT_BASE + "/models", list_models)
     api.router.add_get(ASSISTANT_BASE + "/models/{model:.+}", retrieve_model)
     app.add_subapp(MOUNT_POINT, api)
+    for prefix in ("/v1", "/api"):  # after the sub-app, so that its own URLs resolve first
+        app.router.add_route("*", prefix, wrong_base_url)
+        app.router.add_route("*", prefix + "/{tail:.*}", wrong_base_url)
     return api
 
 
@@ -47,8 +63,7 @@ async def api_error_middleware(request: web.Request, handler) -> web.StreamRespo
                         code="request_too_large").response()
     except web.HTTPException as exc:
         if exc.status == 404:
-            return APIError(404, f"Unknown request URL: {request.method} {request.path}.",
-                            code="unknown_url").response()
+            return unknown_url(request).response()
         if exc.status == 405:
             return APIError(405, f"Method {request.method} is not allowed for {request.path}.",
                             code="method_not_allowed").response(headers={"Allow": exc.headers.get("Allow", "")})

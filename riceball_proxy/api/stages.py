@@ -90,8 +90,8 @@ async def authenticate(request: web.Request, ctx: ChatContext) -> None:
     if principal.refused:
         raise APIError(401, principal.refused, code="invalid_api_key")
     if not principal.allows(assistant_id):
-        raise APIError(403, "This API key may not use this assistant.", type="permission_error",
-                       code="assistant_not_allowed")
+        raise APIError(403, f"The assistant '{assistant_id}' does not exist, or this API key may not use it.",
+                       type="permission_error", code="assistant_not_allowed")
     ctx.assistant_id = assistant_id
 
 

@@ -96,11 +96,20 @@ async def _payloads(ctx: ChatContext, first: bytes | None, upstream: AsyncIterat
         yield payload
 
 
+#: The ``"usage": null`` every chunk carries once usage is asked for; OpenAI leaves it out when the client
+#: did not ask, so the gateway (which always asks) takes it out again.
+NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+
 async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The fast path: the adapter's chunks forwarded as they are, looked into only for usage."""
+    strip_null_usage = not ctx.client_wants_usage
     async for payload in payloads:
         if _may_carry_usage(payload) and not _keep_after_usage(ctx, orjson.loads(payload)):
             continue
+        if strip_null_usage and b'"usage":' in payload:
+            for null_usage in NULL_USAGE:
+                payload = payload.replace(null_usage, b"")
         yield sse.encode(payload)
 
 
@@ -122,8 +131,12 @@ async def _transformed_events(
     for transform in transformers:
         stream = transform(stream)
     async for chunk in stream:
-        if ctx.client_wants_usage or chunk.get("choices") or not chunk.get("usage"):
-            yield sse.encode(orjson.dumps(chunk))
+        if not ctx.client_wants_usage:
+            if chunk.get("usage") is not None and not chunk.get("choices"):
+                continue  # the usage-only chunk the client did not ask for
+            if "usage" in chunk and chunk["usage"] is None:
+                del chunk["usage"]
+        yield sse.encode(orjson.dumps(chunk))
 
 
 def _may_carry_usage(payload: bytes) -> bool:
