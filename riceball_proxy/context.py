@@ -159,3 +159,6 @@ class Outcome:
     usage: Usage
     #: True when the client went away before the answer was complete.
     client_disconnected: bool = False
+    #: The error's code and message as the client got them (None for a success).
+    error_code: str | None = None
+    error_message: str | None = None

@@ -432,6 +432,8 @@ async def test_the_dashboard_counts_and_shows_recent_api_errors(panel):
             break
         await asyncio.sleep(0.05)
     assert request_id in text and "401" in text
+    row = re.search(rf"<tr>(?:(?!</tr>).)*{request_id}", text, flags=re.S).group(0)
+    assert "invalid_api_key" in row and "You didn&#39;t provide an API key." in row  # the code and the message
 
 
 async def test_the_plugins_page_lists_plugins_and_hooks(panel):

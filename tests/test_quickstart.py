@@ -42,3 +42,10 @@ def test_the_readme_quick_start_streams_an_answer(tmp_path):
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         server.stderr.close()
+
+
+def test_the_example_script_without_arguments_prints_its_usage():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("usage: python ")
+    assert "ASSISTANT_ID API_KEY" in result.stderr and "Traceback" not in result.stderr

@@ -44,11 +44,14 @@ def observed(handler):
         task = request.task
         in_flight.add(task, ctx)
         status, error_type, disconnected = 500, "server_error", False
+        error: APIError | None = None
         try:
             response = await handler(request, ctx)
-            status, error_type = (ctx.error.status, ctx.error.type) if ctx.error else (response.status, None)
+            error = ctx.error
+            status, error_type = (error.status, error.type) if error else (response.status, None)
             return response
         except APIError as exc:
+            error = exc
             status, error_type = exc.status, exc.type
             raise
         except asyncio.CancelledError:
@@ -66,7 +69,7 @@ def observed(handler):
             status, error_type = exc.status, "invalid_request_error"
             raise
         finally:
-            await finish(ctx, status, error_type, disconnected=disconnected)
+            await finish(ctx, status, error_type, disconnected=disconnected, error=error)
             in_flight.discard(task)
 
     return wrapper
@@ -132,7 +135,12 @@ async def select_provider(ctx: ChatContext) -> ProviderAdapter:
     return adapter
 
 
-async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False) -> None:
+#: The longest error message an outcome keeps.
+MAX_ERROR_MESSAGE = 500
+
+
+async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False,
+                 error: APIError | None = None) -> None:
     """Hand the outcome to the ``riceball_request_finished`` observers, off the request path, and note
     the key's use. Returns at once, unless the observers are so far behind that their queue is full."""
     now = time.perf_counter()
@@ -143,6 +151,8 @@ async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disco
         ttft_ms=None if ctx.first_token_at is None else (ctx.first_token_at - ctx.started_at) * 1000,
         usage=ctx.usage,
         client_disconnected=disconnected,
+        error_code=None if error is None else error.code,
+        error_message=None if error is None else error.message[:MAX_ERROR_MESSAGE],
     )
     if status < 400 and ctx.principal is not None and ctx.principal.key_id is not None:
         ctx.app[appkeys.LAST_USED].used(ctx.principal.key_id, ctx.received_at)

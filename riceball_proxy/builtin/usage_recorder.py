@@ -44,6 +44,8 @@ def riceball_request_finished(ctx, outcome):
         upstream_model=ctx.body.get("model") or (ctx.assistant.model if ctx.assistant else None),
         stream=ctx.stream,
         error_type=outcome.error_type,
+        error_code=outcome.error_code,
+        error_message=outcome.error_message,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,

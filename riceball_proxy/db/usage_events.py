@@ -44,6 +44,8 @@ class UsageEvent:
     upstream_model: str | None = None
     stream: bool = False
     error_type: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
