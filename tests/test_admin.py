@@ -467,3 +467,17 @@ async def test_static_files_are_served_without_a_session(aiohttp_client, setting
     client = await aiohttp_client(create_app(settings))
     response = await client.get(path)
     assert response.status == 200
+
+
+async def test_a_provider_whose_type_is_not_installed_keeps_it(panel):
+    provider = await providers.create(panel.pool, name="gone", type="uninstalled", base_url="http://127.0.0.1:9/v1")
+    _, text = await panel.get(f"/admin/providers/{provider.id}/edit")
+    assert '<option value="uninstalled" selected>uninstalled (not installed)</option>' in text
+    # The number fields take decimals: their attributes are attributes, not escaped text.
+    assert 'step="any" min="0"' in text and "step=&#34;" not in text
+    response, _ = await panel.post(f"/admin/providers/{provider.id}/edit", {
+        "name": "gone", "type": "uninstalled", "base_url": "http://127.0.0.1:9/v1", "connect_timeout": "2.5",
+        "read_timeout": "300", "max_connections": "10", "queue_timeout": "1"}, csrf_from="/admin/providers")
+    assert response.url.path == "/admin/providers"
+    saved = await providers.get(panel.pool, provider.id)
+    assert (saved.type, saved.connect_timeout) == ("uninstalled", 2.5)

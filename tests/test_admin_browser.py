@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from riceball_proxy import crypto
-from riceball_proxy.db import admins, api_keys
+from riceball_proxy.db import admins, api_keys, providers
 
 from tests.support import ADMIN_PASSWORD, ROOT
 
@@ -59,9 +59,11 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
     await page.get_by_label("Name", exact=True).fill("local-upstream")
     await page.get_by_label("Base URL").fill(fake_openai.base_url)
     await page.get_by_label("API key").fill("sk-upstream-secret")
+    await page.get_by_label("Connect timeout (seconds)").fill("2.5")  # the browser takes decimals there
     await shot(page, "03-provider-form")
     await page.get_by_role("button", name="Save provider").click()
     await page.get_by_text("Provider “local-upstream” saved.").wait_for()
+    assert (await providers.get_by_name(gateway.pool, "local-upstream")).connect_timeout == 2.5
     assert "sk-upstream-secret" not in await page.content()
     await shot(page, "04-providers")
     await page.get_by_role("button", name="Test connection").click()

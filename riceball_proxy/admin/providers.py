@@ -72,7 +72,8 @@ async def provider_save(request: web.Request) -> web.Response:
     types = _types(request)
     form = Form(await request.post())
     name = form.text("name", required=True)
-    provider_type = form.choice("type", types)
+    # A provider keeps the type it has even when no installed plugin offers it now (never changed silently).
+    provider_type = form.choice("type", [*types, *([provider.type] if provider else [])])
     base_url = form.url("base_url")
     api_key = form.text("api_key", max_length=4000)
     connect_timeout = form.number("connect_timeout", minimum=0, maximum=600, exclusive_minimum=True) or 10.0
