@@ -311,13 +311,23 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
-    rows = [_key_dict(k) for k in run_db(settings, api_keys.list_all)]
-    for row in rows:
-        row["scope"] = "all assistants" if row["assistant_ids"] is None else row["assistant_ids"]
+    async def work(pool):
+        return await api_keys.list_all(pool), {a.id: a.name for a in await assistants.list_all(pool)}
+
+    keys, names = run_db(settings, work)
+    rows = [_key_dict(k) for k in keys]  # --json: the scope as assistant_ids
+    shown = [row | {"scope": _scope(row["assistant_ids"], names)} for row in rows]
     emit(args, {"keys": rows},
-         table(rows, ["id", "prefix", "name", "status", "scope", "expires_at", "last_used_at"],
+         table(shown, ["id", "prefix", "name", "status", "scope", "expires_at", "last_used_at"],
                "no keys yet: riceball key create --name NAME"))
     return 0
+
+
+def _scope(assistant_ids: list | None, names: dict) -> str:
+    """A key's scope as people read it: the assistants' names."""
+    if assistant_ids is None:
+        return "all assistants"
+    return ", ".join(names.get(assistant_id, f"(deleted {assistant_id})") for assistant_id in assistant_ids) or "none"
 
 
 def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:

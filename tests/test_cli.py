@@ -55,8 +55,9 @@ def test_provider_assistant_and_key_round_trip(cli_env, capsys, monkeypatch):
 
     status, out, _ = run(capsys, monkeypatch, "key", "list")
     assert status == 0 and secret not in out and created["prefix"] in out
+    assert " helper " in out and assistant["id"] not in out  # the scope by name
     keys = run_json(capsys, monkeypatch, "key", "list")["keys"]
-    assert secret not in json.dumps(keys)
+    assert secret not in json.dumps(keys) and keys[0]["assistant_ids"] == [assistant["id"]]
     assert [(k["id"], k["status"]) for k in keys] == [(created["id"], "active")]
 
     revoked = run_json(capsys, monkeypatch, "key", "revoke", created["prefix"])
