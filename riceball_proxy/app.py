@@ -30,7 +30,7 @@ from riceball_proxy.observers import ObserverQueue
 from riceball_proxy.plugins import PluginManager, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
-from riceball_proxy.templating import setup_templates
+from riceball_proxy.templating import setup_templates, template_dir
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
         app.cleanup_ctx.append(metrics_site_ctx)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/readyz", readyz)
     if settings.metrics and settings.metrics_port is None:
         app.router.add_get("/metrics", metrics)
@@ -199,6 +200,12 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
 async def index(request: web.Request) -> dict:
     """A landing page that says what this server is."""
     return {"version": __version__}
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    """The icon browsers ask for on their own (an SVG, which they take whatever the name says)."""
+    return web.FileResponse(template_dir() / "static" / "favicon.svg",
+                            headers={"Content-Type": "image/svg+xml", "Cache-Control": "public, max-age=86400"})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -226,7 +226,10 @@ async def test_setup_creates_the_first_admin_once(aiohttp_client, settings, capl
     assert response.url.path == "/admin/"  # logged in
     assert (await admins.get_by_username(app[appkeys.DATABASE].pool, "first")) is not None
     response, _ = await browser.get(f"/admin/setup?token={token}")
-    assert response.status == 404
+    assert response.url.path == "/admin/"  # signed in: straight to the dashboard
+    await browser.post("/admin/logout", csrf_from="/admin/")
+    response, text = await browser.get(f"/admin/setup?token={token}")
+    assert response.status == 404 and "Setup is done" in text
     response, _ = await browser.post("/admin/setup", {"token": token, "username": "second",
                                                       "password": ADMIN_PASSWORD, "password_confirm": ADMIN_PASSWORD})
     assert response.status == 404 and await admins.count(app[appkeys.DATABASE].pool) == 1
@@ -481,3 +484,15 @@ async def test_a_provider_whose_type_is_not_installed_keeps_it(panel):
     assert response.url.path == "/admin/providers"
     saved = await providers.get(panel.pool, provider.id)
     assert (saved.type, saved.connect_timeout) == ("uninstalled", 2.5)
+
+
+async def test_small_things_a_new_admin_meets(panel, fake_openai):
+    response, _ = await panel.get("/admin/setup?token=whatever", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/admin/"  # signed in: no "Setup is done"
+    response = await panel.client.get("/favicon.ico")
+    assert response.status == 200 and response.content_type == "image/svg+xml"
+    fake_openai.models = ["only-one"]
+    await provider_via_form(panel, base_url=fake_openai.base_url)
+    provider = (await providers.list_all(panel.pool))[0]
+    _, text = await panel.post(f"/admin/providers/{provider.id}/test", csrf_from="/admin/providers")
+    assert "The upstream answered with 1 model." in text

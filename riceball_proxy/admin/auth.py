@@ -147,6 +147,8 @@ async def change_password(request: web.Request) -> web.Response:
 
 async def _check_setup(request: web.Request, token: str) -> web.Response | None:
     """An error page when setup is closed or the token is wrong; None when setup may go on."""
+    if request.get(ADMIN) is not None:  # signed in already: nothing to set up
+        raise redirect(request, "dashboard")
     if await admins.count(request.config_dict[appkeys.DATABASE].pool) > 0:
         return await render(request, "admin/error.html", {
             "title": "Setup is done", "message": "An admin exists already: log in instead."}, status=404)
