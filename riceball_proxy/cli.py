@@ -22,14 +22,19 @@ from riceball_proxy.commands import (
     cmd_admin_delete,
     cmd_admin_password,
     cmd_assistant_add,
+    cmd_assistant_delete,
     cmd_assistant_list,
+    cmd_assistant_show,
     cmd_key_create,
     cmd_key_list,
     cmd_key_revoke,
+    cmd_key_show,
     cmd_migrate,
     cmd_plugins,
     cmd_provider_add,
+    cmd_provider_delete,
     cmd_provider_list,
+    cmd_provider_test,
     cmd_serve,
 )
 from riceball_proxy.db import providers
@@ -116,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="seconds a call waits for a free turn before a 503 "
                                    f"(default {providers.DEFAULT_QUEUE_TIMEOUT:g})")
     command(provider, "list", cmd_provider_list, "list providers")
+    provider_delete = command(provider, "delete", cmd_provider_delete, "delete a provider no assistant uses")
+    provider_delete.add_argument("provider", metavar="NAME_OR_ID")
+    provider_test = command(provider, "test", cmd_provider_test, "list the upstream's models (a connection test)")
+    provider_test.add_argument("provider", metavar="NAME_OR_ID")
 
     assistant = commands.add_parser("assistant", help="manage assistants").add_subparsers(
         title="assistant commands", metavar="COMMAND", required=True
@@ -134,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                                help="drop system and developer messages sent by clients")
     assistant_add.add_argument("--disabled", action="store_true", help="create it disabled")
     command(assistant, "list", cmd_assistant_list, "list assistants")
+    assistant_show = command(assistant, "show", cmd_assistant_show, "show an assistant's whole configuration")
+    assistant_show.add_argument("id", type=_uuid, metavar="ID")
+    assistant_delete = command(assistant, "delete", cmd_assistant_delete, "delete an assistant")
+    assistant_delete.add_argument("id", type=_uuid, metavar="ID")
 
     key = commands.add_parser("key", help="manage API keys").add_subparsers(
         title="key commands", metavar="COMMAND", required=True
@@ -145,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     key_create.add_argument("--expires-in", type=parse_duration, metavar="DURATION",
                             help="e.g. 30d, 12h, 1w2d")
     command(key, "list", cmd_key_list, "list API keys (never the keys themselves)")
+    key_show = command(key, "show", cmd_key_show, "show an API key's details (never the key itself)")
+    key_show.add_argument("key", metavar="ID_OR_PREFIX")
     key_revoke = command(key, "revoke", cmd_key_revoke, "revoke an API key")
     key_revoke.add_argument("key", metavar="ID_OR_PREFIX")
 

@@ -19,6 +19,9 @@ from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 
+#: Seconds ``provider test`` waits for the upstream's model list.
+UPSTREAM_CHECK_TIMEOUT = 10
+
 
 
 class CommandError(Exception):
@@ -209,6 +212,63 @@ def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _provider_by_id_or_name(pool, id_or_name: str) -> providers.Provider:
+    provider = await providers.get_by_name(pool, id_or_name)
+    if provider is None and id_or_name.isdigit() and int(id_or_name) < 2**63:
+        provider = await providers.get(pool, int(id_or_name))
+    if provider is None:
+        raise CommandError(f"no provider with name or id {id_or_name!r}")
+    return provider
+
+
+def cmd_provider_delete(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        provider = await _provider_by_id_or_name(pool, args.provider)
+        try:
+            await providers.delete(pool, provider.id)
+        except providers.ProviderInUse as exc:
+            raise CommandError(f"provider {provider.name!r}: {exc}") from None
+        return provider
+
+    provider = run_db(settings, work)
+    emit(args, {"id": provider.id, "name": provider.name, "deleted": True}, f"provider {provider.name!r} deleted")
+    return 0
+
+
+def cmd_provider_test(args: argparse.Namespace, settings: Settings) -> int:
+    """List the upstream's models through the provider's adapter: the panel's "Test connection"."""
+    import aiohttp
+
+    from riceball_proxy.errors import APIError
+
+    types = provider_types(make_plugin_manager(settings))
+    box = crypto.load_secret_box(settings)
+
+    async def work(pool):
+        provider = await _provider_by_id_or_name(pool, args.provider)
+        provider_type = types.get(provider.type)
+        if provider_type is None:
+            raise CommandError(f"provider {provider.name!r}: its type {provider.type!r} is not installed")
+        api_key = None if provider.api_key_encrypted is None else box.decrypt(provider.api_key_encrypted)
+        async with aiohttp.ClientSession() as session:
+            adapter = provider_type.adapter(provider, api_key, session)
+            try:
+                async with asyncio.timeout(UPSTREAM_CHECK_TIMEOUT):
+                    models = await adapter.list_models()
+            except APIError as exc:
+                raise CommandError(f"provider {provider.name!r}: {exc.status}: {exc.message}") from None
+            except TimeoutError:
+                raise CommandError(f"provider {provider.name!r}: the upstream did not answer within "
+                                   f"{UPSTREAM_CHECK_TIMEOUT} seconds") from None
+        return provider, sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
+
+    provider, models = run_db(settings, work)
+    emit(args, {"id": provider.id, "name": provider.name, "ok": True, "models": models},
+         f"provider {provider.name!r} answered with {len(models)} model{'' if len(models) == 1 else 's'}"
+         + "".join(f"\n  {model}" for model in models))
+    return 0
+
+
 def cmd_provider_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = [_provider_dict(p) for p in run_db(settings, providers.list_all)]
     emit(args, {"providers": rows},
@@ -275,6 +335,40 @@ def cmd_assistant_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _assistant_by_id(pool, assistant_id: uuid.UUID) -> assistants.Assistant:
+    assistant = await assistants.get(pool, assistant_id)
+    if assistant is None:
+        raise CommandError(f"no assistant with id {assistant_id}")
+    return assistant
+
+
+def cmd_assistant_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        assistant = await _assistant_by_id(pool, args.id)
+        provider = await providers.get(pool, assistant.provider_id)
+        return _assistant_dict(assistant, provider.name if provider else None)
+
+    data = run_db(settings, work)
+    data["base_url"] = f"http://{settings.host}:{settings.port}/api/v1/assistants/{data['id']}/v1"
+    lines = [f"{name + ':':<20} {_cell(data[name])}" for name in (
+        "id", "name", "provider", "model", "enabled", "allow_client_system", "parameters", "locked",
+        "extra_params", "base_url")]
+    emit(args, data, "\n".join(lines) + f"\nsystem prompt:\n{data['system_prompt'] or '(none)'}")
+    return 0
+
+
+def cmd_assistant_delete(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        assistant = await _assistant_by_id(pool, args.id)
+        await assistants.delete(pool, assistant.id)
+        return assistant
+
+    assistant = run_db(settings, work)
+    emit(args, {"id": assistant.id, "name": assistant.name, "deleted": True},
+         f"assistant {assistant.name!r} deleted")
+    return 0
+
+
 # --- API keys ---------------------------------------------------------------------------------------
 
 
@@ -330,14 +424,32 @@ def _scope(assistant_ids: list | None, names: dict) -> str:
     return ", ".join(names.get(assistant_id, f"(deleted {assistant_id})") for assistant_id in assistant_ids) or "none"
 
 
+async def _key_by_id_or_prefix(pool, id_or_prefix: str) -> api_keys.ApiKey:
+    try:
+        key = await api_keys.find(pool, id_or_prefix)
+    except api_keys.AmbiguousKey as exc:
+        raise CommandError(str(exc)) from None
+    if key is None:
+        raise CommandError(f"no key with id or prefix {id_or_prefix!r}")
+    return key
+
+
+def cmd_key_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        key = await _key_by_id_or_prefix(pool, args.key)
+        return key, {a.id: a.name for a in await assistants.list_all(pool)}
+
+    key, names = run_db(settings, work)
+    data = _key_dict(key)
+    lines = [f"{name + ':':<14} {_cell(data[name])}" for name in (
+        "id", "prefix", "name", "status", "created_at", "expires_at", "revoked_at", "last_used_at")]
+    emit(args, data, "\n".join([*lines, f"{'scope:':<14} {_scope(data['assistant_ids'], names)}"]))
+    return 0
+
+
 def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
-        try:
-            key = await api_keys.find(pool, args.key)
-        except api_keys.AmbiguousKey as exc:
-            raise CommandError(str(exc)) from None
-        if key is None:
-            raise CommandError(f"no key with id or prefix {args.key!r}")
+        key = await _key_by_id_or_prefix(pool, args.key)
         return await api_keys.revoke(pool, key.id)
 
     key = run_db(settings, work)

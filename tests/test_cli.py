@@ -207,3 +207,53 @@ def test_plugins_command_lists_an_installed_plugin(cli_env, capsys, monkeypatch,
                                 "version": "0.3.0", "hooks": ["riceball_transform_response", "riceball_transform_stream"]}
     status, out, _ = run(capsys, monkeypatch, "plugins")
     assert status == 0 and "shout" in out and "0.3.0" in out
+
+
+def test_show_and_delete_assistants_and_providers_and_show_keys(cli_env, capsys, monkeypatch):
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai",
+             "--base-url", "http://127.0.0.1:9/v1")
+    assistant = run_json(capsys, monkeypatch, "assistant", "add", "--name", "helper", "--provider", "up",
+                         "--model", "gpt-4o", "--system-prompt", "Be brief.", "--temperature", "0.3")
+    shown = run_json(capsys, monkeypatch, "assistant", "show", assistant["id"])
+    assert (shown["name"], shown["provider"], shown["system_prompt"], shown["parameters"]) == (
+        "helper", "up", "Be brief.", {"temperature": 0.3})
+    status, out, _ = run(capsys, monkeypatch, "assistant", "show", assistant["id"])
+    assert status == 0 and "Be brief." in out and assistant["id"] in out
+
+    created = run_json(capsys, monkeypatch, "key", "create", "--name", "ci", "--assistant", assistant["id"])
+    key = run_json(capsys, monkeypatch, "key", "show", created["prefix"])
+    assert (key["id"], key["status"], key["assistant_ids"]) == (created["id"], "active", [assistant["id"]])
+    status, out, _ = run(capsys, monkeypatch, "key", "show", created["id"])
+    assert status == 0 and "helper" in out and created["key"] not in out
+
+    status, _, err = run(capsys, monkeypatch, "provider", "delete", "up")
+    assert (status, err) == (2, "riceball: error: provider 'up': assistants still use this provider: "
+                                "move or delete them first\n")
+    assert run_json(capsys, monkeypatch, "assistant", "delete", assistant["id"])["deleted"] is True
+    status, _, err = run(capsys, monkeypatch, "assistant", "show", assistant["id"])
+    assert (status, err) == (2, f"riceball: error: no assistant with id {assistant['id']}\n")
+    assert run_json(capsys, monkeypatch, "provider", "delete", "up")["deleted"] is True
+    status, _, err = run(capsys, monkeypatch, "provider", "delete", "up")
+    assert (status, err) == (2, "riceball: error: no provider with name or id 'up'\n")
+    status, _, err = run(capsys, monkeypatch, "key", "show", "sk-nothing")
+    assert (status, err) == (2, "riceball: error: no key with id or prefix 'sk-nothing'\n")
+
+
+async def test_provider_test_lists_the_upstreams_models_or_says_why_not(cli_env, fake_openai):
+    import asyncio
+    import os
+
+    def riceball(*argv):
+        return subprocess.run([*riceball_command(), *argv], env=dict(os.environ), capture_output=True, text=True,
+                              timeout=60)
+
+    added = await asyncio.to_thread(riceball, "--json", "provider", "add", "--name", "fake", "--type", "openai",
+                                    "--base-url", fake_openai.base_url)
+    assert added.returncode == 0, added.stderr
+    tested = await asyncio.to_thread(riceball, "--json", "provider", "test", "fake")
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads(tested.stdout)["models"] == ["gpt-4o", "gpt-4o-mini"]
+    fake_openai.error = (401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+    refused = await asyncio.to_thread(riceball, "provider", "test", "fake")
+    assert refused.returncode == 2
+    assert refused.stderr == "riceball: error: provider 'fake': 401: Incorrect API key provided\n"
