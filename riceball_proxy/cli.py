@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 import asyncpg
+import orjson
 
 from riceball_proxy import __version__
 from riceball_proxy.commands import (
@@ -25,6 +26,7 @@ from riceball_proxy.commands import (
     cmd_assistant_delete,
     cmd_assistant_list,
     cmd_assistant_show,
+    cmd_assistant_update,
     cmd_key_create,
     cmd_key_list,
     cmd_key_revoke,
@@ -35,6 +37,7 @@ from riceball_proxy.commands import (
     cmd_provider_delete,
     cmd_provider_list,
     cmd_provider_test,
+    cmd_provider_update,
     cmd_serve,
 )
 from riceball_proxy.db import providers
@@ -61,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args, settings) or 0
     except (CommandError, SettingsError) as exc:
         print(f"riceball: error: {exc}", file=sys.stderr)
+        if args.json and getattr(exc, "data", None):
+            sys.stdout.write(orjson.dumps({"error": str(exc), **exc.data}, default=str).decode() + "\n")
         return 2
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"riceball: error: database unavailable: {exc}", file=sys.stderr)
@@ -109,17 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         title="provider commands", metavar="COMMAND", required=True
     )
     provider_add = command(provider, "add", cmd_provider_add, "add an upstream provider")
-    provider_add.add_argument("--name", required=True, type=_name)
-    provider_add.add_argument("--type", required=True, help="a provider type offered by the plugins (e.g. openai)")
-    provider_add.add_argument("--base-url", required=True, type=_url)
-    provider_add.add_argument("--api-key-stdin", action="store_true", help="read the upstream API key from stdin")
-    provider_add.add_argument("--connect-timeout", type=_positive_float, default=10.0, help="seconds (default 10)")
-    provider_add.add_argument("--read-timeout", type=_positive_float, default=300.0, help="seconds (default 300)")
-    provider_add.add_argument("--max-connections", type=_between(1, 100_000, integer=True), default=providers.DEFAULT_MAX_CONNECTIONS,
-                              help=f"upstream calls at once (default {providers.DEFAULT_MAX_CONNECTIONS})")
-    provider_add.add_argument("--queue-timeout", type=_between(0, 3600), default=providers.DEFAULT_QUEUE_TIMEOUT,
-                              help="seconds a call waits for a free turn before a 503 "
-                                   f"(default {providers.DEFAULT_QUEUE_TIMEOUT:g})")
+    _provider_options(provider_add, update=False)
+    provider_update = command(provider, "update", cmd_provider_update,
+                              "change a provider (what is not given stays as it is)")
+    provider_update.add_argument("provider", metavar="NAME_OR_ID")
+    _provider_options(provider_update, update=True)
     command(provider, "list", cmd_provider_list, "list providers")
     provider_delete = command(provider, "delete", cmd_provider_delete, "delete a provider no assistant uses")
     provider_delete.add_argument("provider", metavar="NAME_OR_ID")
@@ -130,18 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         title="assistant commands", metavar="COMMAND", required=True
     )
     assistant_add = command(assistant, "add", cmd_assistant_add, "add an assistant")
-    assistant_add.add_argument("--name", required=True, type=_name)
-    assistant_add.add_argument("--provider", required=True, help="the provider's name")
-    assistant_add.add_argument("--model", required=True, type=_name, help="the upstream model")
-    assistant_add.add_argument("--system-prompt", default="")
-    assistant_add.add_argument("--temperature", type=float)
-    assistant_add.add_argument("--top-p", type=float)
-    assistant_add.add_argument("--max-tokens", type=_between(1, 2**31 - 1, integer=True))
-    assistant_add.add_argument("--lock", action="append", default=[], metavar="PARAMETER",
-                               help="make the assistant's value of a parameter win over the client's (repeatable)")
-    assistant_add.add_argument("--no-client-system", action="store_true",
-                               help="drop system and developer messages sent by clients")
-    assistant_add.add_argument("--disabled", action="store_true", help="create it disabled")
+    _assistant_options(assistant_add, update=False)
+    assistant_update = command(assistant, "update", cmd_assistant_update,
+                               "change an assistant (what is not given stays as it is)")
+    assistant_update.add_argument("id", type=_uuid, metavar="ID")
+    _assistant_options(assistant_update, update=True)
     command(assistant, "list", cmd_assistant_list, "list assistants")
     assistant_show = command(assistant, "show", cmd_assistant_show, "show an assistant's whole configuration")
     assistant_show.add_argument("id", type=_uuid, metavar="ID")
@@ -168,6 +160,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- argument types ---------------------------------------------------------------------------------
+
+
+def _provider_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    """The options of ``provider add``; for ``update`` none is required and none has a default."""
+    def default(value):
+        return None if update else value
+
+    parser.add_argument("--name", required=not update, type=_name)
+    parser.add_argument("--type", required=not update, help="a provider type offered by the plugins (e.g. openai)")
+    parser.add_argument("--base-url", required=not update, type=_url)
+    parser.add_argument("--api-key-stdin", action="store_true",
+                        help="read the upstream API key from stdin" + (" (replaces the stored one)" if update else ""))
+    if update:
+        parser.add_argument("--clear-api-key", action="store_true", help="remove the stored API key")
+    parser.add_argument("--connect-timeout", type=_positive_float, default=default(10.0), help="seconds (default 10)")
+    parser.add_argument("--read-timeout", type=_positive_float, default=default(300.0), help="seconds (default 300)")
+    parser.add_argument("--max-connections", type=_between(1, 100_000, integer=True),
+                        default=default(providers.DEFAULT_MAX_CONNECTIONS),
+                        help=f"upstream calls at once (default {providers.DEFAULT_MAX_CONNECTIONS})")
+    parser.add_argument("--queue-timeout", type=_between(0, 3600), default=default(providers.DEFAULT_QUEUE_TIMEOUT),
+                        help=f"seconds a call waits for a free turn before a 503 "
+                             f"(default {providers.DEFAULT_QUEUE_TIMEOUT:g})")
+
+
+def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    """The options of ``assistant add``; for ``update`` none is required and none has a default."""
+    parser.add_argument("--name", required=not update, type=_name)
+    parser.add_argument("--provider", required=not update, help="the provider's name")
+    parser.add_argument("--model", required=not update, type=_name, help="the upstream model")
+    parser.add_argument("--system-prompt", default=None if update else "")
+    parser.add_argument("--temperature", type=_between(0, 2))
+    parser.add_argument("--top-p", type=_between(0, 1))
+    parser.add_argument("--max-tokens", type=_between(1, 2**31 - 1, integer=True))
+    parser.add_argument("--lock", action="append", default=None if update else [], metavar="PARAMETER",
+                        help="make the assistant's value of a parameter win over the client's (repeatable"
+                             + ("; given, it replaces the locks)" if update else ")"))
+    parser.add_argument("--no-client-system", action="store_true", default=None if update else False,
+                        help="drop system and developer messages sent by clients")
+    parser.add_argument("--disabled", action="store_true", default=None if update else False,
+                        help="disable it" if update else "create it disabled")
+    if update:
+        parser.add_argument("--client-system", dest="no_client_system", action="store_false", default=None,
+                            help="keep the system and developer messages clients send")
+        parser.add_argument("--enabled", dest="disabled", action="store_false", default=None, help="enable it")
 
 
 def _name(value: str) -> str:

@@ -25,7 +25,14 @@ UPSTREAM_CHECK_TIMEOUT = 10
 
 
 class CommandError(Exception):
-    """A mistake in what the user asked; printed as one line, exit status 2."""
+    """A mistake in what the user asked; printed as one line, exit status 2.
+
+    ``data`` goes with it under ``--json`` (the id of the existing object a name clashes with...).
+    """
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.data = data
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -205,7 +212,8 @@ def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
                 queue_timeout=args.queue_timeout,
             )
         except providers.ProviderNameTaken as exc:
-            raise CommandError(str(exc)) from None
+            existing = await providers.get_by_name(pool, args.name)
+            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
 
     provider = run_db(settings, work)
     emit(args, _provider_dict(provider), f"provider {provider.name!r} added (id {provider.id})")
@@ -219,6 +227,36 @@ async def _provider_by_id_or_name(pool, id_or_name: str) -> providers.Provider:
     if provider is None:
         raise CommandError(f"no provider with name or id {id_or_name!r}")
     return provider
+
+
+def cmd_provider_update(args: argparse.Namespace, settings: Settings) -> int:
+    if args.type is not None:
+        types = provider_types(make_plugin_manager(settings))
+        if args.type not in types:
+            raise CommandError(f"unknown provider type {args.type!r}; installed types: {', '.join(sorted(types))}")
+    if args.api_key_stdin and args.clear_api_key:
+        raise CommandError("--api-key-stdin and --clear-api-key ask for opposite things")
+    api_key = read_stdin_secret("API key") if args.api_key_stdin else None
+    encrypted = providers.KEEP
+    if api_key is not None:
+        encrypted = crypto.load_secret_box(settings).encrypt(api_key)
+    elif args.clear_api_key:
+        encrypted = None
+
+    async def work(pool):
+        current = await _provider_by_id_or_name(pool, args.provider)
+        changes = {name: getattr(args, name) for name in ("name", "type", "base_url", "connect_timeout",
+                                                          "read_timeout", "max_connections", "queue_timeout")}
+        fields = {name: getattr(current, name) if value is None else value for name, value in changes.items()}
+        try:
+            return await providers.update(pool, current.id, api_key_encrypted=encrypted, **fields)
+        except providers.ProviderNameTaken as exc:
+            existing = await providers.get_by_name(pool, args.name)
+            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+
+    provider = run_db(settings, work)
+    emit(args, _provider_dict(provider), f"provider {provider.name!r} updated")
+    return 0
 
 
 def cmd_provider_delete(args: argparse.Namespace, settings: Settings) -> int:
@@ -313,6 +351,9 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
                 allow_client_system=not args.no_client_system,
                 enabled=not args.disabled,
             )
+        except assistants.AssistantNameTaken as exc:
+            existing = await assistants.get_by_name(pool, args.name)
+            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
         except assistants.InvalidAssistant as exc:
             raise CommandError(str(exc)) from None
         return assistant, provider
@@ -321,6 +362,46 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
     base_url = f"http://{settings.host}:{settings.port}/api/v1/assistants/{assistant.id}/v1"
     data = _assistant_dict(assistant, provider.name) | {"base_url": base_url}
     emit(args, data, f"assistant {assistant.name!r} added\nid:       {assistant.id}\nbase URL: {base_url}")
+    return 0
+
+
+def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
+    if args.lock is not None and set(args.lock) - set(assistants.PARAMETERS):
+        raise CommandError(f"--lock takes one of {', '.join(assistants.PARAMETERS)}")
+
+    async def work(pool):
+        current = await _assistant_by_id(pool, args.id)
+        provider = await providers.get(pool, current.provider_id)
+        if args.provider is not None:
+            provider = await providers.get_by_name(pool, args.provider)
+            if provider is None:
+                raise CommandError(f"no provider named {args.provider!r}")
+        given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+        parameters = dict(current.parameters) | {name: value for name, value in given.items() if value is not None}
+        try:
+            assistant = await assistants.update(
+                pool,
+                current.id,
+                name=current.name if args.name is None else args.name,
+                provider_id=provider.id,
+                model=current.model if args.model is None else args.model,
+                system_prompt=current.system_prompt if args.system_prompt is None else args.system_prompt,
+                parameters=parameters,
+                locked=current.locked if args.lock is None else args.lock,
+                extra_params=current.extra_params,
+                allow_client_system=current.allow_client_system if args.no_client_system is None
+                else not args.no_client_system,
+                enabled=current.enabled if args.disabled is None else not args.disabled,
+            )
+        except assistants.AssistantNameTaken as exc:
+            existing = await assistants.get_by_name(pool, args.name)
+            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+        except assistants.InvalidAssistant as exc:
+            raise CommandError(str(exc)) from None
+        return assistant, provider
+
+    assistant, provider = run_db(settings, work)
+    emit(args, _assistant_dict(assistant, provider.name), f"assistant {assistant.name!r} updated")
     return 0
 
 

@@ -260,7 +260,7 @@ class Gateway:
     async def assistant(self, provider, **fields):
         from riceball_proxy.db import assistants
 
-        values = {"name": "helper", "model": "gpt-4o"} | fields
+        values = {"name": f"helper-{uuid.uuid4().hex[:8]}", "model": "gpt-4o"} | fields  # names are unique
         return await assistants.create(self.pool, provider_id=provider.id, **values)
 
     async def key(self, *, assistant_ids=None, expires_at=None, name="test key") -> str:

@@ -257,3 +257,42 @@ async def test_provider_test_lists_the_upstreams_models_or_says_why_not(cli_env,
     refused = await asyncio.to_thread(riceball, "provider", "test", "fake")
     assert refused.returncode == 2
     assert refused.stderr == "riceball: error: provider 'fake': 401: Incorrect API key provided\n"
+
+
+def test_update_changes_only_what_is_given_and_names_are_unique(cli_env, capsys, monkeypatch):
+    first = run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai",
+                     "--base-url", "http://127.0.0.1:9/v1", "--api-key-stdin", stdin="sk-one\n")
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "other", "--type", "openai",
+             "--base-url", "http://127.0.0.1:9/v1")
+    status, out, err = run(capsys, monkeypatch, "--json", "provider", "add", "--name", "up", "--type", "openai",
+                           "--base-url", "http://127.0.0.1:9/v1")
+    assert status == 2 and err == "riceball: error: a provider named 'up' exists already\n"
+    assert json.loads(out)["id"] == first["id"]
+
+    updated = run_json(capsys, monkeypatch, "provider", "update", "up", "--read-timeout", "60",
+                       "--max-connections", "5")
+    assert (updated["read_timeout"], updated["max_connections"], updated["base_url"], updated["has_api_key"]) == (
+        60.0, 5, "http://127.0.0.1:9/v1", True)  # the rest, the key included, as it was
+    assert run_json(capsys, monkeypatch, "provider", "update", str(first["id"]), "--clear-api-key")[
+        "has_api_key"] is False
+    status, _, err = run(capsys, monkeypatch, "provider", "update", "up", "--name", "other")
+    assert (status, err) == (2, "riceball: error: a provider named 'other' exists already\n")
+
+    assistant = run_json(capsys, monkeypatch, "assistant", "add", "--name", "demo", "--provider", "up",
+                         "--model", "m1", "--system-prompt", "Be brief.", "--temperature", "0.3",
+                         "--lock", "temperature")
+    status, out, err = run(capsys, monkeypatch, "--json", "assistant", "add", "--name", "demo",
+                           "--provider", "up", "--model", "m2")
+    assert status == 2 and err == "riceball: error: an assistant named 'demo' exists already\n"
+    assert json.loads(out)["id"] == assistant["id"]
+
+    changed = run_json(capsys, monkeypatch, "assistant", "update", assistant["id"], "--model", "m2",
+                       "--max-tokens", "100", "--disabled", "--provider", "other")
+    assert (changed["model"], changed["provider"], changed["enabled"]) == ("m2", "other", False)
+    assert changed["parameters"] == {"temperature": 0.3, "max_tokens": 100} and changed["locked"] == ["temperature"]
+    assert changed["system_prompt"] == "Be brief." and changed["name"] == "demo"
+    again = run_json(capsys, monkeypatch, "assistant", "update", assistant["id"], "--enabled", "--lock", "max_tokens",
+                     "--client-system")
+    assert (again["enabled"], again["locked"], again["allow_client_system"]) == (True, ["max_tokens"], True)
+    status, _, err = run(capsys, monkeypatch, "assistant", "update", assistant["id"], "--temperature", "9")
+    assert status == 2 and "--temperature" in err and "between 0 and 2" in err

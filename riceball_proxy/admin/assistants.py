@@ -142,6 +142,8 @@ async def assistant_save(request: web.Request) -> web.Response:
                 saved = await assistants.create(pool, **fields)
             else:
                 saved = await assistants.update(pool, assistant.id, **fields)
+        except assistants.AssistantNameTaken:
+            form.errors["name"] = "Another assistant has this name."
         except assistants.InvalidAssistant as exc:
             form.errors["name"] = str(exc)
         else:

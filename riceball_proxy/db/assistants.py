@@ -73,9 +73,16 @@ def _values(parameters: Mapping[str, Any] | None, locked: Iterable[str]) -> list
     return values
 
 
-async def _write(db, sql: str, *args) -> asyncpg.Record | None:
+class AssistantNameTaken(InvalidAssistant):
+    """Another assistant has that name."""
+
+
+async def _write(db, name: str, sql: str, *args) -> asyncpg.Record | None:
+    """Run an INSERT or UPDATE of an assistant called ``name``, its refusals as InvalidAssistant."""
     try:
         return await db.fetchrow(sql, *args)
+    except asyncpg.UniqueViolationError:
+        raise AssistantNameTaken(f"an assistant named {name!r} exists already") from None
     except asyncpg.ForeignKeyViolationError:
         raise InvalidAssistant("that provider does not exist") from None
     except asyncpg.CheckViolationError as exc:
@@ -98,6 +105,7 @@ async def create(
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
     row = await _write(
         db,
+        name,
         f"""
         INSERT INTO assistants (
             name, provider_id, model, system_prompt,
@@ -138,6 +146,7 @@ async def update(
     """Replace an assistant's configuration; None when it does not exist."""
     row = await _write(
         db,
+        name,
         f"""
         UPDATE assistants SET
             name = $2, provider_id = $3, model = $4, system_prompt = $5,
@@ -186,6 +195,12 @@ async def count(db) -> tuple[int, int]:
 async def get(db, assistant_id: uuid.UUID) -> Assistant | None:
     """The assistant with this id, or None."""
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM assistants WHERE id = $1", assistant_id)
+    return None if row is None else Assistant.from_row(row)
+
+
+async def get_by_name(db, name: str) -> Assistant | None:
+    """The assistant with this name, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM assistants WHERE name = $1", name)
     return None if row is None else Assistant.from_row(row)
 
 
