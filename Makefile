@@ -1,7 +1,8 @@
 # make run: start the gateway on 127.0.0.1:8000 with an embedded database.
 # make test: the whole test suite.
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; \
+	done 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
 PLUGIN_DIRS := $(wildcard plugins/*/setup.cfg)
@@ -10,9 +11,11 @@ PLUGIN_DIRS := $(wildcard plugins/*/setup.cfg)
 
 $(BIN)/riceball: setup.cfg setup.py pyproject.toml $(PLUGIN_DIRS)
 	@test -n "$(PYTHON)" || { echo "RiceBall needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(dir $(PLUGIN_DIRS)),-e ./$(p))
+	@echo "Installing RiceBall and its plugins into $(VENV) (a minute or two the first time)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -qq --disable-pip-version-check -e '.[dev]' \
+		$(foreach p,$(dir $(PLUGIN_DIRS)),-e ./$(p))
 	@touch $@
 
 install: $(BIN)/riceball

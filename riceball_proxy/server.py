@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import multiprocess
 
+from riceball_proxy.admin.auth import ANNOUNCE_LATER, SETUP_NOTICE
 from riceball_proxy.app import create_app
 from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 from riceball_proxy.metrics import MULTIPROCESS_ENV
@@ -105,8 +106,17 @@ def supervise(settings: Settings, workers: int) -> None:
 def run_worker(settings: Settings, *, reuse_port: bool) -> None:
     """Run one gateway process on the settings' host and port."""
     configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    app[ANNOUNCE_LATER] = True
+
+    def started(message: str) -> None:
+        logger.info("RiceBall %s", message.strip().splitlines()[0] if message else "")
+        notice = app.get(SETUP_NOTICE)
+        if notice:  # last, set apart: the one thing a first start asks of its reader
+            logger.warning("\n\n    %s", notice)
+
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port or None,
@@ -117,5 +127,5 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
         loop=new_event_loop(),
-        print=lambda message: logger.info("RiceBall %s", message.strip().splitlines()[0] if message else ""),
+        print=started,
     )

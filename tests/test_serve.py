@@ -60,7 +60,11 @@ def test_serve_with_no_database_url_runs_an_embedded_database(start_server, tmp_
 
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
-    assert "No admin account exists yet. Create one at http://127.0.0.1:" in server.stderr.read()
+    log = server.stderr.read()
+    assert "No admin account exists yet. Create one at http://127.0.0.1:" in log
+    # The link comes last, after the line saying where the server listens, with the panel's address.
+    assert log.index("Running on") < log.index("No admin account exists yet")
+    assert f"Then the admin panel is at http://127.0.0.1:{port}/admin/" in log
     assert not (tmp_path / "var" / "postgres" / "postmaster.pid").exists()  # the last user stopped it
     assert (tmp_path / "var" / "secret.key").stat().st_mode & 0o777 == 0o600
 

@@ -47,16 +47,25 @@ def setup_token(secret_box: crypto.SecretBox) -> str:
     return base64.urlsafe_b64encode(secret_box.derive("riceball admin setup", 24)).decode()
 
 
+#: Set by ``riceball serve``: the setup notice waits in SETUP_NOTICE, to be printed once the server
+#: listens (after everything else it prints), rather than at start-up.
+ANNOUNCE_LATER = web.AppKey("announce_setup_later", bool)
+SETUP_NOTICE = web.AppKey("setup_notice", str)
+
+
 async def announce_setup(app: web.Application) -> None:
-    """At start, with no admin yet, print where to create one."""
+    """At start, with no admin yet, say where to create one (or keep it for ``riceball serve`` to say last)."""
     if await admins.count(app[appkeys.DATABASE].pool) == 0:
         settings = app[appkeys.SETTINGS]
         # Listening on every address: point at the one that surely reaches this machine.
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        logger.warning(
-            "No admin account exists yet. Create one at http://%s:%s/admin/setup?token=%s",
-            host, settings.port, setup_token(app[appkeys.SECRET_BOX]),
-        )
+        panel = f"http://{host}:{settings.port}/admin/"
+        notice = (f"No admin account exists yet. Create one at {panel}setup?token="
+                  f"{setup_token(app[appkeys.SECRET_BOX])}\n\n    Then the admin panel is at {panel}\n")
+        if app.get(ANNOUNCE_LATER):
+            app[SETUP_NOTICE] = notice
+        else:
+            logger.warning(notice)
 
 
 def _safe_next(target: str | None) -> str | None:
