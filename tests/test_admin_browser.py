@@ -85,6 +85,9 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
 
     await page.get_by_role("link", name="API keys").first.click()
     await page.get_by_role("button", name="Create a key").first.click()
+    cancel = await page.get_by_role("button", name="Cancel").bounding_box()
+    create = await page.get_by_role("button", name="Create key").bounding_box()
+    assert abs(cancel["height"] - create["height"]) <= 1 and abs(cancel["y"] - create["y"]) <= 1  # one row
     await page.get_by_label("Name", exact=True).fill("docs example")
     await page.get_by_label("Support bot").check()
     await shot(page, "08-key-form")
@@ -145,5 +148,13 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
     assert "Support bot" in await page.content()
     await shot(page, "14-usage")
     await page.set_viewport_size({"width": 390, "height": 844})
+    no_sideways_scroll = ("() => [...document.querySelectorAll('table')].every("
+                          "t => t.scrollWidth <= t.parentElement.clientWidth + 1)")
+    for name in ("API keys", "Dashboard", "Usage", "Providers"):
+        await page.goto(gateway.url({"API keys": "/admin/keys", "Dashboard": "/admin/", "Usage": "/admin/usage",
+                                     "Providers": "/admin/providers"}[name]))
+        assert await page.evaluate(no_sideways_scroll), f"a table on {name} scrolls sideways on a phone"
+    await page.goto(gateway.url("/admin/keys"))
+    await shot(page, "15-mobile-keys")
     await page.get_by_role("link", name="Assistants").first.click()
     await shot(page, "13-mobile-assistants")
