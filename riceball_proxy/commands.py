@@ -470,14 +470,18 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
             missing = set(args.assistant) - await assistants.existing_ids(pool, args.assistant)
             if missing:
                 raise CommandError(f"no assistant with id {', '.join(sorted(map(str, missing)))}")
-        return await api_keys.create(
-            pool,
-            name=args.name,
-            key_hash=crypto.hash_api_key(secret),
-            prefix=crypto.display_prefix(secret),
-            assistant_ids=args.assistant,
-            expires_at=expires_at,
-        )
+        try:
+            return await api_keys.create(
+                pool,
+                name=args.name,
+                key_hash=crypto.hash_api_key(secret),
+                prefix=crypto.display_prefix(secret),
+                assistant_ids=args.assistant,
+                expires_at=expires_at,
+            )
+        except api_keys.KeyNameTaken as exc:
+            existing = await api_keys.in_force_named(pool, args.name)
+            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
 
     key = run_db(settings, work)
     emit(args, _key_dict(key) | {"key": secret},

@@ -263,11 +263,12 @@ class Gateway:
         values = {"name": f"helper-{uuid.uuid4().hex[:8]}", "model": "gpt-4o"} | fields  # names are unique
         return await assistants.create(self.pool, provider_id=provider.id, **values)
 
-    async def key(self, *, assistant_ids=None, expires_at=None, name="test key") -> str:
+    async def key(self, *, assistant_ids=None, expires_at=None, name=None) -> str:
         from riceball_proxy import crypto
         from riceball_proxy.db import api_keys
 
         secret = crypto.generate_api_key()
+        name = name or f"test key {secret[3:11]}"  # names of keys in force are unique
         await api_keys.create(self.pool, name=name, key_hash=crypto.hash_api_key(secret),
                               prefix=crypto.display_prefix(secret), assistant_ids=assistant_ids, expires_at=expires_at)
         return secret

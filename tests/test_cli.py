@@ -296,3 +296,14 @@ def test_update_changes_only_what_is_given_and_names_are_unique(cli_env, capsys,
     assert (again["enabled"], again["locked"], again["allow_client_system"]) == (True, ["max_tokens"], True)
     status, _, err = run(capsys, monkeypatch, "assistant", "update", assistant["id"], "--temperature", "9")
     assert status == 2 and "--temperature" in err and "between 0 and 2" in err
+
+
+def test_key_names_in_force_are_unique_and_a_revoked_key_lets_go_of_its_name(cli_env, capsys, monkeypatch):
+    first = run_json(capsys, monkeypatch, "key", "create", "--name", "demo")
+    status, out, err = run(capsys, monkeypatch, "--json", "key", "create", "--name", "demo")
+    assert status == 2 and err == ("riceball: error: a key named 'demo' is in force already "
+                                   "(revoke it to reuse its name)\n")
+    assert json.loads(out)["id"] == first["id"] and "sk-" not in out
+    run_json(capsys, monkeypatch, "key", "revoke", first["id"])
+    second = run_json(capsys, monkeypatch, "key", "create", "--name", "demo")
+    assert second["id"] != first["id"]

@@ -25,7 +25,7 @@ def with_plugin(start_gateway, settings, fake_openai):
         gateway = await start_gateway(settings, plugin_manager=pm)
         provider = await gateway.provider(fake_openai.base_url)
         assistant = await gateway.assistant(provider, **assistant_fields)
-        return gateway, assistant, await gateway.key()
+        return gateway, assistant, await gateway.key(name="test key")
 
     return start
 

@@ -67,14 +67,21 @@ async def key_create(request: web.Request) -> web.Response:
         }, status=400)
     lifetime = EXPIRIES[expires][1]
     secret = crypto.generate_api_key()
-    key = await api_keys.create(
-        pool,
-        name=name,
-        key_hash=crypto.hash_api_key(secret),
-        prefix=crypto.display_prefix(secret),
-        assistant_ids=[known[value] for value in chosen] or None,
-        expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
-    )
+    try:
+        key = await api_keys.create(
+            pool,
+            name=name,
+            key_hash=crypto.hash_api_key(secret),
+            prefix=crypto.display_prefix(secret),
+            assistant_ids=[known[value] for value in chosen] or None,
+            expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
+        )
+    except api_keys.KeyNameTaken:
+        form.errors["name"] = "A key in force has this name: revoke it first, or choose another name."
+        return await render(request, "admin/key_form.html", {
+            "values": form.values(), "selected": set(chosen), "errors": form.errors, "expiries": EXPIRIES,
+            "assistants": all_assistants,
+        }, status=400)
     # The key is in this answer only: it is kept nowhere (not in the session), so nothing can show it again.
     return await key_list(request, new_key={"key": secret, "name": key.name})
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+
+import asyncpg
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
@@ -46,6 +48,10 @@ class AmbiguousKey(LookupError):
     """A prefix matches more than one key."""
 
 
+class KeyNameTaken(ValueError):
+    """A key in force has that name already (revoke it to give its name to a new one)."""
+
+
 async def create(
     db,
     *,
@@ -55,20 +61,31 @@ async def create(
     assistant_ids: Iterable[uuid.UUID] | None = None,
     expires_at: datetime | None = None,
 ) -> ApiKey:
-    """Store a new key's hash and description."""
-    row = await db.fetchrow(
-        f"""
-        INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at)
-        VALUES ($1, $2, $3, $4, $5)
-        RETURNING {_COLUMNS}
-        """,
-        name,
-        key_hash,
-        prefix,
-        None if assistant_ids is None else list(assistant_ids),
-        expires_at,
-    )
+    """Store a new key's hash and description; raises KeyNameTaken when a key in force has the name."""
+    try:
+        row = await db.fetchrow(
+            f"""
+            INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at)
+            VALUES ($1, $2, $3, $4, $5)
+            RETURNING {_COLUMNS}
+            """,
+            name,
+            key_hash,
+            prefix,
+            None if assistant_ids is None else list(assistant_ids),
+            expires_at,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "api_keys_name_in_force":
+            raise
+        raise KeyNameTaken(f"a key named {name!r} is in force already (revoke it to reuse its name)") from None
     return ApiKey.from_row(row)
+
+
+async def in_force_named(db, name: str) -> ApiKey | None:
+    """The key in force (not revoked) with this name, or None."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE name = $1 AND revoked_at IS NULL", name)
+    return None if row is None else ApiKey.from_row(row)
 
 
 async def get_by_hash(db, key_hash: bytes) -> ApiKey | None:
