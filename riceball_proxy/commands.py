@@ -38,6 +38,16 @@ class CommandError(Exception):
 # --- helpers ----------------------------------------------------------------------------------------
 
 
+def name_taken(exc: Exception, existing: Any) -> CommandError:
+    """The error for a name in use, carrying (for ``--json``) the id of the object that has it."""
+    return CommandError(str(exc), {"id": existing.id if existing else None})
+
+
+def assistant_base_url(settings: Settings, assistant_id: Any) -> str:
+    """The base URL an OpenAI SDK is given for an assistant, on this gateway's host and port."""
+    return f"http://{settings.host}:{settings.port}/api/v1/assistants/{assistant_id}/v1"
+
+
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """Print ``data`` as JSON with --json, else ``text``."""
     if args.json:
@@ -212,8 +222,7 @@ def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
                 queue_timeout=args.queue_timeout,
             )
         except providers.ProviderNameTaken as exc:
-            existing = await providers.get_by_name(pool, args.name)
-            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+            raise name_taken(exc, await providers.get_by_name(pool, args.name)) from None
 
     provider = run_db(settings, work)
     emit(args, _provider_dict(provider), f"provider {provider.name!r} added (id {provider.id})")
@@ -251,8 +260,7 @@ def cmd_provider_update(args: argparse.Namespace, settings: Settings) -> int:
         try:
             return await providers.update(pool, current.id, api_key_encrypted=encrypted, **fields)
         except providers.ProviderNameTaken as exc:
-            existing = await providers.get_by_name(pool, args.name)
-            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+            raise name_taken(exc, await providers.get_by_name(pool, args.name)) from None
 
     provider = run_db(settings, work)
     emit(args, _provider_dict(provider), f"provider {provider.name!r} updated")
@@ -352,14 +360,13 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
                 enabled=not args.disabled,
             )
         except assistants.AssistantNameTaken as exc:
-            existing = await assistants.get_by_name(pool, args.name)
-            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+            raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
         except assistants.InvalidAssistant as exc:
             raise CommandError(str(exc)) from None
         return assistant, provider
 
     assistant, provider = run_db(settings, work)
-    base_url = f"http://{settings.host}:{settings.port}/api/v1/assistants/{assistant.id}/v1"
+    base_url = assistant_base_url(settings, assistant.id)
     data = _assistant_dict(assistant, provider.name) | {"base_url": base_url}
     emit(args, data, f"assistant {assistant.name!r} added\nid:       {assistant.id}\nbase URL: {base_url}")
     return 0
@@ -394,8 +401,7 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                 enabled=current.enabled if args.disabled is None else not args.disabled,
             )
         except assistants.AssistantNameTaken as exc:
-            existing = await assistants.get_by_name(pool, args.name)
-            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+            raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
         except assistants.InvalidAssistant as exc:
             raise CommandError(str(exc)) from None
         return assistant, provider
@@ -430,7 +436,7 @@ def cmd_assistant_show(args: argparse.Namespace, settings: Settings) -> int:
         return _assistant_dict(assistant, provider.name if provider else None)
 
     data = run_db(settings, work)
-    data["base_url"] = f"http://{settings.host}:{settings.port}/api/v1/assistants/{data['id']}/v1"
+    data["base_url"] = assistant_base_url(settings, data["id"])
     lines = [f"{name + ':':<20} {_cell(data[name])}" for name in (
         "id", "name", "provider", "model", "enabled", "allow_client_system", "parameters", "locked",
         "extra_params", "base_url")]
@@ -480,8 +486,7 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
                 expires_at=expires_at,
             )
         except api_keys.KeyNameTaken as exc:
-            existing = await api_keys.in_force_named(pool, args.name)
-            raise CommandError(str(exc), {"id": existing.id if existing else None}) from None
+            raise name_taken(exc, await api_keys.in_force_named(pool, args.name)) from None
 
     key = run_db(settings, work)
     emit(args, _key_dict(key) | {"key": secret},

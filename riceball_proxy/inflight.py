@@ -34,9 +34,6 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def __len__(self) -> int:
-        return len(self._calls)
-
     def add(self, task: asyncio.Task, ctx: ChatContext) -> None:
         """Count ``task`` as answering ``ctx`` until :meth:`discard`."""
         self._calls[task] = ctx
