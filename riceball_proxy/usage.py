@@ -1,10 +1,10 @@
 """Usage events written off the request path, in batches, and never lost.
 
 Each API call adds one :class:`UsageEvent` to an in-memory queue. A background task writes the queue
-with ``COPY`` every ``flush_interval`` seconds, or sooner once ``batch_size`` rows wait. While the database cannot be reached the queue keeps
-growing up to ``max_buffer`` rows; past that the oldest rows are written to files in
-``$RICEBALL_DATA_DIR/usage-spill/``, which are loaded back once the database answers again. On
-shutdown whatever is left is written, or spilled if the database is still away.
+with ``COPY`` every ``flush_interval`` seconds, or sooner once ``batch_size`` rows wait. While the
+database cannot be reached the queue keeps growing up to ``max_buffer`` rows; past that the oldest rows
+are written to files in ``$RICEBALL_DATA_DIR/usage-spill/``, which are loaded back once the database
+answers again. On shutdown whatever is left is written, or spilled if the database is still away.
 
 A failed write is one of two things. The database is away (a lost connection, a timeout, a server
 shutting down): the batch is kept and tried again, nothing is dropped. Or the rows themselves cannot be
