@@ -18,6 +18,7 @@ from aiohttp import web
 from riceball_proxy import __version__, appkeys
 from riceball_proxy.admin import setup_admin
 from riceball_proxy.api import setup_api
+from riceball_proxy.api.stages import CHAT_CONTEXT
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
@@ -192,8 +193,12 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Echo the request id on every response, streamed and error ones included."""
+    """Echo the request id on every response, streamed and error ones included, and add the headers an
+    API call asked for (``ChatContext.response_headers``: its rate limits)."""
     response.headers[REQUEST_ID_HEADER] = request.get(appkeys.REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    ctx = request.get(CHAT_CONTEXT)
+    if ctx is not None and ctx.response_headers:
+        response.headers.update(ctx.response_headers)
 
 
 @aiohttp_jinja2.template("index.html")

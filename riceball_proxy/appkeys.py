@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from riceball_proxy.db import Database
     from riceball_proxy.inflight import InFlight
     from riceball_proxy.lastused import LastUsedWriter
+    from riceball_proxy.limits.admission import Limiter
     from riceball_proxy.metrics import Metrics
     from riceball_proxy.observers import ObserverQueue
     from riceball_proxy.plugins import PluginManager
@@ -42,3 +43,5 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 
 #: The request's id (the client's X-Request-ID when sane, else a new one).
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: The built-in limits policy (``riceball_proxy.builtin.limits``).
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from decimal import Decimal
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ import orjson
 from riceball_proxy.db.assistants import Assistant
 from riceball_proxy.db.providers import Provider
 from riceball_proxy.errors import APIError
+from riceball_proxy.limits import Limits
 from riceball_proxy.validation import drop_null_fields
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ class Principal:
     #: Why this known caller may not call at all (a revoked or expired key): answered 401 with it,
     #: and still recorded as this caller's call.
     refused: str | None = None
+    #: What this caller may spend (None or empty: no limits of its own).
+    limits: Limits | None = None
 
     def allows(self, assistant_id: uuid.UUID) -> bool:
         """True when this caller may use that assistant."""
@@ -121,6 +125,12 @@ class ChatContext:
     shutting_down: bool = False
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: True once the call reached admission (``riceball_admit``): it is then settled as it ends.
+    admission_started: bool = False
+    #: Headers every answer to this call carries, whatever it is (the rate-limit headers...).
+    response_headers: dict[str, str] | None = None
+    #: The call's cost in USD, once it is known (``riceball_proxy.pricing``).
+    cost_usd: Decimal | None = None
 
     def take_body(self, client_body: dict[str, Any], raw: bytes) -> None:
         """Take a validated request body, parsed from ``raw``, as the client's; the upstream body is
@@ -162,3 +172,5 @@ class Outcome:
     #: The error's code and message as the client got them (None for a success).
     error_code: str | None = None
     error_message: str | None = None
+    #: USD; None when no price or no token counts are known.
+    cost_usd: Decimal | None = None

@@ -95,7 +95,7 @@ def riceball_authenticate(request, assistant_id):
     """
 
 
-# --- 3. prepare the upstream request -------------------------------------------------------------
+# --- 5. prepare the upstream request -------------------------------------------------------------
 
 
 @hookspec
@@ -112,7 +112,35 @@ def riceball_prepare_request(ctx):
     """
 
 
-# --- 4. provider selection -------------------------------------------------------------------------
+# --- 4. admit -----------------------------------------------------------------------------------------
+
+
+@hookspec
+@runs("all")
+def riceball_admit(ctx):
+    """Admit the call, or refuse it, just before it goes upstream (limits, budgets, quotas).
+
+    ``ctx`` is the ``riceball_proxy.context.ChatContext``, its upstream body prepared (so an
+    implementation sees the injected system prompt and the ``max_tokens`` ceiling). Raise
+    ``riceball_proxy.errors.APIError`` to refuse (429 for a limit). Whatever an implementation takes
+    here (a slot, a reservation) it gives back in ``riceball_settle``, which is called for every call
+    that reached this hook, admitted or not. Headers for the answer go in ``ctx.response_headers``.
+    *Awaited*, in call order; the built-in limits (``riceball_proxy.builtin.limits``) are ``trylast``.
+    """
+
+
+@hookspec
+@runs("all", isolated=True)
+def riceball_settle(ctx, outcome):
+    """Give back what ``riceball_admit`` took, now that the call is over: ``outcome`` says how it
+    ended, ``outcome.usage`` and ``outcome.cost_usd`` what it really used.
+
+    Called as the call ends, after its answer has been sent and before the observers, so that a
+    client's next call finds its slot free. *Awaited*. *Isolated*: an exception is logged.
+    """
+
+
+# --- 6. provider selection -------------------------------------------------------------------------
 
 
 @hookspec
@@ -127,7 +155,7 @@ def riceball_provider_types():
     """
 
 
-# --- 6. transform the answer ---------------------------------------------------------------------
+# --- 7. transform the answer ---------------------------------------------------------------------
 
 
 @hookspec
@@ -152,7 +180,7 @@ def riceball_transform_response(ctx, response):
     """
 
 
-# --- 7. request finished ----------------------------------------------------------------------------
+# --- 9. request finished ----------------------------------------------------------------------------
 
 
 @hookspec

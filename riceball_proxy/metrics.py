@@ -44,6 +44,13 @@ class Metrics:
         self.observer_backpressure = Counter(
             "riceball_observer_backpressure", "Finishing requests that waited because the observers' queue was full",
             registry=registry)
+        self.cost = Counter("riceball_cost_usd", "What the calls cost in USD (calls of known price), by assistant",
+                            ["assistant"], registry=registry)
+        self.rate_limited = Counter("riceball_limited", "Calls refused by a limit, by kind (bucket: rpm or tpm, "
+                                    "slots: max_parallel, budget)", ["kind"], registry=registry)
+        self.limits_unavailable_total = Counter(
+            "riceball_limits_unavailable", "Limit checks that found the shared counters away, by backend",
+            ["backend"], registry=registry)
         self._children: dict = {}
         self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
                                        registry=registry, multiprocess_mode="livesum")
@@ -71,6 +78,16 @@ class Metrics:
             self._child(self.tokens, assistant, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:
             self._child(self.tokens, assistant, "completion").inc(outcome.usage.completion_tokens)
+        if outcome.cost_usd:
+            self._child(self.cost, assistant).inc(float(outcome.cost_usd))
+
+    def limited(self, kind: str) -> None:
+        """Count a call refused by a limit."""
+        self._child(self.rate_limited, kind).inc()
+
+    def limits_unavailable(self, backend: str) -> None:
+        """Count a limit check that could not reach the shared counters."""
+        self._child(self.limits_unavailable_total, backend).inc()
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes: all workers' values when several share the port."""

@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "riceball"
 DEFAULT_PLUGINS = (
     "riceball_proxy.builtin.api_key_auth",
     "riceball_proxy.builtin.injection",
+    "riceball_proxy.builtin.limits",
     "riceball_proxy.builtin.openai_compat",
     "riceball_proxy.builtin.metrics",
     "riceball_proxy.builtin.usage_recorder",

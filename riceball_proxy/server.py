@@ -40,6 +40,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def serve(settings: Settings, *, workers: int = 1) -> None:
     """Serve until SIGINT or SIGTERM; with ``workers`` > 1, in that many processes."""
+    settings = settings.replace(workers=workers)
     if workers == 1:
         run_worker(settings, reuse_port=False)
         return

@@ -46,6 +46,15 @@ class Settings:
     metrics_port: int | None = None
     #: Bearer token that unlocks /metrics for callers other than this machine (loopback, not proxied).
     metrics_token: str | None = dataclasses.field(default=None, repr=False)
+    #: Redis shares the limit counters between processes and instances (``redis://host:port/db``).
+    redis_url: str | None = dataclasses.field(default=None, repr=False)
+    #: Where limit counters live: ``auto`` (Redis with a URL; else memory for one process on the
+    #: embedded database; else PostgreSQL), ``memory``, ``redis`` or ``postgres``.
+    limits_backend: str = "auto"
+    #: What a limited call meets while the shared counters are away: ``open`` (admitted) or ``closed`` (503).
+    limits_fail: str = "open"
+    #: Processes serving this port (``riceball serve --workers N``).
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +79,17 @@ class Settings:
         if metrics not in ("on", "off"):
             raise SettingsError("RICEBALL_METRICS must be on or off")
         metrics_port = get("RICEBALL_METRICS_PORT")
+        redis_url = get("RICEBALL_REDIS_URL")
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("RICEBALL_REDIS_URL must start with redis://, rediss:// or unix://")
+        limits_backend = (get("RICEBALL_LIMITS_BACKEND") or "auto").lower()
+        if limits_backend not in ("auto", "memory", "redis", "postgres"):
+            raise SettingsError("RICEBALL_LIMITS_BACKEND must be auto, memory, redis or postgres")
+        if limits_backend == "redis" and redis_url is None:
+            raise SettingsError("RICEBALL_LIMITS_BACKEND=redis needs RICEBALL_REDIS_URL")
+        limits_fail = (get("RICEBALL_LIMITS_FAIL") or "open").lower()
+        if limits_fail not in ("open", "closed"):
+            raise SettingsError("RICEBALL_LIMITS_FAIL must be open or closed")
         return cls(
             database_url=database_url,
             data_dir=Path(get("RICEBALL_DATA_DIR") or "var"),
@@ -89,7 +109,19 @@ class Settings:
             metrics=metrics == "on",
             metrics_port=None if metrics_port is None else _integer(env, "RICEBALL_METRICS_PORT", 0, 1, 65535),
             metrics_token=get("RICEBALL_METRICS_TOKEN"),
+            redis_url=redis_url,
+            limits_backend=limits_backend,
+            limits_fail=limits_fail,
         )
+
+    @property
+    def limits_store(self) -> str:
+        """Where the limit counters live: ``memory``, ``redis`` or ``postgres`` (``limits_backend`` resolved)."""
+        if self.limits_backend != "auto":
+            return self.limits_backend
+        if self.redis_url:
+            return "redis"
+        return "memory" if self.workers == 1 and self.database_url is None else "postgres"
 
     def replace(self, **changes) -> Settings:
         """A copy with some fields changed (command-line options win over the environment)."""

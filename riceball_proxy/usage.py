@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import decimal
 import datetime
 import logging
 import os
@@ -43,7 +44,7 @@ _ROW_ERRORS = (TypeError, ValueError, OverflowError, asyncpg.DataError, asyncpg.
 
 
 def _json_default(value):
-    if isinstance(value, uuid.UUID):  # asyncpg's UUID subclass too
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):  # asyncpg's UUID subclass too
         return str(value)
     raise TypeError
 
@@ -70,6 +71,8 @@ def _event_from(data: dict) -> UsageEvent:
     for field in ("api_key_id", "assistant_id", "event_id"):
         if data.get(field) is not None:
             data[field] = uuid.UUID(data[field])
+    if data.get("cost_usd") is not None:
+        data["cost_usd"] = decimal.Decimal(data["cost_usd"])
     if data.get("event_id") is None:  # spilled before rows had ids
         data.pop("event_id", None)
     return UsageEvent(**data)

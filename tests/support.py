@@ -21,11 +21,13 @@ from cryptography.fernet import Fernet
 from riceball_proxy.db import init_connection
 from riceball_proxy.db.embedded import EmbeddedPostgres
 from riceball_proxy.db.migrate import apply_migrations
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
 from riceball_proxy.settings import Settings
 
 DEFAULT_TEST_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 APP_TABLES = ("admins, admin_sessions, login_failures, providers, assistants, api_keys, usage_events, "
-              "conversations, messages")
+              "conversations, messages, limit_counters")
+DEFAULT_TEST_REDIS = "redis://127.0.0.1:6379/13"  # a database number of the suite's own
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -216,6 +218,54 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
+# --- Redis ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Redis: the machine's (``RICEBALL_TEST_REDIS_URL``, default db 13 on the usual port), else
+    one started from Debian's ``redis-server`` on a free port for the run."""
+    import redis
+
+    url = os.environ.get("RICEBALL_TEST_REDIS_URL") or DEFAULT_TEST_REDIS
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+        return
+    except redis.RedisError:
+        pass
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no Redis at 127.0.0.1:6379 and no redis-server to start: apt-get install redis-server")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                               stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/13"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.RedisError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield url
+    process.terminate()
+    process.wait()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The test Redis, emptied for this test."""
+    import redis
+
+    redis.Redis.from_url(redis_server).flushdb()
+    return redis_server
+
+
 # --- the gateway and a fake upstream, both real servers ---------------------------------------------
 
 
@@ -261,16 +311,20 @@ class Gateway:
         from riceball_proxy.db import assistants
 
         values = {"name": f"helper-{uuid.uuid4().hex[:8]}", "model": "gpt-4o"} | fields  # names are unique
+        limits = {name: values.pop(name) for name in LIMIT_FIELDS if name in values}
+        if limits:
+            values["limits"] = Limits(**limits)
         return await assistants.create(self.pool, provider_id=provider.id, **values)
 
-    async def key(self, *, assistant_ids=None, expires_at=None, name=None) -> str:
+    async def key(self, *, assistant_ids=None, expires_at=None, name=None, **limits) -> str:
         from riceball_proxy import crypto
         from riceball_proxy.db import api_keys
 
         secret = crypto.generate_api_key()
         name = name or f"test key {secret[3:11]}"  # names of keys in force are unique
         await api_keys.create(self.pool, name=name, key_hash=crypto.hash_api_key(secret),
-                              prefix=crypto.display_prefix(secret), assistant_ids=assistant_ids, expires_at=expires_at)
+                              prefix=crypto.display_prefix(secret), assistant_ids=assistant_ids, expires_at=expires_at,
+                              limits=Limits(**limits))
         return secret
 
     def client(self, assistant_id, key: str, **options):

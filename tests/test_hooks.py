@@ -1,5 +1,6 @@
 """One test per hook: a real plugin implements it and the gateway, serving real requests, calls it."""
 import asyncio
+import uuid
 
 import aiohttp
 import openai
@@ -88,6 +89,48 @@ async def test_hook_riceball_prepare_request(with_plugin, fake_openai):
             await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "forbidden"}])
     assert raised.value.code == "policy_violation"
     assert len(fake_openai.requests) == 1
+
+
+async def test_hook_riceball_admit(with_plugin, fake_openai):
+    class OneAtATime:
+        @hookimpl
+        async def riceball_admit(self, ctx):
+            if "busy" in str(ctx.client_body["messages"]):
+                raise APIError(429, "Busy.", code="rate_limit_exceeded", headers={"Retry-After": "7"})
+            assert ctx.body["messages"][0] == {"role": "system", "content": "Be kind."}  # prepared already
+            ctx.response_headers = {"X-Admitted": ctx.principal.name}
+
+    gateway, assistant, key = await with_plugin(OneAtATime(), system_prompt="Be kind.")
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+        assert answer.headers["X-Admitted"] == "test key"
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "busy"}])
+    assert raised.value.code == "rate_limit_exceeded"
+    assert raised.value.response.headers["Retry-After"] == "7"
+    assert len(fake_openai.requests) == 1
+
+
+async def test_hook_riceball_settle(with_plugin, fake_openai):
+    settled = []
+
+    class Settling:
+        @hookimpl
+        def riceball_admit(self, ctx):
+            ctx.stash["settling"] = "taken"
+
+        @hookimpl
+        async def riceball_settle(self, ctx, outcome):
+            settled.append((ctx.stash.pop("settling", None), outcome.status, outcome.usage.total_tokens))
+            raise RuntimeError("isolated: the client never sees this")
+
+    gateway, assistant, key = await with_plugin(Settling())
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    async with gateway.client(uuid.uuid4(), key) as client:
+        with pytest.raises(openai.NotFoundError):  # refused before admission: nothing to settle
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert settled == [("taken", 200, answer.usage.total_tokens)]
 
 
 async def test_hook_riceball_provider_types(with_plugin, fake_openai):
@@ -190,7 +233,7 @@ async def test_hook_riceball_request_finished(with_plugin, fake_openai):
     assert outcome.client_disconnected is True and outcome.status == 499
 
 
-async def test_slow_observers_slow_requests_down_but_lose_nothing_and_hold_no_prompts(
+async def test_slow_observers_hold_finishing_requests_but_lose_nothing_and_hold_no_prompts(
         start_gateway, settings, fake_openai, db):
     seen, release = [], asyncio.Event()
 
@@ -211,8 +254,12 @@ async def test_slow_observers_slow_requests_down_but_lose_nothing_and_hold_no_pr
         while len(fake_openai.requests) < 6:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)
-        # One outcome is with the observer, two wait in the queue; the others' requests wait for room.
-        assert sum(call.done() for call in calls) == 3
+        # Every answer was sent before its outcome was queued; one outcome is with the observer, two
+        # wait in the queue, and the other three requests wait for room (their connections stay busy).
+        assert all(call.done() for call in calls)
+        assert gateway.app[appkeys.OBSERVERS].queue.qsize() == 2
+        registry = gateway.app[appkeys.METRICS].registry
+        assert registry.get_sample_value("riceball_observer_backpressure_total") == 3
         release.set()
         await asyncio.gather(*calls)
     await gateway.app[appkeys.OBSERVERS].queue.join()

@@ -1,4 +1,8 @@
-"""``POST .../v1/chat/completions``: one request, stage by stage (the pipeline of DESIGN.md)."""
+"""``POST .../v1/chat/completions``: one request, stage by stage (the pipeline of DESIGN.md).
+
+Admission (4.) comes after the request is prepared (5.) and its provider known (6.): limits then see
+the body that will really be sent (the system prompt, the ``max_tokens`` ceiling) and its price.
+"""
 from __future__ import annotations
 
 import time
@@ -7,7 +11,8 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.api.stages import authenticate, observed, read_chat_request, resolve_assistant, select_provider
+from riceball_proxy.api.stages import (admit, authenticate, observed, read_chat_request, resolve_assistant,
+                                       select_provider)
 from riceball_proxy.api.streaming import answer_stream
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
@@ -22,6 +27,7 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     ctx.take_body(*await read_chat_request(request))            # 3. a valid Chat Completions body (400, 413)
     await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
     adapter = await select_provider(ctx)                        # 6. the provider and its adapter
+    await admit(ctx)                                            # 4. limits and budgets (429)
     if ctx.stream:
         return await answer_stream(request, ctx, adapter)       # 6-8. call, transform, answer as SSE
     try:
@@ -32,4 +38,7 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
     answer = await pm.run("riceball_transform_response", ctx=ctx, response=answer)  # 7. transform
-    return web.Response(body=orjson.dumps(answer), content_type="application/json")  # 8. answer
+    response = web.Response(body=orjson.dumps(answer), content_type="application/json")  # 8. answer
+    await response.prepare(request)  # sent now, so that settling the call (9.) never delays it
+    await response.write_eof()
+    return response

@@ -16,6 +16,7 @@ from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
+from riceball_proxy.pricing import price_of
 from riceball_proxy.providers import ProviderAdapter
 from riceball_proxy.validation import check_depth, validate_chat_request
 
@@ -135,15 +136,26 @@ async def select_provider(ctx: ChatContext) -> ProviderAdapter:
     return adapter
 
 
+async def admit(ctx: ChatContext) -> None:
+    """Limits, budgets and any other admission policy (``riceball_admit``): 429 when over."""
+    ctx.admission_started = True
+    await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_admit", ctx=ctx)
+
+
 #: The longest error message an outcome keeps.
 MAX_ERROR_MESSAGE = 500
 
 
 async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disconnected: bool = False,
                  error: APIError | None = None) -> None:
-    """Hand the outcome to the ``riceball_request_finished`` observers, off the request path, and note
-    the key's use. Returns at once, unless the observers are so far behind that their queue is full."""
+    """Price the call, settle what admission took (``riceball_settle``), then hand the outcome to the
+    ``riceball_request_finished`` observers, off the request path, and note the key's use. Returns once
+    settled, unless the observers are so far behind that their queue is full."""
     now = time.perf_counter()
+    usage = ctx.usage
+    if usage.prompt_tokens is not None and ctx.assistant is not None:
+        price = price_of(ctx.assistant, ctx.provider.type if ctx.provider else None)
+        ctx.cost_usd = None if price is None else price.cost(usage)
     outcome = Outcome(
         status=status,
         error_type=error_type,
@@ -153,7 +165,10 @@ async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disco
         client_disconnected=disconnected,
         error_code=None if error is None else error.code,
         error_message=None if error is None else error.message[:MAX_ERROR_MESSAGE],
+        cost_usd=ctx.cost_usd,
     )
+    if ctx.admission_started:
+        await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_settle", ctx=ctx, outcome=outcome)
     if status < 400 and ctx.principal is not None and ctx.principal.key_id is not None:
         ctx.app[appkeys.LAST_USED].used(ctx.principal.key_id, ctx.received_at)
     await ctx.app[appkeys.OBSERVERS].put(ctx, outcome)

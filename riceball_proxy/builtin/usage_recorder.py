@@ -52,6 +52,7 @@ def riceball_request_finished(ctx, outcome):
         cached_tokens=usage.cached_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         usage_invalid=usage.invalid,
+        cost_usd=outcome.cost_usd,
         latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms,
         client_addr=ctx.client_addr,

@@ -8,7 +8,10 @@ import asyncpg
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-_COLUMNS = "id, name, prefix, assistant_ids, created_at, expires_at, revoked_at, last_used_at"
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
+
+_COLUMNS = ("id, name, prefix, assistant_ids, created_at, expires_at, revoked_at, last_used_at, "
+            + ", ".join(LIMIT_FIELDS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,13 +26,14 @@ class ApiKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    limits: Limits = Limits()
 
     @classmethod
     def from_row(cls, row) -> ApiKey:
-        values = dict(row)
+        values = {name: value for name, value in row.items() if name not in LIMIT_FIELDS}
         if values["assistant_ids"] is not None:
             values["assistant_ids"] = tuple(values["assistant_ids"])
-        return cls(**values)
+        return cls(**values, limits=Limits.from_row(row))
 
     def status(self, now: datetime | None = None) -> str:
         """``active``, ``revoked`` or ``expired``."""
@@ -60,13 +64,14 @@ async def create(
     prefix: str,
     assistant_ids: Iterable[uuid.UUID] | None = None,
     expires_at: datetime | None = None,
+    limits: Limits = Limits(),
 ) -> ApiKey:
     """Store a new key's hash and description; raises KeyNameTaken when a key in force has the name."""
     try:
         row = await db.fetchrow(
             f"""
-            INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at, {", ".join(LIMIT_FIELDS)})
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             RETURNING {_COLUMNS}
             """,
             name,
@@ -74,6 +79,7 @@ async def create(
             prefix,
             None if assistant_ids is None else list(assistant_ids),
             expires_at,
+            *(getattr(limits, field) for field in LIMIT_FIELDS),
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "api_keys_name_in_force":
@@ -121,6 +127,31 @@ async def revoke(db, key_id: uuid.UUID) -> ApiKey | None:
         f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {_COLUMNS}",
         key_id,
     )
+    return None if row is None else ApiKey.from_row(row)
+
+
+async def update(db, key_id: uuid.UUID, *, name: str, assistant_ids: Iterable[uuid.UUID] | None,
+                 expires_at: datetime | None, limits: Limits) -> ApiKey | None:
+    """Change a key's name, scope, expiry and limits (never its secret); None when there is no such key.
+    Raises KeyNameTaken when another key in force has the name."""
+    try:
+        row = await db.fetchrow(
+            f"""
+            UPDATE api_keys SET name = $2, assistant_ids = $3, expires_at = $4, rpm = $5, tpm = $6,
+                max_parallel = $7, budget_usd = $8, budget_tokens = $9, budget_period = $10
+            WHERE id = $1
+            RETURNING {_COLUMNS}
+            """,
+            key_id,
+            name,
+            None if assistant_ids is None else list(assistant_ids),
+            expires_at,
+            *(getattr(limits, field) for field in LIMIT_FIELDS),
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "api_keys_name_in_force":
+            raise
+        raise KeyNameTaken(f"a key named {name!r} is in force already (revoke it to reuse its name)") from None
     return None if row is None else ApiKey.from_row(row)
 
 

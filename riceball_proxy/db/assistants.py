@@ -5,9 +5,12 @@ import dataclasses
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
+
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
 
 #: The model parameters an assistant can set, each with a lock flag (column ``<name>_locked``).
 PARAMETERS = ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop")
@@ -17,8 +20,12 @@ _COLUMNS = """
     temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
     presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
     seed, seed_locked, stop, stop_locked,
-    extra_params, allow_client_system, enabled, created_at, updated_at
+    extra_params, allow_client_system, enabled, created_at, updated_at,
+    rpm, tpm, max_parallel, budget_usd, budget_tokens, budget_period,
+    price_input, price_output, price_cached_input
 """
+#: The columns after the parameters that ``create`` and ``update`` write, in order.
+_POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,11 @@ class Assistant:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    limits: Limits = Limits()
+    #: USD per million tokens (None: not set, so the model's known price applies, if any).
+    price_input: Decimal | None = None
+    price_output: Decimal | None = None
+    price_cached_input: Decimal | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Assistant:
@@ -53,6 +65,10 @@ class Assistant:
             enabled=row["enabled"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            limits=Limits.from_row(row),
+            price_input=row["price_input"],
+            price_output=row["price_output"],
+            price_cached_input=row["price_cached_input"],
         )
 
 
@@ -71,6 +87,21 @@ def _values(parameters: Mapping[str, Any] | None, locked: Iterable[str]) -> list
     for parameter in PARAMETERS:
         values += [parameters.get(parameter), parameter in locked]
     return values
+
+
+#: (price_input, price_output, price_cached_input), USD per million tokens.
+Prices = tuple[Decimal | None, Decimal | None, Decimal | None]
+
+
+def _policy(limits: Limits, prices: Prices) -> list[Any]:
+    """The limit and price columns in order."""
+    if (prices[0] is None) != (prices[1] is None):
+        raise InvalidAssistant("set both an input and an output price, or neither")
+    if prices[0] is None and prices[2] is not None:
+        raise InvalidAssistant("a cached-input price needs an input and an output price")
+    if any(price is not None and (not price.is_finite() or price < 0 or price >= 10**9) for price in prices):
+        raise InvalidAssistant("prices are USD per million tokens, 0 or more")
+    return [getattr(limits, name) for name in LIMIT_FIELDS] + list(prices)
 
 
 class AssistantNameTaken(InvalidAssistant):
@@ -101,6 +132,8 @@ async def create(
     extra_params: Mapping[str, Any] | None = None,
     allow_client_system: bool = True,
     enabled: bool = True,
+    limits: Limits = Limits(),
+    prices: Prices = (None, None, None),
 ) -> Assistant:
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
     row = await _write(
@@ -112,9 +145,9 @@ async def create(
             temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
             presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
             seed, seed_locked, stop, stop_locked,
-            extra_params, allow_client_system, enabled
+            extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)}
         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                  $19, $20, $21)
+                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
         RETURNING {_COLUMNS}
         """,
         name,
@@ -125,6 +158,7 @@ async def create(
         dict(extra_params or {}),
         allow_client_system,
         enabled,
+        *_policy(limits, prices),
     )
     return Assistant.from_row(row)
 
@@ -142,6 +176,8 @@ async def update(
     extra_params: Mapping[str, Any] | None = None,
     allow_client_system: bool = True,
     enabled: bool = True,
+    limits: Limits = Limits(),
+    prices: Prices = (None, None, None),
 ) -> Assistant | None:
     """Replace an assistant's configuration; None when it does not exist."""
     row = await _write(
@@ -154,6 +190,8 @@ async def update(
             max_tokens = $10, max_tokens_locked = $11, presence_penalty = $12, presence_penalty_locked = $13,
             frequency_penalty = $14, frequency_penalty_locked = $15, seed = $16, seed_locked = $17,
             stop = $18, stop_locked = $19, extra_params = $20, allow_client_system = $21, enabled = $22,
+            rpm = $23, tpm = $24, max_parallel = $25, budget_usd = $26, budget_tokens = $27,
+            budget_period = $28, price_input = $29, price_output = $30, price_cached_input = $31,
             updated_at = now()
         WHERE id = $1
         RETURNING {_COLUMNS}
@@ -167,6 +205,7 @@ async def update(
         dict(extra_params or {}),
         allow_client_system,
         enabled,
+        *_policy(limits, prices),
     )
     return None if row is None else Assistant.from_row(row)
 

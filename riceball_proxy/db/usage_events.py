@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 
@@ -55,6 +56,8 @@ class UsageEvent:
     ttft_ms: float | None = None
     #: True when the upstream's token counts were unusable (they are None here).
     usage_invalid: bool = False
+    #: USD (None: unknown, for want of a price or of token counts).
+    cost_usd: Decimal | None = None
     #: Made when the call ends: a batch written twice adds its rows once.
     event_id: uuid.UUID = dataclasses.field(default_factory=new_event_id)
     client_addr: str | None = None
@@ -150,6 +153,8 @@ _TOTALS = """
     count(*) FILTER (WHERE status >= 400) AS errors,
     coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
     coalesce(sum(completion_tokens), 0) AS completion_tokens,
+    sum(cost_usd) AS cost_usd,
+    count(*) FILTER (WHERE cost_usd IS NULL AND prompt_tokens IS NOT NULL) AS unpriced,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50,
     percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95
 """
@@ -174,6 +179,41 @@ async def by_key(db, where: UsageFilter) -> list[dict]:
     rows = await db.fetch(f"SELECT api_key_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
                           "GROUP BY api_key_id ORDER BY requests DESC", *where.args())
     return [dict(row) for row in rows]
+
+
+async def spent(db, *, api_key_id: uuid.UUID | None = None, assistant_id: uuid.UUID | None = None,
+                since: datetime | None = None) -> tuple[Decimal, int]:
+    """What one key's (or one assistant's) calls have cost since a time (None: ever): USD of the calls
+    whose cost is known, and tokens."""
+    row = await db.fetchrow(
+        """
+        SELECT coalesce(sum(cost_usd), 0) AS usd,
+               coalesce(sum(coalesce(total_tokens, coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))),
+                        0) AS tokens
+        FROM usage_events
+        WHERE ($1::uuid IS NULL OR api_key_id = $1) AND ($2::uuid IS NULL OR assistant_id = $2)
+          AND ($1::uuid IS NOT NULL OR $2::uuid IS NOT NULL)
+          AND ($3::timestamptz IS NULL OR created_at >= $3)
+        """,
+        api_key_id, assistant_id, since)
+    return row["usd"], int(row["tokens"])
+
+
+async def spent_by_key(db, since: dict[uuid.UUID, datetime | None]) -> dict[uuid.UUID, tuple[Decimal, int]]:
+    """``spent`` for many keys at once, each since its own time."""
+    if not since:
+        return {}
+    rows = await db.fetch(
+        """
+        SELECT k.id, coalesce(sum(u.cost_usd), 0) AS usd,
+               coalesce(sum(coalesce(u.total_tokens, coalesce(u.prompt_tokens, 0) + coalesce(u.completion_tokens, 0))),
+                        0) AS tokens
+        FROM unnest($1::uuid[], $2::timestamptz[]) AS k(id, since)
+        LEFT JOIN usage_events u ON u.api_key_id = k.id AND (k.since IS NULL OR u.created_at >= k.since)
+        GROUP BY k.id
+        """,
+        list(since), list(since.values()))
+    return {row["id"]: (row["usd"], int(row["tokens"])) for row in rows}
 
 
 async def timeline(db, where: UsageFilter, bucket: str) -> list[dict]:

@@ -1,0 +1,58 @@
+"""Rate limits, concurrency limits and budgets on API keys and assistants (``riceball_proxy.limits``).
+
+Replaceable: a plugin that disables this one (``RICEBALL_DISABLE_PLUGINS=riceball_proxy.builtin.limits``)
+and implements ``riceball_admit`` and ``riceball_settle`` brings its own policy.
+"""
+from __future__ import annotations
+
+import logging
+
+from riceball_proxy import appkeys, hookimpl
+from riceball_proxy.db import usage_events
+from riceball_proxy.limits.admission import Limiter
+from riceball_proxy.limits.counters import MemoryCounters
+from riceball_proxy.pricing import NANO
+
+logger = logging.getLogger(__name__)
+
+
+@hookimpl
+def riceball_startup(app):
+    settings = app[appkeys.SETTINGS]
+    pool = app[appkeys.DATABASE].pool
+    store = settings.limits_store
+    if store == "redis":
+        from riceball_proxy.limits.redis import RedisCounters
+        counters = RedisCounters(settings.redis_url)
+    elif store == "postgres":
+        from riceball_proxy.limits.postgres import PostgresCounters
+        counters = PostgresCounters(pool)
+    else:
+        counters = MemoryCounters()
+
+    async def load_spent(scope, owner, since, db=None):
+        usd, tokens = await usage_events.spent(db or pool, since=since, **{
+            "api_key_id" if scope == "key" else "assistant_id": owner})
+        return int(usd * NANO), tokens
+
+    app[appkeys.LIMITER] = Limiter(counters, load_spent=load_spent, fail_open=settings.limits_fail == "open",
+                                   metrics=app[appkeys.METRICS])
+    logger.debug("limit counters: %s", counters.name)
+
+
+@hookimpl
+async def riceball_shutdown(app):
+    limiter = app.get(appkeys.LIMITER)
+    if limiter is not None:
+        await limiter.counters.close()
+
+
+@hookimpl(trylast=True)
+async def riceball_admit(ctx):
+    await ctx.app[appkeys.LIMITER].admit(ctx)
+
+
+@hookimpl(trylast=True)
+async def riceball_settle(ctx, outcome):
+    if "limits" in ctx.stash:
+        await ctx.app[appkeys.LIMITER].settle(ctx, outcome)

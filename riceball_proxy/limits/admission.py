@@ -1,0 +1,260 @@
+"""The limits policy for one call: what it must check, what it reserves, the headers and the refusals
+its client gets, and what it gives back when it ends. The built-in plugin
+``riceball_proxy.builtin.limits`` calls :class:`Limiter` from the ``riceball_admit`` and
+``riceball_settle`` hooks.
+
+A call is checked against its key's limits and its assistant's (the tighter wins, since both must
+admit it). Before it goes upstream it reserves its worst case: one request, its prompt's tokens
+(estimated from the text: about one token per 3 characters, a fixed 1,000 per image or audio part) plus
+its ceiling on answer tokens (``max_tokens`` or ``max_completion_tokens`` times ``n``), and their
+cost at the assistant's price. When it ends, the reservation is settled to what the upstream reported
+using; a call that failed before an answer gives it all back. A call with no ceiling reserves its
+prompt alone, so a budget can be overshot by at most the answers of the calls in flight.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from riceball_proxy.context import ChatContext, Outcome
+from riceball_proxy.errors import APIError
+from riceball_proxy.limits import Limits, period_bounds
+from riceball_proxy.limits.counters import (Bucket, Budget, Counters, Decision, Settlement, Slots, Unavailable)
+from riceball_proxy.pricing import NANO, Price, price_of
+
+logger = logging.getLogger(__name__)
+
+#: Tokens a prompt's image, audio or file part is reserved as.
+MEDIA_PART_TOKENS = 1000
+#: Characters of prompt text per reserved token (about 4 in English; fewer keeps the estimate high).
+CHARS_PER_TOKEN = 3
+#: Seconds the shared counters are not asked again after they failed (fail-open or -closed meanwhile).
+RETRY_UNAVAILABLE_AFTER = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class Reservation:
+    """What an admitted call took: kept in ``ctx.stash["limits"]`` until it is settled."""
+
+    tokens: int
+    nano_usd: int
+    price: Price | None
+    token_buckets: list[Bucket]
+    budgets: list[Budget]
+    slots: list[Slots]
+
+
+class Limiter:
+    """Admits and settles calls against the limits of their key and assistant, on ``counters``."""
+
+    def __init__(self, counters: Counters, *, load_spent, fail_open: bool = True, metrics=None):
+        self.counters = counters
+        #: ``async (scope, id, since, db) -> (nano_usd, tokens)``: what the usage table says was spent.
+        self.load_spent = load_spent
+        self.fail_open = fail_open
+        self.metrics = metrics
+        self._down_until = 0.0
+
+    async def admit(self, ctx: ChatContext) -> None:
+        key_limits = ctx.principal.limits if ctx.principal is not None else None
+        assistant_limits = ctx.assistant.limits
+        if not key_limits and not assistant_limits:
+            return  # nothing to count: no round trip
+        price = price_of(ctx.assistant, ctx.provider.type if ctx.provider else None)
+        prompt = estimate_prompt_tokens(ctx.body)
+        tokens = prompt + answer_ceiling(ctx.body)
+        nano_usd = price.nano_usd(prompt, tokens - prompt) if price else 0
+        now = datetime.now(timezone.utc)
+        checks: list = []
+        reservation = Reservation(tokens, nano_usd, price, [], [], [])
+        for scope, limits, owner in (("key", key_limits, ctx.principal and ctx.principal.key_id),
+                                     ("assistant", assistant_limits, ctx.assistant.id)):
+            if limits:
+                self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now)
+        if time.monotonic() < self._down_until:
+            return self._unavailable(ctx, None)
+        try:
+            decision = await self.counters.admit(checks, self._load)
+        except Unavailable as exc:
+            self._down_until = time.monotonic() + RETRY_UNAVAILABLE_AFTER
+            return self._unavailable(ctx, exc)
+        ctx.response_headers = rate_headers(checks, decision)
+        if not decision.admitted:
+            if self.metrics is not None:
+                self.metrics.limited(type(decision.refused).__name__.lower())
+            raise refusal(decision, checks, ctx)
+        ctx.stash["limits"] = reservation
+
+    def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
+                tokens: int, nano_usd: int, now: datetime) -> None:
+        prefix = f"{scope[0]}:{owner}"
+        if limits.rpm:
+            checks.append(Bucket(f"{prefix}:rpm", limits.rpm, 1))
+        if limits.tpm:
+            if tokens > limits.tpm:
+                raise APIError(429, f"This request needs about {tokens} tokens (its prompt and its max_tokens), "
+                                    f"more than the {limits.tpm} tokens per minute this {_whose(scope)} may use. "
+                                    "Send a shorter request or a lower max_tokens.",
+                               type="tokens", code="rate_limit_exceeded", param="max_tokens",
+                               headers={"x-should-retry": "false"})
+            bucket = Bucket(f"{prefix}:tpm", limits.tpm, tokens)
+            checks.append(bucket)
+            reservation.token_buckets.append(bucket)
+        if limits.max_parallel:
+            slots = Slots(f"{prefix}:parallel", limits.max_parallel, uuid.uuid4().hex)
+            checks.append(slots)
+            reservation.slots.append(slots)
+        if limits.has_budget:
+            start, end = period_bounds(limits.budget_period, now)
+            period = "total" if start is None else f"{limits.budget_period}:{start:%Y%m%d}"
+            ends_ms = None if end is None else end.timestamp() * 1000
+            for kind, limit, amount in (("usd", limits.budget_usd, nano_usd), ("tokens", limits.budget_tokens, tokens)):
+                if limit is not None:
+                    units = int(limit * NANO) if kind == "usd" else limit
+                    budget = Budget(f"{prefix}:budget:{kind}:{period}", units, amount, ends_ms,
+                                    (scope, owner, kind, start, end, limits.budget_period))
+                    checks.append(budget)
+                    reservation.budgets.append(budget)
+
+    async def _load(self, budget: Budget, db=None) -> int:
+        scope, owner, kind, start, *_ = budget.source
+        nano_usd, tokens = await self.load_spent(scope, owner, start, db)
+        return nano_usd if kind == "usd" else tokens
+
+    def _unavailable(self, ctx: ChatContext, exc: Exception | None) -> None:
+        if exc is not None:
+            logger.warning("limit counters (%s) unavailable, calls are %s until they are back: %s",
+                           self.counters.name, "admitted" if self.fail_open else "refused", exc)
+        if self.metrics is not None:
+            self.metrics.limits_unavailable(self.counters.name)
+        if not self.fail_open:
+            raise APIError(503, "The gateway cannot check this API key's limits right now. Try again shortly.",
+                           type="server_error", code="limits_unavailable", headers={"Retry-After": "1"})
+
+    async def settle(self, ctx: ChatContext, outcome: Outcome) -> None:
+        reservation = ctx.stash.pop("limits", None)
+        if reservation is None:
+            return
+        usage = outcome.usage
+        used_tokens = usage.total_tokens
+        if used_tokens is None and usage.prompt_tokens is not None:
+            used_tokens = usage.prompt_tokens + (usage.completion_tokens or 0)
+        if used_tokens is not None:
+            tokens_delta = used_tokens - reservation.tokens
+            cost = outcome.cost_usd
+            usd_delta = (math.ceil(cost * NANO) if cost is not None else 0) - reservation.nano_usd
+        elif outcome.status >= 400 and not outcome.client_disconnected:
+            tokens_delta, usd_delta = -reservation.tokens, -reservation.nano_usd  # failed: nothing used
+        else:
+            tokens_delta = usd_delta = 0  # answered (or cut off) but not counted: the reservation stands
+        budgets = tuple((budget, usd_delta if ":budget:usd:" in budget.key else tokens_delta)
+                        for budget in reservation.budgets)
+        settlement = Settlement(buckets=tuple((bucket, tokens_delta) for bucket in reservation.token_buckets),
+                                budgets=budgets, slots=tuple(reservation.slots))
+        try:
+            await self.counters.settle(settlement)
+        except Unavailable as exc:
+            logger.warning("limit counters (%s) unavailable: call %s not settled: %s", self.counters.name,
+                           ctx.request_id, exc)
+            if self.metrics is not None:
+                self.metrics.limits_unavailable(self.counters.name)
+
+
+def _whose(scope: str) -> str:
+    return "API key" if scope == "key" else "assistant"
+
+
+def estimate_prompt_tokens(body: dict) -> int:
+    """A generous estimate of a request's prompt tokens, from its text (no tokenizer: see the module)."""
+    chars, media = 0, 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        chars += 16  # the role and the message's framing
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    text = part.get("text") or part.get("refusal")
+                    if isinstance(text, str):
+                        chars += len(text)
+                    else:
+                        media += 1
+        for name in ("tool_calls", "function_call", "name"):
+            if message.get(name) if isinstance(message, dict) else None:
+                chars += len(str(message[name]))
+    for name in ("tools", "functions", "response_format"):
+        if body.get(name):
+            chars += len(str(body[name]))
+    return -(-chars // CHARS_PER_TOKEN) + media * MEDIA_PART_TOKENS
+
+
+def answer_ceiling(body: dict) -> int:
+    """The most answer tokens the request allows (0 when it sets no ceiling)."""
+    ceiling = body.get("max_completion_tokens")
+    if not isinstance(ceiling, int) or isinstance(ceiling, bool):
+        ceiling = body.get("max_tokens")
+    if not isinstance(ceiling, int) or isinstance(ceiling, bool) or ceiling < 0:
+        return 0
+    n = body.get("n")
+    return ceiling * (n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1)
+
+
+def duration(ms: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``1.5s``, ``6m0s``."""
+    if ms < 1000:
+        return f"{max(0, math.ceil(ms))}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, seconds = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{seconds}s"
+
+
+def rate_headers(checks: list, decision: Decision) -> dict[str, str] | None:
+    """OpenAI's ``x-ratelimit-*`` headers, for the tightest request and token limits this call met."""
+    headers: dict[str, str] = {}
+    for kind, suffix in (("rpm", "requests"), ("tpm", "tokens")):
+        tightest = None
+        for check in checks:
+            if type(check) is Bucket and check.key.endswith(kind) and check.key in decision.buckets:
+                remaining, reset_ms = decision.buckets[check.key]
+                if tightest is None or remaining < tightest[1]:
+                    tightest = (check.per_minute, remaining, reset_ms)
+        if tightest is not None:
+            headers[f"x-ratelimit-limit-{suffix}"] = str(tightest[0])
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(max(tightest[1], 0))
+            headers[f"x-ratelimit-reset-{suffix}"] = duration(tightest[2])
+    return headers or None
+
+
+def refusal(decision: Decision, checks: list, ctx: ChatContext) -> APIError:
+    """The 429 for a refused call, in OpenAI's words: ``rate_limit_exceeded`` or ``insufficient_quota``."""
+    check = decision.refused
+    scope = "key" if check.key.startswith("k:") else "assistant"
+    retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
+    if type(check) is Budget:
+        _, _, kind, _, end, period = check.source
+        amount = f"${check.limit / NANO:,.2f}" if kind == "usd" else f"{check.limit:,} tokens"
+        renews = ("it does not renew (a total budget)" if end is None
+                  else f"it renews at {end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        whole = "" if end is None else f" for this {period}"
+        return APIError(429, f"This {_whose(scope)} has used its budget of {amount}{whole}; {renews}.",
+                        type="insufficient_quota", code="insufficient_quota",
+                        headers={"x-should-retry": "false"})
+    if type(check) is Slots:
+        message = (f"This {_whose(scope)} already has {check.limit} calls in flight, its limit (max_parallel). "
+                   "Try again when one of them has finished.")
+        kind = "requests"
+    else:
+        kind = "requests" if check.key.endswith("rpm") else "tokens"
+        unit = "requests" if kind == "requests" else "tokens"
+        message = (f"Rate limit reached for this {_whose(scope)}: {check.per_minute} {unit} per minute. "
+                   f"Please try again in {duration(decision.retry_after_ms)}.")
+    return APIError(429, message, type=kind, code="rate_limit_exceeded",
+                    headers={"Retry-After": str(retry_after), "retry-after-ms": str(math.ceil(decision.retry_after_ms))})

@@ -1,0 +1,80 @@
+"""What a call costs in USD: the assistant's own price when the operator set one, else the price the
+``genai-prices`` library knows for the provider and model, else unknown (None).
+
+Prices are USD per million tokens. ``genai-prices`` is asked once per provider type and model (its
+look-up costs a fraction of a millisecond, too much for every call); a model priced in tiers is priced
+at its first tier.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from decimal import Decimal
+
+from riceball_proxy.context import Usage
+
+logger = logging.getLogger(__name__)
+
+MILLION = Decimal(1_000_000)
+#: Budgets in USD are counted in whole nano-dollars (exact integers, in every counter backend).
+NANO = Decimal(1_000_000_000)
+#: The provider types whose ``genai-prices`` provider has another name.
+GENAI_PROVIDER_IDS = {"gemini": "google"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    #: ``assistant`` (the operator's) or ``genai-prices``.
+    source: str
+
+    def cost(self, usage: Usage) -> Decimal | None:
+        """The cost of these token counts, None when the counts are not known."""
+        if usage.prompt_tokens is None or usage.completion_tokens is None:
+            return None
+        cached = min(usage.cached_tokens or 0, usage.prompt_tokens)
+        return (self.input * (usage.prompt_tokens - cached) + self.cached_input * cached
+                + self.output * usage.completion_tokens) / MILLION
+
+    def nano_usd(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The most that many tokens cost (cached input at the full price), in nano-dollars, rounded up."""
+        return math.ceil((self.input * prompt_tokens + self.output * completion_tokens) * 1000)
+
+
+def price_of(assistant, provider_type: str | None) -> Price | None:
+    """The price of an assistant's calls on a provider of this type, None when nobody knows it."""
+    if assistant.price_input is not None and assistant.price_output is not None:
+        return Price(assistant.price_input, assistant.price_output,
+                     assistant.price_input if assistant.price_cached_input is None else assistant.price_cached_input,
+                     "assistant")
+    if provider_type is None:
+        return None
+    return library_price(GENAI_PROVIDER_IDS.get(provider_type, provider_type), assistant.model)
+
+
+@functools.lru_cache(maxsize=1024)
+def library_price(provider_id: str, model: str) -> Price | None:
+    """``genai-prices``' price for a model of a provider (cached), or None when it knows none."""
+    try:
+        import genai_prices
+    except ImportError:  # pragma: no cover - a dependency; an install without it prices nothing
+        return None
+
+    def per_million(**tokens: int) -> Decimal:
+        usage = genai_prices.Usage(**{name: count * 1000 for name, count in tokens.items()})
+        return genai_prices.calc_price(usage, model, provider_id=provider_id).total_price * 1000
+
+    try:
+        return Price(input=per_million(input_tokens=1), output=per_million(output_tokens=1),
+                     cached_input=per_million(input_tokens=1, cache_read_tokens=1), source="genai-prices")
+    except LookupError:
+        return None
+    except Exception:  # the library's data or rules went wrong: no price rather than a failed call
+        logger.exception("genai-prices could not price %s on %s", model, provider_id)
+        return None

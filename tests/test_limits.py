@@ -1,0 +1,289 @@
+"""Rate limits, concurrency limits and budgets, through the official SDK, on every counter backend."""
+import asyncio
+from decimal import Decimal
+
+import aiohttp
+import openai
+import pytest
+import redis.asyncio as aioredis
+
+from riceball_proxy import appkeys
+from riceball_proxy.db import usage_events
+from tests.tcp_proxy import TcpProxy
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+BACKENDS = ("memory", "postgres", "redis")
+
+
+@pytest.fixture
+def backend_settings(settings, request):
+    """``settings`` for one counter backend (Redis: the test Redis, emptied)."""
+
+    def make(backend: str):
+        if backend == "redis":
+            return settings.replace(limits_backend="redis", redis_url=request.getfixturevalue("redis_url"))
+        return settings.replace(limits_backend=backend)
+
+    return make
+
+
+async def usage_rows(gateway, expected: int):
+    """The usage rows once ``expected`` of them are written."""
+    for _ in range(200):
+        await gateway.app[appkeys.USAGE_RECORDER].flush()
+        rows = await gateway.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
+        if len(rows) >= expected:
+            return rows
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{len(rows)} usage rows, not {expected}")
+
+
+async def test_rpm_five_answers_then_429_with_openai_headers_and_the_window_rolls(start_gateway, backend_settings,
+                                                                                 fake_openai):
+    gateway = await start_gateway(backend_settings("memory"))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key(rpm=5)
+    async with gateway.client(assistant.id, key) as client:
+        remaining = []
+        for _ in range(5):
+            answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+            assert answer.headers["x-ratelimit-limit-requests"] == "5"
+            assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
+            remaining.append(int(answer.headers["x-ratelimit-remaining-requests"]))
+        assert remaining == [4, 3, 2, 1, 0]
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        refused = raised.value.response
+        assert raised.value.code == "rate_limit_exceeded"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert refused.headers["x-ratelimit-limit-requests"] == "5"
+        retry_after = int(refused.headers["Retry-After"])
+        assert 10 <= retry_after <= 12  # one request comes back every 12 s
+        assert "5 requests per minute" in raised.value.message
+        assert len(fake_openai.requests) == 5  # the refused call never went upstream
+
+        await asyncio.sleep(retry_after)  # the window rolls: one more call, then refused again
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    rows = await usage_rows(gateway, 8)
+    assert [row["status"] for row in rows] == [200] * 5 + [429, 200, 429]
+    assert rows[5]["error_code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_assistant_limit_and_the_key_limit_both_apply(start_gateway, backend_settings, fake_openai,
+                                                                backend):
+    gateway = await start_gateway(backend_settings(backend))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), rpm=3)
+    loose, tight = await gateway.key(rpm=100), await gateway.key(rpm=2)
+    async with gateway.client(assistant.id, tight) as client:
+        for _ in range(2):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as raised:  # the key's limit
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert "this API key" in raised.value.message
+    async with gateway.client(assistant.id, loose) as client:
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+        assert answer.headers["x-ratelimit-limit-requests"] == "3"  # the tighter one's figures
+        assert answer.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError) as raised:  # the assistant's limit
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert "this assistant" in raised.value.message
+    assert len(fake_openai.requests) == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_tokens_per_minute_count_what_the_upstream_reports(start_gateway, backend_settings, fake_openai,
+                                                                 backend):
+    gateway = await start_gateway(backend_settings(backend))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 50})
+    key = await gateway.key(tpm=200)
+    fake_openai.usage = {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}
+    async with gateway.client(assistant.id, key) as client:
+        first = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+        assert first.headers["x-ratelimit-limit-tokens"] == "200"
+        # Reserved: the prompt's estimate and the 50-token ceiling; settled to the 50 reported.
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 150
+        for _ in range(2):  # 3 x 50 reported; a fourth call's worst case (its prompt and 50) does not fit
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "tokens"
+        with pytest.raises(openai.RateLimitError) as raised:  # more than a minute's worth: never
+            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 200}])
+        assert raised.value.response.headers["x-should-retry"] == "false"
+        assert "more than the 200 tokens per minute" in raised.value.message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_max_parallel_refuses_the_third_stream_and_a_finished_or_abandoned_call_frees_its_slot(
+        start_gateway, backend_settings, fake_openai, backend):
+    gateway = await start_gateway(backend_settings(backend))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key(max_parallel=2)
+    fake_openai.reply = " ".join(["word"] * 40)
+    fake_openai.chunk_delay = 0.05
+    url = gateway.base_url(assistant.id) + "/chat/completions"
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def call(session, stream=True):
+        return await session.post(url, json={"messages": MESSAGES, "stream": stream}, headers=headers)
+
+    async with aiohttp.ClientSession() as one, aiohttp.ClientSession() as two, aiohttp.ClientSession() as three:
+        first, second = await call(one), await call(two)
+        await first.content.readline(), await second.content.readline()  # both streams are under way
+        third = await call(three)
+        assert third.status == 429
+        assert (await third.json())["error"]["code"] == "rate_limit_exceeded"
+        assert third.headers["Retry-After"] == "1"
+        await first.read()  # the first stream ends: its slot is free
+        async with await call(three, stream=False) as fourth:
+            assert fourth.status == 200
+        second.close()  # the client goes away mid-stream: its slot is free too
+        for _ in range(100):
+            async with await call(three, stream=False) as fifth:
+                if fifth.status == 200:
+                    break
+            await asyncio.sleep(0.02)
+        assert fifth.status == 200
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_usd_budget_holds_under_20_concurrent_calls(start_gateway, backend_settings, fake_openai, backend,
+                                                            settings):
+    gateway = await start_gateway(backend_settings(backend).replace(usage_flush_interval=0.05))
+    # $0.10 a token in and out; each call reports 40 + 10 tokens: $5.00. The ceiling is 10 answer tokens.
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 10},
+                                        prices=(Decimal(100_000), Decimal(100_000), None))
+    key = await gateway.key(budget_usd=Decimal(50), budget_period="day")
+    fake_openai.usage = {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
+    messages = [{"role": "user", "content": "tell me " * 15}]  # ~40 tokens, estimated high
+    async with gateway.client(assistant.id, key) as client:
+        results = await asyncio.gather(*(client.chat.completions.create(model="x", messages=messages)
+                                         for _ in range(20)), return_exceptions=True)
+        answered = [r for r in results if not isinstance(r, Exception)]
+        refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+        assert len(answered) + len(refused) == 20 and answered and refused
+        assert {r.code for r in refused} == {"insufficient_quota"}
+        assert "budget of $50.00 for this day; it renews at " in refused[0].message
+        assert refused[0].response.headers["x-should-retry"] == "false"
+        rows = await usage_rows(gateway, 20)
+        spent = sum(row["cost_usd"] or 0 for row in rows)
+        assert spent == Decimal(5) * len(answered) <= Decimal(50)  # never above the budget
+        # One by one, calls go on while their worst case ($5.60: 46 tokens estimated and 10) still fits.
+        while True:
+            try:
+                await client.chat.completions.create(model="x", messages=messages)
+            except openai.RateLimitError:
+                break
+            spent += 5
+    assert Decimal("44.40") < spent <= 50
+
+
+async def test_a_token_budget_counts_failed_calls_as_nothing(start_gateway, backend_settings, fake_openai):
+    gateway = await start_gateway(backend_settings("memory"))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 10})
+    key = await gateway.key(budget_tokens=120, budget_period="total")
+    fake_openai.usage = {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40}
+    async with gateway.client(assistant.id, key) as client:
+        fake_openai.error = (500, {"error": {"message": "down", "type": "server_error"}})
+        for _ in range(5):  # failures reserve, then give it all back
+            with pytest.raises(openai.InternalServerError):
+                await client.chat.completions.create(model="x", messages=MESSAGES)
+        fake_openai.error = None
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "insufficient_quota"
+    assert "total budget" not in raised.value.message or "does not renew" in raised.value.message
+    assert "120 tokens" in raised.value.message and "does not renew" in raised.value.message
+
+
+async def test_a_budget_survives_a_restart_from_the_usage_table(start_gateway, backend_settings, fake_openai):
+    gateway = await start_gateway(backend_settings("memory").replace(usage_flush_interval=0.05))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 10})
+    key = await gateway.key(budget_tokens=90)
+    fake_openai.usage = {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40}
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(2):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    await usage_rows(gateway, 2)
+    again = await start_gateway(backend_settings("memory"))  # a new process: counters from the usage table
+    async with again.client(assistant.id, key) as client:
+        with pytest.raises(openai.RateLimitError) as raised:  # 80 spent; a call's worst case (7 + 10) would pass 90
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "insufficient_quota"
+
+
+async def test_a_key_without_limits_never_touches_the_counters(start_gateway, backend_settings, fake_openai):
+    gateway = await start_gateway(backend_settings("redis"))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key()
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+    assert "x-ratelimit-limit-requests" not in answer.headers
+    redis = aioredis.Redis.from_url(gateway.app[appkeys.SETTINGS].redis_url)
+    assert await redis.dbsize() == 0
+    await redis.aclose()
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_redis_away_admits_or_refuses_by_limits_fail(start_gateway, settings, redis_url, fake_openai, mode):
+    proxy = await TcpProxy(redis_url).start()
+    database = redis_url.rsplit("/", 1)[1]
+    gateway = await start_gateway(settings.replace(limits_backend="redis", limits_fail=mode,
+                                                   redis_url=f"redis://127.0.0.1:{proxy.port}/{database}"))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key(rpm=2)
+    registry = gateway.app[appkeys.METRICS].registry
+    try:
+        async with gateway.client(assistant.id, key) as client:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+            proxy.block()  # Redis goes away mid-test
+            if mode == "open":
+                for _ in range(3):  # admitted, uncounted: more than the limit gets through
+                    await client.chat.completions.create(model="x", messages=MESSAGES)
+            else:
+                with pytest.raises(openai.InternalServerError) as raised:
+                    await client.chat.completions.create(model="x", messages=MESSAGES)
+                assert raised.value.status_code == 503 and raised.value.code == "limits_unavailable"
+            assert registry.get_sample_value("riceball_limits_unavailable_total", {"backend": "redis"}) >= 1
+            proxy.unblock()
+            await asyncio.sleep(1.1)  # the counters are asked again a second after they failed
+            await client.chat.completions.create(model="x", messages=MESSAGES)  # the second of two
+            with pytest.raises(openai.RateLimitError):
+                await client.chat.completions.create(model="x", messages=MESSAGES)
+    finally:
+        await proxy.close()
+
+
+async def test_cost_comes_from_the_operator_then_genai_prices_else_unknown(start_gateway, settings, fake_openai):
+    import genai_prices
+
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    provider = await gateway.provider(fake_openai.base_url)
+    known = await gateway.assistant(provider, model="gpt-4o-mini")
+    priced = await gateway.assistant(provider, model="gpt-4o-mini",
+                                     prices=(Decimal("1.5"), Decimal(3), Decimal("0.5")))
+    unknown = await gateway.assistant(provider, model="no-such-model-anywhere")
+    fake_openai.usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
+                         "prompt_tokens_details": {"cached_tokens": 200}}
+    key = await gateway.key()
+    for assistant in (known, priced, unknown):
+        async with gateway.client(assistant.id, key) as client:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    rows = {row["assistant_id"]: row for row in await usage_rows(gateway, 3)}
+    library = genai_prices.calc_price(genai_prices.Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200),
+                                      "gpt-4o-mini", provider_id="openai").total_price
+    assert rows[known.id]["cost_usd"] == library > 0
+    assert rows[priced.id]["cost_usd"] == (Decimal("1.5") * 800 + Decimal("0.5") * 200 + 3 * 500) / 1_000_000
+    assert rows[unknown.id]["cost_usd"] is None
+    metrics = gateway.app[appkeys.METRICS].registry
+    assert metrics.get_sample_value("riceball_cost_usd_total", {"assistant": str(known.id)}) == pytest.approx(
+        float(library))
+    summary = await usage_events.summary(gateway.pool, usage_events.UsageFilter(
+        since=rows[known.id]["created_at"], until=rows[unknown.id]["created_at"] + __import__("datetime").timedelta(1)))
+    assert summary["cost_usd"] == rows[known.id]["cost_usd"] + rows[priced.id]["cost_usd"]
+    assert summary["unpriced"] == 1
