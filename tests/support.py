@@ -5,6 +5,7 @@ import asyncio
 import concurrent.futures
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -216,6 +217,41 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+# --- riceball serve as a real process ----------------------------------------------------------------
+
+
+def environment(**values):
+    """The test's environment without RICEBALL_* variables, and with no installed plugin loaded."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RICEBALL_")}
+    env["RICEBALL_PLUGINS"] = "none"
+    env.update(values)
+    return env
+
+
+@pytest.fixture
+def start_server():
+    """Start ``riceball serve`` processes; each is stopped with SIGTERM at the end of the test."""
+    processes = []
+
+    def start(env, port, *options):
+        process = subprocess.Popen([*riceball_command(), "serve", "--port", str(port), *options], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.stdout.close()
+        process.stderr.close()
 
 
 # --- Redis ---------------------------------------------------------------------------------------------

@@ -287,3 +287,57 @@ async def test_cost_comes_from_the_operator_then_genai_prices_else_unknown(start
         since=rows[known.id]["created_at"], until=rows[unknown.id]["created_at"] + __import__("datetime").timedelta(1)))
     assert summary["cost_usd"] == rows[known.id]["cost_usd"] + rows[priced.id]["cost_usd"]
     assert summary["unpriced"] == 1
+
+
+async def configure(database_url: str, upstream: str, **key_limits) -> tuple:
+    """A provider, an assistant and a limited key in the database, as another process will read them."""
+    import asyncpg
+
+    from riceball_proxy import crypto
+    from riceball_proxy.db import api_keys, assistants, init_connection, providers
+    from riceball_proxy.limits import Limits
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=init_connection)
+    try:
+        provider = await providers.create(pool, name="upstream", type="openai", base_url=upstream,
+                                          api_key_encrypted=None)
+        assistant = await assistants.create(pool, name="helper", provider_id=provider.id, model="gpt-4o")
+        secret = crypto.generate_api_key()
+        await api_keys.create(pool, name="limited", key_hash=crypto.hash_api_key(secret),
+                              prefix=crypto.display_prefix(secret), limits=Limits(**key_limits))
+    finally:
+        await pool.close()
+    return assistant.id, secret
+
+
+async def statuses_of_concurrent_calls(urls: list[str], key: str, calls: int) -> list[int]:
+    """``calls`` calls at once, each on a connection of its own, spread over ``urls``."""
+
+    async def call(url):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async with session.post(url, json={"messages": MESSAGES},
+                                    headers={"Authorization": f"Bearer {key}"}) as response:
+                await response.read()
+                return response.status
+
+    return await asyncio.gather(*(call(urls[n % len(urls)]) for n in range(calls)))
+
+
+@pytest.mark.parametrize("topology, store", [("workers", "redis"), ("instances", "redis"), ("workers", "postgres")])
+async def test_thirty_concurrent_calls_across_processes_get_exactly_the_rpm(
+        start_server, clean_database, redis_url, fake_openai, tmp_path, topology, store):
+    from tests.support import environment, free_port, wait_for_http
+
+    assistant_id, key = await configure(clean_database, fake_openai.base_url, rpm=10)
+    env = environment(RICEBALL_DATABASE_URL=clean_database, RICEBALL_DATA_DIR=str(tmp_path / "var"))
+    if store == "redis":
+        env["RICEBALL_REDIS_URL"] = redis_url  # else: several workers share the counters in PostgreSQL
+    ports = [free_port()] if topology == "workers" else [free_port(), free_port()]
+    servers = [start_server(env, port, *(["--workers", "2"] if topology == "workers" else [])) for port in ports]
+    for server, port in zip(servers, ports):
+        for _ in range(6):  # every worker is up
+            assert await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/readyz", server) == 200
+    urls = [f"http://127.0.0.1:{port}/api/v1/assistants/{assistant_id}/v1/chat/completions" for port in ports]
+    statuses = await statuses_of_concurrent_calls(urls, key, 30)
+    assert sorted(statuses) == [200] * 10 + [429] * 20
+    assert len(fake_openai.requests) == 10

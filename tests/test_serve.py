@@ -6,43 +6,10 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from riceball_proxy.db.migrate import available_migrations
 
-from tests.support import free_port, riceball_command, run_sync, wait_for_http
-
-
-def environment(**values):
-    """The test's environment without RICEBALL_* variables, and with no installed plugin loaded."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RICEBALL_")}
-    env["RICEBALL_PLUGINS"] = "none"
-    env.update(values)
-    return env
-
-
-@pytest.fixture
-def start_server():
-    """Start ``riceball serve`` processes; each is stopped with SIGTERM at the end of the test."""
-    processes = []
-
-    def start(env, port, *options):
-        process = subprocess.Popen([*riceball_command(), "serve", "--port", str(port), *options], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        process.stdout.close()
-        process.stderr.close()
+from tests.support import environment, free_port, riceball_command, run_sync, wait_for_http
 
 
 def test_serve_with_no_database_url_runs_an_embedded_database(start_server, tmp_path):

@@ -70,8 +70,10 @@ def observed(handler):
             status, error_type = exc.status, "invalid_request_error"
             raise
         finally:
-            await finish(ctx, status, error_type, disconnected=disconnected, error=error)
-            in_flight.discard(task)
+            try:
+                await finish(ctx, status, error_type, disconnected=disconnected, error=error)
+            finally:
+                in_flight.discard(task)
 
     return wrapper
 

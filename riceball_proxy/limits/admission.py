@@ -13,6 +13,7 @@ prompt alone, so a budget can be overshot by at most the answers of the calls in
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -157,12 +158,30 @@ class Limiter:
         settlement = Settlement(buckets=tuple((bucket, tokens_delta) for bucket in reservation.token_buckets),
                                 budgets=budgets, slots=tuple(reservation.slots))
         try:
-            await self.counters.settle(settlement)
+            await to_the_end(self.counters.settle(settlement))
         except Unavailable as exc:
             logger.warning("limit counters (%s) unavailable: call %s not settled: %s", self.counters.name,
                            ctx.request_id, exc)
             if self.metrics is not None:
                 self.metrics.limits_unavailable(self.counters.name)
+
+
+async def to_the_end(awaitable) -> None:
+    """Await ``awaitable`` to its end even when the awaiting task is cancelled meanwhile (the client of a
+    call that has had its answer goes away): what a call took is always given back. A cancellation is
+    raised once it is done."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done() and task.cancelled():
+                raise
+            cancelled = exc
+    task.result()
+    if cancelled is not None:
+        raise cancelled
 
 
 def _whose(scope: str) -> str:
