@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import decimal
 import logging
 import re
 import sys
@@ -31,6 +32,7 @@ from riceball_proxy.commands import (
     cmd_key_list,
     cmd_key_revoke,
     cmd_key_show,
+    cmd_key_update,
     cmd_migrate,
     cmd_plugins,
     cmd_provider_add,
@@ -41,6 +43,7 @@ from riceball_proxy.commands import (
     cmd_serve,
 )
 from riceball_proxy.db import providers
+from riceball_proxy.limits import PERIODS
 from riceball_proxy.logs import configure_logging
 from riceball_proxy.settings import Settings, SettingsError
 
@@ -149,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
                             help="limit the key to this assistant (repeatable; default: every assistant)")
     key_create.add_argument("--expires-in", type=parse_duration, metavar="DURATION",
                             help="e.g. 30d, 12h, 1w2d")
+    _limit_options(key_create, update=False)
+    key_update = command(key, "update", cmd_key_update,
+                         "change a key's name, scope, expiry or limits (what is not given stays as it is)")
+    key_update.add_argument("key", metavar="ID_OR_PREFIX")
+    key_update.add_argument("--name", type=_name)
+    scope = key_update.add_mutually_exclusive_group()
+    scope.add_argument("--assistant", action="append", type=_uuid, metavar="ID",
+                       help="limit the key to this assistant (repeatable; replaces the key's list)")
+    scope.add_argument("--all-assistants", action="store_true", help="let the key call every assistant")
+    expiry = key_update.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", type=parse_duration, metavar="DURATION", help="from now: e.g. 30d, 12h")
+    expiry.add_argument("--no-expiry", action="store_true", help="the key never expires")
+    _limit_options(key_update, update=True)
     command(key, "list", cmd_key_list, "list API keys (never the keys themselves)")
     key_show = command(key, "show", cmd_key_show, "show an API key's details (never the key itself)")
     key_show.add_argument("key", metavar="ID_OR_PREFIX")
@@ -200,10 +216,58 @@ def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None
                         help="drop system and developer messages sent by clients")
     parser.add_argument("--disabled", action="store_true", default=None if update else False,
                         help="disable it" if update else "create it disabled")
+    _limit_options(parser, update=update)
+    for name, what in (("input", "prompt"), ("output", "answer"), ("cached-input", "cached prompt")):
+        parser.add_argument(f"--price-{name}", type=_price, metavar="USD_PER_M",
+                            help=f"USD per million {what} tokens" + (" ('none' removes it)" if update else "")
+                            + ("; without a price, genai-prices' for the model" if name == "input" else ""))
     if update:
         parser.add_argument("--client-system", dest="no_client_system", action="store_false", default=None,
                             help="keep the system and developer messages clients send")
         parser.add_argument("--enabled", dest="disabled", action="store_false", default=None, help="enable it")
+
+
+#: ``none`` given to an option of ``update``: remove that limit or price.
+NONE = "none"
+
+
+def _limit_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    """Rate limits, calls at once and budgets (docs/limits.md); for ``update``, ``none`` removes one."""
+    removes = " ('none' removes it)" if update else ""
+    parser.add_argument("--rpm", type=_limit(2**31 - 1), metavar="N", help="requests per minute" + removes)
+    parser.add_argument("--tpm", type=_limit(2**31 - 1), metavar="N", help="tokens per minute" + removes)
+    parser.add_argument("--max-parallel", type=_limit(2**31 - 1), metavar="N", help="calls at once" + removes)
+    parser.add_argument("--budget-usd", type=_price, metavar="USD", help="spend per budget period, in USD" + removes)
+    parser.add_argument("--budget-tokens", type=_limit(2**62), metavar="N", help="tokens per budget period" + removes)
+    parser.add_argument("--budget-period", choices=PERIODS,
+                        help="day, week or month (calendar, UTC) or total (never renews); default month")
+
+
+def _limit(high: int) -> Callable[[str], int | str]:
+    def parse(value: str) -> int | str:
+        if value.strip().lower() == NONE:
+            return NONE
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number (or 'none')") from None
+        if not 1 <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between 1 and {high} (or 'none')")
+        return number
+
+    return parse
+
+
+def _price(value: str) -> decimal.Decimal | str:
+    if value.strip().lower() == NONE:
+        return NONE
+    try:
+        number = decimal.Decimal(value.strip())
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an amount of USD (or 'none')") from None
+    if not number.is_finite() or number < 0 or number >= 10**9:
+        raise argparse.ArgumentTypeError("must be an amount of USD, 0 or more")
+    return number
 
 
 def _name(value: str) -> str:

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import decimal
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,7 +15,9 @@ import orjson
 
 from riceball_proxy import crypto
 from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
-from riceball_proxy.db import admins, api_keys, assistants, open_database, providers
+from riceball_proxy.db import admins, api_keys, assistants, open_database, providers, usage_events
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits, period_bounds
+from riceball_proxy.pricing import unpriced
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
@@ -57,7 +60,7 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):  # asyncpg's own UUID subclass, which orjson does not know
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):  # asyncpg's own UUID subclass; exact amounts as text
         return str(value)
     if isinstance(value, (frozenset, set, tuple)):
         return sorted(value, key=str)
@@ -83,6 +86,47 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "(none)"
     return str(value)
+
+
+def limits_from(args: argparse.Namespace, current: Limits | None = None) -> Limits:
+    """The limits the options give (``none`` removes one), on top of ``current``; CommandError when bad."""
+    values = {}
+    for name in LIMIT_FIELDS:
+        given = getattr(args, name)
+        values[name] = getattr(current, name, None) if given is None else None if given == "none" else given
+    try:
+        return Limits(**check_limits(values))
+    except InvalidLimits as exc:
+        raise CommandError(str(exc)) from None
+
+
+def limits_text(limits: Limits) -> str:
+    """Limits as people read them: ``10 rpm, 2 at once, $50/month``."""
+    parts = []
+    if limits.rpm:
+        parts.append(f"{limits.rpm} rpm")
+    if limits.tpm:
+        parts.append(f"{limits.tpm} tpm")
+    if limits.max_parallel:
+        parts.append(f"{limits.max_parallel} at once")
+    per = "" if limits.budget_period == "total" else f"/{limits.budget_period}"
+    if limits.budget_usd is not None:
+        parts.append(f"${limits.budget_usd:,.2f}{per}")
+    if limits.budget_tokens is not None:
+        parts.append(f"{limits.budget_tokens:,} tokens{per}")
+    return ", ".join(parts) or "none"
+
+
+async def check_usd_budget(pool, limits: Limits, assistant_ids) -> list[str]:
+    """A USD budget needs calls whose cost is known: CommandError when none of the assistants a key may
+    call has a price; else the names of those without one (their calls do not count)."""
+    if limits.budget_usd is None:
+        return []
+    priced, unknown = await unpriced(pool, None if assistant_ids is None else set(assistant_ids))
+    if unknown and not priced:
+        raise CommandError(f"a USD budget needs a known price, and no assistant this key may call has one "
+                           f"({', '.join(unknown)}): set --price-input/--price-output on them, or use --budget-tokens")
+    return unknown
 
 
 def run_db(settings: Settings, work: Callable) -> Any:
@@ -330,7 +374,27 @@ def _assistant_dict(assistant: assistants.Assistant, provider_name: str | None =
     data["parameters"] = dict(assistant.parameters)
     data["locked"] = sorted(assistant.locked)
     data["provider"] = provider_name
+    data["limits"] = assistant.limits.as_dict()
     return data
+
+
+def prices_from(args: argparse.Namespace, current: assistants.Assistant | None = None) -> assistants.Prices:
+    """(input, output, cached input) from the options (``none`` removes one), on top of ``current``."""
+    prices = []
+    for name in ("price_input", "price_output", "price_cached_input"):
+        given = getattr(args, name)
+        prices.append(getattr(current, name, None) if given is None else None if given == "none" else given)
+    return tuple(prices)
+
+
+async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str) -> None:
+    """A USD budget on an assistant needs its calls' price: its own, or the one genai-prices knows."""
+    from riceball_proxy.pricing import library_price
+
+    if limits.budget_usd is not None and prices[0] is None and library_price(
+            {"gemini": "google"}.get(provider.type, provider.type), model) is None:
+        raise CommandError(f"a USD budget needs a known price, and {model!r} on {provider.name!r} has none: "
+                           "set --price-input and --price-output, or use --budget-tokens")
 
 
 def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -343,10 +407,13 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         raise CommandError(f"--lock takes one of {', '.join(assistants.PARAMETERS)}; got {', '.join(sorted(unknown))}")
 
+    limits, prices = limits_from(args), prices_from(args)
+
     async def work(pool):
         provider = await providers.get_by_name(pool, args.provider)
         if provider is None:
             raise CommandError(f"no provider named {args.provider!r}")
+        await check_assistant_budget(pool, limits, prices, provider, args.model)
         try:
             assistant = await assistants.create(
                 pool,
@@ -358,6 +425,8 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
                 locked=args.lock,
                 allow_client_system=not args.no_client_system,
                 enabled=not args.disabled,
+                limits=limits,
+                prices=prices,
             )
         except assistants.AssistantNameTaken as exc:
             raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
@@ -385,6 +454,9 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                 raise CommandError(f"no provider named {args.provider!r}")
         given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
         parameters = dict(current.parameters) | {name: value for name, value in given.items() if value is not None}
+        limits, prices = limits_from(args, current.limits), prices_from(args, current)
+        await check_assistant_budget(pool, limits, prices, provider,
+                                     current.model if args.model is None else args.model)
         try:
             assistant = await assistants.update(
                 pool,
@@ -399,6 +471,8 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                 allow_client_system=current.allow_client_system if args.no_client_system is None
                 else not args.no_client_system,
                 enabled=current.enabled if args.disabled is None else not args.disabled,
+                limits=limits,
+                prices=prices,
             )
         except assistants.AssistantNameTaken as exc:
             raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
@@ -433,13 +507,15 @@ def cmd_assistant_show(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
         assistant = await _assistant_by_id(pool, args.id)
         provider = await providers.get(pool, assistant.provider_id)
-        return _assistant_dict(assistant, provider.name if provider else None)
+        return assistant, _assistant_dict(assistant, provider.name if provider else None)
 
-    data = run_db(settings, work)
+    assistant, data = run_db(settings, work)
     data["base_url"] = assistant_base_url(settings, data["id"])
-    lines = [f"{name + ':':<20} {_cell(data[name])}" for name in (
+    shown = data | {"limits": limits_text(assistant.limits), "price": "-" if assistant.price_input is None else
+                    f"${assistant.price_input} in, ${assistant.price_output} out per million tokens"}
+    lines = [f"{name + ':':<20} {_cell(shown[name])}" for name in (
         "id", "name", "provider", "model", "enabled", "allow_client_system", "parameters", "locked",
-        "extra_params", "base_url")]
+        "extra_params", "limits", "price", "base_url")]
     emit(args, data, "\n".join(lines) + f"\nsystem prompt:\n{data['system_prompt'] or '(none)'}")
     return 0
 
@@ -459,10 +535,29 @@ def cmd_assistant_delete(args: argparse.Namespace, settings: Settings) -> int:
 # --- API keys ---------------------------------------------------------------------------------------
 
 
-def _key_dict(key: api_keys.ApiKey) -> dict[str, Any]:
+def _key_dict(key: api_keys.ApiKey, spent: tuple | None = None) -> dict[str, Any]:
     data = dataclasses.asdict(key)
     data["status"] = key.status()
+    data["limits"] = key.limits.as_dict()
+    if spent is not None:
+        data["spent_usd"], data["spent_tokens"] = spent
+        data["period"] = key.limits.budget_period
     return data
+
+
+def period_start(limits: Limits) -> datetime.datetime | None:
+    """When the current budget period of these limits began (None: ``total``)."""
+    return period_bounds(limits.budget_period, datetime.datetime.now(datetime.timezone.utc))[0]
+
+
+def spent_text(key: api_keys.ApiKey, spent: tuple) -> str:
+    """This period's spend, against the budget when there is one: ``$1.20 of $50.00 (month)``."""
+    usd, tokens = spent
+    limits = key.limits
+    text = f"${usd:,.2f}" + ("" if limits.budget_usd is None else f" of ${limits.budget_usd:,.2f}")
+    if limits.budget_tokens is not None:
+        text += f", {tokens:,} of {limits.budget_tokens:,} tokens"
+    return f"{text} ({limits.budget_period})"
 
 
 def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -471,11 +566,11 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
     if args.expires_in is not None:
         expires_at = datetime.datetime.now(datetime.timezone.utc) + args.expires_in
 
+    limits = limits_from(args)
+
     async def work(pool):
-        if args.assistant is not None:
-            missing = set(args.assistant) - await assistants.existing_ids(pool, args.assistant)
-            if missing:
-                raise CommandError(f"no assistant with id {', '.join(sorted(map(str, missing)))}")
+        await _check_assistants_exist(pool, args.assistant)
+        unknown = await check_usd_budget(pool, limits, args.assistant)
         try:
             return await api_keys.create(
                 pool,
@@ -484,25 +579,71 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
                 prefix=crypto.display_prefix(secret),
                 assistant_ids=args.assistant,
                 expires_at=expires_at,
-            )
+                limits=limits,
+            ), unknown
         except api_keys.KeyNameTaken as exc:
             raise name_taken(exc, await api_keys.in_force_named(pool, args.name)) from None
 
-    key = run_db(settings, work)
-    emit(args, _key_dict(key) | {"key": secret},
-         f"{secret}\n\nThis is the only time the key is shown: store it now. (id {key.id})")
+    key, unknown = run_db(settings, work)
+    emit(args, _key_dict(key) | {"key": secret, "unpriced_assistants": unknown},
+         f"{secret}\n\nThis is the only time the key is shown: store it now. (id {key.id})" + _unpriced_note(unknown))
+    return 0
+
+
+async def _check_assistants_exist(pool, assistant_ids) -> None:
+    if assistant_ids is not None:
+        missing = set(assistant_ids) - await assistants.existing_ids(pool, assistant_ids)
+        if missing:
+            raise CommandError(f"no assistant with id {', '.join(sorted(map(str, missing)))}")
+
+
+def _unpriced_note(unknown: list[str]) -> str:
+    if not unknown:
+        return ""
+    return (f"\nNote: calls to {', '.join(unknown)} have no known price and do not count against the USD budget "
+            "(set their --price-input/--price-output).")
+
+
+def cmd_key_update(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(pool):
+        current = await _key_by_id_or_prefix(pool, args.key)
+        if current.revoked_at is not None:
+            raise CommandError(f"key {current.prefix}... is revoked: it cannot be changed")
+        limits = limits_from(args, current.limits)
+        scope = None if args.all_assistants else current.assistant_ids if args.assistant is None else args.assistant
+        await _check_assistants_exist(pool, args.assistant)
+        unknown = await check_usd_budget(pool, limits, scope)
+        expires_at = current.expires_at
+        if args.no_expiry:
+            expires_at = None
+        elif args.expires_in is not None:
+            expires_at = datetime.datetime.now(datetime.timezone.utc) + args.expires_in
+        name = current.name if args.name is None else args.name
+        try:
+            key = await api_keys.update(pool, current.id, name=name, assistant_ids=scope, expires_at=expires_at,
+                                        limits=limits)
+        except api_keys.KeyNameTaken as exc:
+            raise name_taken(exc, await api_keys.in_force_named(pool, name)) from None
+        return key, unknown
+
+    key, unknown = run_db(settings, work)
+    emit(args, _key_dict(key) | {"unpriced_assistants": unknown},
+         f"key {key.prefix}... ({key.name}) updated; limits: {limits_text(key.limits)}" + _unpriced_note(unknown))
     return 0
 
 
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
-        return await api_keys.list_all(pool), {a.id: a.name for a in await assistants.list_all(pool)}
+        keys = await api_keys.list_all(pool)
+        spent = await usage_events.spent_by_key(pool, {key.id: period_start(key.limits) for key in keys})
+        return keys, spent, {a.id: a.name for a in await assistants.list_all(pool)}
 
-    keys, names = run_db(settings, work)
-    rows = [_key_dict(k) for k in keys]  # --json: the scope as assistant_ids
-    shown = [row | {"scope": _scope(row["assistant_ids"], names)} for row in rows]
+    keys, spent, names = run_db(settings, work)
+    rows = [_key_dict(k, spent[k.id]) for k in keys]  # --json: the scope as assistant_ids
+    shown = [row | {"scope": _scope(row["assistant_ids"], names), "limits": limits_text(key.limits),
+                    "spent": spent_text(key, spent[key.id])} for row, key in zip(rows, keys)]
     emit(args, {"keys": rows},
-         table(shown, ["id", "prefix", "name", "status", "scope", "expires_at", "last_used_at"],
+         table(shown, ["id", "prefix", "name", "status", "scope", "limits", "spent", "expires_at", "last_used_at"],
                "no keys yet: riceball key create --name NAME"))
     return 0
 
@@ -527,13 +668,16 @@ async def _key_by_id_or_prefix(pool, id_or_prefix: str) -> api_keys.ApiKey:
 def cmd_key_show(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
         key = await _key_by_id_or_prefix(pool, args.key)
-        return key, {a.id: a.name for a in await assistants.list_all(pool)}
+        spent = await usage_events.spent(pool, api_key_id=key.id, since=period_start(key.limits))
+        return key, spent, {a.id: a.name for a in await assistants.list_all(pool)}
 
-    key, names = run_db(settings, work)
-    data = _key_dict(key)
+    key, spent, names = run_db(settings, work)
+    data = _key_dict(key, spent)
     lines = [f"{name + ':':<14} {_cell(data[name])}" for name in (
         "id", "prefix", "name", "status", "created_at", "expires_at", "revoked_at", "last_used_at")]
-    emit(args, data, "\n".join([*lines, f"{'scope:':<14} {_scope(data['assistant_ids'], names)}"]))
+    emit(args, data, "\n".join([*lines, f"{'scope:':<14} {_scope(data['assistant_ids'], names)}",
+                                f"{'limits:':<14} {limits_text(key.limits)}",
+                                f"{'spent:':<14} {spent_text(key, spent)}"]))
     return 0
 
 

@@ -78,3 +78,17 @@ def library_price(provider_id: str, model: str) -> Price | None:
     except Exception:  # the library's data or rules went wrong: no price rather than a failed call
         logger.exception("genai-prices could not price %s on %s", model, provider_id)
         return None
+
+
+async def unpriced(db, assistant_ids=None) -> tuple[list[str], list[str]]:
+    """The names of the assistants (those of ``assistant_ids``, or every one) whose calls have a known
+    price, and of those whose have none."""
+    from riceball_proxy.db import assistants, providers
+
+    types = {provider.id: provider.type for provider in await providers.list_all(db)}
+    priced, unknown = [], []
+    for assistant in await assistants.list_all(db):
+        if assistant_ids is None or assistant.id in assistant_ids:
+            known = price_of(assistant, types.get(assistant.provider_id)) is not None
+            (priced if known else unknown).append(assistant.name)
+    return priced, unknown

@@ -159,6 +159,11 @@ async def _fetch_password_hash(url):
         (["admin", "create", "--username", "u", "--password-stdin"], "short\n", "at least 8 characters"),
         (["serve", "--port", "0"], "", "must be at least 1"),
         (["frobnicate"], "", "invalid choice"),
+        (["key", "create", "--name", "k", "--rpm", "-5"], "", "--rpm: must be between 1 and"),
+        (["key", "create", "--name", "k", "--budget-usd", "lots"], "", "is not an amount of USD"),
+        (["key", "create", "--name", "k", "--budget-usd", "0"], "", "budget_usd must be an amount of USD above 0"),
+        (["key", "create", "--name", "k", "--budget-period", "year"], "", "invalid choice: 'year'"),
+        (["assistant", "update", "00000000-0000-0000-0000-000000000001", "--tpm", "1.5"], "", "is not a whole number"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(cli_env, capsys, monkeypatch, argv, stdin, says):
@@ -307,3 +312,45 @@ def test_key_names_in_force_are_unique_and_a_revoked_key_lets_go_of_its_name(cli
     run_json(capsys, monkeypatch, "key", "revoke", first["id"])
     second = run_json(capsys, monkeypatch, "key", "create", "--name", "demo")
     assert second["id"] != first["id"]
+
+
+def test_limits_and_prices_on_keys_and_assistants(cli_env, capsys, monkeypatch):
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai", "--base-url", "http://h/v1")
+    known = run_json(capsys, monkeypatch, "assistant", "add", "--name", "known", "--provider", "up",
+                     "--model", "gpt-4o-mini", "--rpm", "60", "--budget-usd", "20", "--budget-period", "day")
+    assert known["limits"] == {"rpm": 60, "tpm": None, "max_parallel": None, "budget_usd": "20.000000",
+                               "budget_tokens": None, "budget_period": "day"}
+    # A model nobody has a price for: a USD budget is refused, nothing saved, until the operator prices it.
+    status, out, err = run(capsys, monkeypatch, "assistant", "add", "--name", "own", "--provider", "up",
+                           "--model", "in-house-7b", "--budget-usd", "5")
+    assert status == 2 and "'in-house-7b' on 'up' has none" in err and len(err.strip().splitlines()) == 1
+    assert run_json(capsys, monkeypatch, "assistant", "list")["assistants"][-1]["name"] == "known"
+    own = run_json(capsys, monkeypatch, "assistant", "add", "--name", "own", "--provider", "up", "--model",
+                   "in-house-7b", "--price-input", "0.2", "--price-output", "0.6", "--budget-usd", "5")
+    assert (own["price_input"], own["price_output"], own["price_cached_input"]) == ("0.200000", "0.600000", None)
+    updated = run_json(capsys, monkeypatch, "assistant", "update", own["id"], "--max-parallel", "4",
+                       "--budget-usd", "none", "--price-input", "none", "--price-output", "none")
+    assert updated["limits"]["max_parallel"] == 4 and updated["limits"]["budget_usd"] is None
+    assert updated["price_input"] is None
+    status, out, err = run(capsys, monkeypatch, "assistant", "update", own["id"], "--budget-usd", "1")
+    assert status == 2 and "has none" in err
+
+    # A key scoped to the unpriced assistant alone cannot have a USD budget; a token budget is fine.
+    status, out, err = run(capsys, monkeypatch, "key", "create", "--name", "k", "--assistant", own["id"],
+                           "--budget-usd", "10")
+    assert status == 2 and "no assistant this key may call has one (own)" in err
+    key = run_json(capsys, monkeypatch, "key", "create", "--name", "k", "--rpm", "5", "--tpm", "10000",
+                   "--max-parallel", "2", "--budget-usd", "50", "--budget-tokens", "100000", "--budget-period", "week")
+    assert key["limits"] == {"rpm": 5, "tpm": 10000, "max_parallel": 2, "budget_usd": "50.000000",
+                             "budget_tokens": 100000, "budget_period": "week"}
+    assert key["unpriced_assistants"] == ["own"]  # told: calls to it do not count against the USD budget
+    changed = run_json(capsys, monkeypatch, "key", "update", key["prefix"], "--rpm", "none", "--name", "k2",
+                       "--budget-period", "total")
+    assert changed["name"] == "k2" and changed["limits"]["rpm"] is None
+    assert changed["limits"]["tpm"] == 10000 and changed["limits"]["budget_period"] == "total"
+    listed = run_json(capsys, monkeypatch, "key", "list")["keys"][0]
+    assert (listed["spent_usd"], listed["spent_tokens"], listed["period"]) == ("0", 0, "total")
+    status, out, err = run(capsys, monkeypatch, "key", "list")
+    assert "10000 tpm, 2 at once, $50.00, 100,000 tokens" in out and "$0.00 of $50.00, 0 of 100,000 tokens (total)" in out
+    status, out, err = run(capsys, monkeypatch, "key", "show", key["prefix"])
+    assert "limits:" in out and "spent:" in out

@@ -18,6 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 PERIODS = ("day", "week", "month", "total")
+#: The largest USD budget (counted in nano-dollars, which stay exact integers in every backend).
+MAX_BUDGET_USD = Decimal(1_000_000)
 #: The names of the limit columns and fields, in order.
 FIELDS = ("rpm", "tpm", "max_parallel", "budget_usd", "budget_tokens", "budget_period")
 
@@ -68,8 +70,9 @@ def check_limits(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidLimits(f"{name} must be at most {2**31 - 1}")
     usd = values.get("budget_usd")
     if usd is not None:
-        if not isinstance(usd, Decimal) or not usd.is_finite() or usd <= 0 or usd >= Decimal(10**10):
-            raise InvalidLimits(f"budget_usd must be an amount of USD above 0, not {usd!r}")
+        if not isinstance(usd, Decimal) or not usd.is_finite() or usd <= 0 or usd > MAX_BUDGET_USD:
+            raise InvalidLimits(f"budget_usd must be an amount of USD above 0 and at most {MAX_BUDGET_USD:,}, "
+                                f"not {usd}")
     period = values.get("budget_period") or "month"
     if period not in PERIODS:
         raise InvalidLimits(f"budget_period must be one of {', '.join(PERIODS)}, not {period!r}")
