@@ -17,7 +17,7 @@ from riceball_proxy import crypto
 from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admins, api_keys, assistants, open_database, providers, usage_events
 from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits, period_bounds
-from riceball_proxy.pricing import unpriced
+from riceball_proxy.pricing import model_price, unpriced
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
@@ -389,10 +389,7 @@ def prices_from(args: argparse.Namespace, current: assistants.Assistant | None =
 
 async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str) -> None:
     """A USD budget on an assistant needs its calls' price: its own, or the one genai-prices knows."""
-    from riceball_proxy.pricing import library_price
-
-    if limits.budget_usd is not None and prices[0] is None and library_price(
-            {"gemini": "google"}.get(provider.type, provider.type), model) is None:
+    if limits.budget_usd is not None and prices[0] is None and model_price(provider.type, model) is None:
         raise CommandError(f"a USD budget needs a known price, and {model!r} on {provider.name!r} has none: "
                            "set --price-input and --price-output, or use --budget-tokens")
 

@@ -53,9 +53,14 @@ def price_of(assistant, provider_type: str | None) -> Price | None:
         return Price(assistant.price_input, assistant.price_output,
                      assistant.price_input if assistant.price_cached_input is None else assistant.price_cached_input,
                      "assistant")
+    return model_price(provider_type, assistant.model)
+
+
+def model_price(provider_type: str | None, model: str) -> Price | None:
+    """The price ``genai-prices`` knows for a model on a provider of this type, or None."""
     if provider_type is None:
         return None
-    return library_price(GENAI_PROVIDER_IDS.get(provider_type, provider_type), assistant.model)
+    return library_price(GENAI_PROVIDER_IDS.get(provider_type, provider_type), model)
 
 
 @functools.lru_cache(maxsize=1024)

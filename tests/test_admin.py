@@ -496,3 +496,92 @@ async def test_small_things_a_new_admin_meets(panel, fake_openai):
     provider = (await providers.list_all(panel.pool))[0]
     _, text = await panel.post(f"/admin/providers/{provider.id}/test", csrf_from="/admin/providers")
     assert "The upstream answered with 1 model." in text
+
+
+# --- limits and prices -----------------------------------------------------------------------------------
+
+
+async def test_keys_get_limits_a_page_with_spend_and_an_edit_form(panel):
+    from decimal import Decimal
+
+    from riceball_proxy.db import usage_events
+
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    await assistant_via_form(panel, provider.id, name="priced", model="gpt-4o-mini")
+    await assistant_via_form(panel, provider.id, name="in-house", model="in-house-7b")
+    priced, in_house = sorted(await assistants.list_all(panel.pool), key=lambda a: a.name != "priced")
+
+    # Bad limits: each named next to its field, nothing saved.
+    response, text = await panel.post("/admin/keys/new", {"name": "partner", "expires": "", "rpm": "-1",
+                                                          "budget_usd": "lots", "budget_period": "year"})
+    assert response.status == 400 and await api_keys.list_all(panel.pool) == []
+    assert 'id="rpm-error"' in text and 'id="budget_usd-error"' in text and 'id="budget_period-error"' in text
+    assert 'value="-1"' in text  # what was typed is kept
+    # A USD budget on a key that may only call an assistant of unknown price cannot be counted.
+    response, text = await panel.post("/admin/keys/new", [("name", "partner"), ("expires", ""), ("budget_usd", "5"),
+                                                          ("budget_period", "month"), ("assistants", str(in_house.id))])
+    assert response.status == 400 and "No assistant this key may call has a known price" in text
+
+    response, text = await panel.post("/admin/keys/new", {"name": "partner", "expires": "", "rpm": "60",
+                                                          "max_parallel": "3", "budget_usd": "25",
+                                                          "budget_tokens": "100000", "budget_period": "week"})
+    assert response.status == 200
+    key = (await api_keys.list_all(panel.pool))[0]
+    assert (key.limits.rpm, key.limits.max_parallel, key.limits.budget_usd, key.limits.budget_tokens,
+            key.limits.budget_period) == (60, 3, Decimal(25), 100_000, "week")
+
+    # Two calls this week, one last year: the pages show this week's.
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    await usage_events.insert_many(panel.pool, [
+        usage_events.UsageEvent(created_at=now, request_id=f"r{n}", status=200, api_key_id=key.id,
+                                assistant_id=priced.id, prompt_tokens=900, completion_tokens=100, total_tokens=1000,
+                                cost_usd=Decimal("1.25"))
+        for n in range(2)] + [usage_events.UsageEvent(
+            created_at=now - datetime.timedelta(days=400), request_id="old", status=200, api_key_id=key.id,
+            total_tokens=5000, cost_usd=Decimal(7))])
+    _, listing = await panel.get("/admin/keys")
+    assert "$2.50 of $25.00" in listing and "2,000 of 100,000 tokens" in listing and "this week" in listing
+    _, page = await panel.get(f"/admin/keys/{key.id}")
+    assert "$2.5000" in page and "$22.5000" in page and "98,000" in page  # spent and what remains
+    assert "60 requests per minute, 3 calls at once" in page
+    assert "Calls to in-house have no known price" in page
+
+    _, form = await panel.get(f"/admin/keys/{key.id}/edit")
+    assert 'value="60"' in form and 'value="25"' in form and '<option value="week" selected>' in form
+    response, _ = await panel.post(f"/admin/keys/{key.id}/edit", {"name": "partner-2", "rpm": "", "tpm": "5000",
+                                                                  "max_parallel": "3", "budget_usd": "",
+                                                                  "budget_tokens": "", "budget_period": "total"})
+    assert response.status == 200
+    changed = await api_keys.get(panel.pool, key.id)
+    assert changed.name == "partner-2" and changed.expires_at == key.expires_at
+    assert (changed.limits.rpm, changed.limits.tpm, changed.limits.budget_usd, changed.limits.budget_period) == (
+        None, 5000, None, "total")
+    await api_keys.revoke(panel.pool, key.id)
+    response, _ = await panel.get(f"/admin/keys/{key.id}/edit")
+    assert response.status == 404  # a revoked key cannot be changed
+
+
+async def test_assistants_get_limits_and_prices(panel):
+    from decimal import Decimal
+
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    response, text = await assistant_via_form(panel, provider.id, model="in-house-7b", budget_usd="10",
+                                              budget_period="month")
+    assert response.status == 400 and "No price is known for this model" in text
+    response, text = await assistant_via_form(panel, provider.id, model="in-house-7b", price_input="0.5")
+    assert response.status == 400 and "Set both prices, or neither." in text
+    assert await assistants.list_all(panel.pool) == []
+    response, _ = await assistant_via_form(panel, provider.id, model="in-house-7b", price_input="0.5",
+                                           price_output="1.5", budget_usd="10", budget_period="day", tpm="20000")
+    assert response.status == 200
+    assistant = (await assistants.list_all(panel.pool))[0]
+    assert (assistant.price_input, assistant.price_output, assistant.price_cached_input) == (
+        Decimal("0.5"), Decimal("1.5"), None)
+    assert (assistant.limits.tpm, assistant.limits.budget_usd, assistant.limits.budget_period) == (
+        20000, Decimal(10), "day")
+    _, form = await panel.get(f"/admin/assistants/{assistant.id}/edit")
+    assert 'value="0.5"' in form and 'value="1.5"' in form and 'value="20000"' in form

@@ -4,6 +4,7 @@ import datetime
 import io
 import re
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -21,10 +22,12 @@ async def seed(pool):
     key = await api_keys.create(pool, name="ci", key_hash=b"k" * 32, prefix="sk-ci")
 
     def event(assistant, when, status=200, latency=100.0, tokens=(10, 20)):
+        # Alpha's calls cost a cent each; Beta's model has no known price.
+        cost = Decimal("0.01") if assistant is a and status < 400 else None
         return UsageEvent(created_at=when, request_id=f"req_{uuid.uuid4().hex}", status=status, api_key_id=key.id,
                           assistant_id=assistant.id, provider_id=provider.id, upstream_model=assistant.model,
                           prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=sum(tokens),
-                          latency_ms=latency, error_type=None if status < 400 else "api_error")
+                          latency_ms=latency, error_type=None if status < 400 else "api_error", cost_usd=cost)
 
     await usage_events.insert_many(pool, [
         event(a, NOW, latency=100), event(a, NOW, latency=200), event(a, NOW, latency=300),
@@ -45,9 +48,10 @@ async def test_the_usage_page_sums_the_last_seven_days(panel):
     assert stat(text, "Requests") == "6" and stat(text, "Errors") == "1" and stat(text, "Tokens") == "150"
     assert "Requests per day" in text and "<svg" in text and text.count('fill="#c62828"') == 1
     # Alpha: 4 requests, 1 error, 30/60 tokens; latencies 50, 100, 200, 300 ms: p50 150, p95 285.
-    assert re.search(r"<td>Alpha</td>\s*<td>4</td><td>1</td><td>30</td><td>60</td>\s*<td>150 ms</td><td>285 ms</td>",
-                     text)
-    assert re.search(r"<td>Beta</td>\s*<td>2</td><td>0</td><td>20</td><td>40</td>", text)
+    assert re.search(r"<td>Alpha</td>\s*<td>4</td><td>1</td><td>30</td><td>60</td>\s*<td>\$0.0300</td>\s*"
+                     r"<td>150 ms</td><td>285 ms</td>", text)
+    assert re.search(r"<td>Beta</td>\s*<td>2</td><td>0</td><td>20</td><td>40</td>\s*<td>- <small[^>]*>\+2 unpriced", text)
+    assert stat(text, "Cost") == "$0.0300" and "2 calls of unknown price not counted" in text
     assert "ci (sk-ci…)" in text
 
 
@@ -88,6 +92,7 @@ async def test_the_csv_export_has_every_row_of_the_filter(panel):
     assert len(rows) == 4 and {r["assistant_id"] for r in rows} == {str(a.id)}
     assert sorted(r["status"] for r in rows) == ["200", "200", "200", "502"]
     assert {r["upstream_model"] for r in rows} == {"'=cmd|calc"}  # never a formula in a spreadsheet
+    assert sorted(r["cost_usd"] for r in rows) == ["", "0.0100000000", "0.0100000000", "0.0100000000"]
     _, text = await panel.get("/admin/usage.csv")
     assert len(list(csv.DictReader(io.StringIO(text)))) == 6
 
@@ -106,5 +111,5 @@ async def test_the_keys_page_shows_real_last_use(panel, fake_openai):
     assert response.status == 200
     await panel.app[appkeys.LAST_USED].flush()
     _, text = await panel.get("/admin/keys")
-    used_row = re.search(r"<td>used</td>.*?</tr>", text, flags=re.S).group(0)
+    used_row = re.search(r">used</a></td>.*?</tr>", text, flags=re.S).group(0)
     assert "never</td>" not in used_row.split("<td>", 6)[5]  # the "last used" cell has a time

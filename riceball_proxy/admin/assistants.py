@@ -7,10 +7,11 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
-from riceball_proxy.admin.forms import Form
+from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.errors import APIError
+from riceball_proxy.pricing import model_price
 
 #: Seconds the form waits for the provider's model list before offering free text only.
 MODEL_LIST_TIMEOUT = 3
@@ -76,7 +77,10 @@ def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
         values["allow_client_system"] = "on"
     if assistant.enabled:
         values["enabled"] = "on"
-    return values
+    for name in ("price_input", "price_output", "price_cached_input"):
+        if getattr(assistant, name) is not None:
+            values[name] = f"{getattr(assistant, name).normalize():f}"
+    return values | limit_values(assistant.limits)
 
 
 async def _render_form(request, assistant, values, errors, *, status=200) -> web.Response:
@@ -133,10 +137,22 @@ async def assistant_save(request: web.Request) -> web.Response:
     for parameter in locked - set(parameters):
         form.errors[parameter] = "A locked parameter needs a value."
     extra_params = form.json_object("extra_params")
+    limits = form.limits()
+    prices = tuple(form.amount(name) for name in ("price_input", "price_output", "price_cached_input"))
+    if (prices[0] is None) != (prices[1] is None):
+        form.errors["price_input" if prices[0] is None else "price_output"] = "Set both prices, or neither."
+    elif prices[2] is not None and prices[0] is None:
+        form.errors["price_cached_input"] = "A cached-input price needs the input and output prices."
+    if form.valid and limits.budget_usd is not None and prices[0] is None:
+        provider = await providers.get(pool, provider_ids[provider_id])
+        if model_price(provider.type if provider else None, model) is None:
+            form.errors["budget_usd"] = ("No price is known for this model: set its prices below, "
+                                         "or use a budget in tokens.")
     if form.valid:
         fields = dict(name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
                       parameters=parameters, locked=locked, extra_params=extra_params,
-                      allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"))
+                      allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"),
+                      limits=limits, prices=prices)
         try:
             if assistant is None:
                 saved = await assistants.create(pool, **fields)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal, InvalidOperation
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+
+from riceball_proxy.limits import MAX_BUDGET_USD, PERIODS, InvalidLimits, Limits, check_limits
 
 
 class Form:
@@ -86,6 +89,45 @@ class Form:
             return {}
         return parsed
 
+    def amount(self, name: str, *, maximum: Decimal = Decimal(10**9)) -> Decimal | None:
+        """An amount of USD (exact), 0 or more; None when empty."""
+        value = self.raw(name).strip().lstrip("$")
+        if not value:
+            return None
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            self.errors[name] = "Enter an amount, like 2.50."
+            return None
+        if not amount.is_finite() or amount < 0 or amount > maximum:
+            self.errors[name] = f"Enter an amount from 0 to {maximum:,}."
+            return None
+        return amount
+
+    def limits(self) -> Limits:
+        """The limit fields (``rpm``... ``budget_period``, as ``limit_fields`` in _forms.html renders them)."""
+        values = {name: self.number(name, minimum=1, maximum=2**31 - 1, integer=True)
+                  for name in ("rpm", "tpm", "max_parallel")}
+        values["budget_tokens"] = self.number("budget_tokens", minimum=1, maximum=2**62, integer=True)
+        values["budget_usd"] = self.amount("budget_usd", maximum=MAX_BUDGET_USD)
+        if values["budget_usd"] == 0:
+            self.errors["budget_usd"] = "Enter an amount above 0, or leave it empty for no budget."
+        values["budget_period"] = self.choice("budget_period", PERIODS) if self.raw("budget_period") else "month"
+        try:
+            return Limits(**check_limits(values))
+        except InvalidLimits:  # every field was checked above; keep the form's own messages
+            return Limits()
+
     def values(self) -> dict[str, str]:
         """What was submitted, to fill the form in again."""
         return {key: value for key, value in self.data.items() if isinstance(value, str)}
+
+
+def limit_values(limits: Limits) -> dict[str, str]:
+    """A key's or an assistant's limits as the form's fields show them."""
+    values = {name: str(getattr(limits, name)) for name in ("rpm", "tpm", "max_parallel", "budget_tokens")
+              if getattr(limits, name) is not None}
+    if limits.budget_usd is not None:
+        values["budget_usd"] = f"{limits.budget_usd.normalize():f}"
+    values["budget_period"] = limits.budget_period
+    return values

@@ -1,4 +1,5 @@
-"""API keys: create (the key is shown once, in the answer to the form), list, revoke."""
+"""API keys: create (the key is shown once, in the answer to the form), list with this period's spend,
+a page per key (limits, spend and what remains), edit (name, scope, limits), revoke."""
 from __future__ import annotations
 
 import datetime
@@ -8,8 +9,10 @@ from aiohttp import web
 
 from riceball_proxy import crypto
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
-from riceball_proxy.admin.forms import Form
-from riceball_proxy.db import api_keys, assistants
+from riceball_proxy.admin.forms import Form, limit_values
+from riceball_proxy.db import api_keys, assistants, usage_events
+from riceball_proxy.limits import Limits, period_bounds
+from riceball_proxy.pricing import unpriced
 
 #: The expiries offered: form value -> (label, lifetime).
 EXPIRIES = {
@@ -25,6 +28,9 @@ def setup_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/keys", key_list, name="keys")
     router.add_get("/keys/new", key_form, name="key_new")
     router.add_post("/keys/new", key_create)
+    router.add_get("/keys/{id}", key_detail, name="key")
+    router.add_get("/keys/{id}/edit", key_edit_form, name="key_edit")
+    router.add_post("/keys/{id}/edit", key_save)
     router.add_get("/keys/{id}/revoke", key_revoke_confirm, name="key_revoke")
     router.add_post("/keys/{id}/revoke", key_revoke)
 
@@ -34,65 +40,127 @@ async def key_list(request: web.Request, new_key: dict | None = None) -> web.Res
     """The keys; with ``new_key``, the one answer that shows a key just created."""
     pool = db_pool(request)
     now = datetime.datetime.now(datetime.timezone.utc)
+    keys = await api_keys.list_all(pool)
     return await render(request, "admin/keys.html", {
-        "keys": await api_keys.list_all(pool),
+        "keys": keys,
+        "spent": await usage_events.spent_by_key(pool, {key.id: period_start(key.limits) for key in keys}),
         "assistant_names": {a.id: a.name for a in await assistants.list_all(pool)},
         "new_key": new_key,
         "now": now,
     })
 
 
-async def key_form(request: web.Request) -> web.Response:
+def period_start(limits: Limits) -> datetime.datetime | None:
+    """When the current budget period began (None: ``total``)."""
+    return period_bounds(limits.budget_period, datetime.datetime.now(datetime.timezone.utc))[0]
+
+
+async def _render_form(request: web.Request, key: api_keys.ApiKey | None, values: dict, selected: set,
+                       errors: dict, *, status: int = 200) -> web.Response:
     return await render(request, "admin/key_form.html", {
-        "values": {"expires": ""}, "selected": set(), "errors": {}, "expiries": EXPIRIES,
+        "key": key, "values": values, "selected": selected, "errors": errors, "expiries": EXPIRIES,
         "assistants": await assistants.list_all(db_pool(request)),
-    })
+    }, status=status)
 
 
-async def key_create(request: web.Request) -> web.Response:
+async def key_form(request: web.Request) -> web.Response:
+    return await _render_form(request, None, {"expires": "", "budget_period": "month"}, set(), {})
+
+
+async def key_edit_form(request: web.Request) -> web.Response:
+    key = await _key_or_404(request, in_force=True)
+    selected = set() if key.assistant_ids is None else {str(assistant_id) for assistant_id in key.assistant_ids}
+    return await _render_form(request, key, {"name": key.name} | limit_values(key.limits), selected, {})
+
+
+async def _read_form(request: web.Request, key: api_keys.ApiKey | None):
+    """The key form's values: (form, name, assistant ids or None, limits, expiry lifetime)."""
     pool = db_pool(request)
     data = await request.post()
     form = Form(data)
     name = form.text("name", required=True)
-    expires = form.choice("expires", EXPIRIES)
-    all_assistants = await assistants.list_all(pool)
-    known = {str(a.id): a.id for a in all_assistants}
+    expires = form.choice("expires", EXPIRIES) if key is None else ""
+    limits = form.limits()
+    known = {str(a.id): a.id for a in await assistants.list_all(pool)}
     chosen = data.getall("assistants", [])
     if any(value not in known for value in chosen):
         form.errors["assistants"] = "Choose assistants from the list."
-    if not form.valid:
-        return await render(request, "admin/key_form.html", {
-            "values": form.values(), "selected": set(chosen), "errors": form.errors, "expiries": EXPIRIES,
-            "assistants": all_assistants,
-        }, status=400)
-    lifetime = EXPIRIES[expires][1]
-    secret = crypto.generate_api_key()
-    try:
-        key = await api_keys.create(
-            pool,
-            name=name,
-            key_hash=crypto.hash_api_key(secret),
-            prefix=crypto.display_prefix(secret),
-            assistant_ids=[known[value] for value in chosen] or None,
-            expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
-        )
-    except api_keys.KeyNameTaken:
-        form.errors["name"] = "A key in force has this name: revoke it first, or choose another name."
-        return await render(request, "admin/key_form.html", {
-            "values": form.values(), "selected": set(chosen), "errors": form.errors, "expiries": EXPIRIES,
-            "assistants": all_assistants,
-        }, status=400)
-    # The key is in this answer only: it is kept nowhere (not in the session), so nothing can show it again.
-    return await key_list(request, new_key={"key": secret, "name": key.name})
+    scope = [known[value] for value in chosen if value in known] or None
+    if form.valid and limits.budget_usd is not None:
+        priced, unknown = await unpriced(pool, None if scope is None else set(scope))
+        if not priced:
+            form.errors["budget_usd"] = ("No assistant this key may call has a known price, so a USD budget "
+                                         "cannot be counted: price them, or use a budget in tokens.")
+    return form, name, scope, limits, EXPIRIES.get(expires, EXPIRIES[""])[1], set(chosen)
 
 
-async def _key_or_404(request: web.Request) -> api_keys.ApiKey:
+async def key_create(request: web.Request) -> web.Response:
+    form, name, scope, limits, lifetime, chosen = await _read_form(request, None)
+    if form.valid:
+        secret = crypto.generate_api_key()
+        try:
+            key = await api_keys.create(
+                db_pool(request),
+                name=name,
+                key_hash=crypto.hash_api_key(secret),
+                prefix=crypto.display_prefix(secret),
+                assistant_ids=scope,
+                expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
+                limits=limits,
+            )
+        except api_keys.KeyNameTaken:
+            form.errors["name"] = NAME_TAKEN
+        else:
+            # The key is in this answer only: it is kept nowhere (not in the session), so nothing can show it again.
+            return await key_list(request, new_key={"key": secret, "name": key.name})
+    return await _render_form(request, None, form.values(), chosen, form.errors, status=400)
+
+
+NAME_TAKEN = "A key in force has this name: revoke it first, or choose another name."
+
+
+async def key_save(request: web.Request) -> web.Response:
+    key = await _key_or_404(request, in_force=True)
+    form, name, scope, limits, _, chosen = await _read_form(request, key)
+    if form.valid:
+        try:
+            await api_keys.update(db_pool(request), key.id, name=name, assistant_ids=scope,
+                                  expires_at=key.expires_at, limits=limits)
+        except api_keys.KeyNameTaken:
+            form.errors["name"] = NAME_TAKEN
+        else:
+            await flash(request, "success", f"Key “{name}” saved.")
+            raise redirect(request, "key", id=key.id)
+    return await _render_form(request, key, form.values(), chosen, form.errors, status=400)
+
+
+async def key_detail(request: web.Request) -> web.Response:
+    """One key: its scope, limits, this period's spend and what remains of its budgets."""
+    pool = db_pool(request)
+    key = await _key_or_404(request)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = period_bounds(key.limits.budget_period, now)
+    usd, tokens = await usage_events.spent(pool, api_key_id=key.id, since=start)
+    limits = key.limits
+    _, unknown = await unpriced(pool, None if key.assistant_ids is None else set(key.assistant_ids))
+    return await render(request, "admin/key.html", {
+        "key": key, "status": key.status(now), "limits": limits, "period_end": end,
+        "spent_usd": usd, "spent_tokens": tokens,
+        "remaining_usd": None if limits.budget_usd is None else max(limits.budget_usd - usd, 0),
+        "remaining_tokens": None if limits.budget_tokens is None else max(limits.budget_tokens - tokens, 0),
+        "unpriced": unknown,
+        "assistant_names": {a.id: a.name for a in await assistants.list_all(pool)},
+    })
+
+
+async def _key_or_404(request: web.Request, *, in_force: bool = False) -> api_keys.ApiKey:
+    """The key the URL names; 404 when there is none (or, with ``in_force``, when it is revoked)."""
     try:
         key = await api_keys.get(db_pool(request), uuid.UUID(request.match_info["id"]))
     except ValueError:
         key = None
-    if key is None:
-        raise web.HTTPNotFound(text="No such key.")
+    if key is None or (in_force and key.revoked_at is not None):
+        raise web.HTTPNotFound(text="No such key." if key is None else "This key is revoked: it cannot be changed.")
     return key
 
 

@@ -154,7 +154,7 @@ _TOTALS = """
     coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
     coalesce(sum(completion_tokens), 0) AS completion_tokens,
     sum(cost_usd) AS cost_usd,
-    count(*) FILTER (WHERE cost_usd IS NULL AND prompt_tokens IS NOT NULL) AS unpriced,
+    count(*) FILTER (WHERE cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)) AS unpriced,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50,
     percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95
 """
