@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+#: The Redis that limit counters use in the benchmark (a database number of its own).
+BENCH_REDIS = os.environ.get("RICEBALL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def free_port() -> int:
@@ -134,6 +136,27 @@ async def latencies(url: str, headers: dict, body: dict, count: int, *, first_by
     return times
 
 
+async def paired_latencies(url: str, free: dict, limited: dict, body: dict, count: int) -> tuple[list, list]:
+    """Latencies of a key without limits and of a limited one on the same gateway, in alternating
+    rounds, so that the machine's drift weighs on both alike."""
+    without, with_limits = [], []
+    rounds = 4
+    for _ in range(rounds):
+        without += await latencies(url, free, body, count // rounds, first_byte=False)
+        with_limits += await latencies(url, limited, body, count // rounds, first_byte=False)
+    return without, with_limits
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+    return True
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -231,6 +254,10 @@ def main() -> None:
             slow = riceball(env, "assistant", "add", "--name", "slow", "--provider", "bench", "--model", "delay-0.5")
             key = riceball(env, "key", "create", "--name", "bench")["key"]
             auth = {"Authorization": f"Bearer {key}"}
+            # Every kind of limit, none of them ever reached: what checking them costs.
+            limited_key = riceball(env, "key", "create", "--name", "bench-limited", "--rpm", "1000000000",
+                                   "--tpm", "2000000000", "--max-parallel", "100000",
+                                   "--budget-tokens", "1000000000000000")["key"]
             direct = upstream_url + "/chat/completions"
             plain = {"model": "bench", "messages": MESSAGES}
             streamed = plain | {"stream": True}
@@ -259,6 +286,18 @@ def main() -> None:
                                                                       gateway.pid))
                     else:
                         results["rps_workers"] = wrk(through(fast, port), auth, plain, 64, seconds, workdir)
+            for backend in ("memory", "redis", "postgres"):
+                backend_env = env | {"RICEBALL_LIMITS_BACKEND": backend}
+                if backend == "redis":
+                    if not redis_reachable(BENCH_REDIS):
+                        continue
+                    backend_env["RICEBALL_REDIS_URL"] = BENCH_REDIS
+                port = free_port()
+                with running([str(BIN / "riceball"), "serve", "--port", str(port)], backend_env,
+                             f"http://127.0.0.1:{port}/healthz", workdir / f"gateway-limits-{backend}.log"):
+                    url = through(fast, port)
+                    results[f"limits_{backend}"] = asyncio.run(paired_latencies(
+                        url, auth, {"Authorization": f"Bearer {limited_key}"}, plain, count))
             proxy_port = free_port()
             proxy_argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port),
                           "--upstream", f"http://127.0.0.1:{upstream_port}"]
@@ -291,6 +330,17 @@ def main() -> None:
     two_workers, errors = results["rps_workers"]
     rows.append(("requests/s, c=64, --workers 2 vs 1", f"{two_workers / one_worker:.2f}x",
                  f"1 worker {one_worker:,.0f}/s, 2 workers {two_workers:,.0f}/s, errors {errors}", ">= 1.6x"))
+
+    for backend in ("memory", "redis", "postgres"):
+        if f"limits_{backend}" not in results:
+            rows.append((f"added latency p50 of a limited key, counters in {backend}", "not measured",
+                         f"no Redis at {BENCH_REDIS}", ""))
+            continue
+        free, limited = results[f"limits_{backend}"]
+        rows.append((f"added latency p50 of a limited key, c=1, counters in {backend}",
+                     ms(statistics.median(limited) - statistics.median(free)),
+                     f"key without limits {ms(statistics.median(free))}, with rpm, tpm, max_parallel and a token "
+                     f"budget {ms(statistics.median(limited))}", "<= 0.1 ms" if backend == "redis" else ""))
 
     table = ["| measure | result | detail | target |", "| --- | --- | --- | --- |"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
