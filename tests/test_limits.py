@@ -84,9 +84,12 @@ async def test_the_assistant_limit_and_the_key_limit_both_apply(start_gateway, b
             await client.chat.completions.create(model="x", messages=MESSAGES)
         assert "this API key" in raised.value.message
     async with gateway.client(assistant.id, loose) as client:
-        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES, stream=True)
+        assert answer.headers["content-type"].startswith("text/event-stream")  # streams carry them too
         assert answer.headers["x-ratelimit-limit-requests"] == "3"  # the tighter one's figures
         assert answer.headers["x-ratelimit-remaining-requests"] == "0"
+        async for _ in answer.parse():
+            pass
         with pytest.raises(openai.RateLimitError) as raised:  # the assistant's limit
             await client.chat.completions.create(model="x", messages=MESSAGES)
         assert "this assistant" in raised.value.message

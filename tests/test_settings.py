@@ -48,6 +48,10 @@ def test_plugins_none_loads_no_installed_plugin():
         ("RICEBALL_MAX_BODY_BYTES", "10", "RICEBALL_MAX_BODY_BYTES must be between"),
         ("RICEBALL_DATABASE_URL", "mysql://x", "RICEBALL_DATABASE_URL must start with postgresql://"),
         ("RICEBALL_LOG_LEVEL", "LOUD", "RICEBALL_LOG_LEVEL must be one of"),
+        ("RICEBALL_REDIS_URL", "127.0.0.1:6379", "RICEBALL_REDIS_URL must start with redis://"),
+        ("RICEBALL_LIMITS_FAIL", "maybe", "RICEBALL_LIMITS_FAIL must be open or closed"),
+        ("RICEBALL_LIMITS_BACKEND", "etcd", "RICEBALL_LIMITS_BACKEND must be auto, memory, redis or postgres"),
+        ("RICEBALL_LIMITS_BACKEND", "redis", "RICEBALL_LIMITS_BACKEND=redis needs RICEBALL_REDIS_URL"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value, says):
@@ -55,3 +59,16 @@ def test_a_bad_value_names_its_variable(name, value, says):
         Settings.from_env({name: value})
     assert str(raised.value).startswith(says)
     assert "\n" not in str(raised.value)
+
+
+def test_limit_counters_live_where_every_process_sees_them():
+    embedded = Settings.from_env({})
+    assert embedded.limits_store == "memory"  # one process, its own database
+    assert embedded.replace(workers=2).limits_store == "postgres"
+    external = Settings.from_env({"RICEBALL_DATABASE_URL": "postgresql://db/x"})
+    assert external.limits_store == "postgres"  # another instance may share the database
+    assert Settings.from_env({"RICEBALL_DATABASE_URL": "postgresql://db/x", "RICEBALL_LIMITS_BACKEND": "memory"}
+                             ).limits_store == "memory"
+    shared = Settings.from_env({"RICEBALL_REDIS_URL": "redis://127.0.0.1:6379/2", "RICEBALL_LIMITS_FAIL": "closed"})
+    assert (shared.limits_store, shared.limits_fail) == ("redis", "closed")
+    assert "6379" not in repr(shared)  # a Redis URL may hold a password
