@@ -44,7 +44,7 @@ def riceball_startup(app):
 async def riceball_shutdown(app):
     limiter = app.get(appkeys.LIMITER)
     if limiter is not None:
-        await limiter.counters.close()
+        await limiter.close()
 
 
 @hookimpl(trylast=True)

@@ -60,6 +60,10 @@ class Limiter:
         self.fail_open = fail_open
         self.metrics = metrics
         self._down_until = 0.0
+        #: Settlements sent to shared counters and not yet acknowledged.
+        self._settling: set[asyncio.Task] = set()
+        #: Slot key -> the settlement giving one of its slots back.
+        self._freeing: dict[str, asyncio.Task] = {}
 
     async def admit(self, ctx: ChatContext) -> None:
         key_limits = ctx.principal.limits if ctx.principal is not None else None
@@ -79,6 +83,10 @@ class Limiter:
                 self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now)
         if time.monotonic() < self._down_until:
             return self._unavailable(ctx, None)
+        for check in checks:
+            freeing = self._freeing.get(check.key)
+            if freeing is not None:  # a slot of this key is being given back: count after it
+                await asyncio.wait({freeing})
         try:
             decision = await self.counters.admit(checks, self._load)
         except Unavailable as exc:
@@ -157,31 +165,34 @@ class Limiter:
                         for budget in reservation.budgets)
         settlement = Settlement(buckets=tuple((bucket, tokens_delta) for bucket in reservation.token_buckets),
                                 budgets=budgets, slots=tuple(reservation.slots))
+        if self.counters.name == "memory":  # nothing to wait for
+            await self._settle(settlement, ctx.request_id)
+            return
+        # Shared counters: one round trip, off the request path (the connection's next request need
+        # not wait for it). The slots it frees are waited for by this process's next admission that
+        # counts them, so a client's next call always finds its finished call's slot free.
+        task = asyncio.get_running_loop().create_task(self._settle(settlement, ctx.request_id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        for slots in settlement.slots:
+            self._freeing[slots.key] = task
+            task.add_done_callback(lambda _, key=slots.key, task=task: self._freeing.get(key) is task
+                                   and self._freeing.pop(key))
+
+    async def _settle(self, settlement: Settlement, request_id: str) -> None:
         try:
-            await to_the_end(self.counters.settle(settlement))
+            await self.counters.settle(settlement)
         except Unavailable as exc:
             logger.warning("limit counters (%s) unavailable: call %s not settled: %s", self.counters.name,
-                           ctx.request_id, exc)
+                           request_id, exc)
             if self.metrics is not None:
                 self.metrics.limits_unavailable(self.counters.name)
 
-
-async def to_the_end(awaitable) -> None:
-    """Await ``awaitable`` to its end even when the awaiting task is cancelled meanwhile (the client of a
-    call that has had its answer goes away): what a call took is always given back. A cancellation is
-    raised once it is done."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done() and task.cancelled():
-                raise
-            cancelled = exc
-    task.result()
-    if cancelled is not None:
-        raise cancelled
+    async def close(self) -> None:
+        """Wait for the settlements under way, then let go of the counters' connections."""
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=10)
+        await self.counters.close()
 
 
 def _whose(scope: str) -> str:
