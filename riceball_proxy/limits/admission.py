@@ -13,7 +13,6 @@ prompt alone, so a budget can be overshot by at most the answers of the calls in
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
@@ -60,10 +59,6 @@ class Limiter:
         self.fail_open = fail_open
         self.metrics = metrics
         self._down_until = 0.0
-        #: Settlements sent to shared counters and not yet acknowledged.
-        self._settling: set[asyncio.Task] = set()
-        #: Slot key -> the settlement giving one of its slots back.
-        self._freeing: dict[str, asyncio.Task] = {}
 
     async def admit(self, ctx: ChatContext) -> None:
         key_limits = ctx.principal.limits if ctx.principal is not None else None
@@ -83,10 +78,6 @@ class Limiter:
                 self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now)
         if time.monotonic() < self._down_until:
             return self._unavailable(ctx, None)
-        for check in checks:
-            freeing = self._freeing.get(check.key)
-            if freeing is not None:  # a slot of this key is being given back: count after it
-                await asyncio.wait({freeing})
         try:
             decision = await self.counters.admit(checks, self._load)
         except Unavailable as exc:
@@ -165,33 +156,14 @@ class Limiter:
                         for budget in reservation.budgets)
         settlement = Settlement(buckets=tuple((bucket, tokens_delta) for bucket in reservation.token_buckets),
                                 budgets=budgets, slots=tuple(reservation.slots))
-        if self.counters.name == "memory":  # nothing to wait for
-            await self._settle(settlement, ctx.request_id)
-            return
-        # Shared counters: one round trip, off the request path (the connection's next request need
-        # not wait for it). The slots it frees are waited for by this process's next admission that
-        # counts them, so a client's next call always finds its finished call's slot free.
-        task = asyncio.get_running_loop().create_task(self._settle(settlement, ctx.request_id))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        for slots in settlement.slots:
-            self._freeing[slots.key] = task
-            task.add_done_callback(lambda _, key=slots.key, task=task: self._freeing.get(key) is task
-                                   and self._freeing.pop(key))
-
-    async def _settle(self, settlement: Settlement, request_id: str) -> None:
         try:
-            await self.counters.settle(settlement)
+            await self.counters.settle(settlement)  # memory: at once; shared: queued (counters.py)
         except Unavailable as exc:
             logger.warning("limit counters (%s) unavailable: call %s not settled: %s", self.counters.name,
-                           request_id, exc)
-            if self.metrics is not None:
-                self.metrics.limits_unavailable(self.counters.name)
+                           ctx.request_id, exc)
 
     async def close(self) -> None:
-        """Wait for the settlements under way, then let go of the counters' connections."""
-        if self._settling:
-            await asyncio.wait(set(self._settling), timeout=10)
+        """Send the settlements still queued, then let go of the counters' connections."""
         await self.counters.close()
 
 

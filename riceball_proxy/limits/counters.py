@@ -16,11 +16,15 @@ refused call holds nothing. Every backend runs the same rules: in memory here (o
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MINUTE_MS = 60_000.0
 #: How long a slot is held by a call whose process died without giving it back.
@@ -151,26 +155,83 @@ def expiry_ms(check: Check, value: Any) -> float:
     return check.ends_ms if check.ends_ms is not None else math.inf
 
 
+#: Seconds a settlement may wait for this process's next admission to carry it, before it is sent alone.
+FLUSH_DELAY = 0.005
+
+
 class Counters:
-    """Where the counters live. Subclasses: memory (here), Redis, PostgreSQL."""
+    """Where the counters live. Subclasses: memory (here), Redis, PostgreSQL.
+
+    Settlements to shared counters are not sent on their own at once: they ride on this process's next
+    admission (applied first, in the same round trip), or are sent together ``FLUSH_DELAY`` seconds
+    later, whichever comes first. So a call costs one round trip, and a client's next call, admitted
+    by this process, always finds the slot of its finished call free.
+    """
 
     #: Shown by ``/metrics`` and the logs.
     name = "memory"
 
+    def __init__(self) -> None:
+        self._pending: list[Settlement] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task] = set()
+
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
+        """Apply the pending settlements, then admit the call or refuse it, in one round trip."""
         raise NotImplementedError
 
     async def settle(self, settlement: Settlement) -> None:
+        """Queue a settlement: it goes with the next admission, or alone soon after."""
+        self._pending.append(settlement)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+
+    def take_pending(self) -> Settlement:
+        """The queued settlements, as one (and the queue emptied)."""
+        pending, self._pending = self._pending, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if len(pending) == 1:
+            return pending[0]
+        return Settlement(buckets=tuple(b for s in pending for b in s.buckets),
+                          budgets=tuple(b for s in pending for b in s.budgets),
+                          slots=tuple(b for s in pending for b in s.slots))
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def flush(self) -> None:
+        """Send the queued settlements now; a failure to reach the counters is logged (they are lost:
+        budgets keep those calls' reservations, slots come back when their lease ends)."""
+        settlement = self.take_pending()
+        if not (settlement.buckets or settlement.budgets or settlement.slots):
+            return
+        try:
+            await self.apply(settlement)
+        except Unavailable as exc:
+            logger.warning("limit counters (%s) unavailable: %d settlements lost: %s", self.name,
+                           len(settlement.slots) + len(settlement.budgets) + len(settlement.buckets), exc)
+
+    async def apply(self, settlement: Settlement) -> None:
+        """Send one settlement to the counters."""
         raise NotImplementedError
 
     async def close(self) -> None:
-        """Let go of connections (nothing for memory)."""
+        """Send what is queued, then let go of connections."""
+        await self.flush()
+        if self._flushing:
+            await asyncio.wait(set(self._flushing), timeout=10)
 
 
 class MemoryCounters(Counters):
     """One process's counters, in a dict: exact for one process, nothing shared."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.state: dict[str, Any] = {}
         self.expires: dict[str, float] = {}
         self._admitted = 0
@@ -195,6 +256,7 @@ class MemoryCounters(Counters):
         return decision
 
     async def settle(self, settlement: Settlement) -> None:
+        """At once: nothing to wait for."""
         new = settle_values(settlement, self.state, now_ms())
         self.state.update(new)
         for bucket, _ in settlement.buckets:

@@ -1,9 +1,10 @@
 """Limit counters in PostgreSQL (table ``limit_counters``), shared by every process and instance that
 uses the database, for when there is no Redis.
 
-An admission is one transaction: the call's counter rows are created if missing, locked in key order
-(``SELECT ... FOR UPDATE``, so two calls never deadlock), judged by the rules of ``limits/counters.py``
-on the database's clock, and written back. That is four statements, about a millisecond on a local
+An admission is one transaction: the call's counter rows (and those of the settlements queued since
+the last admission) are created if missing, locked in key order (``SELECT ... FOR UPDATE``, so two
+calls never deadlock), settled and judged by the rules of ``limits/counters.py`` on the database's
+clock, and written back. That is four statements, about a millisecond on a local
 server, and calls on the same key wait for each other's lock: Redis is the faster choice under load.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PostgresCounters(Counters):
     name = "postgres"
 
     def __init__(self, pool: asyncpg.Pool):
+        super().__init__()
         self.pool = pool
         self._admitted = 0
 
@@ -53,17 +55,22 @@ class PostgresCounters(Counters):
         return state, now
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        keys = sorted({check.key for check in checks})
+        settlement = self.take_pending()
+        settled_checks = _checks_of(settlement)
+        all_checks = settled_checks | {check.key: check for check in checks}
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                state, now = await self._locked(conn, keys)
+                state, now = await self._locked(conn, sorted(all_checks))
+                settled = settle_values(settlement, state, now)  # the queued settlements first
+                state.update(settled)
                 loaded = {}
                 for check in checks:
                     if type(check) is Budget and check.key not in state:
-                        state[check.key] = loaded[check.key] = await load(check, conn)  # this connection: the pool may be all in use
+                        # On this connection: the pool's others may all be waiting for this lock.
+                        state[check.key] = loaded[check.key] = await load(check, conn)
                 decision, new = decide(checks, state, now)
-                writes = {**loaded, **new} if decision.admitted else loaded
-                await self._write(conn, writes, {check.key: check for check in checks})
+                writes = {**settled, **loaded, **new} if decision.admitted else {**settled, **loaded}
+                await self._write(conn, writes, all_checks)
         except (asyncpg.PostgresError, OSError) as exc:
             raise Unavailable(f"PostgreSQL: {exc}") from exc
         self._admitted += 1
@@ -71,9 +78,8 @@ class PostgresCounters(Counters):
             await self.pool.execute("DELETE FROM limit_counters WHERE expires_at < now() - interval '1 minute'")
         return decision
 
-    async def settle(self, settlement: Settlement) -> None:
-        checks = {check.key: check for check in
-                  [b for b, _ in settlement.buckets] + [b for b, _ in settlement.budgets] + list(settlement.slots)}
+    async def apply(self, settlement: Settlement) -> None:
+        checks = _checks_of(settlement)
         if not checks:
             return
         try:
@@ -91,6 +97,12 @@ class PostgresCounters(Counters):
         untils = [expiry_ms(checks[key], values[key]) for key in keys]
         await conn.execute(_WRITE, keys, [values[key] for key in keys],
                            [until if math.isfinite(until) else math.inf for until in untils])
+
+
+def _checks_of(settlement: Settlement) -> dict[str, Check]:
+    """The counters a settlement touches, by key."""
+    return {check.key: check for check in
+            [b for b, _ in settlement.buckets] + [b for b, _ in settlement.budgets] + list(settlement.slots)}
 
 
 def _expired(value: Any, now: float) -> bool:

@@ -1,5 +1,6 @@
-"""Limit counters in Redis, shared by every process and instance: one Lua script call per admission
-and one per settlement, so that each is atomic and costs one round trip.
+"""Limit counters in Redis, shared by every process and instance: one Lua script call per admission,
+which also applies the settlements queued since the last one, so each is atomic and a call costs one
+round trip.
 
 The scripts run the rules of ``limits/counters.py`` on Redis' own clock (``TIME``), so instances whose
 clocks differ still agree. Values: a bucket is its theoretical arrival time in ms (a string, expiring
@@ -14,38 +15,65 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Check, Counters, Decision,
-                                            Loader, Settlement, Slots, Unavailable)
+from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Check, Counters, Decision, Loader, Settlement,
+                                            Slots, Unavailable)
 
-#: KEYS: one per check. ARGV: the slot lease (ms), then four per check: kind, a, b, c.
-#:   bucket: "b", per_minute, cost;  slots: "s", limit, member;  budget: "g", limit, amount, period end (ms or 0)
-#: Returns {1} admitted, {0, i, retry_ms} refused by check i, {-1, i} budget i not loaded; then for
-#: each check two numbers: a bucket's remaining units and ms until it is full (0, 0 for others).
-ADMIT = """
+#: One call applies the queued settlements, then admits a call (or none):
+#: KEYS: the settlements' keys, then one per check.
+#: ARGV: the slot lease (ms), the number of settlement keys, three per settlement, four per check.
+#:   settlement: bucket "b", per_minute, delta;  budget "g", 0, delta;  slot "s", 0, member
+#:   check:      bucket "b", per_minute, cost, 0;  slots "s", limit, member, 0;  budget "g", limit, amount, end ms or 0
+#: Returns {1, 0, 0} admitted, {0, i, retry_ms} refused by check i, {-1, i} budget i not loaded (the
+#: settlements are applied even then); then two numbers per check: a bucket's remaining units and ms
+#: until it is full (0, 0 for the others).
+SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[1])
+local lease, settles = tonumber(ARGV[1]), tonumber(ARGV[2])
+for j = 1, settles do
+  local key, kind, a, b = KEYS[j], ARGV[j * 3], tonumber(ARGV[j * 3 + 1]), ARGV[j * 3 + 2]
+  if kind == 'b' then
+    local tat = redis.call('GET', key)
+    if tat then
+      local new = math.max(math.max(tonumber(tat), now) + tonumber(b) * 60000 / a, now)
+      if new > now then
+        redis.call('SET', key, string.format('%.3f', new), 'PX', math.max(math.ceil(new - now), 1))
+      else
+        redis.call('DEL', key)
+      end
+    end
+  elseif kind == 'g' then
+    if redis.call('EXISTS', key) == 1 and redis.call('INCRBY', key, b) < 0 then
+      redis.call('SET', key, 0, 'KEEPTTL')
+    end
+  else
+    redis.call('ZREM', key, b)
+  end
+end
+local base, n = 2 + settles * 3, #KEYS - settles
 local info, tats = {}, {}
-for i = 1, #KEYS do
-  local kind, a, b, c = ARGV[i * 4 - 2], tonumber(ARGV[i * 4 - 1]), ARGV[i * 4], tonumber(ARGV[i * 4 + 1])
+for i = 1, n do
+  local key = KEYS[settles + i]
+  local kind, a, b, c = ARGV[base + i * 4 - 3], tonumber(ARGV[base + i * 4 - 2]), ARGV[base + i * 4 - 1],
+                        tonumber(ARGV[base + i * 4])
   info[i * 2 - 1], info[i * 2] = 0, 0
   if kind == 'b' then
     local interval = 60000 / a
-    local base = math.max(tonumber(redis.call('GET', KEYS[i]) or 0), now)
-    local ahead = base + tonumber(b) * interval - now
+    local start = math.max(tonumber(redis.call('GET', key) or 0), now)
+    local ahead = start + tonumber(b) * interval - now
     if ahead > 60000 then
-      info[i * 2 - 1], info[i * 2] = math.floor((60000 - (base - now)) / interval), math.ceil(base - now)
+      info[i * 2 - 1], info[i * 2] = math.floor((60000 - (start - now)) / interval), math.ceil(start - now)
       local out = {0, i, math.ceil(ahead - 60000)}
       for _, v in ipairs(info) do out[#out + 1] = v end
       return out
     end
     info[i * 2 - 1], info[i * 2] = math.floor((60000 - ahead) / interval), math.ceil(ahead)
-    tats[i] = base + tonumber(b) * interval
+    tats[i] = start + tonumber(b) * interval
   elseif kind == 's' then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-    if redis.call('ZCARD', KEYS[i]) >= a then return {0, i, 1000} end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= a then return {0, i, 1000} end
   else
-    local spent = redis.call('GET', KEYS[i])
+    local spent = redis.call('GET', key)
     if not spent then return {-1, i} end
     spent = tonumber(spent)
     if spent >= a or spent + tonumber(b) > a then
@@ -53,48 +81,20 @@ for i = 1, #KEYS do
     end
   end
 end
-for i = 1, #KEYS do
-  local kind, b = ARGV[i * 4 - 2], ARGV[i * 4]
+for i = 1, n do
+  local key, kind, b = KEYS[settles + i], ARGV[base + i * 4 - 3], ARGV[base + i * 4 - 1]
   if kind == 'b' then
-    redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', math.max(math.ceil(tats[i] - now), 1))
+    redis.call('SET', key, string.format('%.3f', tats[i]), 'PX', math.max(math.ceil(tats[i] - now), 1))
   elseif kind == 's' then
-    redis.call('ZADD', KEYS[i], now + lease, b)
-    redis.call('PEXPIRE', KEYS[i], lease)
+    redis.call('ZADD', key, now + lease, b)
+    redis.call('PEXPIRE', key, lease)
   elseif tonumber(b) > 0 then
-    redis.call('INCRBY', KEYS[i], b)
+    redis.call('INCRBY', key, b)
   end
 end
 local out = {1, 0, 0}
 for _, v in ipairs(info) do out[#out + 1] = v end
 return out
-"""
-
-#: KEYS: one per operation. ARGV: three per operation: kind, a, b.
-#:   bucket: "b", per_minute, delta;  budget: "g", 0, delta;  slot: "s", 0, member
-SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
-  local kind, a, b = ARGV[i * 3 - 2], tonumber(ARGV[i * 3 - 1]), ARGV[i * 3]
-  if kind == 'b' then
-    local tat = redis.call('GET', KEYS[i])
-    if tat then
-      local new = math.max(math.max(tonumber(tat), now) + tonumber(b) * 60000 / a, now)
-      if new > now then
-        redis.call('SET', KEYS[i], string.format('%.3f', new), 'PX', math.max(math.ceil(new - now), 1))
-      else
-        redis.call('DEL', KEYS[i])
-      end
-    end
-  elseif kind == 'g' then
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      if redis.call('INCRBY', KEYS[i], b) < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
-    end
-  else
-    redis.call('ZREM', KEYS[i], b)
-  end
-end
-return 0
 """
 
 
@@ -104,39 +104,13 @@ class RedisCounters(Counters):
     name = "redis"
 
     def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = "riceball:"):
+        super().__init__()
         self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                              health_check_interval=0, retry_on_timeout=False)
         self.prefix = prefix
-        self._admit = self.redis.register_script(ADMIT)
-        self._settle = self.redis.register_script(SETTLE)
+        self._script = self.redis.register_script(SCRIPT)
 
-    async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        keys = [self.prefix + check.key for check in checks]
-        args: list = [SLOT_LEASE_MS]
-        for check in checks:
-            if type(check) is Bucket:
-                args += ("b", check.per_minute, check.cost, 0)
-            elif type(check) is Slots:
-                args += ("s", check.limit, check.member, 0)
-            else:
-                args += ("g", check.limit, check.amount, 0 if check.ends_ms is None else math.ceil(check.ends_ms))
-        for _ in range(len(checks) + 1):  # at most one load per budget, then the answer
-            reply = await self._call(self._admit, keys, args)
-            if reply[0] != -1:
-                break
-            budget = checks[reply[1] - 1]
-            spent = await load(budget)
-            await self._set_budget(keys[reply[1] - 1], spent, budget.ends_ms)
-        decision = Decision(admitted=reply[0] == 1)
-        if not decision.admitted:
-            decision.refused = checks[reply[1] - 1]
-            decision.retry_after_ms = float(reply[2])
-        for i, check in enumerate(checks):
-            if type(check) is Bucket and 3 + 2 * i + 1 < len(reply) and (reply[3 + 2 * i] or reply[4 + 2 * i]):
-                decision.buckets[check.key] = (int(reply[3 + 2 * i]), float(reply[4 + 2 * i]))
-        return decision
-
-    async def settle(self, settlement: Settlement) -> None:
+    def _settlement_args(self, settlement: Settlement) -> tuple[list, list]:
         keys, args = [], []
         for bucket, delta in settlement.buckets:
             if delta:
@@ -149,8 +123,40 @@ class RedisCounters(Counters):
         for slots in settlement.slots:
             keys.append(self.prefix + slots.key)
             args += ("s", 0, slots.member)
+        return keys, args
+
+    async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
+        settle_keys, settle_args = self._settlement_args(self.take_pending())
+        keys = [self.prefix + check.key for check in checks]
+        args: list = []
+        for check in checks:
+            if type(check) is Bucket:
+                args += ("b", check.per_minute, check.cost, 0)
+            elif type(check) is Slots:
+                args += ("s", check.limit, check.member, 0)
+            else:
+                args += ("g", check.limit, check.amount, 0 if check.ends_ms is None else math.ceil(check.ends_ms))
+        for _ in range(len(checks) + 1):  # at most one load per budget, then the answer
+            reply = await self._call(settle_keys + keys, [SLOT_LEASE_MS, len(settle_keys), *settle_args, *args])
+            settle_keys, settle_args = [], []  # applied, whatever the answer
+            if reply[0] != -1:
+                break
+            budget = checks[reply[1] - 1]
+            spent = await load(budget)
+            await self._set_budget(keys[reply[1] - 1], spent, budget.ends_ms)
+        decision = Decision(admitted=reply[0] == 1)
+        if not decision.admitted:
+            decision.refused = checks[reply[1] - 1]
+            decision.retry_after_ms = float(reply[2])
+        for i, check in enumerate(checks):
+            if type(check) is Bucket and 4 + 2 * i < len(reply) and (reply[3 + 2 * i] or reply[4 + 2 * i]):
+                decision.buckets[check.key] = (int(reply[3 + 2 * i]), float(reply[4 + 2 * i]))
+        return decision
+
+    async def apply(self, settlement: Settlement) -> None:
+        keys, args = self._settlement_args(settlement)
         if keys:
-            await self._call(self._settle, keys, args)
+            await self._call(keys, [SLOT_LEASE_MS, len(keys), *args])
 
     async def _set_budget(self, key: str, spent: int, ends_ms: float | None) -> None:
         try:
@@ -161,13 +167,14 @@ class RedisCounters(Counters):
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis: {exc}") from exc
 
-    async def _call(self, script, keys, args):
+    async def _call(self, keys, args):
         # redis-py's Script sends EVALSHA, and the script itself when Redis does not have it (a restart).
         try:
-            return await script(keys=keys, args=args)
+            return await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis: {exc}") from exc
 
     async def close(self) -> None:
+        await super().close()
         await self.redis.aclose()
 
