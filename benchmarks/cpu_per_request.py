@@ -1,11 +1,13 @@
 """CPU time the gateway process spends per request, for comparing two versions of the code on a noisy machine.
 
     python -m benchmarks.cpu_per_request [--stream] [--runs 3] [--seconds 8] [--tree PATH ...]
+                                         [--limits memory|redis|postgres]
 
 Each run starts the fake upstream and a one-worker gateway (from the working tree, or from each
 ``--tree``: a checkout of another commit, put first on ``PYTHONPATH``), loads it with
 ``wrk -t2 -c64``, and divides the gateway's user+system CPU time (from ``/proc``) by the requests wrk
-counted. Runs of the trees alternate, so that a machine that slows down or speeds up does so for both.
+counted. ``--limits`` gives the key every kind of limit (none ever reached), with its counters in that
+backend (Redis: ``RICEBALL_BENCH_REDIS_URL``). Runs of the trees alternate, so that a machine that slows down or speeds up does so for both.
 Prints one line per run and the mean per tree.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.run import BIN, MESSAGES, ROOT, bench_database, free_port, riceball, running, wrk_output
+from benchmarks.run import BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, free_port, riceball, running, wrk_output
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -29,7 +31,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime and stime
 
 
-def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path) -> tuple[float, float]:
+LIMITS = ("--rpm", "1000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens",
+          "1000000000000000")
+
+
+def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path,
+            limits: str | None = None) -> tuple[float, float]:
     """(requests/s, gateway CPU µs per request) for the code in ``tree`` (None: this working tree)."""
     with bench_database() as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
@@ -38,6 +45,10 @@ def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path) -> tup
             env["RICEBALL_DATABASE_URL"] = database_url
         if tree is not None:
             env["PYTHONPATH"] = str(tree)
+        if limits is not None:
+            env["RICEBALL_LIMITS_BACKEND"] = limits
+            if limits == "redis":
+                env["RICEBALL_REDIS_URL"] = BENCH_REDIS
         upstream_port, gateway_port = free_port(), free_port()
         upstream_argv = [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)]
         with running(upstream_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
@@ -45,7 +56,7 @@ def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path) -> tup
             riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url",
                      f"http://127.0.0.1:{upstream_port}/v1")
             assistant = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
-            key = riceball(env, "key", "create", "--name", "bench")["key"]
+            key = riceball(env, "key", "create", "--name", "bench", *(LIMITS if limits else ()))["key"]
             url = f"http://127.0.0.1:{gateway_port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
             body = {"model": "bench", "messages": MESSAGES, "stream": stream}
             auth = {"Authorization": f"Bearer {key}"}
@@ -64,6 +75,8 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="20-chunk streams instead of plain answers")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--limits", choices=("memory", "redis", "postgres"),
+                        help="a limited key, its counters in this backend (this working tree only)")
     parser.add_argument("--tree", action="append", type=Path, default=[],
                         help="another checkout to measure beside this working tree (repeatable)")
     args = parser.parse_args()
@@ -75,7 +88,7 @@ def main() -> None:
     for run in range(args.runs):
         for tree in trees:
             name = str(tree or "working tree")
-            rps, micros = one_run(tree, args.stream, args.seconds, workdir)
+            rps, micros = one_run(tree, args.stream, args.seconds, workdir, args.limits if tree is None else None)
             results[name].append(micros)
             print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of gateway CPU per request",
                   flush=True)

@@ -47,12 +47,18 @@ async def riceball_shutdown(app):
         await limiter.close()
 
 
-@hookimpl(trylast=True)
-async def riceball_admit(ctx):
-    await ctx.app[appkeys.LIMITER].admit(ctx)
+# Both hooks return a coroutine only when there is something to do: a call without limits costs no more.
 
 
 @hookimpl(trylast=True)
-async def riceball_settle(ctx, outcome):
+def riceball_admit(ctx):
+    if (ctx.principal is not None and ctx.principal.limits) or ctx.assistant.limits:
+        return ctx.app[appkeys.LIMITER].admit(ctx)
+    return None
+
+
+@hookimpl(trylast=True)
+def riceball_settle(ctx, outcome):
     if "limits" in ctx.stash:
-        await ctx.app[appkeys.LIMITER].settle(ctx, outcome)
+        return ctx.app[appkeys.LIMITER].settle(ctx, outcome)
+    return None

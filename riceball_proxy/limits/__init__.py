@@ -40,7 +40,8 @@ class Limits:
         return cls(**{name: row[name] for name in FIELDS})
 
     def __bool__(self) -> bool:
-        return any(getattr(self, name) is not None for name in FIELDS[:-1])
+        return not (self.rpm is None and self.tpm is None and self.max_parallel is None and self.budget_usd is None
+                    and self.budget_tokens is None)
 
     @property
     def has_budget(self) -> bool:

@@ -14,12 +14,16 @@ prompt alone, so a budget can be overshot by at most the answers of the calls in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import os
 import math
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+
+import cachetools
 
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
@@ -49,6 +53,45 @@ class Reservation:
     slots: list[Slots]
 
 
+def _reseed() -> None:
+    global _CALLS_PREFIX, _calls
+    _CALLS_PREFIX = f"{os.getpid()}-{uuid.uuid4().hex[:12]}-"
+    _calls = itertools.count()
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)  # call ids never repeat across processes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """What one key's or assistant's limits check, worked out once (per budget period) and kept."""
+
+    rpm: Bucket | None
+    tpm_key: str
+    slots_key: str
+    #: (key, limit in units, "usd" | "tokens", source) per budget.
+    budgets: tuple[tuple[str, int, str, tuple], ...]
+    #: When the budget period ends (epoch ms), and with it this plan; None: never.
+    period_ends_ms: float | None
+
+    @classmethod
+    def of(cls, scope: str, owner: Any, limits: Limits, now_ms: float) -> Plan:
+        prefix = f"{scope[0]}:{owner}"
+        budgets: list = []
+        ends_ms = None
+        if limits.has_budget:
+            start, end = period_bounds(limits.budget_period, datetime.fromtimestamp(now_ms / 1000, timezone.utc))
+            period = "total" if start is None else f"{limits.budget_period}:{start:%Y%m%d}"
+            ends_ms = None if end is None else end.timestamp() * 1000
+            for kind, limit in (("usd", limits.budget_usd), ("tokens", limits.budget_tokens)):
+                if limit is not None:
+                    budgets.append((f"{prefix}:budget:{kind}:{period}", int(limit * NANO) if kind == "usd" else limit,
+                                    kind, (scope, owner, kind, start, end, limits.budget_period)))
+        return cls(rpm=Bucket(f"{prefix}:rpm", limits.rpm, 1) if limits.rpm else None, tpm_key=f"{prefix}:tpm",
+                   slots_key=f"{prefix}:parallel", budgets=tuple(budgets), period_ends_ms=ends_ms)
+
+
 class Limiter:
     """Admits and settles calls against the limits of their key and assistant, on ``counters``."""
 
@@ -59,6 +102,8 @@ class Limiter:
         self.fail_open = fail_open
         self.metrics = metrics
         self._down_until = 0.0
+        #: (scope, owner, limits) -> its Plan; bounded, the least recently used go first.
+        self._plans: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
 
     async def admit(self, ctx: ChatContext) -> None:
         key_limits = ctx.principal.limits if ctx.principal is not None else None
@@ -69,7 +114,7 @@ class Limiter:
         prompt = estimate_prompt_tokens(ctx.body)
         tokens = prompt + answer_ceiling(ctx.body)
         nano_usd = price.nano_usd(prompt, tokens - prompt) if price else 0
-        now = datetime.now(timezone.utc)
+        now = time.time() * 1000
         checks: list = []
         reservation = Reservation(tokens, nano_usd, price, [], [], [])
         for scope, limits, owner in (("key", key_limits, ctx.principal and ctx.principal.key_id),
@@ -91,10 +136,12 @@ class Limiter:
         ctx.stash["limits"] = reservation
 
     def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
-                tokens: int, nano_usd: int, now: datetime) -> None:
-        prefix = f"{scope[0]}:{owner}"
-        if limits.rpm:
-            checks.append(Bucket(f"{prefix}:rpm", limits.rpm, 1))
+                tokens: int, nano_usd: int, now: float) -> None:
+        plan = self._plans.get((scope, owner, limits))
+        if plan is None or (plan.period_ends_ms is not None and now >= plan.period_ends_ms):
+            plan = self._plans[scope, owner, limits] = Plan.of(scope, owner, limits, now)
+        if plan.rpm:
+            checks.append(plan.rpm)
         if limits.tpm:
             if tokens > limits.tpm:
                 raise APIError(429, f"This request needs about {tokens} tokens (its prompt and its max_tokens), "
@@ -102,24 +149,17 @@ class Limiter:
                                     "Send a shorter request or a lower max_tokens.",
                                type="tokens", code="rate_limit_exceeded", param="max_tokens",
                                headers={"x-should-retry": "false"})
-            bucket = Bucket(f"{prefix}:tpm", limits.tpm, tokens)
+            bucket = Bucket(plan.tpm_key, limits.tpm, tokens)
             checks.append(bucket)
             reservation.token_buckets.append(bucket)
         if limits.max_parallel:
-            slots = Slots(f"{prefix}:parallel", limits.max_parallel, uuid.uuid4().hex)
+            slots = Slots(plan.slots_key, limits.max_parallel, f"{_CALLS_PREFIX}{next(_calls)}")
             checks.append(slots)
             reservation.slots.append(slots)
-        if limits.has_budget:
-            start, end = period_bounds(limits.budget_period, now)
-            period = "total" if start is None else f"{limits.budget_period}:{start:%Y%m%d}"
-            ends_ms = None if end is None else end.timestamp() * 1000
-            for kind, limit, amount in (("usd", limits.budget_usd, nano_usd), ("tokens", limits.budget_tokens, tokens)):
-                if limit is not None:
-                    units = int(limit * NANO) if kind == "usd" else limit
-                    budget = Budget(f"{prefix}:budget:{kind}:{period}", units, amount, ends_ms,
-                                    (scope, owner, kind, start, end, limits.budget_period))
-                    checks.append(budget)
-                    reservation.budgets.append(budget)
+        for key, units, kind, source in plan.budgets:
+            budget = Budget(key, units, nano_usd if kind == "usd" else tokens, plan.period_ends_ms, source)
+            checks.append(budget)
+            reservation.budgets.append(budget)
 
     async def _load(self, budget: Budget, db=None) -> int:
         scope, owner, kind, start, *_ = budget.source
