@@ -282,12 +282,21 @@ def refusal(decision: Decision, checks: list, ctx: ChatContext) -> APIError:
     retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
     if type(check) is Budget:
         _, _, kind, _, end, period = check.source
-        amount = f"${check.limit / NANO:,.2f}" if kind == "usd" else f"{check.limit:,} tokens"
+
+        def worth(units: int) -> str:
+            return f"${units / NANO:,.2f}" if kind == "usd" else f"{units:,} tokens"
+
         renews = ("it does not renew (a total budget)" if end is None
                   else f"it renews at {end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
         whole = "" if end is None else f" for this {period}"
-        return APIError(429, f"This {_whose(scope)} has used its budget of {amount}{whole}; {renews}.",
-                        type="insufficient_quota", code="insufficient_quota",
+        spent = check.limit if decision.spent is None else decision.spent
+        if spent < check.limit:  # some is left, but not this call's worst case
+            message = (f"This call may use up to {worth(check.amount)} (its prompt and its max_tokens), more than "
+                       f"the {worth(check.limit - spent)} left of this {_whose(scope)}'s budget of "
+                       f"{worth(check.limit)}{whole}: ask for fewer tokens (max_tokens), or wait: {renews}.")
+        else:
+            message = f"This {_whose(scope)} has used its budget of {worth(check.limit)}{whole}; {renews}."
+        return APIError(429, message, type="insufficient_quota", code="insufficient_quota",
                         headers={"x-should-retry": "false"})
     if type(check) is Slots:
         message = (f"This {_whose(scope)} already has {check.limit} calls in flight, its limit (max_parallel). "

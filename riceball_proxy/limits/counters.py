@@ -66,6 +66,8 @@ class Decision:
     admitted: bool
     refused: Check | None = None
     retry_after_ms: float = 0.0
+    #: For a refusing Budget: what its period has spent (and reserved) so far.
+    spent: int | None = None
     #: For each Bucket checked (admitted or not): (remaining units, ms until full again).
     buckets: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
 
@@ -108,6 +110,7 @@ def decide(checks: Sequence[Check], state: dict[str, Any], now: float) -> tuple[
         else:
             spent = value or 0
             if spent >= check.limit or spent + check.amount > check.limit:
+                decision.spent = spent
                 return _refuse(decision, check, (check.ends_ms - now) if check.ends_ms else 0.0), {}
             new[check.key] = spent + check.amount
     return decision, new

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Check, Counters, Decision, Loader, Settlement,
+from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Budget, Check, Counters, Decision, Loader, Settlement,
                                             Slots, Unavailable)
 
 #: One call applies the queued settlements, then admits a call (or none):
@@ -23,7 +23,8 @@ from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Check, Counte
 #: ARGV: the slot lease (ms), the number of settlement keys, three per settlement, four per check.
 #:   settlement: bucket "b", per_minute, delta;  budget "g", 0, delta;  slot "s", 0, member
 #:   check:      bucket "b", per_minute, cost, 0;  slots "s", limit, member, 0;  budget "g", limit, amount, end ms or 0
-#: Returns {1, 0, 0} admitted, {0, i, retry_ms} refused by check i, {-1, i} budget i not loaded (the
+#: Returns {1, 0, 0} admitted, {0, i, retry_ms} refused by check i (a budget adds what it has spent),
+#: {-1, i} budget i not loaded (the
 #: settlements are applied even then); then two numbers per check: a bucket's remaining units and ms
 #: until it is full (0, 0 for the others).
 SCRIPT = """
@@ -77,7 +78,7 @@ for i = 1, n do
     if not spent then return {-1, i} end
     spent = tonumber(spent)
     if spent >= a or spent + tonumber(b) > a then
-      return {0, i, c > 0 and math.max(c - now, 0) or 0}
+      return {0, i, c > 0 and math.max(c - now, 0) or 0, spent}
     end
   end
 end
@@ -148,6 +149,9 @@ class RedisCounters(Counters):
         if not decision.admitted:
             decision.refused = checks[reply[1] - 1]
             decision.retry_after_ms = float(reply[2])
+            if type(decision.refused) is Budget:
+                decision.spent = int(reply[3])
+                return decision
         for i, check in enumerate(checks):
             if type(check) is Bucket and 4 + 2 * i < len(reply) and (reply[3 + 2 * i] or reply[4 + 2 * i]):
                 decision.buckets[check.key] = (int(reply[3 + 2 * i]), float(reply[4 + 2 * i]))
