@@ -67,25 +67,32 @@ async def create(
     limits: Limits = Limits(),
 ) -> ApiKey:
     """Store a new key's hash and description; raises KeyNameTaken when a key in force has the name."""
+    row = await _write(
+        db,
+        name,
+        f"""
+        INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at, {", ".join(LIMIT_FIELDS)})
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        RETURNING {_COLUMNS}
+        """,
+        key_hash,
+        prefix,
+        None if assistant_ids is None else list(assistant_ids),
+        expires_at,
+        *(getattr(limits, field) for field in LIMIT_FIELDS),
+    )
+    return ApiKey.from_row(row)
+
+
+async def _write(db, name: str, sql: str, *args):
+    """Run an INSERT or UPDATE whose first parameter is the key's ``name``; KeyNameTaken when a key in
+    force has it."""
     try:
-        row = await db.fetchrow(
-            f"""
-            INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at, {", ".join(LIMIT_FIELDS)})
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-            RETURNING {_COLUMNS}
-            """,
-            name,
-            key_hash,
-            prefix,
-            None if assistant_ids is None else list(assistant_ids),
-            expires_at,
-            *(getattr(limits, field) for field in LIMIT_FIELDS),
-        )
+        return await db.fetchrow(sql, name, *args)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "api_keys_name_in_force":
             raise
         raise KeyNameTaken(f"a key named {name!r} is in force already (revoke it to reuse its name)") from None
-    return ApiKey.from_row(row)
 
 
 async def in_force_named(db, name: str) -> ApiKey | None:
@@ -134,24 +141,20 @@ async def update(db, key_id: uuid.UUID, *, name: str, assistant_ids: Iterable[uu
                  expires_at: datetime | None, limits: Limits) -> ApiKey | None:
     """Change a key's name, scope, expiry and limits (never its secret); None when there is no such key.
     Raises KeyNameTaken when another key in force has the name."""
-    try:
-        row = await db.fetchrow(
-            f"""
-            UPDATE api_keys SET name = $2, assistant_ids = $3, expires_at = $4, rpm = $5, tpm = $6,
-                max_parallel = $7, budget_usd = $8, budget_tokens = $9, budget_period = $10
-            WHERE id = $1
-            RETURNING {_COLUMNS}
-            """,
-            key_id,
-            name,
-            None if assistant_ids is None else list(assistant_ids),
-            expires_at,
-            *(getattr(limits, field) for field in LIMIT_FIELDS),
-        )
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name != "api_keys_name_in_force":
-            raise
-        raise KeyNameTaken(f"a key named {name!r} is in force already (revoke it to reuse its name)") from None
+    row = await _write(
+        db,
+        name,
+        f"""
+        UPDATE api_keys SET name = $1, assistant_ids = $3, expires_at = $4, rpm = $5, tpm = $6,
+            max_parallel = $7, budget_usd = $8, budget_tokens = $9, budget_period = $10
+        WHERE id = $2
+        RETURNING {_COLUMNS}
+        """,
+        key_id,
+        None if assistant_ids is None else list(assistant_ids),
+        expires_at,
+        *(getattr(limits, field) for field in LIMIT_FIELDS),
+    )
     return None if row is None else ApiKey.from_row(row)
 
 
