@@ -18,21 +18,32 @@ from redis.exceptions import RedisError
 from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Budget, Check, Counters, Decision, Loader, Settlement,
                                             Slots, Unavailable)
 
-#: One call applies the queued settlements, then admits a call (or none):
+#: One call applies the queued settlements, then admits a call (or none). Few arguments and one string
+#: back, because the client's cost is per argument and per value more than per call:
 #: KEYS: the settlements' keys, then one per check.
-#: ARGV: the slot lease (ms), the number of settlement keys, three per settlement, four per check.
-#:   settlement: bucket "b", per_minute, delta;  budget "g", 0, delta;  slot "s", 0, member
-#:   check:      bucket "b", per_minute, cost, 0;  slots "s", limit, member, 0;  budget "g", limit, amount, end ms or 0
-#: Returns {1, 0, 0} admitted, {0, i, retry_ms} refused by check i (a budget adds what it has spent),
-#: {-1, i} budget i not loaded (the
-#: settlements are applied even then); then two numbers per check: a bucket's remaining units and ms
-#: until it is full (0, 0 for the others).
+#: ARGV[1]: the slot lease (ms); ARGV[2]: the settlements, ARGV[3]: the checks, each "kind a b [c]"
+#: joined by ";":
+#:   settlement: bucket "b per_minute delta";  budget "g 0 delta";  slot "s 0 member"
+#:   check:      bucket "b per_minute cost";  slots "s limit member";  budget "g limit amount end_ms_or_0"
+#: Returns "1 0 0" admitted, "0 i retry_ms" refused by check i (a budget adds what it has spent),
+#: "-1 i" budget i not loaded (the settlements are applied even then); then two numbers per check: a
+#: bucket's remaining units and ms until it is full (0 0 for the others).
 SCRIPT = """
+local function items(text)
+  local out = {}
+  for item in string.gmatch(text, '[^;]+') do
+    local fields = {}
+    for value in string.gmatch(item, '[^ ]+') do fields[#fields + 1] = value end
+    out[#out + 1] = fields
+  end
+  return out
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease, settles = tonumber(ARGV[1]), tonumber(ARGV[2])
-for j = 1, settles do
-  local key, kind, a, b = KEYS[j], ARGV[j * 3], tonumber(ARGV[j * 3 + 1]), ARGV[j * 3 + 2]
+local lease = tonumber(ARGV[1])
+local settles, checks = items(ARGV[2]), items(ARGV[3])
+for j, op in ipairs(settles) do
+  local key, kind, a, b = KEYS[j], op[1], tonumber(op[2]), op[3]
   if kind == 'b' then
     local tat = redis.call('GET', key)
     if tat then
@@ -51,12 +62,14 @@ for j = 1, settles do
     redis.call('ZREM', key, b)
   end
 end
-local base, n = 2 + settles * 3, #KEYS - settles
+local first = #settles
 local info, tats = {}, {}
-for i = 1, n do
-  local key = KEYS[settles + i]
-  local kind, a, b, c = ARGV[base + i * 4 - 3], tonumber(ARGV[base + i * 4 - 2]), ARGV[base + i * 4 - 1],
-                        tonumber(ARGV[base + i * 4])
+local function answer(head)
+  for _, v in ipairs(info) do head[#head + 1] = v end
+  return table.concat(head, ' ')
+end
+for i, check in ipairs(checks) do
+  local key, kind, a, b, c = KEYS[first + i], check[1], tonumber(check[2]), check[3], tonumber(check[4] or 0)
   info[i * 2 - 1], info[i * 2] = 0, 0
   if kind == 'b' then
     local interval = 60000 / a
@@ -64,26 +77,24 @@ for i = 1, n do
     local ahead = start + tonumber(b) * interval - now
     if ahead > 60000 then
       info[i * 2 - 1], info[i * 2] = math.floor((60000 - (start - now)) / interval), math.ceil(start - now)
-      local out = {0, i, math.ceil(ahead - 60000)}
-      for _, v in ipairs(info) do out[#out + 1] = v end
-      return out
+      return answer({0, i, math.ceil(ahead - 60000)})
     end
     info[i * 2 - 1], info[i * 2] = math.floor((60000 - ahead) / interval), math.ceil(ahead)
     tats[i] = start + tonumber(b) * interval
   elseif kind == 's' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if redis.call('ZCARD', key) >= a then return {0, i, 1000} end
+    if redis.call('ZCARD', key) >= a then return answer({0, i, 1000}) end
   else
     local spent = redis.call('GET', key)
-    if not spent then return {-1, i} end
+    if not spent then return '-1 ' .. i end
     spent = tonumber(spent)
     if spent >= a or spent + tonumber(b) > a then
-      return {0, i, c > 0 and math.max(c - now, 0) or 0, spent}
+      return string.format('0 %d %d %d', i, c > 0 and math.max(c - now, 0) or 0, spent)
     end
   end
 end
-for i = 1, n do
-  local key, kind, b = KEYS[settles + i], ARGV[base + i * 4 - 3], ARGV[base + i * 4 - 1]
+for i, check in ipairs(checks) do
+  local key, kind, b = KEYS[first + i], check[1], check[3]
   if kind == 'b' then
     redis.call('SET', key, string.format('%.3f', tats[i]), 'PX', math.max(math.ceil(tats[i] - now), 1))
   elseif kind == 's' then
@@ -93,9 +104,7 @@ for i = 1, n do
     redis.call('INCRBY', key, b)
   end
 end
-local out = {1, 0, 0}
-for _, v in ipairs(info) do out[#out + 1] = v end
-return out
+return answer({1, 0, 0})
 """
 
 
@@ -111,35 +120,37 @@ class RedisCounters(Counters):
         self.prefix = prefix
         self._script = self.redis.register_script(SCRIPT)
 
-    def _settlement_args(self, settlement: Settlement) -> tuple[list, list]:
-        keys, args = [], []
+    def _settlement_args(self, settlement: Settlement) -> tuple[list, str]:
+        keys, ops = [], []
         for bucket, delta in settlement.buckets:
             if delta:
                 keys.append(self.prefix + bucket.key)
-                args += ("b", bucket.per_minute, delta)
+                ops.append(f"b {bucket.per_minute} {delta}")
         for budget, delta in settlement.budgets:
             if delta:
                 keys.append(self.prefix + budget.key)
-                args += ("g", 0, delta)
+                ops.append(f"g 0 {delta}")
         for slots in settlement.slots:
             keys.append(self.prefix + slots.key)
-            args += ("s", 0, slots.member)
-        return keys, args
+            ops.append(f"s 0 {slots.member}")
+        return keys, ";".join(ops)
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        settle_keys, settle_args = self._settlement_args(self.take_pending())
+        settle_keys, settle_ops = self._settlement_args(self.take_pending())
         keys = [self.prefix + check.key for check in checks]
-        args: list = []
+        ops = []
         for check in checks:
             if type(check) is Bucket:
-                args += ("b", check.per_minute, check.cost, 0)
+                ops.append(f"b {check.per_minute} {check.cost}")
             elif type(check) is Slots:
-                args += ("s", check.limit, check.member, 0)
+                ops.append(f"s {check.limit} {check.member}")
             else:
-                args += ("g", check.limit, check.amount, 0 if check.ends_ms is None else math.ceil(check.ends_ms))
+                ops.append(f"g {check.limit} {check.amount} {0 if check.ends_ms is None else math.ceil(check.ends_ms)}")
+        checks_arg = ";".join(ops)
         for _ in range(len(checks) + 1):  # at most one load per budget, then the answer
-            reply = await self._call(settle_keys + keys, [SLOT_LEASE_MS, len(settle_keys), *settle_args, *args])
-            settle_keys, settle_args = [], []  # applied, whatever the answer
+            answer = await self._call(settle_keys + keys, [SLOT_LEASE_MS, settle_ops, checks_arg])
+            reply = [int(float(value)) for value in answer.split()]
+            settle_keys, settle_ops = [], ""  # applied, whatever the answer
             if reply[0] != -1:
                 break
             budget = checks[reply[1] - 1]
@@ -158,9 +169,9 @@ class RedisCounters(Counters):
         return decision
 
     async def apply(self, settlement: Settlement) -> None:
-        keys, args = self._settlement_args(settlement)
+        keys, ops = self._settlement_args(settlement)
         if keys:
-            await self._call(keys, [SLOT_LEASE_MS, len(keys), *args])
+            await self._call(keys, [SLOT_LEASE_MS, ops, ""])
 
     async def _set_budget(self, key: str, spent: int, ends_ms: float | None) -> None:
         try:
