@@ -16,7 +16,8 @@ import orjson
 from riceball_proxy import crypto
 from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admins, api_keys, assistants, open_database, providers, usage_events
-from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits, period_bounds
+from riceball_proxy.limits import (FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits,
+                                   current_period_start)
 from riceball_proxy.pricing import model_price, unpriced
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
@@ -542,11 +543,6 @@ def _key_dict(key: api_keys.ApiKey, spent: tuple | None = None) -> dict[str, Any
     return data
 
 
-def period_start(limits: Limits) -> datetime.datetime | None:
-    """When the current budget period of these limits began (None: ``total``)."""
-    return period_bounds(limits.budget_period, datetime.datetime.now(datetime.timezone.utc))[0]
-
-
 def spent_text(key: api_keys.ApiKey, spent: tuple) -> str:
     """This period's spend, against the budget when there is one: ``$1.20 of $50.00 (month)``."""
     usd, tokens = spent
@@ -632,7 +628,7 @@ def cmd_key_update(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
         keys = await api_keys.list_all(pool)
-        spent = await usage_events.spent_by_key(pool, {key.id: period_start(key.limits) for key in keys})
+        spent = await usage_events.spent_by_key(pool, {key.id: current_period_start(key.limits) for key in keys})
         return keys, spent, {a.id: a.name for a in await assistants.list_all(pool)}
 
     keys, spent, names = run_db(settings, work)
@@ -665,7 +661,7 @@ async def _key_by_id_or_prefix(pool, id_or_prefix: str) -> api_keys.ApiKey:
 def cmd_key_show(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
         key = await _key_by_id_or_prefix(pool, args.key)
-        spent = await usage_events.spent(pool, api_key_id=key.id, since=period_start(key.limits))
+        spent = await usage_events.spent(pool, api_key_id=key.id, since=current_period_start(key.limits))
         return key, spent, {a.id: a.name for a in await assistants.list_all(pool)}
 
     key, spent, names = run_db(settings, work)

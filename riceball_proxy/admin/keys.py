@@ -11,7 +11,7 @@ from riceball_proxy import crypto
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.db import api_keys, assistants, usage_events
-from riceball_proxy.limits import Limits, period_bounds
+from riceball_proxy.limits import current_period_start, period_bounds
 from riceball_proxy.pricing import unpriced
 
 #: The expiries offered: form value -> (label, lifetime).
@@ -43,16 +43,11 @@ async def key_list(request: web.Request, new_key: dict | None = None) -> web.Res
     keys = await api_keys.list_all(pool)
     return await render(request, "admin/keys.html", {
         "keys": keys,
-        "spent": await usage_events.spent_by_key(pool, {key.id: period_start(key.limits) for key in keys}),
+        "spent": await usage_events.spent_by_key(pool, {key.id: current_period_start(key.limits) for key in keys}),
         "assistant_names": {a.id: a.name for a in await assistants.list_all(pool)},
         "new_key": new_key,
         "now": now,
     })
-
-
-def period_start(limits: Limits) -> datetime.datetime | None:
-    """When the current budget period began (None: ``total``)."""
-    return period_bounds(limits.budget_period, datetime.datetime.now(datetime.timezone.utc))[0]
 
 
 async def _render_form(request: web.Request, key: api_keys.ApiKey | None, values: dict, selected: set,

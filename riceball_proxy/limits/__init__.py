@@ -93,3 +93,8 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime | None, datetime
         start = day.replace(day=1)
         return start, (start + timedelta(days=32)).replace(day=1)
     return None, None
+
+
+def current_period_start(limits: Limits) -> datetime | None:
+    """When the budget period of these limits that holds now began (None: ``total``)."""
+    return period_bounds(limits.budget_period, datetime.now(timezone.utc))[0]

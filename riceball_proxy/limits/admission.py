@@ -308,4 +308,5 @@ def refusal(decision: Decision, checks: list, ctx: ChatContext) -> APIError:
         message = (f"Rate limit reached for this {_whose(scope)}: {check.per_minute} {unit} per minute. "
                    f"Please try again in {duration(decision.retry_after_ms)}.")
     return APIError(429, message, type=kind, code="rate_limit_exceeded",
-                    headers={"Retry-After": str(retry_after), "retry-after-ms": str(math.ceil(decision.retry_after_ms))})
+                    headers={"Retry-After": str(retry_after),
+                             "retry-after-ms": str(math.ceil(decision.retry_after_ms))})
