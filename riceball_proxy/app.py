@@ -18,6 +18,7 @@ from aiohttp import web
 from riceball_proxy import __version__, appkeys
 from riceball_proxy.admin import setup_admin
 from riceball_proxy.api import setup_api
+from riceball_proxy.api.routing import Circuits
 from riceball_proxy.api.stages import CHAT_CONTEXT
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app[appkeys.SECRET_BOX] = load_secret_box(settings)
     app[appkeys.METRICS] = Metrics()
     app[appkeys.IN_FLIGHT] = InFlight()
+    app[appkeys.CIRCUITS] = Circuits()
     # Shutdown: the listening sockets are closed first; then the calls in flight get their time.
     app.on_shutdown.append(drain_in_flight)
     app.on_response_prepare.append(add_request_id_header)

@@ -12,6 +12,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import aiohttp
 
+    from riceball_proxy.api.routing import Circuits
     from riceball_proxy.cache import ConfigCache
     from riceball_proxy.crypto import SecretBox
     from riceball_proxy.db import Database
@@ -45,3 +46,5 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 #: The built-in limits policy (``riceball_proxy.builtin.limits``).
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+#: Each fallback target's health in this process (``riceball_proxy.api.routing``).
+CIRCUITS: web.AppKey[Circuits] = web.AppKey("circuits")

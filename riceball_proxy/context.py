@@ -125,6 +125,8 @@ class ChatContext:
     shutting_down: bool = False
     #: Free space for plugins, keyed by plugin name.
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Upstream calls made for this call (several when it failed over to fallback targets).
+    attempts: int = 0
     #: True once the call reached admission (``riceball_admit``): it is then settled as it ends.
     admission_started: bool = False
     #: Headers every answer to this call carries, whatever it is (the rate-limit headers...).

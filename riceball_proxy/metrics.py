@@ -51,6 +51,9 @@ class Metrics:
         self.limits_unavailable_total = Counter(
             "riceball_limits_unavailable", "Limit checks that found the shared counters away, by backend",
             ["backend"], registry=registry)
+        self.attempts = Counter("riceball_upstream_attempts", "Upstream calls, by provider, model and outcome "
+                                "(answered, failed_over, refused, deadline)", ["provider", "model", "outcome"],
+                                registry=registry)
         self._children: dict = {}
         self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
                                        registry=registry, multiprocess_mode="livesum")
@@ -80,6 +83,10 @@ class Metrics:
             self._child(self.tokens, assistant, "completion").inc(outcome.usage.completion_tokens)
         if outcome.cost_usd:
             self._child(self.cost, assistant).inc(float(outcome.cost_usd))
+
+    def attempt(self, provider: str, model: str, outcome: str) -> None:
+        """Count one upstream call of a chat call."""
+        self._child(self.attempts, provider, model, outcome).inc()
 
     def limited(self, kind: str) -> None:
         """Count a call refused by a limit."""

@@ -13,9 +13,9 @@ from aiohttp import web
 from riceball_proxy import appkeys
 from riceball_proxy.api.stages import (admit, authenticate, observed, read_chat_request, resolve_assistant,
                                        select_provider)
+from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.api.streaming import answer_stream
 from riceball_proxy.context import ChatContext
-from riceball_proxy.errors import APIError
 
 
 @observed  # 9. observe: whatever happens below, the outcome goes to the observers (usage, metrics...)
@@ -26,15 +26,11 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     await resolve_assistant(ctx)                                # 2. the assistant it names (404)
     ctx.take_body(*await read_chat_request(request))            # 3. a valid Chat Completions body (400, 413)
     await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
-    adapter = await select_provider(ctx)                        # 6. the provider and its adapter
+    await select_provider(ctx)                                  # 6. the primary provider (its price)
     await admit(ctx)                                            # 4. limits and budgets (429)
     if ctx.stream:
-        return await answer_stream(request, ctx, adapter)       # 6-8. call, transform, answer as SSE
-    try:
-        answer = await adapter.complete(ctx.body, request_id=ctx.request_id)  # 6. call
-    except APIError as exc:
-        ctx.upstream_error = exc
-        raise
+        return await answer_stream(request, ctx)                # 6-8. call (with failover), transform, SSE
+    answer = await call_upstream(ctx, stream=False)             # 6. call, failing over (api/routing.py)
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
     answer = await pm.run("riceball_transform_response", ctx=ctx, response=answer)  # 7. transform

@@ -126,10 +126,11 @@ async def read_chat_request(request: web.Request) -> tuple[dict, bytes]:
     return validate_chat_request(body), raw
 
 
-async def select_provider(ctx: ChatContext) -> ProviderAdapter:
-    """The assistant's provider (into ``ctx``) and its adapter."""
+async def select_provider(ctx: ChatContext, provider_id: int | None = None) -> ProviderAdapter:
+    """A provider of the assistant (its primary by default) into ``ctx``, and its adapter."""
     try:
-        provider, adapter = await ctx.app[appkeys.CONFIG_CACHE].provider(ctx.assistant.provider_id)
+        provider, adapter = await ctx.app[appkeys.CONFIG_CACHE].provider(
+            ctx.assistant.provider_id if provider_id is None else provider_id)
     except ProviderNotInstalled as exc:
         logger.error("assistant %s: %s", ctx.assistant.id, exc)
         raise APIError(502, "The assistant's provider is not available on this gateway.", type="api_error",

@@ -12,10 +12,10 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys, sse
+from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
-from riceball_proxy.providers import ProviderAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ SSE_HEADERS = {
 DONE_EVENT = sse.encode(sse.DONE)
 
 
-async def answer_stream(request: web.Request, ctx: ChatContext, adapter: ProviderAdapter) -> web.StreamResponse:
+async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamResponse:
     """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``.
 
     One rule for failures: an APIError before the response is prepared is answered with its HTTP
@@ -36,19 +36,13 @@ async def answer_stream(request: web.Request, ctx: ChatContext, adapter: Provide
     """
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
-    upstream = adapter.stream(ctx.body, request_id=ctx.request_id)
     in_flight = ctx.app[appkeys.METRICS].streams_in_flight
-    response = None
+    response = upstream = None
     try:
         # The first chunk is awaited before anything is sent, so an upstream that refuses the
-        # request is answered with a proper HTTP status rather than an error event.
-        try:
-            first = await anext(upstream)
-        except StopAsyncIteration:
-            first = None
-        except APIError as exc:
-            ctx.upstream_error = exc
-            raise
+        # request is answered with a proper HTTP status rather than an error event, or the call
+        # fails over to the assistant's next target.
+        first, upstream = await call_upstream(ctx, stream=True)
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -83,7 +77,8 @@ async def answer_stream(request: web.Request, ctx: ChatContext, adapter: Provide
     finally:
         if response is not None and response.prepared:
             in_flight.dec()
-        await upstream.aclose()
+        if upstream is not None:
+            await upstream.aclose()
 
 
 async def _payloads(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

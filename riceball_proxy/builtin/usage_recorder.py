@@ -53,6 +53,7 @@ def riceball_request_finished(ctx, outcome):
         reasoning_tokens=usage.reasoning_tokens,
         usage_invalid=usage.invalid,
         cost_usd=outcome.cost_usd,
+        attempts=ctx.attempts or None,
         latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms,
         client_addr=ctx.client_addr,

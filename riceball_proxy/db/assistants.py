@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,10 +22,32 @@ _COLUMNS = """
     seed, seed_locked, stop, stop_locked,
     extra_params, allow_client_system, enabled, created_at, updated_at,
     rpm, tpm, max_parallel, budget_usd, budget_tokens, budget_period,
-    price_input, price_output, price_cached_input
+    price_input, price_output, price_cached_input, fallbacks, deadline, max_attempts
 """
 #: The columns after the parameters that ``create`` and ``update`` write, in order.
 _POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where an assistant's calls can go: a provider's model. The primary is the assistant's own
+    ``provider_id``/``model`` (priority 0); fallbacks come after it by ``priority``, and targets of
+    equal priority share the calls by ``weight``. ``params`` override the request's parameters."""
+
+    provider_id: int
+    model: str
+    weight: int = 1
+    priority: int = 1
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"provider_id": self.provider_id, "model": self.model, "weight": self.weight,
+                "priority": self.priority, "params": dict(self.params)}
+
+
+#: The default bounds on one call's attempts: total seconds, and upstream calls.
+DEFAULT_DEADLINE = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +71,16 @@ class Assistant:
     price_input: Decimal | None = None
     price_output: Decimal | None = None
     price_cached_input: Decimal | None = None
+    #: Tried in order of priority when the primary fails before answering (see Target).
+    fallbacks: tuple[Target, ...] = ()
+    #: Seconds for all attempts of one call together, and the most upstream calls one call makes.
+    deadline: float = DEFAULT_DEADLINE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """The primary, then the fallbacks."""
+        return (Target(self.provider_id, self.model, priority=0), *self.fallbacks)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Assistant:
@@ -69,6 +101,9 @@ class Assistant:
             price_input=row["price_input"],
             price_output=row["price_output"],
             price_cached_input=row["price_cached_input"],
+            fallbacks=tuple(Target(**target) for target in row["fallbacks"]),
+            deadline=row["deadline"],
+            max_attempts=row["max_attempts"],
         )
 
 
@@ -104,6 +139,30 @@ def _policy(limits: Limits, prices: Prices) -> list[Any]:
     return [getattr(limits, name) for name in LIMIT_FIELDS] + list(prices)
 
 
+async def _routing(db, provider_id: int, model: str, fallbacks: Sequence[Target], deadline: float,
+                   max_attempts: int) -> list[Any]:
+    """The fallback, deadline and attempts columns, checked: known providers, no target twice, weights
+    and priorities of 1 or more."""
+    seen = {(provider_id, model)}
+    for target in fallbacks:
+        if (target.provider_id, target.model) in seen:
+            raise InvalidAssistant(f"the target {target.model!r} of provider {target.provider_id} is listed twice")
+        seen.add((target.provider_id, target.model))
+        if not isinstance(target.weight, int) or target.weight < 1:
+            raise InvalidAssistant(f"a target's weight must be a whole number of 1 or more, not {target.weight!r}")
+        if not isinstance(target.priority, int) or target.priority < 1:
+            raise InvalidAssistant(f"a fallback's priority must be 1 or more, not {target.priority!r}")
+        if not target.model or len(target.model) > 300:
+            raise InvalidAssistant("a target's model must be 1 to 300 characters")
+    wanted = {target.provider_id for target in fallbacks}
+    if wanted:
+        known = {row["id"] for row in await db.fetch("SELECT id FROM providers WHERE id = ANY($1::bigint[])",
+                                                     list(wanted))}
+        if wanted - known:
+            raise InvalidAssistant(f"no provider with id {', '.join(map(str, sorted(wanted - known)))}")
+    return [[target.as_dict() for target in fallbacks], deadline, max_attempts]
+
+
 class AssistantNameTaken(InvalidAssistant):
     """Another assistant has that name."""
 
@@ -134,6 +193,9 @@ async def create(
     enabled: bool = True,
     limits: Limits = Limits(),
     prices: Prices = (None, None, None),
+    fallbacks: Sequence[Target] = (),
+    deadline: float = DEFAULT_DEADLINE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Assistant:
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
     row = await _write(
@@ -145,9 +207,10 @@ async def create(
             temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
             presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
             seed, seed_locked, stop, stop_locked,
-            extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)}
+            extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)},
+            fallbacks, deadline, max_attempts
         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
+                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)
         RETURNING {_COLUMNS}
         """,
         name,
@@ -159,6 +222,7 @@ async def create(
         allow_client_system,
         enabled,
         *_policy(limits, prices),
+        *await _routing(db, provider_id, model, fallbacks, deadline, max_attempts),
     )
     return Assistant.from_row(row)
 
@@ -178,6 +242,9 @@ async def update(
     enabled: bool = True,
     limits: Limits = Limits(),
     prices: Prices = (None, None, None),
+    fallbacks: Sequence[Target] = (),
+    deadline: float = DEFAULT_DEADLINE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Assistant | None:
     """Replace an assistant's configuration; None when it does not exist."""
     row = await _write(
@@ -192,7 +259,7 @@ async def update(
             stop = $18, stop_locked = $19, extra_params = $20, allow_client_system = $21, enabled = $22,
             rpm = $23, tpm = $24, max_parallel = $25, budget_usd = $26, budget_tokens = $27,
             budget_period = $28, price_input = $29, price_output = $30, price_cached_input = $31,
-            updated_at = now()
+            fallbacks = $32, deadline = $33, max_attempts = $34, updated_at = now()
         WHERE id = $1
         RETURNING {_COLUMNS}
         """,
@@ -206,6 +273,7 @@ async def update(
         allow_client_system,
         enabled,
         *_policy(limits, prices),
+        *await _routing(db, provider_id, model, fallbacks, deadline, max_attempts),
     )
     return None if row is None else Assistant.from_row(row)
 
@@ -256,6 +324,11 @@ async def existing_ids(db, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
 
 
 async def count_by_provider(db) -> dict[int, int]:
-    """How many assistants use each provider (providers without any are absent)."""
-    rows = await db.fetch("SELECT provider_id, count(*) AS n FROM assistants GROUP BY provider_id")
+    """How many assistants use each provider, as primary or fallback (providers without any are absent)."""
+    rows = await db.fetch("""
+        SELECT provider_id, count(DISTINCT id) AS n FROM (
+            SELECT id, provider_id FROM assistants
+            UNION ALL
+            SELECT a.id, (f ->> 'provider_id')::bigint FROM assistants a, jsonb_array_elements(a.fallbacks) f
+        ) AS used GROUP BY provider_id""")
     return {row["provider_id"]: row["n"] for row in rows}

@@ -58,6 +58,8 @@ class UsageEvent:
     usage_invalid: bool = False
     #: USD (None: unknown, for want of a price or of token counts).
     cost_usd: Decimal | None = None
+    #: Upstream calls made (None: the call never reached one).
+    attempts: int | None = None
     #: Made when the call ends: a batch written twice adds its rows once.
     event_id: uuid.UUID = dataclasses.field(default_factory=new_event_id)
     client_addr: str | None = None

@@ -1,0 +1,159 @@
+"""Route one call over its assistant's targets: the primary, then the fallbacks, until one answers.
+
+A target is tried only before the client has seen a byte: a non-streamed call until its answer, a
+stream until its first chunk. What fails over: an upstream that cannot be reached, a timeout, 429,
+500, 502, 503, 504, 529 (each becomes one of the statuses in ``FAILS_OVER``), and an error event
+before the first chunk. Any other error (a 400 is bad everywhere) is the answer. Targets of one
+priority are tried in an order drawn by weight; a target whose circuit is open is skipped. All attempts
+together stay within the assistant's ``deadline`` and ``max_attempts``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from riceball_proxy import appkeys
+from riceball_proxy.api.stages import select_provider
+from riceball_proxy.context import ChatContext
+from riceball_proxy.db.assistants import Target
+from riceball_proxy.errors import APIError
+
+logger = logging.getLogger(__name__)
+
+#: Statuses (as the adapters answer them) after which the next target is tried.
+FAILS_OVER = frozenset({429, 500, 502, 503, 504, 529})
+#: Consecutive failures that open a target's circuit, and its first and longest cooldowns (seconds).
+CIRCUIT_FAILURES = 3
+CIRCUIT_COOLDOWN = 5.0
+CIRCUIT_MAX_COOLDOWN = 300.0
+
+
+class Circuits:
+    """Each target's health in this process: consecutive failures, and until when it is skipped."""
+
+    def __init__(self) -> None:
+        #: (provider id, model) -> [consecutive failures, skipped until (monotonic), cooldown, last error, when]
+        self.state: dict[tuple[int, str], list[Any]] = {}
+
+    def closed(self, target: Target, now: float) -> bool:
+        state = self.state.get((target.provider_id, target.model))
+        return state is None or state[1] <= now
+
+    def failed(self, target: Target, error: APIError, now: float) -> None:
+        state = self.state.setdefault((target.provider_id, target.model), [0, 0.0, 0.0, None, None])
+        state[0] += 1
+        state[3], state[4] = error.message[:300], time.time()
+        retry_after = _seconds((error.headers or {}).get("Retry-After"))
+        if state[0] >= CIRCUIT_FAILURES:
+            state[2] = min(CIRCUIT_MAX_COOLDOWN, state[2] * 2 if state[2] else CIRCUIT_COOLDOWN)
+            state[1] = now + max(state[2], retry_after or 0)
+        elif retry_after:  # the upstream said when: it is skipped until then
+            state[1] = now + retry_after
+
+    def succeeded(self, target: Target) -> None:
+        self.state.pop((target.provider_id, target.model), None)
+
+    def open_targets(self, now: float) -> dict[tuple[int, str], float]:
+        """The targets skipped now, and for how many more seconds."""
+        return {key: state[1] - now for key, state in self.state.items() if state[1] > now}
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 < seconds <= 3600 else None
+
+
+def ordered_targets(targets: tuple[Target, ...]) -> list[Target]:
+    """The targets by priority; within one priority, an order drawn by weight."""
+    ordered: list[Target] = []
+    for priority in sorted({target.priority for target in targets}):
+        group = [target for target in targets if target.priority == priority]
+        while group:
+            pick = random.choices(group, weights=[target.weight for target in group])[0]
+            group.remove(pick)
+            ordered.append(pick)
+    return ordered
+
+
+def body_for(ctx: ChatContext, target: Target) -> dict[str, Any]:
+    """The prepared upstream body with the target's model and parameter overrides."""
+    if target.priority == 0 and not target.params:
+        return ctx.body
+    return {**ctx.body, **target.params, "model": target.model}
+
+
+async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
+    """The first answer any target gives: a ``chat.completion`` dict, or for a stream (first payload,
+    the rest of the stream). Raises the last target's error when none answered."""
+    assistant = ctx.assistant
+    circuits = ctx.app[appkeys.CIRCUITS]
+    metrics = ctx.app[appkeys.METRICS]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + assistant.deadline
+    error: APIError | None = None
+    targets = assistant.targets if not assistant.fallbacks else ordered_targets(assistant.targets)
+    for target in targets:
+        now = time.monotonic()
+        if len(targets) > 1 and not circuits.closed(target, now):
+            continue
+        if ctx.attempts >= assistant.max_attempts:
+            break
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            error = deadline_passed(assistant.deadline)
+            break
+        ctx.attempts += 1
+        body = body_for(ctx, target)
+        try:
+            adapter = await select_provider(ctx, target.provider_id)
+            async with asyncio.timeout(remaining):
+                if stream:
+                    upstream: AsyncIterator[bytes] = adapter.stream(body, request_id=ctx.request_id)
+                    try:
+                        first = await anext(upstream)
+                    except StopAsyncIteration:
+                        first = None
+                    except BaseException:
+                        await upstream.aclose()
+                        raise
+                    answer: Any = (first, upstream)
+                else:
+                    answer = await adapter.complete(body, request_id=ctx.request_id)
+        except TimeoutError:
+            error = deadline_passed(assistant.deadline)
+            metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, "deadline")
+            break
+        except APIError as exc:
+            error = exc
+            outcome = "failed_over" if exc.status in FAILS_OVER else "refused"
+            metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, outcome)
+            if exc.status not in FAILS_OVER:
+                break
+            circuits.failed(target, exc, time.monotonic())
+            logger.warning("call %s: attempt %d on %s %s failed (%s %s): %s", ctx.request_id, ctx.attempts,
+                           ctx.provider.name if ctx.provider else target.provider_id, target.model, exc.status,
+                           exc.code, exc.message[:200])
+            continue
+        circuits.succeeded(target)
+        metrics.attempt(ctx.provider.name, target.model, "answered")
+        ctx.body = body
+        return answer
+    if error is None:  # every target skipped: their circuits are open
+        wait = min(circuits.open_targets(time.monotonic()).values(), default=1.0)
+        error = APIError(503, "Every provider of this assistant is failing; they are given a rest before they are "
+                              "tried again.", type="api_error", code="upstream_unavailable",
+                         headers={"Retry-After": str(max(1, round(wait)))})
+    ctx.upstream_error = error
+    raise error
+
+
+def deadline_passed(seconds: float) -> APIError:
+    return APIError(504, f"The assistant's providers did not answer within its deadline of {seconds:g} s.",
+                    type="api_error", code="upstream_timeout")

@@ -1,0 +1,200 @@
+"""Fallback targets: what fails over and what does not, circuits, weights and the deadline, through the SDK."""
+import asyncio
+import collections
+import socket
+
+import openai
+import pytest
+
+from riceball_proxy import appkeys
+from riceball_proxy.db import assistants
+from riceball_proxy.db.assistants import Target
+from tests.fake_openai import FakeOpenAI
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def second_openai(aiohttp_server):
+    """Another fake OpenAI upstream, the fallback."""
+    fake = FakeOpenAI()
+    fake.reply = "Hello from the fallback"
+    server = await aiohttp_server(fake.app())
+    fake.base_url = str(server.make_url("/v1"))
+    return fake
+
+
+@pytest.fixture
+async def failing_over(start_gateway, settings, fake_openai, second_openai):
+    """A gateway, an assistant whose primary is ``fake_openai`` and whose fallback is ``second_openai``
+    (model ``backup-model``), and a key."""
+
+    async def start(primary_url=None, **fields):
+        gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+        primary = await gateway.provider(primary_url or fake_openai.base_url, name="primary", read_timeout=2)
+        fallback = await gateway.provider(second_openai.base_url, name="fallback")
+        assistant = await gateway.assistant(primary, fallbacks=[Target(fallback.id, "backup-model")], **fields)
+        return gateway, assistant, await gateway.key()
+
+    return start
+
+
+async def usage_rows(gateway, expected: int):
+    for _ in range(200):
+        await gateway.app[appkeys.USAGE_RECORDER].flush()
+        rows = await gateway.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
+        if len(rows) >= expected:
+            return rows
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{len(rows)} usage rows, not {expected}")
+
+
+def refused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("failure, stream", [
+    (failure, stream) for failure in ("refused", "hangs", "429", "500", "529") for stream in (False, True)
+] + [("error_event", True)])  # an error event before the first chunk is a stream's
+async def test_the_fallback_answers_when_the_primary_fails_before_the_first_byte(
+        failing_over, fake_openai, second_openai, failure, stream):
+    primary_url = f"http://127.0.0.1:{refused_port()}/v1" if failure == "refused" else None
+    gateway, assistant, key = await failing_over(primary_url)
+    if failure == "hangs":
+        fake_openai.delay = 5  # past the primary's 2 s read timeout
+    elif failure == "error_event":
+        fake_openai.fail_after_chunks = 0
+    elif failure != "refused":
+        fake_openai.error = (int(failure), {"error": {"message": "down", "type": "server_error"}})
+        fake_openai.error_headers = {"Retry-After": "30"} if failure == "429" else {}
+    async with gateway.client(assistant.id, key) as client:
+        if stream:
+            chunks = [chunk async for chunk in await client.chat.completions.create(
+                model="x", messages=MESSAGES, stream=True)]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = (await client.chat.completions.create(model="x", messages=MESSAGES)).choices[0].message.content
+    assert text == "Hello from the fallback"
+    assert second_openai.last["model"] == "backup-model"
+    row = (await usage_rows(gateway, 1))[0]
+    assert (row["status"], row["upstream_model"], row["attempts"]) == (200, "backup-model", 2)
+    fallback = await gateway.pool.fetchval("SELECT id FROM providers WHERE name = 'fallback'")
+    assert row["provider_id"] == fallback
+    metrics = gateway.app[appkeys.METRICS].registry
+    assert metrics.get_sample_value("riceball_upstream_attempts_total", {
+        "provider": "primary", "model": "gpt-4o", "outcome": "failed_over"}) == 1
+
+
+async def test_a_failure_after_the_first_chunk_does_not_fail_over(failing_over, fake_openai, second_openai):
+    gateway, assistant, key = await failing_over()
+    fake_openai.reply = "one two three four"
+    fake_openai.fail_after_chunks = 2
+    async with gateway.client(assistant.id, key) as client:
+        with pytest.raises(openai.APIError):
+            async for _ in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True):
+                pass
+    assert second_openai.requests == []
+
+
+async def test_a_400_is_the_answer_without_failover(failing_over, fake_openai, second_openai):
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (400, {"error": {"message": "bad tool schema", "type": "invalid_request_error",
+                                         "param": "tools", "code": "invalid_value"}})
+    async with gateway.client(assistant.id, key) as client:
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "invalid_value" and second_openai.requests == []
+
+
+async def test_three_failures_open_the_circuit_and_a_success_after_the_cooldown_closes_it(
+        failing_over, fake_openai, second_openai, monkeypatch):
+    from riceball_proxy.api import routing
+
+    monkeypatch.setattr(routing, "CIRCUIT_COOLDOWN", 0.5)
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (503, {"error": {"message": "overloaded", "type": "server_error"}})
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert len(fake_openai.requests) == 3
+        for _ in range(3):  # open: the primary is not called during the cooldown
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert len(fake_openai.requests) == 3 and len(second_openai.requests) == 6
+        await asyncio.sleep(0.6)
+        fake_openai.error = None  # one trial call after the cooldown succeeds: closed again
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert answer.choices[0].message.content == "Hello from the fake upstream"
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert len(fake_openai.requests) == 5
+
+
+async def test_a_429_with_retry_after_rests_the_target_that_long(failing_over, fake_openai, second_openai):
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (429, {"error": {"message": "slow down", "type": "requests"}})
+    fake_openai.error_headers = {"Retry-After": "30"}
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert len(fake_openai.requests) == 1 and len(second_openai.requests) == 3
+
+
+async def test_equal_priorities_share_calls_by_weight(start_gateway, settings, fake_openai, second_openai):
+    gateway = await start_gateway(settings)
+    one = await gateway.provider(fake_openai.base_url)
+    two = await gateway.provider(second_openai.base_url)
+    assistant = await gateway.assistant(one, model="m1", fallbacks=[Target(two.id, "m2", weight=3, priority=1),
+                                                                    Target(one.id, "m3", weight=1, priority=1)])
+    # The primary answers while it is up; take it out to see the fallbacks share.
+    fake_openai.error = (500, {"error": {"message": "down"}})
+    key = await gateway.key()
+    served = collections.Counter()
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(200):
+            raw = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+            served[raw.parse().choices[0].message.content] += 1
+            gateway.app[appkeys.CIRCUITS].state.clear()  # keep the primary in play
+    # m3 is on the failing upstream too, so a call drawn to it first goes on to m2: m2 serves them all,
+    # and m3 is tried first in about a quarter of the calls.
+    tried_m3_first = sum(1 for r in fake_openai.requests if r["body"] and r["body"]["model"] == "m3")
+    assert served == {"Hello from the fallback": 200}
+    assert 30 <= tried_m3_first <= 70  # 50 expected
+
+
+async def test_the_deadline_bounds_all_attempts(failing_over, fake_openai, second_openai):
+    gateway, assistant, key = await failing_over(deadline=1.0)
+    fake_openai.delay = second_openai.delay = 10
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with gateway.client(assistant.id, key) as client:
+        with pytest.raises(openai.APIStatusError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.status_code == 504 and raised.value.code == "upstream_timeout"
+    assert loop.time() - started < 3
+
+
+async def test_a_client_that_leaves_stops_the_chain(failing_over, fake_openai, second_openai):
+    import aiohttp
+
+    gateway, assistant, key = await failing_over()
+    fake_openai.delay = 10
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.post(gateway.base_url(assistant.id) + "/chat/completions",
+                                    json={"messages": MESSAGES}, headers={"Authorization": f"Bearer {key}"},
+                                    timeout=aiohttp.ClientTimeout(total=0.5)):
+                pass
+    await asyncio.sleep(2.5)  # past the primary's read timeout: a chain still running would call the fallback
+    assert second_openai.requests == []
+
+
+async def test_bad_targets_are_refused_and_nothing_saved(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings)
+    provider = await gateway.provider(fake_openai.base_url)
+    for fallbacks, says in (([Target(provider.id, "gpt-4o")], "listed twice"),
+                            ([Target(provider.id, "m", weight=0)], "weight must be"),
+                            ([Target(999_999, "m")], "no provider with id 999999")):
+        with pytest.raises(assistants.InvalidAssistant, match=says):
+            await gateway.assistant(provider, fallbacks=fallbacks)
+    assert await assistants.list_all(gateway.pool) == []
