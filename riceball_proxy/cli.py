@@ -216,6 +216,14 @@ def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None
                         help="drop system and developer messages sent by clients")
     parser.add_argument("--disabled", action="store_true", default=None if update else False,
                         help="disable it" if update else "create it disabled")
+    parser.add_argument("--fallback", action="append", default=None if update else [], metavar="PROVIDER:MODEL",
+                        help="a fallback target, tried in the order given when the provider fails before answering "
+                             "(repeatable; PROVIDER is a name or an id" + ("; given, it replaces the list; "
+                             "'none' removes them all)" if update else ")"))
+    parser.add_argument("--deadline", type=_between(0.1, 3600), metavar="SECONDS",
+                        help="time for all attempts of one call together (default 60)")
+    parser.add_argument("--max-attempts", type=_between(1, 20, integer=True), metavar="N",
+                        help="upstream calls one call may make, fallbacks included (default 3)")
     _limit_options(parser, update=update)
     for name, what in (("input", "prompt"), ("output", "answer"), ("cached-input", "cached prompt")):
         parser.add_argument(f"--price-{name}", type=_price, metavar="USD_PER_M",

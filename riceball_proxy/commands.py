@@ -16,6 +16,7 @@ import orjson
 from riceball_proxy import crypto
 from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admins, api_keys, assistants, open_database, providers, usage_events
+from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS
 from riceball_proxy.limits import (FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits,
                                    current_period_start)
 from riceball_proxy.pricing import model_price, unpriced
@@ -376,7 +377,29 @@ def _assistant_dict(assistant: assistants.Assistant, provider_name: str | None =
     data["locked"] = sorted(assistant.locked)
     data["provider"] = provider_name
     data["limits"] = assistant.limits.as_dict()
+    data["fallbacks"] = [target.as_dict() for target in assistant.fallbacks]
     return data
+
+
+async def fallbacks_from(pool, args: argparse.Namespace, current: assistants.Assistant | None = None):
+    """The fallback targets ``--fallback PROVIDER:MODEL`` gives, in order (``none``: no fallbacks); the
+    current ones when the option is not given."""
+    if args.fallback is None:
+        return current.fallbacks if current is not None else ()
+    if args.fallback == ["none"]:
+        return ()
+    by_name = {provider.name: provider for provider in await providers.list_all(pool)}
+    by_id = {str(provider.id): provider for provider in by_name.values()}
+    targets = []
+    for n, given in enumerate(args.fallback, start=1):
+        name, colon, model = given.partition(":")
+        provider = by_name.get(name) or by_id.get(name)
+        if not colon or not model.strip():
+            raise CommandError(f"--fallback takes PROVIDER:MODEL, not {given!r}")
+        if provider is None:
+            raise CommandError(f"--fallback {given}: no provider named {name!r}")
+        targets.append(assistants.Target(provider.id, model.strip(), priority=n))
+    return tuple(targets)
 
 
 def prices_from(args: argparse.Namespace, current: assistants.Assistant | None = None) -> assistants.Prices:
@@ -412,6 +435,8 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
         if provider is None:
             raise CommandError(f"no provider named {args.provider!r}")
         await check_assistant_budget(pool, limits, prices, provider, args.model)
+        routing = {"fallbacks": await fallbacks_from(pool, args), "deadline": args.deadline or DEFAULT_DEADLINE,
+                   "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS}
         try:
             assistant = await assistants.create(
                 pool,
@@ -425,6 +450,7 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
                 enabled=not args.disabled,
                 limits=limits,
                 prices=prices,
+                **routing,
             )
         except assistants.AssistantNameTaken as exc:
             raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
@@ -455,6 +481,9 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
         limits, prices = limits_from(args, current.limits), prices_from(args, current)
         await check_assistant_budget(pool, limits, prices, provider,
                                      current.model if args.model is None else args.model)
+        routing = {"fallbacks": await fallbacks_from(pool, args, current),
+                   "deadline": current.deadline if args.deadline is None else args.deadline,
+                   "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts}
         try:
             assistant = await assistants.update(
                 pool,
@@ -471,6 +500,7 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                 enabled=current.enabled if args.disabled is None else not args.disabled,
                 limits=limits,
                 prices=prices,
+                **routing,
             )
         except assistants.AssistantNameTaken as exc:
             raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
@@ -505,15 +535,18 @@ def cmd_assistant_show(args: argparse.Namespace, settings: Settings) -> int:
     async def work(pool):
         assistant = await _assistant_by_id(pool, args.id)
         provider = await providers.get(pool, assistant.provider_id)
-        return assistant, _assistant_dict(assistant, provider.name if provider else None)
+        names = {p.id: p.name for p in await providers.list_all(pool)}
+        return assistant, _assistant_dict(assistant, provider.name if provider else None), names
 
-    assistant, data = run_db(settings, work)
+    assistant, data, names = run_db(settings, work)
     data["base_url"] = assistant_base_url(settings, data["id"])
-    shown = data | {"limits": limits_text(assistant.limits), "price": "-" if assistant.price_input is None else
+    shown = data | {"fallbacks": ", ".join(f"{names.get(t.provider_id, t.provider_id)}:{t.model}"
+                                          for t in assistant.fallbacks) or "none",
+                    "deadline": f"{assistant.deadline:g} s, at most {assistant.max_attempts} attempts","limits": limits_text(assistant.limits), "price": "-" if assistant.price_input is None else
                     f"${assistant.price_input} in, ${assistant.price_output} out per million tokens"}
     lines = [f"{name + ':':<20} {_cell(shown[name])}" for name in (
         "id", "name", "provider", "model", "enabled", "allow_client_system", "parameters", "locked",
-        "extra_params", "limits", "price", "base_url")]
+        "extra_params", "fallbacks", "deadline", "limits", "price", "base_url")]
     emit(args, data, "\n".join(lines) + f"\nsystem prompt:\n{data['system_prompt'] or '(none)'}")
     return 0
 

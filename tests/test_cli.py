@@ -354,3 +354,26 @@ def test_limits_and_prices_on_keys_and_assistants(cli_env, capsys, monkeypatch):
     assert "10000 tpm, 2 at once, $50.00, 100,000 tokens" in out and "$0.00 of $50.00, 0 of 100,000 tokens (total)" in out
     status, out, err = run(capsys, monkeypatch, "key", "show", key["prefix"])
     assert "limits:" in out and "spent:" in out
+
+
+def test_fallback_targets_deadline_and_attempts(cli_env, capsys, monkeypatch):
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "openai", "--type", "openai", "--base-url", "http://h/v1")
+    backup = run_json(capsys, monkeypatch, "provider", "add", "--name", "backup", "--type", "openai",
+                      "--base-url", "http://b/v1")
+    added = run_json(capsys, monkeypatch, "assistant", "add", "--name", "a", "--provider", "openai", "--model",
+                     "gpt-4o", "--fallback", "backup:gpt-4o-mini", "--fallback", f"{backup['id']}:other",
+                     "--deadline", "20", "--max-attempts", "4")
+    assert [(t["provider_id"], t["model"], t["priority"]) for t in added["fallbacks"]] == [
+        (backup["id"], "gpt-4o-mini", 1), (backup["id"], "other", 2)]
+    assert (added["deadline"], added["max_attempts"]) == (20.0, 4)
+    status, out, _ = run(capsys, monkeypatch, "assistant", "show", added["id"])
+    assert "backup:gpt-4o-mini, backup:other" in out and "20 s, at most 4 attempts" in out
+    # A provider an assistant falls back to cannot be deleted.
+    status, _, err = run(capsys, monkeypatch, "provider", "delete", "backup")
+    assert status == 2 and "as a fallback" in err
+    for fallback, says in (("backup", "takes PROVIDER:MODEL"), ("nope:m", "no provider named 'nope'"),
+                           ("openai:gpt-4o", "listed twice")):
+        status, out, err = run(capsys, monkeypatch, "assistant", "update", added["id"], "--fallback", fallback)
+        assert status == 2 and says in err and len(err.strip().splitlines()) == 1
+    cleared = run_json(capsys, monkeypatch, "assistant", "update", added["id"], "--fallback", "none")
+    assert cleared["fallbacks"] == [] and cleared["deadline"] == 20.0

@@ -198,3 +198,22 @@ async def test_bad_targets_are_refused_and_nothing_saved(start_gateway, settings
         with pytest.raises(assistants.InvalidAssistant, match=says):
             await gateway.assistant(provider, fallbacks=fallbacks)
     assert await assistants.list_all(gateway.pool) == []
+
+
+async def test_the_assistant_page_shows_each_targets_health(failing_over, fake_openai, aiohttp_client):
+    from riceball_proxy.db import admins
+    from tests.support import ADMIN_PASSWORD, Panel
+
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (503, {"error": {"message": "overloaded <now>", "type": "server_error"}})
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    from riceball_proxy import crypto
+
+    await admins.create(gateway.pool, username="root", password_hash=crypto.hash_password(ADMIN_PASSWORD))
+    panel = Panel(await aiohttp_client(gateway.server))
+    await panel.login()
+    _, page = await panel.get(f"/admin/assistants/{assistant.id}")
+    assert "backup-model" in page and "primary" in page
+    assert "open</span>" in page and "overloaded &lt;now&gt;" in page  # escaped, as every page

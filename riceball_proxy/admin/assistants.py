@@ -1,11 +1,13 @@
 """Assistants: list, create, edit, enable or disable, delete, and a page with ready-to-use snippets."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import orjson
 from aiohttp import web
 
+from riceball_proxy import appkeys
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.admin.providers import list_upstream_models
@@ -172,8 +174,11 @@ async def assistant_detail(request: web.Request) -> web.Response:
     assistant = await _assistant_or_404(request)
     provider = await providers.get(db_pool(request), assistant.provider_id)
     base_url = str(request.url.origin()) + f"/api/v1/assistants/{assistant.id}/v1"
-    return await render(request, "admin/assistant.html",
-                        {"assistant": assistant, "provider": provider, "base_url": base_url})
+    return await render(request, "admin/assistant.html", {
+        "assistant": assistant, "provider": provider, "base_url": base_url, "targets": assistant.targets,
+        "provider_names": {p.id: p.name for p in await providers.list_all(db_pool(request))},
+        "circuits": request.config_dict[appkeys.CIRCUITS].health(time.monotonic()),
+    })
 
 
 async def assistant_toggle(request: web.Request) -> web.Response:

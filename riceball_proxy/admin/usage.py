@@ -19,8 +19,8 @@ HOURLY_UP_TO_DAYS = 2
 MAX_DAYS = 366
 CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provider_id", "upstream_model", "stream",
               "status", "error_type", "error_code", "error_message", "prompt_tokens", "completion_tokens",
-              "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "cost_usd", "latency_ms",
-              "ttft_ms", "client_addr")
+              "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "cost_usd", "attempts",
+              "latency_ms", "ttft_ms", "client_addr")
 #: The dates a filter may name.
 FIRST_DAY = datetime.date(1970, 1, 1)
 LAST_DAY = datetime.date(9998, 12, 31)

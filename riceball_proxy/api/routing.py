@@ -57,6 +57,12 @@ class Circuits:
     def succeeded(self, target: Target) -> None:
         self.state.pop((target.provider_id, target.model), None)
 
+    def health(self, now: float) -> dict[tuple[int, str], dict[str, Any]]:
+        """Each target with a recent failure: failures in a row, seconds of rest left, the last error and when."""
+        return {key: {"failures": state[0], "resting": max(0, round(state[1] - now)), "error": state[3],
+                      "when": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(state[4])) if state[4] else None}
+                for key, state in self.state.items()}
+
     def open_targets(self, now: float) -> dict[tuple[int, str], float]:
         """The targets skipped now, and for how many more seconds."""
         return {key: state[1] - now for key, state in self.state.items() if state[1] > now}
