@@ -224,6 +224,12 @@ def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None
                         help="time for all attempts of one call together (default 60)")
     parser.add_argument("--max-attempts", type=_between(1, 20, integer=True), metavar="N",
                         help="upstream calls one call may make, fallbacks included (default 3)")
+    parser.add_argument("--expose-target", action="store_true", default=None if update else False,
+                        help="answers name the provider and model that served them (x-riceball-provider, "
+                             "x-riceball-model); off by default: they reveal the configuration")
+    if update:
+        parser.add_argument("--hide-target", dest="expose_target", action="store_false", default=None,
+                            help="answers do not name the provider and model that served them")
     _limit_options(parser, update=update)
     for name, what in (("input", "prompt"), ("output", "answer"), ("cached-input", "cached prompt")):
         parser.add_argument(f"--price-{name}", type=_price, metavar="USD_PER_M",

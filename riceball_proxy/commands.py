@@ -436,7 +436,7 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(f"no provider named {args.provider!r}")
         await check_assistant_budget(pool, limits, prices, provider, args.model)
         routing = {"fallbacks": await fallbacks_from(pool, args), "deadline": args.deadline or DEFAULT_DEADLINE,
-                   "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS}
+                   "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS, "expose_target": args.expose_target}
         try:
             assistant = await assistants.create(
                 pool,
@@ -483,7 +483,8 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                                      current.model if args.model is None else args.model)
         routing = {"fallbacks": await fallbacks_from(pool, args, current),
                    "deadline": current.deadline if args.deadline is None else args.deadline,
-                   "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts}
+                   "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts,
+                   "expose_target": current.expose_target if args.expose_target is None else args.expose_target}
         try:
             assistant = await assistants.update(
                 pool,

@@ -54,6 +54,9 @@ class Metrics:
         self.attempts = Counter("riceball_upstream_attempts", "Upstream calls, by provider, model and outcome "
                                 "(answered, failed_over, refused, deadline)", ["provider", "model", "outcome"],
                                 registry=registry)
+        self.circuit_open = Gauge("riceball_circuit_open", "1 while a target's circuit is open (this process "
+                                  "skips it), by provider and model", ["provider", "model"], registry=registry,
+                                  multiprocess_mode="livemax")
         self._children: dict = {}
         self.streams_in_flight = Gauge("riceball_streams_in_flight", "Streams being answered right now",
                                        registry=registry, multiprocess_mode="livesum")
@@ -87,6 +90,10 @@ class Metrics:
     def attempt(self, provider: str, model: str, outcome: str) -> None:
         """Count one upstream call of a chat call."""
         self._child(self.attempts, provider, model, outcome).inc()
+
+    def circuit(self, provider: str, model: str, is_open: bool) -> None:
+        """Note a target's circuit opening or closing."""
+        self._child(self.circuit_open, provider, model).set(1 if is_open else 0)
 
     def limited(self, kind: str) -> None:
         """Count a call refused by a limit."""

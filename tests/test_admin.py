@@ -585,3 +585,22 @@ async def test_assistants_get_limits_and_prices(panel):
         20000, Decimal(10), "day")
     _, form = await panel.get(f"/admin/assistants/{assistant.id}/edit")
     assert 'value="0.5"' in form and 'value="1.5"' in form and 'value="20000"' in form
+
+
+async def test_editing_an_assistant_keeps_its_fallbacks_and_sets_the_target_headers_option(panel):
+    from riceball_proxy.db.assistants import Target
+
+    await provider_via_form(panel)
+    await provider_via_form(panel, name="backup")
+    primary, backup = sorted(await providers.list_all(panel.pool), key=lambda p: p.name != "up")
+    assistant = await assistants.create(panel.pool, name="helper", provider_id=primary.id, model="gpt-4o",
+                                        fallbacks=[Target(backup.id, "other")], deadline=12, max_attempts=2)
+    response, _ = await panel.post(f"/admin/assistants/{assistant.id}/edit", {
+        "name": "helper", "provider_id": str(primary.id), "model": "gpt-4o", "system_prompt": "",
+        "enabled": "on", "expose_target": "on"})
+    assert response.status == 200
+    saved = await assistants.get(panel.pool, assistant.id)
+    assert saved.fallbacks == (Target(backup.id, "other"),) and (saved.deadline, saved.max_attempts) == (12, 2)
+    assert saved.expose_target is True
+    _, page = await panel.get(f"/admin/assistants/{assistant.id}")
+    assert "backup" in page and "<code>other</code>" in page and "12 s for all attempts" in page

@@ -217,3 +217,35 @@ async def test_the_assistant_page_shows_each_targets_health(failing_over, fake_o
     _, page = await panel.get(f"/admin/assistants/{assistant.id}")
     assert "backup-model" in page and "primary" in page
     assert "open</span>" in page and "overloaded &lt;now&gt;" in page  # escaped, as every page
+
+
+async def test_answers_name_the_serving_target_only_when_the_assistant_says_so(failing_over, fake_openai):
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (502, {"error": {"message": "bad gateway"}})
+    async with gateway.client(assistant.id, key) as client:
+        hidden = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+        assert "x-riceball-provider" not in hidden.headers and "x-riceball-model" not in hidden.headers
+        await assistants.update(gateway.pool, assistant.id, **{
+            name: getattr(assistant, name) for name in ("name", "provider_id", "model", "fallbacks")},
+            expose_target=True)
+        await gateway.wait_until_listening()
+        for _ in range(100):
+            shown = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES, stream=True)
+            async for _ in shown.parse():
+                pass
+            if "x-riceball-model" in shown.headers:
+                break
+            await asyncio.sleep(0.02)
+    assert (shown.headers["x-riceball-provider"], shown.headers["x-riceball-model"]) == ("fallback", "backup-model")
+
+
+async def test_an_open_circuit_shows_in_metrics(failing_over, fake_openai):
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (500, {"error": {"message": "down"}})
+    metrics = gateway.app[appkeys.METRICS].registry
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert metrics.get_sample_value("riceball_circuit_open", {"provider": "primary", "model": "gpt-4o"}) == 1
+    assert metrics.get_sample_value("riceball_upstream_attempts_total", {
+        "provider": "fallback", "model": "backup-model", "outcome": "answered"}) == 3

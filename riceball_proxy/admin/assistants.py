@@ -79,6 +79,8 @@ def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
         values["allow_client_system"] = "on"
     if assistant.enabled:
         values["enabled"] = "on"
+    if assistant.expose_target:
+        values["expose_target"] = "on"
     for name in ("price_input", "price_output", "price_cached_input"):
         if getattr(assistant, name) is not None:
             values[name] = f"{getattr(assistant, name).normalize():f}"
@@ -154,7 +156,10 @@ async def assistant_save(request: web.Request) -> web.Response:
         fields = dict(name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
                       parameters=parameters, locked=locked, extra_params=extra_params,
                       allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"),
-                      limits=limits, prices=prices)
+                      limits=limits, prices=prices, expose_target=form.flag("expose_target"))
+        if assistant is not None:  # what the form does not edit (yet) stays as it is
+            fields.update(fallbacks=assistant.fallbacks, deadline=assistant.deadline,
+                          max_attempts=assistant.max_attempts)
         try:
             if assistant is None:
                 saved = await assistants.create(pool, **fields)

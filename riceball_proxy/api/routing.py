@@ -43,7 +43,8 @@ class Circuits:
         state = self.state.get((target.provider_id, target.model))
         return state is None or state[1] <= now
 
-    def failed(self, target: Target, error: APIError, now: float) -> None:
+    def failed(self, target: Target, error: APIError, now: float) -> bool:
+        """Count a failure; True when it opened the target's circuit."""
         state = self.state.setdefault((target.provider_id, target.model), [0, 0.0, 0.0, None, None])
         state[0] += 1
         state[3], state[4] = error.message[:300], time.time()
@@ -51,11 +52,15 @@ class Circuits:
         if state[0] >= CIRCUIT_FAILURES:
             state[2] = min(CIRCUIT_MAX_COOLDOWN, state[2] * 2 if state[2] else CIRCUIT_COOLDOWN)
             state[1] = now + max(state[2], retry_after or 0)
-        elif retry_after:  # the upstream said when: it is skipped until then
+            return True
+        if retry_after:  # the upstream said when: it is skipped until then
             state[1] = now + retry_after
+        return False
 
-    def succeeded(self, target: Target) -> None:
-        self.state.pop((target.provider_id, target.model), None)
+    def succeeded(self, target: Target) -> bool:
+        """Forget a target's failures; True when its circuit had been opened."""
+        state = self.state.pop((target.provider_id, target.model), None)
+        return state is not None and state[0] >= CIRCUIT_FAILURES
 
     def health(self, now: float) -> dict[tuple[int, str], dict[str, Any]]:
         """Each target with a recent failure: failures in a row, seconds of rest left, the last error and when."""
@@ -142,14 +147,19 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, outcome)
             if exc.status not in FAILS_OVER:
                 break
-            circuits.failed(target, exc, time.monotonic())
+            if circuits.failed(target, exc, time.monotonic()):
+                metrics.circuit(ctx.provider.name if ctx.provider else "-", target.model, True)
             logger.warning("call %s: attempt %d on %s %s failed (%s %s): %s", ctx.request_id, ctx.attempts,
                            ctx.provider.name if ctx.provider else target.provider_id, target.model, exc.status,
                            exc.code, exc.message[:200])
             continue
-        circuits.succeeded(target)
+        if circuits.succeeded(target):
+            metrics.circuit(ctx.provider.name, target.model, False)
         metrics.attempt(ctx.provider.name, target.model, "answered")
         ctx.body = body
+        if assistant.expose_target:
+            ctx.response_headers = {**(ctx.response_headers or {}), "x-riceball-provider": ctx.provider.name,
+                                    "x-riceball-model": target.model}
         return answer
     if error is None:  # every target skipped: their circuits are open
         wait = min(circuits.open_targets(time.monotonic()).values(), default=1.0)

@@ -22,7 +22,7 @@ _COLUMNS = """
     seed, seed_locked, stop, stop_locked,
     extra_params, allow_client_system, enabled, created_at, updated_at,
     rpm, tpm, max_parallel, budget_usd, budget_tokens, budget_period,
-    price_input, price_output, price_cached_input, fallbacks, deadline, max_attempts
+    price_input, price_output, price_cached_input, fallbacks, deadline, max_attempts, expose_target
 """
 #: The columns after the parameters that ``create`` and ``update`` write, in order.
 _POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input")
@@ -76,6 +76,8 @@ class Assistant:
     #: Seconds for all attempts of one call together, and the most upstream calls one call makes.
     deadline: float = DEFAULT_DEADLINE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: Answers carry ``x-riceball-provider`` and ``x-riceball-model`` (the target that served).
+    expose_target: bool = False
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -104,6 +106,7 @@ class Assistant:
             fallbacks=tuple(Target(**target) for target in row["fallbacks"]),
             deadline=row["deadline"],
             max_attempts=row["max_attempts"],
+            expose_target=row["expose_target"],
         )
 
 
@@ -196,6 +199,7 @@ async def create(
     fallbacks: Sequence[Target] = (),
     deadline: float = DEFAULT_DEADLINE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    expose_target: bool = False,
 ) -> Assistant:
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
     row = await _write(
@@ -208,9 +212,9 @@ async def create(
             presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
             seed, seed_locked, stop, stop_locked,
             extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)},
-            fallbacks, deadline, max_attempts
+            fallbacks, deadline, max_attempts, expose_target
         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)
+                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)
         RETURNING {_COLUMNS}
         """,
         name,
@@ -223,6 +227,7 @@ async def create(
         enabled,
         *_policy(limits, prices),
         *await _routing(db, provider_id, model, fallbacks, deadline, max_attempts),
+        expose_target,
     )
     return Assistant.from_row(row)
 
@@ -245,6 +250,7 @@ async def update(
     fallbacks: Sequence[Target] = (),
     deadline: float = DEFAULT_DEADLINE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    expose_target: bool = False,
 ) -> Assistant | None:
     """Replace an assistant's configuration; None when it does not exist."""
     row = await _write(
@@ -259,7 +265,7 @@ async def update(
             stop = $18, stop_locked = $19, extra_params = $20, allow_client_system = $21, enabled = $22,
             rpm = $23, tpm = $24, max_parallel = $25, budget_usd = $26, budget_tokens = $27,
             budget_period = $28, price_input = $29, price_output = $30, price_cached_input = $31,
-            fallbacks = $32, deadline = $33, max_attempts = $34, updated_at = now()
+            fallbacks = $32, deadline = $33, max_attempts = $34, expose_target = $35, updated_at = now()
         WHERE id = $1
         RETURNING {_COLUMNS}
         """,
@@ -274,6 +280,7 @@ async def update(
         enabled,
         *_policy(limits, prices),
         *await _routing(db, provider_id, model, fallbacks, deadline, max_attempts),
+        expose_target,
     )
     return None if row is None else Assistant.from_row(row)
 

@@ -164,3 +164,28 @@ async def test_models_are_listed(claude):
 def test_more_than_one_choice_is_refused():
     with pytest.raises(Exception, match="n must be 1"):
         to_anthropic({"model": "m", "messages": MESSAGES, "n": 2})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_openai_assistant_falls_back_to_claude(aiohttp_server, start_gateway, settings, fake_openai, stream):
+    from riceball_proxy.db.assistants import Target
+
+    fake = FakeAnthropic()
+    server = await aiohttp_server(fake.app())
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
+    openai_provider = await gateway.provider(fake_openai.base_url)
+    claude_provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    assistant = await gateway.assistant(openai_provider, model="gpt-4o-mini", system_prompt="Be brief.",
+                                        parameters={"max_tokens": 64},
+                                        fallbacks=[Target(claude_provider.id, "claude-haiku-4-5")])
+    fake_openai.error = (503, {"error": {"message": "overloaded", "type": "server_error"}})
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = (await client.chat.completions.create(model="x", messages=MESSAGES)).choices[0].message.content
+    assert text == "Hello from Claude"
+    sent = fake.last  # the assistant's prompt and parameters, in Anthropic's terms, for Claude's model
+    assert (sent["model"], sent["system"], sent["max_tokens"]) == ("claude-haiku-4-5", "Be brief.", 64)
+    assert len(fake_openai.requests) == 1
