@@ -587,7 +587,7 @@ async def test_assistants_get_limits_and_prices(panel):
     assert 'value="0.5"' in form and 'value="1.5"' in form and 'value="20000"' in form
 
 
-async def test_editing_an_assistant_keeps_its_fallbacks_and_sets_the_target_headers_option(panel):
+async def test_the_assistant_form_edits_fallbacks_deadline_and_the_target_headers_option(panel):
     from riceball_proxy.db.assistants import Target
 
     await provider_via_form(panel)
@@ -595,12 +595,35 @@ async def test_editing_an_assistant_keeps_its_fallbacks_and_sets_the_target_head
     primary, backup = sorted(await providers.list_all(panel.pool), key=lambda p: p.name != "up")
     assistant = await assistants.create(panel.pool, name="helper", provider_id=primary.id, model="gpt-4o",
                                         fallbacks=[Target(backup.id, "other")], deadline=12, max_attempts=2)
-    response, _ = await panel.post(f"/admin/assistants/{assistant.id}/edit", {
-        "name": "helper", "provider_id": str(primary.id), "model": "gpt-4o", "system_prompt": "",
-        "enabled": "on", "expose_target": "on"})
+    _, form = await panel.get(f"/admin/assistants/{assistant.id}/edit")
+    assert 'name="fallback_model_0" value="other"' in form and 'name="fallback_model_2"' in form  # 2 empty rows
+    assert 'name="deadline" value="12"' in form
+    base = {"name": "helper", "provider_id": str(primary.id), "model": "gpt-4o", "system_prompt": "",
+            "enabled": "on", "expose_target": "on", "deadline": "12", "max_attempts": "2"}
+    # Add two, the new ones sharing priority 1 by weight; the old one moves to priority 2.
+    rows = {"fallback_provider_0": str(backup.id), "fallback_model_0": "other", "fallback_priority_0": "2",
+            "fallback_weight_0": "1",
+            "fallback_provider_1": str(backup.id), "fallback_model_1": "new-a", "fallback_priority_1": "1",
+            "fallback_weight_1": "3",
+            "fallback_provider_2": str(primary.id), "fallback_model_2": "new-b", "fallback_priority_2": "1",
+            "fallback_weight_2": ""}
+    response, _ = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows)
     assert response.status == 200
     saved = await assistants.get(panel.pool, assistant.id)
-    assert saved.fallbacks == (Target(backup.id, "other"),) and (saved.deadline, saved.max_attempts) == (12, 2)
-    assert saved.expose_target is True
+    assert saved.fallbacks == (Target(backup.id, "other", 1, 2), Target(backup.id, "new-a", 3, 1),
+                               Target(primary.id, "new-b", 1, 1))
+    assert (saved.deadline, saved.max_attempts, saved.expose_target) == (12, 2, True)
+    # A target twice is refused next to the list, nothing saved, what was typed kept.
+    response, text = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows | {
+        "fallback_model_2": "other", "fallback_provider_2": str(backup.id)})
+    assert response.status == 400 and "listed twice" in text and 'value="new-a"' in text
+    assert (await assistants.get(panel.pool, assistant.id)).fallbacks == saved.fallbacks
+    # Remove one, and a weight of 0 is a field error.
+    response, text = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows | {
+        "fallback_weight_1": "0"})
+    assert response.status == 400 and 'id="fallback_weight_1-error"' in text
+    response, _ = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows | {
+        "fallback_remove_0": "on"})
+    assert [t.model for t in (await assistants.get(panel.pool, assistant.id)).fallbacks] == ["new-a", "new-b"]
     _, page = await panel.get(f"/admin/assistants/{assistant.id}")
-    assert "backup" in page and "<code>other</code>" in page and "12 s for all attempts" in page
+    assert "<code>new-a</code>" in page and "12 s for all attempts" in page

@@ -12,6 +12,7 @@ from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
+from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, Target
 from riceball_proxy.errors import APIError
 from riceball_proxy.pricing import model_price
 
@@ -81,6 +82,11 @@ def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
         values["enabled"] = "on"
     if assistant.expose_target:
         values["expose_target"] = "on"
+    for n, target in enumerate(assistant.fallbacks):
+        values |= {f"fallback_provider_{n}": str(target.provider_id), f"fallback_model_{n}": target.model,
+                   f"fallback_weight_{n}": str(target.weight), f"fallback_priority_{n}": str(target.priority)}
+    values["deadline"] = f"{assistant.deadline:g}"
+    values["max_attempts"] = str(assistant.max_attempts)
     for name in ("price_input", "price_output", "price_cached_input"):
         if getattr(assistant, name) is not None:
             values[name] = f"{getattr(assistant, name).normalize():f}"
@@ -100,11 +106,33 @@ async def _render_form(request, assistant, values, errors, *, status=200) -> web
             models_error = "the provider did not answer in time"
         except (LookupError, ValueError) as exc:
             models_error = str(exc)
+    filled = [n for n in range(MAX_FALLBACKS) if values.get(f"fallback_model_{n}")]
     return await render(request, "admin/assistant_form.html", {
         "assistant": assistant, "values": values | {"provider_id": provider_id}, "errors": errors,
         "providers": all_providers, "models": models, "models_error": models_error,
         "numeric_parameters": NUMERIC_PARAMETERS,
+        # The targets there are, and two empty rows to add more (more after saving).
+        "fallback_rows": range(min(MAX_FALLBACKS, (max(filled) + 1 if filled else 0) + 2)),
     }, status=status)
+
+
+#: Fallback rows the form reads at most.
+MAX_FALLBACKS = 20
+
+
+def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
+    """The form's fallback rows (a model filled in, "remove" not ticked), each with its own errors."""
+    targets = []
+    for n in range(MAX_FALLBACKS):
+        model = form.text(f"fallback_model_{n}", max_length=300)
+        if not model or form.flag(f"fallback_remove_{n}"):
+            continue
+        provider = form.choice(f"fallback_provider_{n}", provider_ids)
+        weight = form.number(f"fallback_weight_{n}", minimum=1, maximum=1000, integer=True)
+        priority = form.number(f"fallback_priority_{n}", minimum=1, maximum=100, integer=True)
+        if provider in provider_ids:
+            targets.append(Target(provider_ids[provider], model, weight=weight or 1, priority=priority or n + 1))
+    return targets
 
 
 async def assistant_form(request: web.Request) -> web.Response:
@@ -142,6 +170,9 @@ async def assistant_save(request: web.Request) -> web.Response:
         form.errors[parameter] = "A locked parameter needs a value."
     extra_params = form.json_object("extra_params")
     limits = form.limits()
+    fallbacks = read_fallbacks(form, provider_ids)
+    deadline = form.number("deadline", minimum=0.1, maximum=3600)
+    max_attempts = form.number("max_attempts", minimum=1, maximum=20, integer=True)
     prices = tuple(form.amount(name) for name in ("price_input", "price_output", "price_cached_input"))
     if (prices[0] is None) != (prices[1] is None):
         form.errors["price_input" if prices[0] is None else "price_output"] = "Set both prices, or neither."
@@ -156,10 +187,9 @@ async def assistant_save(request: web.Request) -> web.Response:
         fields = dict(name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
                       parameters=parameters, locked=locked, extra_params=extra_params,
                       allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"),
-                      limits=limits, prices=prices, expose_target=form.flag("expose_target"))
-        if assistant is not None:  # what the form does not edit (yet) stays as it is
-            fields.update(fallbacks=assistant.fallbacks, deadline=assistant.deadline,
-                          max_attempts=assistant.max_attempts)
+                      limits=limits, prices=prices, expose_target=form.flag("expose_target"),
+                      fallbacks=fallbacks, deadline=deadline or DEFAULT_DEADLINE,
+                      max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS)
         try:
             if assistant is None:
                 saved = await assistants.create(pool, **fields)
@@ -167,6 +197,8 @@ async def assistant_save(request: web.Request) -> web.Response:
                 saved = await assistants.update(pool, assistant.id, **fields)
         except assistants.AssistantNameTaken:
             form.errors["name"] = "Another assistant has this name."
+        except assistants.InvalidTargets as exc:
+            form.errors["fallbacks"] = str(exc).capitalize() + "."
         except assistants.InvalidAssistant as exc:
             form.errors["name"] = str(exc)
         else:

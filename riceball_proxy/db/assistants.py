@@ -149,21 +149,25 @@ async def _routing(db, provider_id: int, model: str, fallbacks: Sequence[Target]
     seen = {(provider_id, model)}
     for target in fallbacks:
         if (target.provider_id, target.model) in seen:
-            raise InvalidAssistant(f"the target {target.model!r} of provider {target.provider_id} is listed twice")
+            raise InvalidTargets(f"the target {target.model!r} of provider {target.provider_id} is listed twice")
         seen.add((target.provider_id, target.model))
         if not isinstance(target.weight, int) or target.weight < 1:
-            raise InvalidAssistant(f"a target's weight must be a whole number of 1 or more, not {target.weight!r}")
+            raise InvalidTargets(f"a target's weight must be a whole number of 1 or more, not {target.weight!r}")
         if not isinstance(target.priority, int) or target.priority < 1:
-            raise InvalidAssistant(f"a fallback's priority must be 1 or more, not {target.priority!r}")
+            raise InvalidTargets(f"a fallback's priority must be 1 or more, not {target.priority!r}")
         if not target.model or len(target.model) > 300:
-            raise InvalidAssistant("a target's model must be 1 to 300 characters")
+            raise InvalidTargets("a target's model must be 1 to 300 characters")
     wanted = {target.provider_id for target in fallbacks}
     if wanted:
         known = {row["id"] for row in await db.fetch("SELECT id FROM providers WHERE id = ANY($1::bigint[])",
                                                      list(wanted))}
         if wanted - known:
-            raise InvalidAssistant(f"no provider with id {', '.join(map(str, sorted(wanted - known)))}")
+            raise InvalidTargets(f"no provider with id {', '.join(map(str, sorted(wanted - known)))}")
     return [[target.as_dict() for target in fallbacks], deadline, max_attempts]
+
+
+class InvalidTargets(InvalidAssistant):
+    """The fallback targets given cannot be (an unknown provider, a target twice, a weight below 1...)."""
 
 
 class AssistantNameTaken(InvalidAssistant):
