@@ -76,6 +76,8 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app.cleanup_ctx.append(config_cache_ctx)
     app.cleanup_ctx.append(plugins_ctx)
     app.cleanup_ctx.append(observers_ctx)
+    if settings.redis_url:
+        app.cleanup_ctx.append(shared_circuits_ctx)
     if settings.metrics and settings.metrics_port is not None:
         app.cleanup_ctx.append(metrics_site_ctx)
     app.router.add_get("/", index)
@@ -99,6 +101,16 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_database(app[appkeys.SETTINGS]) as database:
         app[appkeys.DATABASE] = database
         yield
+
+
+async def shared_circuits_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Fallback targets' circuits shared with every other process through Redis."""
+    from riceball_proxy.circuits_shared import SharedCircuits
+
+    shared = SharedCircuits(app[appkeys.CIRCUITS], app[appkeys.SETTINGS].redis_url)
+    await shared.start()
+    yield
+    await shared.close()
 
 
 async def last_used_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -545,11 +545,44 @@ def cmd_assistant_show(args: argparse.Namespace, settings: Settings) -> int:
                                           for t in assistant.fallbacks) or "none",
                     "deadline": f"{assistant.deadline:g} s, at most {assistant.max_attempts} attempts","limits": limits_text(assistant.limits), "price": "-" if assistant.price_input is None else
                     f"${assistant.price_input} in, ${assistant.price_output} out per million tokens"}
+    data["health"] = target_health(settings, assistant, names)
+    shown["health"] = "; ".join(data["health"]) if isinstance(data["health"], list) else data["health"]
     lines = [f"{name + ':':<20} {_cell(shown[name])}" for name in (
         "id", "name", "provider", "model", "enabled", "allow_client_system", "parameters", "locked",
-        "extra_params", "fallbacks", "deadline", "limits", "price", "base_url")]
+        "extra_params", "fallbacks", "deadline", "health", "limits", "price", "base_url")]
     emit(args, data, "\n".join(lines) + f"\nsystem prompt:\n{data['system_prompt'] or '(none)'}")
     return 0
+
+
+def target_health(settings: Settings, assistant: assistants.Assistant, names: dict) -> list[str] | str:
+    """Each target's circuit as the gateways share it in Redis, or why it cannot be known here."""
+    if not settings.redis_url:
+        return "kept by each gateway process without RICEBALL_REDIS_URL: see the assistant's page in the admin panel"
+    from riceball_proxy.circuits_shared import read_all
+
+    async def read():
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return await read_all(client)
+        finally:
+            await client.aclose()
+
+    try:
+        states = asyncio.run(read())
+    except Exception as exc:  # Redis away: say so rather than fail the whole command
+        return f"unknown (Redis: {exc})"
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    health = []
+    for target in assistant.targets:
+        state = states.get((target.provider_id, target.model))
+        label = f"{names.get(target.provider_id, target.provider_id)}:{target.model}"
+        if state is None or state[1] <= now:
+            health.append(f"{label} closed")
+        else:
+            health.append(f"{label} open for {round(state[1] - now)} s ({state[3]})")
+    return health
 
 
 def cmd_assistant_delete(args: argparse.Namespace, settings: Settings) -> int:

@@ -606,22 +606,23 @@ async def test_the_assistant_form_edits_fallbacks_deadline_and_the_target_header
             "fallback_provider_1": str(backup.id), "fallback_model_1": "new-a", "fallback_priority_1": "1",
             "fallback_weight_1": "3",
             "fallback_provider_2": str(primary.id), "fallback_model_2": "new-b", "fallback_priority_2": "1",
-            "fallback_weight_2": ""}
+            "fallback_weight_2": "", "fallback_params_2": '{"temperature": 0.2}'}
     response, _ = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows)
     assert response.status == 200
     saved = await assistants.get(panel.pool, assistant.id)
     assert saved.fallbacks == (Target(backup.id, "other", 1, 2), Target(backup.id, "new-a", 3, 1),
-                               Target(primary.id, "new-b", 1, 1))
+                               Target(primary.id, "new-b", 1, 1, {"temperature": 0.2}))
     assert (saved.deadline, saved.max_attempts, saved.expose_target) == (12, 2, True)
     # A target twice is refused next to the list, nothing saved, what was typed kept.
     response, text = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows | {
         "fallback_model_2": "other", "fallback_provider_2": str(backup.id)})
     assert response.status == 400 and "listed twice" in text and 'value="new-a"' in text
     assert (await assistants.get(panel.pool, assistant.id)).fallbacks == saved.fallbacks
-    # Remove one, and a weight of 0 is a field error.
+    # Remove one; a weight of 0 and parameters that are no JSON object are field errors.
     response, text = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows | {
-        "fallback_weight_1": "0"})
+        "fallback_weight_1": "0", "fallback_params_1": "[1]"})
     assert response.status == 400 and 'id="fallback_weight_1-error"' in text
+    assert 'id="fallback_params_1-error"' in text
     response, _ = await panel.post(f"/admin/assistants/{assistant.id}/edit", base | rows | {
         "fallback_remove_0": "on"})
     assert [t.model for t in (await assistants.get(panel.pool, assistant.id)).fallbacks] == ["new-a", "new-b"]

@@ -377,3 +377,24 @@ def test_fallback_targets_deadline_and_attempts(cli_env, capsys, monkeypatch):
         assert status == 2 and says in err and len(err.strip().splitlines()) == 1
     cleared = run_json(capsys, monkeypatch, "assistant", "update", added["id"], "--fallback", "none")
     assert cleared["fallbacks"] == [] and cleared["deadline"] == 20.0
+
+
+def test_assistant_show_reads_the_shared_circuits(cli_env, capsys, monkeypatch, redis_url):
+    import orjson
+    import redis
+
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "openai", "--type", "openai", "--base-url", "http://h/v1")
+    backup = run_json(capsys, monkeypatch, "provider", "add", "--name", "backup", "--type", "openai",
+                      "--base-url", "http://b/v1")
+    added = run_json(capsys, monkeypatch, "assistant", "add", "--name", "a", "--provider", "openai", "--model",
+                     "gpt-4o", "--fallback", "backup:mini")
+    status, out, _ = run(capsys, monkeypatch, "assistant", "show", added["id"])
+    assert "kept by each gateway process" in out
+    import time
+
+    redis.Redis.from_url(redis_url).hset("riceball:circuits", f"{backup['id']}:mini",
+                                         orjson.dumps([3, time.time() + 60, 5.0, "upstream overloaded", time.time()]))
+    monkeypatch.setenv("RICEBALL_REDIS_URL", redis_url)
+    shown = run_json(capsys, monkeypatch, "assistant", "show", added["id"])
+    assert shown["health"][0] == "openai:gpt-4o closed"
+    assert shown["health"][1].startswith("backup:mini open for ") and "(upstream overloaded)" in shown["health"][1]

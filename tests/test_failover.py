@@ -249,3 +249,40 @@ async def test_an_open_circuit_shows_in_metrics(failing_over, fake_openai):
     assert metrics.get_sample_value("riceball_circuit_open", {"provider": "primary", "model": "gpt-4o"}) == 1
     assert metrics.get_sample_value("riceball_upstream_attempts_total", {
         "provider": "fallback", "model": "backup-model", "outcome": "answered"}) == 3
+
+
+async def test_circuits_are_shared_through_redis(start_gateway, settings, redis_url, fake_openai, second_openai):
+    shared = settings.replace(redis_url=redis_url)
+    one, other = await start_gateway(shared), await start_gateway(shared)
+    primary = await one.provider(fake_openai.base_url, name="primary")
+    fallback = await one.provider(second_openai.base_url, name="fallback")
+    assistant = await one.assistant(primary, fallbacks=[Target(fallback.id, "backup-model")])
+    key = await one.key()
+    fake_openai.error = (500, {"error": {"message": "down"}})
+    async with one.client(assistant.id, key) as client:
+        for _ in range(3):  # opens the primary's circuit in the first gateway
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert len(fake_openai.requests) == 3
+    for _ in range(100):  # the other gateway hears of it
+        if (primary.id, "gpt-4o") in other.app[appkeys.CIRCUITS].state:
+            break
+        await asyncio.sleep(0.02)
+    async with other.client(assistant.id, key) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert answer.choices[0].message.content == "Hello from the fallback"
+    assert len(fake_openai.requests) == 3  # the other gateway did not try the resting primary
+
+
+async def test_a_target_overrides_parameters_for_its_model(start_gateway, settings, fake_openai, second_openai):
+    gateway = await start_gateway(settings)
+    primary = await gateway.provider(fake_openai.base_url)
+    fallback = await gateway.provider(second_openai.base_url)
+    assistant = await gateway.assistant(primary, system_prompt="Be kind.", parameters={"temperature": 1.0},
+                                        fallbacks=[Target(fallback.id, "small", params={"temperature": 0.2})])
+    fake_openai.error = (503, {"error": {"message": "busy"}})
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert fake_openai.last["temperature"] == 1.0 and fake_openai.last["model"] == "gpt-4o"
+    sent = second_openai.last
+    assert (sent["model"], sent["temperature"], sent["messages"][0]) == (
+        "small", 0.2, {"role": "system", "content": "Be kind."})

@@ -84,7 +84,8 @@ def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
         values["expose_target"] = "on"
     for n, target in enumerate(assistant.fallbacks):
         values |= {f"fallback_provider_{n}": str(target.provider_id), f"fallback_model_{n}": target.model,
-                   f"fallback_weight_{n}": str(target.weight), f"fallback_priority_{n}": str(target.priority)}
+                   f"fallback_weight_{n}": str(target.weight), f"fallback_priority_{n}": str(target.priority),
+                   f"fallback_params_{n}": orjson.dumps(dict(target.params)).decode() if target.params else ""}
     values["deadline"] = f"{assistant.deadline:g}"
     values["max_attempts"] = str(assistant.max_attempts)
     for name in ("price_input", "price_output", "price_cached_input"):
@@ -130,8 +131,10 @@ def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
         provider = form.choice(f"fallback_provider_{n}", provider_ids)
         weight = form.number(f"fallback_weight_{n}", minimum=1, maximum=1000, integer=True)
         priority = form.number(f"fallback_priority_{n}", minimum=1, maximum=100, integer=True)
+        params = form.json_object(f"fallback_params_{n}")
         if provider in provider_ids:
-            targets.append(Target(provider_ids[provider], model, weight=weight or 1, priority=priority or n + 1))
+            targets.append(Target(provider_ids[provider], model, weight=weight or 1, priority=priority or n + 1,
+                                  params=params))
     return targets
 
 
@@ -214,7 +217,7 @@ async def assistant_detail(request: web.Request) -> web.Response:
     return await render(request, "admin/assistant.html", {
         "assistant": assistant, "provider": provider, "base_url": base_url, "targets": assistant.targets,
         "provider_names": {p.id: p.name for p in await providers.list_all(db_pool(request))},
-        "circuits": request.config_dict[appkeys.CIRCUITS].health(time.monotonic()),
+        "circuits": request.config_dict[appkeys.CIRCUITS].health(time.time()),
     })
 
 

@@ -33,11 +33,14 @@ CIRCUIT_MAX_COOLDOWN = 300.0
 
 
 class Circuits:
-    """Each target's health in this process: consecutive failures, and until when it is skipped."""
+    """Each target's health in this process: consecutive failures, and until when it is skipped (wall
+    clock, so that processes can share it: ``riceball_proxy.circuits_shared``)."""
 
     def __init__(self) -> None:
-        #: (provider id, model) -> [consecutive failures, skipped until (monotonic), cooldown, last error, when]
+        #: (provider id, model) -> [consecutive failures, skipped until (epoch s), cooldown, last error, when]
         self.state: dict[tuple[int, str], list[Any]] = {}
+        #: Called with a target's key whenever its rest starts or ends (to tell the other processes).
+        self.on_change: Any = None
 
     def closed(self, target: Target, now: float) -> bool:
         state = self.state.get((target.provider_id, target.model))
@@ -49,17 +52,21 @@ class Circuits:
         state[0] += 1
         state[3], state[4] = error.message[:300], time.time()
         retry_after = _seconds((error.headers or {}).get("Retry-After"))
-        if state[0] >= CIRCUIT_FAILURES:
+        opened = state[0] >= CIRCUIT_FAILURES
+        if opened:
             state[2] = min(CIRCUIT_MAX_COOLDOWN, state[2] * 2 if state[2] else CIRCUIT_COOLDOWN)
             state[1] = now + max(state[2], retry_after or 0)
-            return True
-        if retry_after:  # the upstream said when: it is skipped until then
+        elif retry_after:  # the upstream said when: it is skipped until then
             state[1] = now + retry_after
-        return False
+        if (opened or retry_after) and self.on_change is not None:
+            self.on_change((target.provider_id, target.model))
+        return opened
 
     def succeeded(self, target: Target) -> bool:
         """Forget a target's failures; True when its circuit had been opened."""
         state = self.state.pop((target.provider_id, target.model), None)
+        if state is not None and state[1] and self.on_change is not None:
+            self.on_change((target.provider_id, target.model))
         return state is not None and state[0] >= CIRCUIT_FAILURES
 
     def health(self, now: float) -> dict[tuple[int, str], dict[str, Any]]:
@@ -111,7 +118,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
     error: APIError | None = None
     targets = assistant.targets if not assistant.fallbacks else ordered_targets(assistant.targets)
     for target in targets:
-        now = time.monotonic()
+        now = time.time()
         if len(targets) > 1 and not circuits.closed(target, now):
             continue
         if ctx.attempts >= assistant.max_attempts:
@@ -147,7 +154,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, outcome)
             if exc.status not in FAILS_OVER:
                 break
-            if circuits.failed(target, exc, time.monotonic()):
+            if circuits.failed(target, exc, time.time()):
                 metrics.circuit(ctx.provider.name if ctx.provider else "-", target.model, True)
             logger.warning("call %s: attempt %d on %s %s failed (%s %s): %s", ctx.request_id, ctx.attempts,
                            ctx.provider.name if ctx.provider else target.provider_id, target.model, exc.status,
@@ -162,7 +169,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                                     "x-riceball-model": target.model}
         return answer
     if error is None:  # every target skipped: their circuits are open
-        wait = min(circuits.open_targets(time.monotonic()).values(), default=1.0)
+        wait = min(circuits.open_targets(time.time()).values(), default=1.0)
         error = APIError(503, "Every provider of this assistant is failing; they are given a rest before they are "
                               "tried again.", type="api_error", code="upstream_unavailable",
                          headers={"Retry-After": str(max(1, round(wait)))})
