@@ -162,6 +162,18 @@ async def test_equal_priorities_share_calls_by_weight(start_gateway, settings, f
     assert 30 <= tried_m3_first <= 70  # 50 expected
 
 
+async def test_a_target_of_priority_0_shares_the_calls_with_the_primary(start_gateway, settings, fake_openai,
+                                                                        second_openai):
+    gateway = await start_gateway(settings)
+    primary = await gateway.provider(fake_openai.base_url)
+    beside = await gateway.provider(second_openai.base_url)
+    assistant = await gateway.assistant(primary, fallbacks=[Target(beside.id, "m2", weight=1, priority=0)])
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        for _ in range(200):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert 70 <= len(second_openai.requests) <= 130 and len(fake_openai.requests) + len(second_openai.requests) == 200
+
+
 async def test_the_deadline_bounds_all_attempts(failing_over, fake_openai, second_openai):
     gateway, assistant, key = await failing_over(deadline=1.0)
     fake_openai.delay = second_openai.delay = 10

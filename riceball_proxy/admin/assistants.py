@@ -130,10 +130,11 @@ def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
             continue
         provider = form.choice(f"fallback_provider_{n}", provider_ids)
         weight = form.number(f"fallback_weight_{n}", minimum=1, maximum=1000, integer=True)
-        priority = form.number(f"fallback_priority_{n}", minimum=1, maximum=100, integer=True)
+        priority = form.number(f"fallback_priority_{n}", minimum=0, maximum=100, integer=True)
         params = form.json_object(f"fallback_params_{n}")
         if provider in provider_ids:
-            targets.append(Target(provider_ids[provider], model, weight=weight or 1, priority=priority or n + 1,
+            targets.append(Target(provider_ids[provider], model, weight=weight or 1,
+                                  priority=n + 1 if priority is None else priority,
                                   params=params))
     return targets
 

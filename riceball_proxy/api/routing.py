@@ -102,8 +102,8 @@ def ordered_targets(targets: tuple[Target, ...]) -> list[Target]:
 
 def body_for(ctx: ChatContext, target: Target) -> dict[str, Any]:
     """The prepared upstream body with the target's model and parameter overrides."""
-    if target.priority == 0 and not target.params:
-        return ctx.body
+    if target.provider_id == ctx.assistant.provider_id and target.model == ctx.assistant.model and not target.params:
+        return ctx.body  # the primary
     return {**ctx.body, **target.params, "model": target.model}
 
 

@@ -31,8 +31,9 @@ _POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_i
 @dataclasses.dataclass(frozen=True)
 class Target:
     """Where an assistant's calls can go: a provider's model. The primary is the assistant's own
-    ``provider_id``/``model`` (priority 0); fallbacks come after it by ``priority``, and targets of
-    equal priority share the calls by ``weight``. ``params`` override the request's parameters."""
+    ``provider_id``/``model`` (priority 0, weight 1); fallbacks come after it by ``priority`` (0: beside
+    the primary), and targets of equal priority share the calls by ``weight``. ``params`` override the
+    request's parameters."""
 
     provider_id: int
     model: str
@@ -153,8 +154,9 @@ async def _routing(db, provider_id: int, model: str, fallbacks: Sequence[Target]
         seen.add((target.provider_id, target.model))
         if not isinstance(target.weight, int) or target.weight < 1:
             raise InvalidTargets(f"a target's weight must be a whole number of 1 or more, not {target.weight!r}")
-        if not isinstance(target.priority, int) or target.priority < 1:
-            raise InvalidTargets(f"a fallback's priority must be 1 or more, not {target.priority!r}")
+        if not isinstance(target.priority, int) or target.priority < 0:
+            raise InvalidTargets(f"a fallback's priority must be 0 (beside the primary) or more, "
+                                 f"not {target.priority!r}")
         if not target.model or len(target.model) > 300:
             raise InvalidTargets("a target's model must be 1 to 300 characters")
     wanted = {target.provider_id for target in fallbacks}
