@@ -375,6 +375,18 @@ class Gateway:
 
         return openai.OpenAI(base_url=self.base_url(assistant_id), api_key=key, max_retries=0, **options)
 
+    async def usage_rows(self, expected: int) -> list:
+        """The usage rows, oldest first, once ``expected`` of them are written."""
+        from riceball_proxy import appkeys
+
+        for _ in range(200):
+            await self.app[appkeys.USAGE_RECORDER].flush()
+            rows = await self.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
+            if len(rows) >= expected:
+                return rows
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{len(rows)} usage rows, not {expected}")
+
     async def wait_until_listening(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.cache.listening:

@@ -39,16 +39,6 @@ async def failing_over(start_gateway, settings, fake_openai, second_openai):
     return start
 
 
-async def usage_rows(gateway, expected: int):
-    for _ in range(200):
-        await gateway.app[appkeys.USAGE_RECORDER].flush()
-        rows = await gateway.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
-        if len(rows) >= expected:
-            return rows
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{len(rows)} usage rows, not {expected}")
-
-
 def refused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,7 +68,7 @@ async def test_the_fallback_answers_when_the_primary_fails_before_the_first_byte
             text = (await client.chat.completions.create(model="x", messages=MESSAGES)).choices[0].message.content
     assert text == "Hello from the fallback"
     assert second_openai.last["model"] == "backup-model"
-    row = (await usage_rows(gateway, 1))[0]
+    row = (await gateway.usage_rows(1))[0]
     assert (row["status"], row["upstream_model"], row["attempts"]) == (200, "backup-model", 2)
     fallback = await gateway.pool.fetchval("SELECT id FROM providers WHERE name = 'fallback'")
     assert row["provider_id"] == fallback

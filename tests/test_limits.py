@@ -27,17 +27,6 @@ def backend_settings(settings, request):
     return make
 
 
-async def usage_rows(gateway, expected: int):
-    """The usage rows once ``expected`` of them are written."""
-    for _ in range(200):
-        await gateway.app[appkeys.USAGE_RECORDER].flush()
-        rows = await gateway.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
-        if len(rows) >= expected:
-            return rows
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{len(rows)} usage rows, not {expected}")
-
-
 async def test_rpm_five_answers_then_429_with_openai_headers_and_the_window_rolls(start_gateway, backend_settings,
                                                                                  fake_openai):
     gateway = await start_gateway(backend_settings("memory"))
@@ -66,7 +55,7 @@ async def test_rpm_five_answers_then_429_with_openai_headers_and_the_window_roll
         await client.chat.completions.create(model="x", messages=MESSAGES)
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="x", messages=MESSAGES)
-    rows = await usage_rows(gateway, 8)
+    rows = await gateway.usage_rows(8)
     assert [row["status"] for row in rows] == [200] * 5 + [429, 200, 429]
     assert rows[5]["error_code"] == "rate_limit_exceeded"
 
@@ -171,7 +160,7 @@ async def test_a_usd_budget_holds_under_20_concurrent_calls(start_gateway, backe
         assert {r.code for r in refused} == {"insufficient_quota"}
         assert all("budget of $50.00 for this day" in r.message and "it renews at " in r.message for r in refused)
         assert refused[0].response.headers["x-should-retry"] == "false"
-        rows = await usage_rows(gateway, 20)
+        rows = await gateway.usage_rows(20)
         spent = sum(row["cost_usd"] or 0 for row in rows)
         assert spent == Decimal(5) * len(answered) <= Decimal(50)  # never above the budget
         # One by one, calls go on while their worst case ($5.60: 46 tokens estimated and 10) still fits.
@@ -212,7 +201,7 @@ async def test_a_budget_survives_a_restart_from_the_usage_table(start_gateway, b
     async with gateway.client(assistant.id, key) as client:
         for _ in range(2):
             await client.chat.completions.create(model="x", messages=MESSAGES)
-    await usage_rows(gateway, 2)
+    await gateway.usage_rows(2)
     again = await start_gateway(backend_settings("memory"))  # a new process: counters from the usage table
     async with again.client(assistant.id, key) as client:
         with pytest.raises(openai.RateLimitError) as raised:  # 80 spent; a call's worst case (7 + 10) would pass 90
@@ -278,7 +267,7 @@ async def test_cost_comes_from_the_operator_then_genai_prices_else_unknown(start
     for assistant in (known, priced, unknown):
         async with gateway.client(assistant.id, key) as client:
             await client.chat.completions.create(model="x", messages=MESSAGES)
-    rows = {row["assistant_id"]: row for row in await usage_rows(gateway, 3)}
+    rows = {row["assistant_id"]: row for row in await gateway.usage_rows(3)}
     library = genai_prices.calc_price(genai_prices.Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200),
                                       "gpt-4o-mini", provider_id="openai").total_price
     assert rows[known.id]["cost_usd"] == library > 0
