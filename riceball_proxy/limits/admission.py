@@ -29,7 +29,7 @@ from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.limits import Limits, period_bounds
 from riceball_proxy.limits.counters import (Bucket, Budget, Counters, Decision, Settlement, Slots, Unavailable)
-from riceball_proxy.pricing import NANO, Price, price_of
+from riceball_proxy.pricing import NANO, price_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class Reservation:
 
     tokens: int
     nano_usd: int
-    price: Price | None
     token_buckets: list[Bucket]
     budgets: list[Budget]
     slots: list[Slots]
@@ -116,23 +115,25 @@ class Limiter:
         nano_usd = price.nano_usd(prompt, tokens - prompt) if price else 0
         now = time.time() * 1000
         checks: list = []
-        reservation = Reservation(tokens, nano_usd, price, [], [], [])
+        reservation = Reservation(tokens, nano_usd, [], [], [])
         for scope, limits, owner in (("key", key_limits, ctx.principal and ctx.principal.key_id),
                                      ("assistant", assistant_limits, ctx.assistant.id)):
             if limits:
                 self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now)
         if time.monotonic() < self._down_until:
-            return self._unavailable(ctx, None)
+            return self._unavailable(None)
         try:
             decision = await self.counters.admit(checks, self._load)
         except Unavailable as exc:
             self._down_until = time.monotonic() + RETRY_UNAVAILABLE_AFTER
-            return self._unavailable(ctx, exc)
-        ctx.response_headers = rate_headers(checks, decision)
+            return self._unavailable(exc)
+        headers = rate_headers(checks, decision)
+        if headers:  # beside those another admission plugin may have set
+            ctx.response_headers = {**(ctx.response_headers or {}), **headers}
         if not decision.admitted:
             if self.metrics is not None:
                 self.metrics.limited(type(decision.refused).__name__.lower())
-            raise refusal(decision, checks, ctx)
+            raise refusal(decision)
         ctx.stash["limits"] = reservation
 
     def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
@@ -166,7 +167,7 @@ class Limiter:
         nano_usd, tokens = await self.load_spent(scope, owner, start, db)
         return nano_usd if kind == "usd" else tokens
 
-    def _unavailable(self, ctx: ChatContext, exc: Exception | None) -> None:
+    def _unavailable(self, exc: Exception | None) -> None:
         if exc is not None:
             logger.warning("limit counters (%s) unavailable, calls are %s until they are back: %s",
                            self.counters.name, "admitted" if self.fail_open else "refused", exc)
@@ -275,7 +276,7 @@ def rate_headers(checks: list, decision: Decision) -> dict[str, str] | None:
     return headers or None
 
 
-def refusal(decision: Decision, checks: list, ctx: ChatContext) -> APIError:
+def refusal(decision: Decision) -> APIError:
     """The 429 for a refused call, in OpenAI's words: ``rate_limit_exceeded`` or ``insufficient_quota``."""
     check = decision.refused
     scope = "key" if check.key.startswith("k:") else "assistant"
