@@ -23,6 +23,7 @@ from riceball_proxy.api.stages import CHAT_CONTEXT
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
+from riceball_proxy.declared.apply import start_up_applier
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import InFlight
 from riceball_proxy.lastused import LastUsedWriter
@@ -97,8 +98,11 @@ async def drain_in_flight(app: web.Application) -> None:
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open (and migrate) the database for the app's lifetime."""
-    async with open_database(app[appkeys.SETTINGS]) as database:
+    """Open (and migrate) the database for the app's lifetime; apply RICEBALL_CONFIG_FILE under the
+    migration lock."""
+    settings = app[appkeys.SETTINGS]
+    then = start_up_applier(settings, app[appkeys.SECRET_BOX], provider_types(app[appkeys.PLUGIN_MANAGER]))
+    async with open_database(settings, then=then) as database:
         app[appkeys.DATABASE] = database
         yield
 
@@ -141,7 +145,14 @@ async def config_cache_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.HTTP_SESSION],
     )
     app[appkeys.CONFIG_CACHE] = cache
-    listener = asyncio.create_task(cache.listen(app[appkeys.DATABASE].url), name="riceball-config-listener")
+    settings = app[appkeys.SETTINGS]
+    if settings.database_pooled and settings.listen_database_url is None:
+        logger.warning("no connection listens for configuration changes (RICEBALL_LISTEN_DATABASE_URL=none): "
+                       "changes made elsewhere are served within %g s", settings.cache_ttl)
+        keeper = cache.expire(settings.cache_ttl)
+    else:
+        keeper = cache.listen(settings.listen_database_url or app[appkeys.DATABASE].url)
+    listener = asyncio.create_task(keeper, name="riceball-config-listener")
     yield
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -3,7 +3,9 @@
 Triggers (migration 0002) notify channel ``riceball_config`` with ``<table>:<id>`` on every change.
 A dedicated connection listens; each notification drops the matching entry. While that connection
 is down every lookup reads the database (nothing new is cached), and all entries are dropped when it
-comes back, so a change made while it was down is never served stale. When the database itself cannot
+comes back, so a change made while it was down is never served stale. Behind a pooler in transaction
+mode LISTEN needs a direct connection (RICEBALL_LISTEN_DATABASE_URL); without one, entries live a few
+seconds instead (:meth:`ConfigCache.expire`). When the database itself cannot
 be reached, lookups fall back to the entries held from before: requests keep being served through an
 outage, and nobody can change a key or an assistant meanwhile anyway.
 """
@@ -196,6 +198,17 @@ class ConfigCache:
                 self.flush()
         except ValueError:
             self.flush()
+
+    async def expire(self, ttl: float) -> None:
+        """Where no connection can listen (a pooler in transaction mode and no direct URL): keep entries,
+        and drop them all every ``ttl`` seconds, so that a change is served within ``ttl``. Until cancelled."""
+        self.listening = True
+        try:
+            while True:
+                await asyncio.sleep(ttl)
+                self.flush()
+        finally:
+            self.listening = False
 
     async def listen(self, url: str) -> None:
         """Listen for changes until cancelled, reconnecting whenever the connection is lost."""

@@ -43,6 +43,7 @@ from riceball_proxy.commands import (
     cmd_serve,
 )
 from riceball_proxy.db import providers
+from riceball_proxy.declared.commands import cmd_apply, cmd_export
 from riceball_proxy.limits import PERIODS
 from riceball_proxy.logs import configure_logging
 from riceball_proxy.settings import Settings, SettingsError
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=_positive_int, default=1, help="worker processes sharing the port")
 
     command(commands, "migrate", cmd_migrate, "apply pending database migrations")
+
+    apply = command(commands, "apply", cmd_apply,
+                    "make the providers, assistants and API keys match a configuration file")
+    apply.add_argument("-f", "--file", required=True, metavar="FILE", help="the file (YAML or JSON; - for stdin)")
+    apply.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    apply.add_argument("--prune", action="store_true",
+                       help="also delete what the file does not name (keys are revoked)")
+    apply.add_argument("--yes", action="store_true", help="--prune without asking")
+    command(commands, "export", cmd_export, "print the configuration as a file that apply accepts")
 
     admin = commands.add_parser("admin", help="manage admin accounts").add_subparsers(
         title="admin commands", metavar="COMMAND", required=True

@@ -153,9 +153,11 @@ def read_stdin_secret(what: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from riceball_proxy.declared.commands import check_start_up_file
     from riceball_proxy.server import serve
 
     settings = settings.replace(host=args.host or settings.host, port=args.port or settings.port)
+    check_start_up_file(settings)
     serve(settings, workers=args.workers)
     return 0
 

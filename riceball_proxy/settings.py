@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +56,18 @@ class Settings:
     limits_fail: str = "open"
     #: Processes serving this port (``riceball serve --workers N``).
     workers: int = 1
+    #: A direct connection for LISTEN when ``database_url`` goes through a pooler in transaction mode.
+    listen_database_url: str | None = dataclasses.field(default=None, repr=False)
+    #: ``database_url`` is a pooler in transaction mode (RICEBALL_LISTEN_DATABASE_URL is set, to a URL or
+    #: ``none``): no prepared statement outlives its transaction, and LISTEN goes elsewhere or nowhere.
+    database_pooled: bool = False
+    #: Seconds cached keys, assistants and providers are kept when there is no listen connection.
+    cache_ttl: float = 2.0
+    #: A configuration file applied at start-up (``riceball apply``), and whether that prunes.
+    config_file: Path | None = None
+    config_prune: bool = False
+    #: Networks of the proxies whose X-Forwarded-For names the client (none: the peer is the client).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +103,16 @@ class Settings:
         limits_fail = (get("RICEBALL_LIMITS_FAIL") or "open").lower()
         if limits_fail not in ("open", "closed"):
             raise SettingsError("RICEBALL_LIMITS_FAIL must be open or closed")
+        listen_url = get("RICEBALL_LISTEN_DATABASE_URL")
+        if listen_url is not None and listen_url.lower() != "none" \
+                and not listen_url.startswith(("postgres://", "postgresql://")):
+            raise SettingsError("RICEBALL_LISTEN_DATABASE_URL must start with postgresql:// (or be none)")
+        if listen_url is not None and database_url is None:
+            raise SettingsError("RICEBALL_LISTEN_DATABASE_URL needs RICEBALL_DATABASE_URL (the pooler's address)")
+        config_prune = (get("RICEBALL_CONFIG_PRUNE") or "off").lower()
+        if config_prune not in ("on", "off"):
+            raise SettingsError("RICEBALL_CONFIG_PRUNE must be on or off")
+        config_file = get("RICEBALL_CONFIG_FILE")
         return cls(
             database_url=database_url,
             data_dir=Path(get("RICEBALL_DATA_DIR") or "var"),
@@ -112,6 +135,12 @@ class Settings:
             redis_url=redis_url,
             limits_backend=limits_backend,
             limits_fail=limits_fail,
+            listen_database_url=None if listen_url is None or listen_url.lower() == "none" else listen_url,
+            database_pooled=listen_url is not None,
+            cache_ttl=_number(env, "RICEBALL_CACHE_TTL", 2.0, 0.1, 3600),
+            config_file=None if config_file is None else Path(config_file),
+            config_prune=config_prune == "on",
+            trusted_proxies=_networks(get("RICEBALL_TRUSTED_PROXIES") or ""),
         )
 
     @property
@@ -152,6 +181,18 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return value
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in raw.replace(" ", ",").split(","):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise SettingsError(f"RICEBALL_TRUSTED_PROXIES takes addresses and networks (10.0.0.0/8), "
+                                    f"not {part!r}") from None
+    return tuple(networks)
 
 
 def _names(raw: str) -> frozenset[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import orjson
@@ -69,19 +69,28 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(embedded.close)
 
 
+def connect_options(settings: Settings) -> dict:
+    """asyncpg's options for connections to ``database_url``: behind a pooler in transaction mode no
+    prepared statement may outlive its transaction, so none is cached (each is prepared unnamed)."""
+    return {"statement_cache_size": 0} if settings.database_pooled else {}
+
+
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Database]:
-    """Open the database for these settings, apply pending migrations, and close it all on exit."""
+async def open_database(settings: Settings, *, min_size: int = 1, max_size: int = 10,
+                        then: Callable[[asyncpg.Connection], Awaitable] | None = None) -> AsyncIterator[Database]:
+    """Open the database for these settings, apply pending migrations (and ``then(conn)`` in their
+    transaction, under their lock), and close it all on exit."""
     async with database_url(settings) as url:
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT, **connect_options(settings))
         try:
-            applied = await apply_migrations(conn)
+            await init_connection(conn)
+            applied = await apply_migrations(conn, then)
         finally:
             await conn.close()
         for migration in applied:
             logger.info("applied migration %04d_%s", migration.version, migration.name)
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
-                                         timeout=CONNECT_TIMEOUT)
+                                         timeout=CONNECT_TIMEOUT, **connect_options(settings))
         try:
             yield Database(pool, url)
         finally:

@@ -85,6 +85,18 @@ class Assistant:
         """The primary, then the fallbacks."""
         return (Target(self.provider_id, self.model, priority=0), *self.fallbacks)
 
+    def fields(self) -> dict[str, Any]:
+        """The configuration as the keyword arguments :func:`create` and :func:`update` take."""
+        return {
+            "name": self.name, "provider_id": self.provider_id, "model": self.model,
+            "system_prompt": self.system_prompt, "parameters": dict(self.parameters), "locked": self.locked,
+            "extra_params": dict(self.extra_params), "allow_client_system": self.allow_client_system,
+            "enabled": self.enabled, "limits": self.limits,
+            "prices": (self.price_input, self.price_output, self.price_cached_input),
+            "fallbacks": self.fallbacks, "deadline": self.deadline, "max_attempts": self.max_attempts,
+            "expose_target": self.expose_target,
+        }
+
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Assistant:
         return cls(

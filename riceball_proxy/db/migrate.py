@@ -1,13 +1,16 @@
 """Numbered SQL migrations, applied in order and once, under an advisory lock.
 
-Each file in ``riceball_proxy/db/migrations`` is named ``NNNN_description.sql``. Two instances
-starting together both take the same session-level advisory lock, so one applies what is missing
-while the other waits, then finds nothing left to do.
+Each file in ``riceball_proxy/db/migrations`` is named ``NNNN_description.sql``. The pending ones are
+applied in one transaction that holds a transaction-level advisory lock: two instances starting together
+take turns (one applies what is missing while the other waits, then finds nothing left to do), a failed
+migration leaves the schema as it was, and the lock is released with the transaction, which also holds
+through a connection pooler in transaction mode (a session-level lock would not).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import asyncpg
@@ -40,10 +43,12 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply every migration not yet applied; return those this call applied."""
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-    try:
+async def apply_migrations(conn: asyncpg.Connection, then: Callable[[asyncpg.Connection], Awaitable] | None = None
+                           ) -> list[Migration]:
+    """Apply every migration not yet applied; return those this call applied. ``then(conn)`` runs after them
+    in the same transaction, under the same lock (the start-up configuration file is applied there)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(
             """
             CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -58,14 +63,13 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[Migration]:
         for migration in available_migrations():
             if migration.version in applied:
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
             done.append(migration)
+        if then is not None:
+            await then(conn)
         return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)

@@ -1,0 +1,122 @@
+"""``riceball apply`` and ``riceball export``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from riceball_proxy import crypto
+from riceball_proxy.commands import CommandError, emit, run_db
+from riceball_proxy.declared.apply import Outcome, apply
+from riceball_proxy.declared.export import dump, export
+from riceball_proxy.declared.schema import ConfigFileError, load, resolve_secrets
+from riceball_proxy.plugins import make_plugin_manager
+from riceball_proxy.providers import provider_types
+from riceball_proxy.settings import Settings
+
+_SIGNS = {"created": "+", "updated": "~", "deleted": "-"}
+
+
+def file_error(exc: ConfigFileError, path: Any) -> CommandError:
+    """The error that reports a file's problems, one a line, each with its path in the file."""
+    lines = "\n".join(f"  {problem}" for problem in exc.problems)
+    return CommandError(f"{path} cannot be applied:\n{lines}", {"problems": exc.problems})
+
+
+def check_start_up_file(settings: Settings) -> None:
+    """Before ``serve`` starts anything: RICEBALL_CONFIG_FILE read, checked and tried in a rolled-back
+    transaction, so that a file that cannot be applied stops the start with its problems."""
+    if settings.config_file is None:
+        return
+    try:
+        config = load(settings.config_file)
+        secrets, _ = resolve_secrets(config)
+        types = provider_types(make_plugin_manager(settings))
+        box = crypto.load_secret_box(settings)
+        run_db(settings, lambda pool: apply(pool, config, secrets=secrets, secret_box=box, provider_types=types,
+                                            prune=settings.config_prune, dry_run=True))
+    except ConfigFileError as exc:
+        raise file_error(exc, f"RICEBALL_CONFIG_FILE ({settings.config_file})") from None
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        config = load(args.file)
+        secrets, warnings = resolve_secrets(config)
+    except ConfigFileError as exc:
+        raise file_error(exc, args.file) from None
+    if not args.json:
+        for warning in warnings:
+            print(f"riceball: warning: {warning}", file=sys.stderr)
+    types = provider_types(make_plugin_manager(settings))
+    box = crypto.load_secret_box(settings)
+
+    def run(dry_run: bool) -> Outcome:
+        try:
+            return run_db(settings, lambda pool: apply(pool, config, secrets=secrets, secret_box=box,
+                                                       provider_types=types, prune=args.prune, dry_run=dry_run,
+                                                       warnings=warnings))
+        except ConfigFileError as exc:
+            raise file_error(exc, args.file) from None
+
+    if args.prune and not (args.yes or args.json or args.dry_run):
+        doomed = run(dry_run=True).of("deleted")
+        if doomed and not _confirmed(doomed):
+            raise CommandError("--prune would delete " + ", ".join(f"{c.kind} {c.name!r}" for c in doomed)
+                               + "; nothing was changed (add --yes to go ahead)")
+    outcome = run(dry_run=args.dry_run)
+    if args.json:
+        sys.stdout.write(orjson.dumps(outcome.as_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(outcome_text(outcome) + "\n")
+    return 0
+
+
+def _confirmed(doomed) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    print("This deletes (keys are revoked):", file=sys.stderr)
+    for change in doomed:
+        print(f"  - {change.kind} {change.name}", file=sys.stderr)
+    return input("Go ahead? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def outcome_text(outcome: Outcome) -> str:
+    """What apply did (or would do), a line an object, unchanged ones counted."""
+    lines = ["dry run: nothing was written"] if outcome.dry_run else []
+    for change in outcome.changes:
+        if change.action == "unchanged":
+            continue
+        line = f"{_SIGNS[change.action]} {change.kind} {change.name}"
+        if change.fields:
+            line += ": " + "; ".join(f"{name} {_value(old)} -> {_value(new)}" if old != "(changed)" else
+                                     f"{name} changed" for name, old, new in change.fields)
+        elif change.action == "deleted" and change.kind == "key":
+            line += " (revoked)"
+        lines.append(line)
+    unchanged = len(outcome.of("unchanged"))
+    lines.append(f"{unchanged} unchanged" if outcome.changed else f"nothing to change ({unchanged} unchanged)")
+    created_keys = [change for change in outcome.changes if change.secret]
+    if created_keys:
+        lines.append("")
+        lines += [f"key {change.name}: {change.secret}" for change in created_keys]
+        lines.append("This is the only time these keys are shown: store them now.")
+    return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    data, variables = run_db(settings, export)
+    if args.json:
+        emit(args, data, "")
+    else:
+        sys.stdout.write(dump(data))
+    if variables:
+        print(f"riceball: the file reads provider keys from {', '.join(variables)}: set them before applying it",
+              file=sys.stderr)
+    return 0

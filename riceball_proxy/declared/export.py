@@ -1,0 +1,124 @@
+"""The database's configuration as a file that ``riceball apply`` accepts and re-applies unchanged.
+
+Defaults are left out, so the file says only what differs from them. Provider keys are never written:
+a provider that has one gets ``api_key: ${NAME_API_KEY}`` (its name in capitals), and :func:`export`
+returns those variable names so that the caller can say which to set.
+"""
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from riceball_proxy.db import api_keys, assistants, providers
+from riceball_proxy.declared.schema import VERSION, AssistantSpec, LimitsSpec, ProviderSpec, TargetSpec
+
+
+def secret_variable(provider_name: str) -> str:
+    """The environment variable an exported file reads a provider's key from."""
+    return re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_") + "_API_KEY"
+
+
+async def export(db) -> tuple[dict[str, Any], list[str]]:
+    """The configuration (as plain data, in the file's shape) and the variables its provider keys come from."""
+    all_providers = await providers.list_all(db)
+    provider_names = {provider.id: provider.name for provider in all_providers}
+    all_assistants = await assistants.list_all(db)
+    assistant_names = {assistant.id: assistant.name for assistant in all_assistants}
+    variables = []
+    data: dict[str, Any] = {"version": VERSION, "providers": [], "assistants": [], "keys": []}
+    for provider in all_providers:
+        item = {"name": provider.name, "type": provider.type, "base_url": provider.base_url}
+        if provider.has_api_key:
+            variables.append(secret_variable(provider.name))
+            item["api_key"] = "${%s}" % variables[-1]
+        item |= _without_defaults(ProviderSpec, {
+            "connect_timeout": provider.connect_timeout, "read_timeout": provider.read_timeout,
+            "max_connections": provider.max_connections, "queue_timeout": provider.queue_timeout})
+        data["providers"].append(item)
+    for assistant in all_assistants:
+        item = {"name": assistant.name, "provider": provider_names[assistant.provider_id], "model": assistant.model}
+        item |= _without_defaults(AssistantSpec, {
+            "system_prompt": assistant.system_prompt, **assistant.parameters,
+            "locked": [name for name in assistants.PARAMETERS if name in assistant.locked],
+            "extra_params": dict(assistant.extra_params), "allow_client_system": assistant.allow_client_system,
+            "enabled": assistant.enabled})
+        limits = _limits(assistant.limits)
+        if limits:
+            item["limits"] = limits
+        if assistant.price_input is not None:
+            item["prices"] = {"input": _amount(assistant.price_input), "output": _amount(assistant.price_output)}
+            if assistant.price_cached_input is not None:
+                item["prices"]["cached_input"] = _amount(assistant.price_cached_input)
+        if assistant.fallbacks:
+            item["fallbacks"] = [
+                {"provider": provider_names[target.provider_id], "model": target.model}
+                | _without_defaults(TargetSpec, {"weight": target.weight, "params": dict(target.params)})
+                | {"priority": target.priority}
+                for target in assistant.fallbacks]
+        item |= _without_defaults(AssistantSpec, {
+            "deadline": assistant.deadline, "max_attempts": assistant.max_attempts,
+            "expose_target": assistant.expose_target})
+        data["assistants"].append(item)
+    for key in reversed(await api_keys.list_all(db)):  # oldest first, as they were made
+        if key.revoked_at is not None:
+            continue
+        item = {"name": key.name}
+        if key.assistant_ids is not None:
+            item["assistants"] = [assistant_names[i] for i in key.assistant_ids if i in assistant_names]
+        if key.expires_at is not None:
+            item["expires_at"] = key.expires_at
+        limits = _limits(key.limits)
+        if limits:
+            item["limits"] = limits
+        data["keys"].append(item)
+    return {kind: value for kind, value in data.items() if value or kind == "version"}, variables
+
+
+def _without_defaults(spec, values: dict[str, Any]) -> dict[str, Any]:
+    fields = spec.model_fields
+    return {name: value for name, value in values.items()
+            if not (name in fields and fields[name].default == value)}
+
+
+def _limits(limits) -> dict[str, Any]:
+    values = {name: getattr(limits, name) for name in LimitsSpec.model_fields}
+    if values["budget_usd"] is not None:
+        values["budget_usd"] = _amount(values["budget_usd"])
+    return {name: value for name, value in values.items()
+            if value is not None and not (name == "budget_period" and value == "month")}
+
+
+def _amount(value: Decimal) -> Decimal:
+    """An amount without the database's trailing zeros: 0.150000 is 0.15."""
+    text = format(value, "f")
+    return Decimal(text.rstrip("0").rstrip(".") if "." in text else text)
+
+
+# --- YAML --------------------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text as blocks, exact decimals as plain numbers."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value and not any(c in value for c in "\r\t") and value == value.rstrip(" ") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _decimal(dumper: yaml.SafeDumper, value: Decimal):
+    text = format(_amount(value), "f")
+    tag = "tag:yaml.org,2002:float" if "." in text else "tag:yaml.org,2002:int"
+    return dumper.represent_scalar(tag, text)
+
+
+_Dumper.add_representer(str, _text)
+_Dumper.add_representer(Decimal, _decimal)
+
+
+def dump(data: dict[str, Any]) -> str:
+    """The file's text."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)

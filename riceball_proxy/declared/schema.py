@@ -1,0 +1,296 @@
+"""The configuration file's format, checked before anything is written.
+
+A file (YAML, or JSON, which is YAML too) declares ``providers``, ``assistants`` and ``keys``, each a list
+of objects named uniquely within it; docs/configuration.md shows a complete one. :func:`load` reads and
+checks it, returning a :class:`ConfigFile` or raising :class:`ConfigFileError` whose lines each name a
+path in the file: ``assistants[1].temperature: must be between 0 and 2``.
+
+Secrets never need to be in the file: a provider's ``api_key`` may be ``${ENV_NAME}``, read from the
+environment, or the provider gives ``api_key_file: /path``. :func:`resolve_secrets` reads them.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, PARAMETERS
+from riceball_proxy.db.providers import DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_TIMEOUT
+from riceball_proxy.limits import MAX_BUDGET_USD, PERIODS
+
+#: The format's version; a file may say ``version: 1``.
+VERSION = 1
+#: A value that is an environment variable's name: ``${OPENAI_API_KEY}``.
+ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: Largest file read, in bytes.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+class ConfigFileError(ValueError):
+    """The file cannot be applied; ``problems`` are lines of the form ``path: what is wrong``."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def between(low: float, high: float):
+    """A check that a number lies in [low, high], saying so in those words."""
+
+    def check(value):
+        if value is not None and not low <= value <= high:  # NaN fails too
+            raise ValueError(f"must be between {_text(low)} and {_text(high)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _decimal_places(places: int):
+    def check(value: Decimal | None) -> Decimal | None:
+        if value is not None and value.is_finite() and value.as_tuple().exponent < -places:
+            raise ValueError(f"must have at most {places} decimal places")
+        return value
+
+    return AfterValidator(check)
+
+
+def _json_value(value: Any) -> Any:
+    """Only what JSON can hold (YAML also has dates, sets, binary...)."""
+    try:
+        return orjson.loads(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError):
+        raise ValueError("must hold only JSON values (text, numbers, booleans, null, lists, mappings)") from None
+
+
+def _stop(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Seconds = Annotated[float, between(0.001, 86_400)]
+Amount = Annotated[Decimal, between(0, 10**9 - 1), _decimal_places(6)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
+Parameter = Literal[PARAMETERS]
+
+
+class Strict(BaseModel):
+    """Unknown fields are mistakes, not extensions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsSpec(Strict):
+    rpm: Annotated[int, between(1, 2**31 - 1)] | None = None
+    tpm: Annotated[int, between(1, 2**31 - 1)] | None = None
+    max_parallel: Annotated[int, between(1, 2**31 - 1)] | None = None
+    budget_usd: Annotated[Decimal, between(0.000001, MAX_BUDGET_USD), _decimal_places(6)] | None = None
+    budget_tokens: Annotated[int, between(1, 2**62)] | None = None
+    budget_period: Literal[PERIODS] = "month"
+
+
+class PricesSpec(Strict):
+    """USD per million tokens."""
+
+    input: Amount
+    output: Amount
+    cached_input: Amount | None = None
+
+
+class ProviderSpec(Strict):
+    name: Name
+    type: Annotated[str, Field(min_length=1, max_length=100)]
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+", max_length=2000)]
+    #: The upstream's key: ``${ENV_NAME}`` (or, with a warning, the key itself).
+    api_key: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
+    #: A file holding the upstream's key (surrounding white space is ignored).
+    api_key_file: Path | None = None
+    connect_timeout: Seconds = 10.0
+    read_timeout: Seconds = 300.0
+    max_connections: Annotated[int, between(1, 100_000)] = DEFAULT_MAX_CONNECTIONS
+    queue_timeout: Annotated[float, between(0, 3600)] = DEFAULT_QUEUE_TIMEOUT
+
+    @model_validator(mode="after")
+    def _one_secret(self):
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give api_key or api_key_file, not both")
+        return self
+
+
+class TargetSpec(Strict):
+    provider: Name
+    model: Annotated[str, Field(min_length=1, max_length=300)]
+    #: 0: shares the primary's calls by weight; 1, 2...: tried when those before failed. Default: its place.
+    priority: Annotated[int, between(0, 100)] | None = None
+    weight: Annotated[int, between(1, 1000)] = 1
+    params: JsonObject = {}
+
+
+class AssistantSpec(Strict):
+    name: Name
+    provider: Name
+    model: Annotated[str, Field(min_length=1, max_length=300)]
+    system_prompt: Annotated[str, Field(max_length=100_000)] = ""
+    temperature: Annotated[float, between(0, 2)] | None = None
+    top_p: Annotated[float, between(0, 1)] | None = None
+    max_tokens: Annotated[int, between(1, 2**31 - 1)] | None = None
+    presence_penalty: Annotated[float, between(-2, 2)] | None = None
+    frequency_penalty: Annotated[float, between(-2, 2)] | None = None
+    seed: Annotated[int, between(-(2**63), 2**63 - 1)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_stop),
+                    Field(min_length=1, max_length=4)] | None = None
+    #: Parameters whose value here wins over the client's.
+    locked: list[Parameter] = []
+    extra_params: JsonObject = {}
+    allow_client_system: bool = True
+    enabled: bool = True
+    limits: LimitsSpec = LimitsSpec()
+    prices: PricesSpec | None = None
+    fallbacks: Annotated[list[TargetSpec], Field(max_length=20)] = []
+    deadline: Annotated[float, between(0.1, 3600)] = DEFAULT_DEADLINE
+    max_attempts: Annotated[int, between(1, 20)] = DEFAULT_MAX_ATTEMPTS
+    expose_target: bool = False
+
+    @model_validator(mode="after")
+    def _locks_have_values(self):
+        unset = [name for name in self.locked if getattr(self, name) is None]
+        if unset:
+            raise ValueError(f"a locked parameter needs a value: {', '.join(unset)}")
+        return self
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in PARAMETERS if getattr(self, name) is not None}
+
+
+class KeySpec(Strict):
+    name: Name
+    #: The assistants (by name) the key may call; absent: every assistant.
+    assistants: list[Name] | None = None
+    expires_at: datetime.datetime | None = None
+    limits: LimitsSpec = LimitsSpec()
+
+    @model_validator(mode="after")
+    def _aware(self):
+        if self.expires_at is not None and self.expires_at.tzinfo is None:  # a time without a zone is UTC
+            object.__setattr__(self, "expires_at", self.expires_at.replace(tzinfo=datetime.timezone.utc))
+        return self
+
+
+class ConfigFile(Strict):
+    version: Literal[VERSION] = VERSION
+    providers: list[ProviderSpec] = []
+    assistants: list[AssistantSpec] = []
+    keys: list[KeySpec] = []
+
+
+
+def parse(text: str) -> ConfigFile:
+    """Check a file's text; ConfigFileError names every problem found."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigFileError([f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(["the file must hold a mapping with providers, assistants and keys"])
+    try:
+        config = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigFileError([_problem(error) for error in exc.errors()]) from None
+    problems = []
+    for kind in ("providers", "assistants", "keys"):
+        seen: dict[str, int] = {}
+        for index, item in enumerate(getattr(config, kind)):
+            if item.name in seen:
+                problems.append(f"{kind}[{index}].name: {item.name!r} is also the name of {kind}[{seen[item.name]}]")
+            seen.setdefault(item.name, index)
+    if problems:
+        raise ConfigFileError(problems)
+    return config
+
+
+def load(path: str | Path) -> ConfigFile:
+    """Read and check the file at ``path`` (``-``: standard input)."""
+    if str(path) == "-":
+        import sys
+
+        return parse(sys.stdin.read(MAX_FILE_BYTES + 1)[:MAX_FILE_BYTES])
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(MAX_FILE_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigFileError([f"{path}: cannot be read ({exc.strerror if isinstance(exc, OSError) else exc})"]) \
+            from None
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigFileError([f"{path}: larger than {MAX_FILE_BYTES // 1024 // 1024} MiB"])
+    return parse(text)
+
+
+def _problem(error: dict) -> str:
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    kind = error["type"]
+    if kind == "missing":
+        message = "is required"
+    elif kind == "extra_forbidden":
+        message = "is not a known field"
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"])
+    elif kind == "string_pattern_mismatch" and path.endswith("base_url"):
+        message = "must be an http:// or https:// URL"
+    else:
+        message = error["msg"]
+        if message.startswith("Input should be"):
+            message = "must be" + message[len("Input should be"):]
+        elif message.startswith("Input "):
+            message = message[len("Input "):]
+    return f"{path or 'the file'}: {message}"
+
+
+def resolve_secrets(config: ConfigFile, environ=None) -> tuple[dict[str, str | None], list[str]]:
+    """Each provider's upstream key (by provider name; None: no key), and warnings; ConfigFileError when a
+    variable is unset or a file cannot be read."""
+    env = os.environ if environ is None else environ
+    secrets: dict[str, str | None] = {}
+    problems, warnings = [], []
+    for index, provider in enumerate(config.providers):
+        where = f"providers[{index}]"
+        secret = None
+        if provider.api_key is not None:
+            reference = ENV_REFERENCE.match(provider.api_key)
+            if reference:
+                secret = env.get(reference[1], "").strip() or None
+                if secret is None:
+                    problems.append(f"{where}.api_key: the environment variable {reference[1]} is not set")
+            elif "${" in provider.api_key:
+                problems.append(f"{where}.api_key: write a reference as the whole value, like ${{OPENAI_API_KEY}}")
+            else:
+                secret = provider.api_key
+                warnings.append(f"{where}.api_key: the key itself is written in the file; "
+                                "prefer ${ENV_NAME} or api_key_file")
+        elif provider.api_key_file is not None:
+            try:
+                secret = provider.api_key_file.read_text(encoding="utf-8").strip() or None
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{where}.api_key_file: cannot be read "
+                                f"({exc.strerror if isinstance(exc, OSError) else 'not text'})")
+            else:
+                if secret is None:
+                    problems.append(f"{where}.api_key_file: the file is empty")
+        secrets[provider.name] = secret
+    if problems:
+        raise ConfigFileError(problems)
+    return secrets, warnings
