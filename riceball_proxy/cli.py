@@ -40,6 +40,7 @@ from riceball_proxy.commands import (
     cmd_provider_list,
     cmd_provider_test,
     cmd_provider_update,
+    cmd_reencrypt,
     cmd_serve,
 )
 from riceball_proxy.db import providers
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also delete what the file does not name (keys are revoked)")
     apply.add_argument("--yes", action="store_true", help="--prune without asking")
     command(commands, "export", cmd_export, "print the configuration as a file that apply accepts")
+    command(commands, "reencrypt", cmd_reencrypt,
+            "encrypt every stored provider API key anew under the first key of RICEBALL_SECRET_KEY")
 
     admin = commands.add_parser("admin", help="manage admin accounts").add_subparsers(
         title="admin commands", metavar="COMMAND", required=True

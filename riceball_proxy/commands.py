@@ -172,6 +172,32 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reencrypt(args: argparse.Namespace, settings: Settings) -> int:
+    box = crypto.load_secret_box(settings)
+
+    async def work(pool):
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch("SELECT id, name, api_key_encrypted FROM providers "
+                                    "WHERE api_key_encrypted IS NOT NULL FOR UPDATE")
+            unreadable = []
+            for row in rows:
+                try:
+                    token = box.rotate(row["api_key_encrypted"])
+                except ValueError:
+                    unreadable.append(row["name"])
+                    continue
+                await conn.execute("UPDATE providers SET api_key_encrypted = $2 WHERE id = $1", row["id"], token)
+            if unreadable:
+                raise CommandError(f"no key of RICEBALL_SECRET_KEY opens the API key of {', '.join(unreadable)}; "
+                                   "nothing was changed")
+            return len(rows)
+
+    count = run_db(settings, work)
+    emit(args, {"reencrypted": count},
+         f"{count} provider API key{'s' if count != 1 else ''} now under the first key of RICEBALL_SECRET_KEY")
+    return 0
+
+
 # --- admins -----------------------------------------------------------------------------------------
 
 

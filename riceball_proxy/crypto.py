@@ -47,6 +47,13 @@ class SecretBox:
         """Return an authenticated ciphertext of ``plaintext``."""
         return self._fernet.encrypt(plaintext.encode())
 
+    def rotate(self, token: bytes) -> bytes:
+        """``token`` encrypted anew under the primary key (it may have been under any of the keys)."""
+        try:
+            return self._fernet.rotate(bytes(token))
+        except InvalidToken:
+            raise ValueError("the secret cannot be decrypted with RICEBALL_SECRET_KEY") from None
+
     def decrypt(self, token: bytes) -> str:
         """Return the plaintext of ``token``; raises ValueError when no key opens it."""
         try:

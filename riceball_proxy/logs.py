@@ -14,6 +14,7 @@ from aiohttp import web
 
 from riceball_proxy import appkeys
 from riceball_proxy.api.stages import CHAT_CONTEXT
+from riceball_proxy.proxies import client_address
 
 ACCESS_LOGGER = "riceball.access"
 
@@ -51,7 +52,7 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         fields = {
             "request_id": request.get(appkeys.REQUEST_ID),
-            "remote": request.remote,
+            "remote": client_address(request),
             "method": request.method,
             "path": request.path,
             "status": response.status,

@@ -33,6 +33,9 @@ class FakeOpenAI:
         #: ("{not json}") or "end" (the body ends cleanly, without a finish reason or [DONE]).
         self.failure: str = "error_event"
         self.chunk_delay: float = 0.0
+        #: When set, each chunk after the first waits for one release: a test releases it once it has
+        #: received the chunk before, which proves that chunks travel one by one (nothing buffers them).
+        self.chunk_gate: asyncio.Semaphore | None = None
         #: Seconds to wait before answering at all (for timeouts).
         self.delay: float = 0.0
         #: Set when a streaming client went away before the stream ended.
@@ -159,6 +162,8 @@ class FakeOpenAI:
                                        "type": "server_error", "param": None, "code": None}}
                     await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
                     return response
+                if self.chunk_gate is not None and n > 0:
+                    await self.chunk_gate.acquire()
                 await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)

@@ -398,3 +398,32 @@ def test_assistant_show_reads_the_shared_circuits(cli_env, capsys, monkeypatch, 
     shown = run_json(capsys, monkeypatch, "assistant", "show", added["id"])
     assert shown["health"][0] == "openai:gpt-4o closed"
     assert shown["health"][1].startswith("backup:mini open for ") and "(upstream overloaded)" in shown["health"][1]
+
+
+def test_reencrypt_moves_provider_keys_to_the_new_secret_key(cli_env, capsys, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    old = cli_env.secret_key
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai",
+             "--base-url", "http://127.0.0.1:9/v1", "--api-key-stdin", stdin="sk-upstream-kept\n")
+    new = Fernet.generate_key().decode()
+    monkeypatch.setenv("RICEBALL_SECRET_KEY", f"{new},{old}")
+    assert run_json(capsys, monkeypatch, "reencrypt") == {"reencrypted": 1}
+
+    token = run_sync(_fetch_provider_key, cli_env.database_url)
+    assert crypto.SecretBox([new]).decrypt(token) == "sk-upstream-kept"  # the old key is no longer needed
+    with pytest.raises(ValueError):
+        crypto.SecretBox([old]).decrypt(token)
+
+    monkeypatch.setenv("RICEBALL_SECRET_KEY", Fernet.generate_key().decode())  # opens nothing stored
+    status, _, err = run(capsys, monkeypatch, "reencrypt")
+    assert status == 2 and "opens the API key of up; nothing was changed" in err
+    assert run_sync(_fetch_provider_key, cli_env.database_url) == token
+
+
+async def _fetch_provider_key(url):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT api_key_encrypted FROM providers")
+    finally:
+        await conn.close()

@@ -16,6 +16,7 @@ from riceball_proxy.admin.pages import ADMIN, SESSION_ID, db_pool, flash, redire
 from riceball_proxy.admin.sessions import MAX_AGE
 from riceball_proxy.admin.throttle import LoginThrottle
 from riceball_proxy.db import admin_sessions, admins
+from riceball_proxy.proxies import client_address
 
 #: The longest username and password the forms take (longer ones are never checked against a hash).
 MAX_USERNAME_LENGTH = 150
@@ -90,7 +91,7 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
-    address = request.remote or ""
+    address = client_address(request) or ""
     pool = db_pool(request)
     throttle = LoginThrottle(pool)
     oversized = len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH

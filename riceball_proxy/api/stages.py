@@ -19,6 +19,7 @@ from riceball_proxy.inflight import shutting_down
 from riceball_proxy.pricing import price_of
 from riceball_proxy.providers import ProviderAdapter
 from riceball_proxy.validation import check_depth, validate_chat_request
+from riceball_proxy.proxies import client_address
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def observed(handler):
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         app = request.match_info.apps[0]
-        ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=app, client_addr=request.remote)
+        ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=app, client_addr=client_address(request))
         request[CHAT_CONTEXT] = ctx
         in_flight = app[appkeys.IN_FLIGHT]
         task = request.task
