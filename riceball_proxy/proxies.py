@@ -14,7 +14,7 @@ from aiohttp import web
 from riceball_proxy import appkeys
 
 #: Where the address found is kept on the request (the access log reads it after the handler).
-CLIENT_ADDRESS = "riceball.client_address"
+CLIENT_ADDRESS = web.RequestKey("riceball.client_address", str)
 
 
 def client_address(request: web.BaseRequest) -> str | None:

@@ -21,7 +21,7 @@ class SettingsError(ValueError):
 class Settings:
     """Everything the gateway is configured with; build it with :meth:`from_env`."""
 
-    database_url: str | None = None
+    database_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     data_dir: Path = Path("var")
     secret_key: str | None = None
     host: str = DEFAULT_HOST

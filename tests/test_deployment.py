@@ -356,6 +356,24 @@ async def test_nginx_passes_streams_chunk_by_chunk_and_the_real_client_address(
     assert [line["remote"] for line in api_lines] == ["127.0.0.2"]
 
 
+@pytest.mark.parametrize("peer, forwarded_for, client", [
+    ("127.0.0.1", ["203.0.113.9, 192.0.2.4"], "192.0.2.4"),  # the proxy appended the client; the rest is the client's
+    ("127.0.0.1", ["192.0.2.4, 10.1.2.3", "10.0.0.7"], "192.0.2.4"),  # trusted hops are skipped, over several lines
+    ("192.0.2.8", ["203.0.113.9"], "192.0.2.8"),  # not from a trusted proxy: the header is not read
+    ("127.0.0.1", [], "127.0.0.1"),  # a trusted proxy's own request
+    ("127.0.0.1", ["203.0.113.9, not-an-address, 10.0.0.7"], "10.0.0.7"),  # nothing left of garbage is read
+    ("127.0.0.1", ["10.0.0.5, 10.0.0.6"], "10.0.0.5"),  # all trusted: the farthest
+    ("::1", ["2001:db8::1"], "2001:db8::1"),
+])
+def test_the_client_is_the_first_address_from_the_right_that_no_trusted_proxy_has(peer, forwarded_for, client):
+    import ipaddress
+
+    from riceball_proxy.proxies import forwarded_client
+
+    trusted = tuple(ipaddress.ip_network(n) for n in ("127.0.0.1", "::1", "10.0.0.0/8"))
+    assert forwarded_client(peer, forwarded_for, trusted) == client
+
+
 # --- the systemd unit -----------------------------------------------------------------------------------
 
 

@@ -52,6 +52,10 @@ def test_plugins_none_loads_no_installed_plugin():
         ("RICEBALL_LIMITS_FAIL", "maybe", "RICEBALL_LIMITS_FAIL must be open or closed"),
         ("RICEBALL_LIMITS_BACKEND", "etcd", "RICEBALL_LIMITS_BACKEND must be auto, memory, redis or postgres"),
         ("RICEBALL_LIMITS_BACKEND", "redis", "RICEBALL_LIMITS_BACKEND=redis needs RICEBALL_REDIS_URL"),
+        ("RICEBALL_LISTEN_DATABASE_URL", "postgresql://db/x", "RICEBALL_LISTEN_DATABASE_URL needs RICEBALL_DATABASE_URL"),
+        ("RICEBALL_TRUSTED_PROXIES", "10.0.0.1, nginx", "RICEBALL_TRUSTED_PROXIES takes addresses and networks"),
+        ("RICEBALL_CONFIG_PRUNE", "yes", "RICEBALL_CONFIG_PRUNE must be on or off"),
+        ("RICEBALL_CACHE_TTL", "0", "RICEBALL_CACHE_TTL must be between"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value, says):
@@ -72,3 +76,23 @@ def test_limit_counters_live_where_every_process_sees_them():
     shared = Settings.from_env({"RICEBALL_REDIS_URL": "redis://127.0.0.1:6379/2", "RICEBALL_LIMITS_FAIL": "closed"})
     assert (shared.limits_store, shared.limits_fail) == ("redis", "closed")
     assert "6379" not in repr(shared)  # a Redis URL may hold a password
+
+
+def test_a_pooled_database_is_told_by_its_listen_url():
+    direct = Settings.from_env({"RICEBALL_DATABASE_URL": "postgresql://db/x"})
+    assert (direct.database_pooled, direct.listen_database_url) == (False, None)
+    pooled = Settings.from_env({"RICEBALL_DATABASE_URL": "postgresql://u:hunter2@pgbouncer/x",
+                                "RICEBALL_LISTEN_DATABASE_URL": "postgresql://u:hunter2@db/x"})
+    assert (pooled.database_pooled, pooled.listen_database_url) == (True, "postgresql://u:hunter2@db/x")
+    assert "hunter2" not in repr(pooled)
+    alone = Settings.from_env({"RICEBALL_DATABASE_URL": "postgresql://pgbouncer/x",
+                               "RICEBALL_LISTEN_DATABASE_URL": "none", "RICEBALL_CACHE_TTL": "0.5"})
+    assert (alone.database_pooled, alone.listen_database_url, alone.cache_ttl) == (True, None, 0.5)
+
+
+def test_trusted_proxies_are_networks():
+    import ipaddress
+
+    settings = Settings.from_env({"RICEBALL_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,fd00::/8"})
+    assert settings.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"),
+                                        ipaddress.ip_network("fd00::/8"))
