@@ -7,9 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from riceball_proxy.admin.throttle import MAX_FAILURES_PER_USER, _key
 from riceball_proxy.db import admins, api_keys, assistants, init_connection, providers
 from riceball_proxy.limits import Limits
 
-from tests.support import ADMIN_PASSWORD, environment, free_port, riceball_command, run_sync, wait_for_http
+from tests.pgbouncer import running_pgbouncer
+from tests.support import ADMIN_PASSWORD, environment, free_port, riceball_command, wait_for_http
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -49,57 +48,10 @@ def documented_block(language: str, after: str) -> str:
 @pytest.fixture
 def pgbouncer(clean_database):
     """PgBouncer in transaction mode in front of the test database, with a pool smaller than the callers;
-    returns the database's URL through it."""
-    binary = program("pgbouncer")
-    # Run as root, it becomes the postgres user, who must reach its files: not under pytest's private tmp.
-    folder = Path(tempfile.mkdtemp(prefix="riceball-pgbouncer-"))
-    folder.chmod(0o755)
-    parts = urllib.parse.urlsplit(clean_database)
-    host = urllib.parse.parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-    user = parts.username or "postgres"
-    port = free_port()
-    (folder / "userlist.txt").write_text(f'"{user}" ""\n')
-    (folder / "pgbouncer.ini").write_text(f"""
-[databases]
-* = host={host} port={parts.port or 5432}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {folder}/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 1000
-ignore_startup_parameters = extra_float_digits
-{"user = postgres" if os.geteuid() == 0 else ""}
-""")
-    log = open(folder / "pgbouncer.log", "w")
-    process = subprocess.Popen([binary, str(folder / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT)
-    url = urllib.parse.urlunsplit(("postgresql", f"{user}@127.0.0.1:{port}", parts.path, "", ""))
-    deadline = time.monotonic() + 15
-    while not _answers(url):
-        assert process.poll() is None, f"pgbouncer exited: {(folder / 'pgbouncer.log').read_text()}"
-        assert time.monotonic() < deadline, "pgbouncer did not answer"
-        time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
-    log.close()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _answers(url: str) -> bool:
-    async def probe():
-        try:
-            conn = await asyncpg.connect(url, timeout=2, statement_cache_size=0)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            return False
-        await conn.close()
-        return True
-
-    return run_sync(probe)
+    the database's URL through it."""
+    program("pgbouncer")
+    with running_pgbouncer(clean_database, pool_size=4) as url:
+        yield url
 
 
 # --- configuring and driving gateways -------------------------------------------------------------------
