@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -68,8 +69,10 @@ async def served_model(session: aiohttp.ClientSession, url: str, key: str) -> st
 async def propagation(env: dict, assistant_id: str, url_b: str, key: str, rounds: int) -> list[float]:
     """Seconds from the end of ``riceball assistant update --model`` until B's answers name the new model."""
     times = []
+    pauses = random.Random(0)
     async with aiohttp.ClientSession() as session:
         for n in range(rounds):
+            await asyncio.sleep(pauses.uniform(0, 1))  # out of step with a TTL's flushes
             model = f"bench-v{n}"
             cli = await asyncio.create_subprocess_exec(
                 str(BIN / "riceball"), "assistant", "update", assistant_id, "--model", model, env=env,
@@ -112,8 +115,8 @@ def timed(argv: list[str], env: dict) -> float:
 
 
 def ms(values: list[float]) -> str:
-    return f"p50 {statistics.median(values) * 1000:.1f} ms, p90 {percentile(values, 0.9) * 1000:.1f} ms, " \
-           f"max {max(values) * 1000:.1f} ms"
+    return f"p50 {statistics.median(values) * 1000:.2f} ms, p90 {percentile(values, 90) * 1000:.2f} ms, " \
+           f"max {max(values) * 1000:.2f} ms"
 
 
 def main() -> None:
