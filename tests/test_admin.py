@@ -628,3 +628,22 @@ async def test_the_assistant_form_edits_fallbacks_deadline_and_the_target_header
     assert [t.model for t in (await assistants.get(panel.pool, assistant.id)).fallbacks] == ["new-a", "new-b"]
     _, page = await panel.get(f"/admin/assistants/{assistant.id}")
     assert "<code>new-a</code>" in page and "12 s for all attempts" in page
+
+
+async def test_forms_say_when_a_configuration_file_is_applied_at_start(aiohttp_client, settings, tmp_path):
+    from tests.support import Panel
+
+    applied = tmp_path / "riceball.yaml"
+    applied.write_text("version: 1\n")  # names nothing: changes nothing
+    for config_file in (None, applied):
+        app = create_app(settings.replace(config_file=config_file))
+        browser = Panel(await aiohttp_client(app))
+        if config_file is None:
+            await admins.create(app[appkeys.DATABASE].pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+        await browser.login()
+        for page in ("/admin/assistants/new", "/admin/providers/new", "/admin/keys/new"):
+            response, text = await browser.get(page)
+            assert response.status == 200
+            assert ("This gateway applies riceball.yaml each time it starts" in text) is (config_file is not None)
+        _, text = await browser.get("/admin/assistants")
+        assert "This gateway applies" not in text

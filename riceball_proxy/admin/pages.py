@@ -52,6 +52,7 @@ async def render(request: web.Request, template: str, context: dict[str, Any], *
         "messages": messages,
         "url": lambda name, **parts: url(request, name, **parts),
         "current": request.match_info.route.name,
+        "config_file": request.config_dict[appkeys.SETTINGS].config_file,
     }
     response = aiohttp_jinja2.render_template(template, request, base | context, status=status)
     return response
