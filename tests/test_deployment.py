@@ -339,3 +339,36 @@ def test_the_documented_systemd_unit_verifies(tmp_path):
     path.write_text(unit.replace("/opt/riceball/bin/riceball", riceball_command()[0]))
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+# --- backups --------------------------------------------------------------------------------------------
+
+
+def test_the_documented_backup_restores_into_a_new_database_and_over_the_old_one(
+        cli_env, make_database, tmp_path, capsys, monkeypatch):
+    from tests.test_cli import run, run_json
+
+    dump, restore = shutil.which("pg_dump"), shutil.which("pg_restore")
+    if dump is None or restore is None:
+        assert not os.environ.get("CI"), "PostgreSQL's client programs are not installed"
+        pytest.skip("pg_dump and pg_restore are not installed")
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai",
+             "--base-url", "http://127.0.0.1:9/v1", "--api-key-stdin", stdin="sk-upstream\n")
+    run_json(capsys, monkeypatch, "assistant", "add", "--name", "kept", "--provider", "up", "--model", "m")
+    before = run(capsys, monkeypatch, "export")[1]
+
+    commands = [line for line in documented_block("sh", "## Backups").replace("\\\n", " ").splitlines()
+                if line.startswith(("pg_dump", "pg_restore"))]
+    assert len(commands) == 3
+    new_database = make_database()
+    env = dict(os.environ, RICEBALL_DATABASE_URL=cli_env.database_url, NEW_DATABASE_URL=new_database)
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command.replace("riceball-2026-11-29.dump", "riceball-$(date +%F).dump")],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        if "server version mismatch" in result.stderr:  # an embedded server newer than the client programs
+            assert not os.environ.get("CI"), result.stderr
+            pytest.skip(result.stderr.strip())
+        assert result.returncode == 0, (command, result.stderr)
+    for database in (new_database, cli_env.database_url):
+        monkeypatch.setenv("RICEBALL_DATABASE_URL", database)
+        assert run(capsys, monkeypatch, "export")[1] == before
