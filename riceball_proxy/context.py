@@ -33,6 +33,8 @@ class Principal:
     refused: str | None = None
     #: What this caller may spend (None or empty: no limits of its own).
     limits: Limits | None = None
+    #: The admin calling from the panel's playground (no API key), or None.
+    admin_id: int | None = None
 
     def allows(self, assistant_id: uuid.UUID) -> bool:
         """True when this caller may use that assistant."""

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp_session import get_session, session_middleware
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin import assistants, auth, dashboard, keys, providers, usage
+from riceball_proxy.admin import assistants, auth, dashboard, keys, playground, providers, usage
 from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, db_pool, render
 from riceball_proxy.admin.sessions import AdminSessionStorage
 from riceball_proxy.db import admin_sessions
@@ -58,6 +58,7 @@ def setup_admin(app: web.Application) -> web.Application:
     providers.setup_routes(router)
     assistants.setup_routes(router)
     keys.setup_routes(router)
+    playground.setup_routes(router)
     usage.setup_routes(router)
     app.on_startup.append(auth.announce_setup)
     app[appkeys.PLUGIN_MANAGER].hook.riceball_admin_setup(admin_app=admin)

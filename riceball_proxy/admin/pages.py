@@ -58,10 +58,12 @@ async def render(request: web.Request, template: str, context: dict[str, Any], *
     return response
 
 
-async def confirm(request: web.Request, *, title: str, message: str, button: str, back: str) -> web.Response:
+async def confirm(request: web.Request, *, title: str, message: str, button: str, back: str,
+                  **back_parts: Any) -> web.Response:
     """A page asking to confirm what a POST to the same path does (``back``: the route Cancel goes to)."""
     return await render(request, "admin/confirm.html", {
-        "title": title, "message": message, "action": request.path, "button": button, "back": back,
+        "title": title, "message": message, "action": request.path, "button": button,
+        "back_url": url(request, back, **back_parts),
     })
 
 

@@ -20,7 +20,9 @@ MAX_DAYS = 366
 CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provider_id", "upstream_model", "stream",
               "status", "error_type", "error_code", "error_message", "prompt_tokens", "completion_tokens",
               "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "cost_usd", "attempts",
-              "latency_ms", "ttft_ms", "client_addr")
+              "latency_ms", "ttft_ms", "client_addr", "source", "admin_id")
+#: Where calls come from: the API (keys) or the admin panel's playground.
+SOURCES = {"api": "API", "playground": "Playground"}
 #: The dates a filter may name.
 FIRST_DAY = datetime.date(1970, 1, 1)
 LAST_DAY = datetime.date(9998, 12, 31)
@@ -33,6 +35,13 @@ def setup_routes(router: web.UrlDispatcher) -> None:
 
 class BadFilter(ValueError):
     """A usage filter that names no real date, assistant or key; the message says which."""
+
+
+def _source(query) -> str | None:
+    value = query.get("source") or None
+    if value is not None and value not in SOURCES:
+        raise BadFilter("'source' is api or playground.")
+    return value
 
 
 def _uuid(query, name: str) -> uuid.UUID | None:
@@ -73,9 +82,11 @@ def read_filter(query) -> tuple[UsageFilter, dict[str, str]]:
         until=datetime.datetime.combine(until_day + datetime.timedelta(days=1), datetime.time(), utc),
         assistant_id=_uuid(query, "assistant"),
         api_key_id=_uuid(query, "key"),
+        source=_source(query),
     )
     values = {"from": since_day.isoformat(), "to": until_day.isoformat(),
-              "assistant": str(where.assistant_id or ""), "key": str(where.api_key_id or "")}
+              "assistant": str(where.assistant_id or ""), "key": str(where.api_key_id or ""),
+              "source": where.source or ""}
     return where, values
 
 
@@ -121,7 +132,7 @@ async def usage_page(request: web.Request) -> web.Response:
         "requests_chart": chart(points, "requests", overlay="errors"),
         "tokens_chart": chart(points, "tokens"),
         "points": points,
-        "assistants": all_assistants, "keys": all_keys,
+        "assistants": all_assistants, "keys": all_keys, "sources": SOURCES,
         "assistant_names": {a.id: a.name for a in all_assistants},
         "key_names": {k.id: f"{k.name} ({k.prefix}…)" for k in all_keys},
         "csv_query": request.query_string,

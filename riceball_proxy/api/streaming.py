@@ -108,12 +108,13 @@ async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> Async
         yield sse.encode(payload)
 
 
-async def _transformed_events(
+def transformed_chunks(
     ctx: ChatContext,
     payloads: AsyncIterator[bytes],
     transformers: list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]],
-) -> AsyncIterator[bytes]:
-    """Chunks parsed, passed through the plugins' transformers (folded in call order), re-serialised."""
+) -> AsyncIterator[dict]:
+    """Chunks parsed (their usage recorded) and passed through the plugins' transformers, folded in call
+    order: what a client is sent (the admin playground reads them too)."""
 
     async def chunks() -> AsyncIterator[dict]:
         async for payload in payloads:
@@ -125,7 +126,29 @@ async def _transformed_events(
     stream: AsyncIterator[dict] = chunks()
     for transform in transformers:
         stream = transform(stream)
-    async for chunk in stream:
+    return stream
+
+
+async def upstream_chunks(ctx: ChatContext) -> AsyncIterator[dict]:
+    """A streamed call's chunks as :func:`transformed_chunks` gives them, the upstream call (with failover)
+    made here and closed when the iteration ends, however it ends."""
+    transformers = [t for t in ctx.app[appkeys.PLUGIN_MANAGER].hook.riceball_transform_stream(ctx=ctx)
+                    if t is not None]
+    first, upstream = await call_upstream(ctx, stream=True)
+    try:
+        async for chunk in transformed_chunks(ctx, _payloads(ctx, first, upstream), transformers):
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+async def _transformed_events(
+    ctx: ChatContext,
+    payloads: AsyncIterator[bytes],
+    transformers: list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]],
+) -> AsyncIterator[bytes]:
+    """Chunks parsed, passed through the plugins' transformers (folded in call order), re-serialised."""
+    async for chunk in transformed_chunks(ctx, payloads, transformers):
         if not ctx.client_wants_usage:
             if chunk.get("usage") is not None and not chunk.get("choices"):
                 continue  # the usage-only chunk the client did not ask for

@@ -57,4 +57,6 @@ def riceball_request_finished(ctx, outcome):
         latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms,
         client_addr=ctx.client_addr,
+        source="api" if ctx.principal is None or ctx.principal.admin_id is None else "playground",
+        admin_id=ctx.principal.admin_id if ctx.principal else None,
     ))

@@ -62,6 +62,10 @@ class UsageEvent:
     attempts: int | None = None
     #: Made when the call ends: a batch written twice adds its rows once.
     event_id: uuid.UUID = dataclasses.field(default_factory=new_event_id)
+    #: ``api``, or ``playground`` for the admin panel's calls (made by the admin ``admin_id``, with no key).
+    source: str = "api"
+    admin_id: int | None = None
+    #: Last: ``insert_many`` replaces it with its ``inet`` form.
     client_addr: str | None = None
 
 
@@ -133,22 +137,25 @@ def _event(row) -> UsageEvent:
 
 @dataclasses.dataclass(frozen=True)
 class UsageFilter:
-    """Which rows a usage report covers: a time range, optionally one assistant and one key."""
+    """Which rows a usage report covers: a time range, optionally one assistant, one key, one source."""
 
     since: datetime
     until: datetime
     assistant_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
+    #: ``api`` or ``playground`` (None: both).
+    source: str | None = None
 
     def args(self) -> tuple:
-        return self.since, self.until, self.assistant_id, self.api_key_id
+        return self.since, self.until, self.assistant_id, self.api_key_id, self.source
 
 
-# $1..$4 are UsageFilter.args(): a constant clause, never built from input.
+# $1..$5 are UsageFilter.args(): a constant clause, never built from input.
 _WHERE = """
     created_at >= $1 AND created_at < $2
     AND ($3::uuid IS NULL OR assistant_id = $3)
     AND ($4::uuid IS NULL OR api_key_id = $4)
+    AND ($5::text IS NULL OR source = $5)
 """
 _TOTALS = """
     count(*) AS requests,
@@ -227,16 +234,16 @@ async def timeline(db, where: UsageFilter, bucket: str) -> list[dict]:
         WITH filtered AS (SELECT * FROM usage_events WHERE {_WHERE}),
         buckets AS (
             SELECT generate_series(
-                date_trunc($5, $1 AT TIME ZONE 'UTC'),
-                date_trunc($5, ($2 - interval '1 microsecond') AT TIME ZONE 'UTC'),
-                ('1 ' || $5)::interval
+                date_trunc($6, $1 AT TIME ZONE 'UTC'),
+                date_trunc($6, ($2 - interval '1 microsecond') AT TIME ZONE 'UTC'),
+                ('1 ' || $6)::interval
             ) AS bucket
         )
         SELECT b.bucket,
                count(f.id) AS requests,
                count(f.id) FILTER (WHERE f.status >= 400) AS errors,
                coalesce(sum(f.prompt_tokens), 0) + coalesce(sum(f.completion_tokens), 0) AS tokens
-        FROM buckets b LEFT JOIN filtered f ON date_trunc($5, f.created_at AT TIME ZONE 'UTC') = b.bucket
+        FROM buckets b LEFT JOIN filtered f ON date_trunc($6, f.created_at AT TIME ZONE 'UTC') = b.bucket
         GROUP BY b.bucket ORDER BY b.bucket
         """,
         *where.args(),
