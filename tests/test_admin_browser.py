@@ -158,3 +158,88 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
     await shot(page, "15-mobile-keys")
     await page.get_by_role("link", name="Assistants").first.click()
     await shot(page, "13-mobile-assistants")
+
+
+async def test_the_playground_streams_stops_reopens_and_compares(page, gateway, fake_openai):
+    from riceball_proxy.db import conversations
+
+    await admins.create(gateway.pool, "admin", crypto.hash_password(ADMIN_PASSWORD))
+    provider = await gateway.provider(fake_openai.base_url, name="local-upstream")
+    support = await gateway.assistant(provider, name="Support bot", system_prompt="You are a friendly support bot.")
+    terse = await gateway.assistant(provider, name="Terse bot", model="gpt-4o-mini", system_prompt="Be terse.")
+    await page.goto(gateway.url("/admin/login"))
+    await page.get_by_label("Username").fill("admin")
+    await page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("heading", name="Dashboard").wait_for()
+
+    await page.goto(gateway.url(f"/admin/assistants/{support.id}"))
+    await page.get_by_role("button", name="Playground").click()
+    await page.get_by_role("button", name="New conversation").click()
+    answer = page.locator(".message-assistant .message-text").last
+    meta = page.locator(".message-assistant .message-meta").last
+
+    # Each chunk after the next leaves the fake upstream only when the test lets it: the answer is seen
+    # to grow step by step, and is not complete before the last one.
+    fake_openai.reply = "Hello! How can I help you today?"
+    fake_openai.chunk_gate = gate = asyncio.Semaphore(1)
+    await page.get_by_label("Message").fill("Hi, I need help with my order.")
+    await page.get_by_role("button", name="Send").click()
+    await page.wait_for_function("() => document.querySelector('.message-assistant:last-child .message-text')"
+                                 ".textContent === 'Hello!'")
+    assert await meta.text_content() == "…"  # not done yet
+    gate.release()
+    await page.wait_for_function("() => document.querySelector('.message-assistant:last-child .message-text')"
+                                 ".textContent === 'Hello! How'")
+    assert await meta.text_content() == "…"
+    for _ in range(20):
+        gate.release()
+    await page.get_by_text("tokens ·").last.wait_for()
+    assert await answer.text_content() == fake_openai.reply
+    assert fake_openai.last["messages"][0] == {"role": "system", "content": "You are a friendly support bot."}
+
+    # Stop: the partial answer stays, marked stopped, and the upstream call ends.
+    fake_openai.chunk_gate = gate = asyncio.Semaphore(1)
+    fake_openai.client_went_away.clear()
+    await page.get_by_label("Message").fill("Tell me a long story.")
+    await page.get_by_role("button", name="Send").click()
+    await page.wait_for_function("() => document.querySelector('.message-assistant:last-child .message-text')"
+                                 ".textContent === 'Hello!'")
+    await page.get_by_role("button", name="Stop").click()
+    await page.get_by_text("stopped").last.wait_for()
+    await asyncio.wait_for(fake_openai.client_went_away.wait(), 10)
+    fake_openai.chunk_gate = None
+
+    # After a reload the conversation is all there, the stopped answer marked.
+    await page.reload()
+    texts = await page.locator(".message .message-text").all_text_contents()
+    for _ in range(50):  # the stopped answer is saved as its request ends
+        if len(texts) == 4:
+            break
+        await asyncio.sleep(0.1)
+        await page.reload()
+        texts = await page.locator(".message .message-text").all_text_contents()
+    assert texts == ["Hi, I need help with my order.", fake_openai.reply, "Tell me a long story.", "Hello!"]
+    assert "stopped" in await page.locator(".message-assistant .message-meta").last.text_content()
+    await shot(page, "15-playground")
+    await page.goto(gateway.url(f"/admin/assistants/{support.id}/playground"))
+    await page.get_by_role("link", name="Hi, I need help with my order.").wait_for()
+
+    # Compare: both assistants answer the same message at once, each kept as a conversation of its own.
+    await page.get_by_role("button", name="Compare with another").click()
+    await page.get_by_label("Assistant B").select_option(label="Terse bot")
+    fake_openai.chunk_delay = 0.05
+    await page.get_by_label("Message").fill("What are your opening hours?")
+    await page.get_by_role("button", name="Send to both").click()
+    for side in ("a", "b"):
+        await page.locator(f"[data-side={side}] .message-meta", has_text="tokens").wait_for()
+        assert await page.locator(f"[data-side={side}] .message-assistant .message-text").text_content() \
+            == fake_openai.reply
+    assert await page.get_by_role("link", name="Open this conversation").count() == 2
+    await shot(page, "16-compare")
+    systems = sorted(request["body"]["messages"][0]["content"] for request in fake_openai.requests[-2:])
+    assert systems == ["Be terse.", "You are a friendly support bot."]
+    for assistant in (support, terse):
+        (newest, *_) = await conversations.list_for_assistant(gateway.pool, assistant.id)
+        assert [m.text for m in await conversations.messages(gateway.pool, newest.id)] == [
+            "What are your opening hours?", fake_openai.reply]

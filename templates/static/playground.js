@@ -138,7 +138,13 @@
             headers: {"Accept": "application/json", "X-CSRF-Token": fields.get("csrf_token")},
           });
           if (!created.ok) { finish(answer, {error: `HTTP ${created.status}`}, "failed"); return; }
-          kept.value = (await created.json()).id;
+          const conversation = await created.json();
+          kept.value = conversation.id;
+          const link = element("a", "", "Open this conversation");
+          link.href = conversation.url;
+          const note = element("p", "");
+          note.append(link);
+          chat.before(note);
         }
         const message = new URLSearchParams({csrf_token: fields.get("csrf_token"), content});
         await send(sendUrl.replace("CONVERSATION", kept.value), message, answer, controller.signal);
