@@ -22,6 +22,7 @@ from riceball_proxy.api.stages import observed
 from riceball_proxy.context import ChatContext
 from riceball_proxy.db import assistants, conversations
 from riceball_proxy.errors import APIError
+from riceball_proxy.inflight import shutting_down
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +205,20 @@ async def _streamed(request: web.Request, ctx: ChatContext) -> web.StreamRespons
                 await response.prepare(request)
             parts.append(text)
             await response.write(_event({"delta": text}))
-    except (asyncio.CancelledError, ConnectionResetError):
-        # The admin pressed Stop (or left): the upstream call ends with this task; the text so far is kept.
+    except asyncio.CancelledError:
+        if not ctx.shutting_down or response is None:
+            # The admin pressed Stop (or left): the upstream call ends with this task; the text so far is kept.
+            await asyncio.shield(_save(request, conversation, "".join(parts), panel.call_meta(ctx, stopped=True)))
+            raise
+        asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
+        error = shutting_down()
+        ctx.error = error
+        meta = panel.call_meta(ctx, error=error.message)
+        message = await _save(request, conversation, "".join(parts), meta)
+        await response.write(_event({"error": error.message, "meta": meta, "id": message.id}))
+        await response.write_eof()
+        return response
+    except ConnectionResetError:
         await asyncio.shield(_save(request, conversation, "".join(parts), panel.call_meta(ctx, stopped=True)))
         raise
     except APIError as exc:
