@@ -269,3 +269,41 @@ async def flush_statistics(pool: asyncpg.Pool) -> None:
     finally:
         for conn in held:
             await pool.release(conn)
+
+
+async def test_the_playground_fails_over_and_its_answers_are_transformed(
+        install_plugin, aiohttp_client, settings, fake_openai):
+    """The same pipeline as the API's: a primary that refuses connections gives way to its fallback, and
+    an installed plugin's transformers rewrite the answers, streamed and whole."""
+    from riceball_proxy import appkeys
+    from riceball_proxy.app import create_app
+    from riceball_proxy.db.assistants import Target
+
+    from tests.support import free_port
+
+    install_plugin("shout", "shout", "riceball-shout")
+    app = create_app(settings.replace(plugins=frozenset({"shout"})))
+    browser = Panel(await aiohttp_client(app))
+    pool = app[appkeys.DATABASE].pool
+    await admins.create(pool, "root", crypto.hash_password(ADMIN_PASSWORD))
+    await browser.login()
+    dead = await providers.create(pool, name="dead", type="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                  connect_timeout=2)
+    fake = await providers.create(pool, name="fake", type="openai", base_url=fake_openai.base_url)
+    assistant = await assistants.create(pool, name="resilient", provider_id=dead.id, model="gpt-4o",
+                                        fallbacks=[Target(fake.id, "gpt-4o-mini")])
+    response, _ = await browser.post(f"/admin/assistants/{assistant.id}/conversations", csrf_from="/admin/")
+    browser.conversation_url = response.url.path
+    browser.pool = pool
+    browser.app = app
+
+    fake_openai.reply = "quiet words"
+    status, events = await send_streamed(browser, "Hello")
+    assert status == 200 and "".join(e.get("delta", "") for e in events) == "QUIET WORDS"
+    assert events[-1]["meta"]["model"] == "gpt-4o-mini"
+    await browser.post(browser.conversation_url + "/messages", {"content": "Again"}, csrf_from=browser.conversation_url)
+    answers = [m for m in await stored(browser) if m.role == "assistant"]
+    assert [a.content for a in answers] == ["QUIET WORDS", "QUIET WORDS"]
+    assert fake_openai.last["model"] == "gpt-4o-mini"
+    rows = await usage_rows(browser, 2)
+    assert [(r["attempts"], r["provider_id"], r["source"]) for r in rows] == [(2, fake.id, "playground")] * 2
