@@ -23,6 +23,7 @@ from riceball_proxy.api.stages import CHAT_CONTEXT
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
+from riceball_proxy.proxies import forwarded_middleware
 from riceball_proxy.declared.apply import start_up_applier
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import InFlight
@@ -58,8 +59,10 @@ OBSERVERS_GRACE = 10.0
 
 def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
     """Build the gateway for ``settings``; resources are opened when the app starts."""
-    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=PARSER_ROOM,
-                          middlewares=[request_middleware])
+    middlewares = [request_middleware]
+    if settings.trusted_proxies:
+        middlewares.append(forwarded_middleware(settings.trusted_proxies))
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=PARSER_ROOM, middlewares=middlewares)
     app[appkeys.SETTINGS] = settings
     app[appkeys.PLUGIN_MANAGER] = plugin_manager or make_plugin_manager(settings)
     app[appkeys.SECRET_BOX] = load_secret_box(settings)

@@ -11,26 +11,26 @@ import ipaddress
 
 from aiohttp import web
 
-from riceball_proxy import appkeys
-
 #: Where the address found is kept on the request (the access log reads it after the handler).
 CLIENT_ADDRESS = web.RequestKey("riceball.client_address", str)
 
 
 def client_address(request: web.BaseRequest) -> str | None:
     """The client's address: the peer, or what trusted proxies in front say it is."""
-    known = request.get(CLIENT_ADDRESS)
-    if known is not None:
-        return known
-    peer = request.remote
-    try:
-        trusted = request.config_dict[appkeys.SETTINGS].trusted_proxies
-    except (AttributeError, KeyError):  # a request that no app took (the access log of a bad request line)
-        return peer
-    address = peer if not trusted else forwarded_client(peer, request.headers.getall("X-Forwarded-For", ()),
-                                                         trusted)
-    request[CLIENT_ADDRESS] = address
-    return address
+    return request.get(CLIENT_ADDRESS) or request.remote
+
+
+def forwarded_middleware(trusted):
+    """A middleware that reads the client's address behind the ``trusted`` proxies into the request once
+    (installed only when there are trusted proxies: without them the peer is the client, at no cost)."""
+
+    @web.middleware
+    async def forwarded(request: web.Request, handler) -> web.StreamResponse:
+        request[CLIENT_ADDRESS] = forwarded_client(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                                                   trusted) or ""
+        return await handler(request)
+
+    return forwarded
 
 
 def forwarded_client(peer: str | None, forwarded_for, trusted) -> str | None:
