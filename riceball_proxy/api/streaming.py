@@ -13,6 +13,7 @@ from aiohttp import web
 
 from riceball_proxy import appkeys, sse
 from riceball_proxy.api.routing import call_upstream
+from riceball_proxy.coalesce import write_coalesced
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
@@ -51,8 +52,7 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
         events = _transformed_events(ctx, payloads, transformers) if transformers else _raw_events(ctx, payloads)
         error = None
         try:
-            async for event in events:
-                await response.write(event)
+            await write_coalesced(response.write, events)  # [DONE] last, unless the stream failed
         except APIError as exc:
             error = ctx.upstream_error = exc
             await response.write(sse.encode(orjson.dumps(exc.body())))
@@ -69,8 +69,6 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
             error = APIError(500, "The server had an error while streaming the answer.", type="server_error",
                              code="internal_error")
             await response.write(sse.encode(orjson.dumps(error.body())))
-        else:
-            await response.write(DONE_EVENT)
         await response.write_eof()
         ctx.error = error
         return response
@@ -106,6 +104,7 @@ async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> Async
             for null_usage in NULL_USAGE:
                 payload = payload.replace(null_usage, b"")
         yield sse.encode(payload)
+    yield DONE_EVENT
 
 
 def transformed_chunks(
@@ -155,6 +154,7 @@ async def _transformed_events(
             if "usage" in chunk and chunk["usage"] is None:
                 del chunk["usage"]
         yield sse.encode(orjson.dumps(chunk))
+    yield DONE_EVENT
 
 
 def _may_carry_usage(payload: bytes) -> bool:

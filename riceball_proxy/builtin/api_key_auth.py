@@ -19,7 +19,8 @@ async def riceball_authenticate(request, assistant_id):
         raise _invalid(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'."
         )
-    key = await request.config_dict[appkeys.CONFIG_CACHE].api_key(hash_api_key(token.strip()))
+    # The root application's cache (config_dict would build a chain of mappings on every call).
+    key = await request.match_info.apps[0][appkeys.CONFIG_CACHE].api_key(hash_api_key(token.strip()))
     if key is None:
         raise _invalid("Incorrect API key provided.")
     status = key.status()

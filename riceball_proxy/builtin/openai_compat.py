@@ -5,6 +5,7 @@ Requests and answers are already in OpenAI's format, so bodies go through untouc
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,10 @@ from riceball_proxy.upstream import (
 class OpenAICompatibleAdapter(ProviderAdapter):
     """Forwards to ``{base_url}/chat/completions`` and ``{base_url}/models``."""
 
+    @functools.cached_property
+    def _chat_url(self):  # made once: an adapter lives as long as its provider is unchanged
+        return join_url(self.provider.base_url, "/chat/completions")
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
@@ -33,8 +38,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         return headers
 
     async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
-        url = join_url(self.provider.base_url, "/chat/completions")
-        async with self.call("POST", url, headers=self._headers(), body=body, request_id=request_id) as response:
+        async with self.call("POST", self._chat_url, headers=self._headers(), body=body,
+                             request_id=request_id) as response:
             try:
                 return orjson.loads(await response.read())
             except orjson.JSONDecodeError:
@@ -47,9 +52,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         or an end with neither ``[DONE]`` nor a finish reason raises APIError. Every event is parsed
         (the only way to know it is JSON), and nothing else is done to it.
         """
-        url = join_url(self.provider.base_url, "/chat/completions")
         finished = False
-        async with self.call("POST", url, headers=self._headers(), body=body, request_id=request_id) as response:
+        async with self.call("POST", self._chat_url, headers=self._headers(), body=body,
+                             request_id=request_id) as response:
             try:
                 async for data in sse.iter_data(response.content):
                     if data == sse.DONE:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -80,7 +81,7 @@ class Assistant:
     #: Answers carry ``x-riceball-provider`` and ``x-riceball-model`` (the target that served).
     expose_target: bool = False
 
-    @property
+    @functools.cached_property  # an Assistant is immutable, and read on every call
     def targets(self) -> tuple[Target, ...]:
         """The primary, then the fallbacks."""
         return (Target(self.provider_id, self.model, priority=0), *self.fallbacks)

@@ -57,7 +57,8 @@ def title_from(text: str) -> str:
 async def create(db, *, admin_id: int | None, assistant_id: uuid.UUID | None, title: str = "") -> Conversation:
     """Start a conversation."""
     row = await db.fetchrow(
-        f"INSERT INTO conversations (admin_id, assistant_id, title) VALUES ($1, $2, $3) RETURNING {_CONVERSATION_COLUMNS}",
+        f"INSERT INTO conversations (admin_id, assistant_id, title) VALUES ($1, $2, $3) "
+        f"RETURNING {_CONVERSATION_COLUMNS}",
         admin_id,
         assistant_id,
         title[:MAX_TITLE],
