@@ -1,14 +1,16 @@
 """CPU time the gateway process spends per request, for comparing two versions of the code on a noisy machine.
 
     python -m benchmarks.cpu_per_request [--stream] [--runs 3] [--seconds 8] [--tree PATH ...]
-                                         [--limits memory|redis|postgres]
+                                         [--limits memory|redis|postgres] [--floor] [--workers N]
 
 Each run starts the fake upstream and a one-worker gateway (from the working tree, or from each
 ``--tree``: a checkout of another commit, put first on ``PYTHONPATH``), loads it with
 ``wrk -t2 -c64``, and divides the gateway's user+system CPU time (from ``/proc``) by the requests wrk
 counted. ``--limits`` gives the key every kind of limit (none ever reached), with its counters in that
-backend (Redis: ``RICEBALL_BENCH_REDIS_URL``). Runs of the trees alternate, so that a machine that slows down or speeds up does so for both.
-Prints one line per run and the mean per tree.
+backend (Redis: ``RICEBALL_BENCH_REDIS_URL``). ``--floor`` measures the bare aiohttp proxy
+(``benchmarks.minimal_proxy``) the same way in each run: the least any aiohttp gateway spends.
+``--workers N`` serves with N processes and adds up their CPU. Runs alternate, so that a machine that
+slows down or speeds up does so for all. Prints one line per run and the mean of each.
 """
 from __future__ import annotations
 
@@ -35,8 +37,35 @@ LIMITS = ("--rpm", "1000000000", "--tpm", "2000000000", "--max-parallel", "10000
           "1000000000000000")
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children alive now (a supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += process_tree_cpu(int(child))
+    return total
+
+
+def floor_run(stream: bool, seconds: int, workdir: Path) -> tuple[float, float]:
+    """(requests/s, CPU µs per request) of the bare aiohttp proxy in front of the fake upstream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")} | {"PYTHONPATH": str(ROOT)}
+    upstream_port, proxy_port = free_port(), free_port()
+    with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)], env,
+                 f"http://127.0.0.1:{upstream_port}/", workdir / "upstream.log"):
+        argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port), "--upstream",
+                f"http://127.0.0.1:{upstream_port}"]
+        with running(argv, env, f"http://127.0.0.1:{proxy_port}/", workdir / "proxy.log") as proxy:
+            url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+            body = {"model": "bench", "messages": MESSAGES, "stream": stream}
+            wrk_output(url, {}, body, 64, 2, workdir)
+            before = cpu_seconds(proxy.pid)
+            output = wrk_output(url, {}, body, 64, seconds, workdir)
+            used = cpu_seconds(proxy.pid) - before
+    requests = int(output.split(" requests in ")[0].split()[-1])
+    return requests / seconds, used / requests * 1e6
+
+
 def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path,
-            limits: str | None = None) -> tuple[float, float]:
+            limits: str | None = None, workers: int = 1) -> tuple[float, float]:
     """(requests/s, gateway CPU µs per request) for the code in ``tree`` (None: this working tree)."""
     with bench_database() as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
@@ -60,12 +89,12 @@ def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path,
             url = f"http://127.0.0.1:{gateway_port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
             body = {"model": "bench", "messages": MESSAGES, "stream": stream}
             auth = {"Authorization": f"Bearer {key}"}
-            argv = [str(BIN / "riceball"), "serve", "--port", str(gateway_port)]
+            argv = [str(BIN / "riceball"), "serve", "--port", str(gateway_port), "--workers", str(workers)]
             with running(argv, env, f"http://127.0.0.1:{gateway_port}/healthz", workdir / "gateway.log") as gateway:
                 wrk_output(url, auth, body, 64, 2, workdir)  # warm up
-                before = cpu_seconds(gateway.pid)
+                before = process_tree_cpu(gateway.pid)
                 output = wrk_output(url, auth, body, 64, seconds, workdir)
-                used = cpu_seconds(gateway.pid) - before
+                used = process_tree_cpu(gateway.pid) - before
     requests = int(output.split(" requests in ")[0].split()[-1])
     return requests / seconds, used / requests * 1e6
 
@@ -79,18 +108,28 @@ def main() -> None:
                         help="a limited key, its counters in this backend (this working tree only)")
     parser.add_argument("--tree", action="append", type=Path, default=[],
                         help="another checkout to measure beside this working tree (repeatable)")
+    parser.add_argument("--floor", action="store_true", help="also measure the bare aiohttp proxy")
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes (this working tree only)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     trees: list[Path | None] = [None, *args.tree]
     results: dict[str, list[float]] = {str(tree or "working tree"): [] for tree in trees}
+    if args.floor:
+        results["bare aiohttp proxy"] = []
     workdir = Path(tempfile.mkdtemp(prefix="riceball-cpu-"))
     for run in range(args.runs):
         for tree in trees:
             name = str(tree or "working tree")
-            rps, micros = one_run(tree, args.stream, args.seconds, workdir, args.limits if tree is None else None)
+            rps, micros = one_run(tree, args.stream, args.seconds, workdir, args.limits if tree is None else None,
+                                  args.workers if tree is None else 1)
             results[name].append(micros)
             print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of gateway CPU per request",
+                  flush=True)
+        if args.floor:
+            rps, micros = floor_run(args.stream, args.seconds, workdir)
+            results["bare aiohttp proxy"].append(micros)
+            print(f"run {run + 1} bare aiohttp proxy: {rps:,.0f} requests/s, {micros:,.0f} µs of CPU per request",
                   flush=True)
     for name, values in results.items():
         print(f"{name}: mean {statistics.mean(values):,.0f} µs per request ({min(values):,.0f}-{max(values):,.0f})")

@@ -1,4 +1,5 @@
-"""The least an aiohttp proxy can do: read the body, POST it upstream over keep-alive, return the answer.
+"""The least an aiohttp proxy can do: read the body, POST it upstream over keep-alive, return the answer
+(a stream forwarded piece by piece as it comes).
 
     python -m benchmarks.minimal_proxy --port 9300 --upstream http://127.0.0.1:9100
 
@@ -24,12 +25,18 @@ def main() -> None:
         yield
         await app["session"].close()
 
-    async def forward(request: web.Request) -> web.Response:
+    async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         async with request.app["session"].post(args.upstream + "/v1/chat/completions", data=body,
                                                headers={"Content-Type": "application/json"}) as response:
-            answer = await response.read()
-        return web.Response(body=answer, content_type="application/json")
+            if response.content_type != "text/event-stream":
+                return web.Response(body=await response.read(), content_type="application/json")
+            streamed = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await streamed.prepare(request)
+            async for piece in response.content.iter_any():
+                await streamed.write(piece)
+            await streamed.write_eof()
+            return streamed
 
     import uvloop
 
