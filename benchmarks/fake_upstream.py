@@ -3,7 +3,8 @@
     python -m benchmarks.fake_upstream --port 9100 [--workers 2]
 
 POST /v1/chat/completions answers a fixed completion, or a stream of 20 chunks. A model named
-``delay-<seconds>`` waits that long between chunks (for slow, long-lived streams).
+``delay-<seconds>`` waits that long between chunks (for slow, long-lived streams); the model
+``realistic`` answers as a model does: its first chunk after 200 ms, then 50 chunks 20 ms apart.
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ USAGE = b"data: " + orjson.dumps({"id": "chatcmpl-bench", "object": "chat.comple
                                   "model": "bench", "choices": [],
                                   "usage": {"prompt_tokens": 12, "completion_tokens": 18, "total_tokens": 30}}) + b"\n\n"
 DONE = b"data: [DONE]\n\n"
+#: The realistic answer: time to first token, then chunks at a model's pace.
+REALISTIC_FIRST, REALISTIC_GAP = 0.2, 0.02
+REALISTIC = [_chunk({"role": "assistant", "content": " word0"})]
+REALISTIC += [_chunk({"content": f" word{n}"}) for n in range(1, 49)]
+REALISTIC += [_chunk({}, "stop")]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -46,7 +52,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     delay = float(model.removeprefix("delay-")) if model.startswith("delay-") else 0.0
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    if delay:
+    if model == "realistic":
+        await asyncio.sleep(REALISTIC_FIRST)
+        for n, chunk in enumerate(REALISTIC):
+            if n:
+                await asyncio.sleep(REALISTIC_GAP)
+            await response.write(chunk)
+    elif delay:
         for chunk in STREAM:
             await response.write(chunk)
             await asyncio.sleep(delay)

@@ -104,6 +104,52 @@ def riceball(env: dict, *argv: str, stdin: str | None = None) -> dict:
     return json.loads(result.stdout)
 
 
+async def paced_streams(url: str, headers: dict, count: int) -> tuple[list[float], list[float], int]:
+    """``count`` streams of the ``realistic`` model at once: (seconds to the first event of each, seconds
+    between consecutive events, failed streams)."""
+    first, gaps, failures = [], [], 0
+    body = json.dumps({"model": "realistic", "messages": MESSAGES, "stream": True}).encode()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, headers=headers | {"Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def one():
+            nonlocal failures
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=body) as response:
+                    last = None
+                    async for line in response.content:
+                        if not line.startswith(b"data: "):
+                            continue
+                        now = time.perf_counter()
+                        if last is None:
+                            first.append(now - started)
+                        else:
+                            gaps.append(now - last)
+                        last = now
+                    if response.status != 200:
+                        failures += 1
+            except aiohttp.ClientError:
+                failures += 1
+
+        await asyncio.gather(*(one() for _ in range(count)))
+    return first, gaps, failures
+
+
+def raise_file_limit(wanted: int) -> None:
+    """Let this process and the servers it starts open ``wanted`` files (root may raise the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        print(f"note: open files limited to {hard}; {wanted} wanted", file=sys.stderr)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -136,14 +182,15 @@ async def latencies(url: str, headers: dict, body: dict, count: int, *, first_by
     return times
 
 
-async def paired_latencies(url: str, free: dict, limited: dict, body: dict, count: int) -> tuple[list, list]:
-    """Latencies of a key without limits and of a limited one on the same gateway, in alternating
-    rounds, so that the machine's drift weighs on both alike."""
+async def paired_latencies(url: str, free: dict, limited: dict, body: dict, count: int, *,
+                           other_url: str | None = None) -> tuple[list, list]:
+    """Latencies of a key without limits and of a limited one on the same gateway (or of ``url`` and
+    ``other_url`` with the same key), in alternating rounds, so that the machine's drift weighs on both alike."""
     without, with_limits = [], []
     rounds = 4
     for _ in range(rounds):
         without += await latencies(url, free, body, count // rounds, first_byte=False)
-        with_limits += await latencies(url, limited, body, count // rounds, first_byte=False)
+        with_limits += await latencies(other_url or url, limited, body, count // rounds, first_byte=False)
     return without, with_limits
 
 
@@ -251,10 +298,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and shorter runs")
     parser.add_argument("--write", metavar="FILE", help="write the table into this Markdown file")
+    parser.add_argument("--streams", type=int, help="slow streams held at once (default 10,000; --quick: 200)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    count, seconds, streams = (300, 3, 200) if args.quick else (2000, 10, 1000)
+    count, seconds, streams = (300, 3, 200) if args.quick else (2000, 10, 10_000)
+    streams = args.streams or streams
+    raise_file_limit(4 * streams + 1024)  # client, gateway (both sides) and upstream share the machine
 
     workdir = Path(tempfile.mkdtemp(prefix="riceball-bench-"))
     rows: list[tuple[str, str, str, str]] = []
@@ -268,9 +318,15 @@ def main() -> None:
         upstream_argv = [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)]
         with running(upstream_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
                      workdir / "upstream.log"):
-            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url", upstream_url)
+            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url", upstream_url,
+                     "--max-connections", "100000")  # 10,000 streams at once, none queued
             fast = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
             slow = riceball(env, "assistant", "add", "--name", "slow", "--provider", "bench", "--model", "delay-0.5")
+            realistic = riceball(env, "assistant", "add", "--name", "realistic", "--provider", "bench",
+                                 "--model", "realistic")
+            # The same as fast, able to fail over (its primary stays healthy).
+            resilient = riceball(env, "assistant", "add", "--name", "resilient", "--provider", "bench", "--model",
+                                 "bench", "--fallback", "bench:bench-fallback")
             key = riceball(env, "key", "create", "--name", "bench")["key"]
             auth = {"Authorization": f"Bearer {key}"}
             # Every kind of limit, none of them ever reached: what checking them costs.
@@ -297,6 +353,11 @@ def main() -> None:
                         d = asyncio.run(latencies(direct, {}, streamed, count, first_byte=True))
                         g = asyncio.run(latencies(through(fast, port), auth, streamed, count, first_byte=True))
                         results["ttfb"] = (d, g)
+                        paced = 200 if args.quick else 2000
+                        results["paced"] = (asyncio.run(paced_streams(direct, {}, paced)),
+                                            asyncio.run(paced_streams(through(realistic, port), auth, paced)), paced)
+                        results["failover"] = asyncio.run(paired_latencies(
+                            through(fast, port), auth, auth, plain, count, other_url=through(resilient, port)))
                         for name, body in (("rps", plain), ("rps_stream", streamed)):
                             results[name] = (wrk(direct, {}, body, 64, seconds, workdir),
                                              wrk(through(fast, port), auth, body, 64, seconds, workdir))
@@ -324,7 +385,11 @@ def main() -> None:
                           "--upstream", f"http://127.0.0.1:{upstream_port}"]
             with running(proxy_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{proxy_port}/",
                          workdir / "minimal-proxy.log"):
-                results["rps_floor"] = wrk(f"http://127.0.0.1:{proxy_port}/x", {}, plain, 64, seconds, workdir)
+                floor_url = f"http://127.0.0.1:{proxy_port}/x"
+                results["rps_floor"] = wrk(floor_url, {}, plain, 64, seconds, workdir)
+                results["rps_stream_floor"] = wrk(floor_url, {}, streamed, 64, seconds, workdir)
+                results["latency_floor"] = asyncio.run(latencies(floor_url, {}, plain, count, first_byte=False))
+                results["ttfb_floor"] = asyncio.run(latencies(floor_url, {}, streamed, count, first_byte=True))
 
     ms = lambda seconds_: f"{seconds_ * 1000:.3f} ms"  # noqa: E731
     d, g = results["latency"]
@@ -342,11 +407,35 @@ def main() -> None:
                      ">= 35%"))
     before, peak, failures = results["streams"]
     rows.append((f"{streams} concurrent slow streams", f"+{(peak - before) / 1024:.1f} MB RSS",
-                 f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed", "< 100 MB, 0 failed"))
+                 f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed",
+                 "<= 300 MB for 10,000, 0 failed"))
     floor_rps, floor_errors = results["rps_floor"]
     rows.append(("requests/s, c=64, non-stream, a 20-line aiohttp proxy (no gateway logic)",
                  f"{floor_rps / results['rps'][0][0]:.0%} of direct",
                  f"{floor_rps:,.0f}/s, errors {floor_errors}: the ceiling of aiohttp's server and client here", ""))
+    # Against that floor, measured in the same run.
+    for name, label in (("rps", "non-stream"), ("rps_stream", "stream of 20 chunks")):
+        (floor_rps, floor_errors), (gateway_rps, gateway_errors) = results[f"{name}_floor"], results[name][1]
+        rows.append((f"requests/s, c=64, {label}, against the bare aiohttp proxy", f"{gateway_rps / floor_rps:.0%}",
+                     f"bare proxy {floor_rps:,.0f}/s, gateway {gateway_rps:,.0f}/s, errors {floor_errors + gateway_errors}",
+                     ">= 70%"))
+    for name, label in (("latency", "latency p50, c=1, non-stream"), ("ttfb", "time to first byte p50, c=1, stream")):
+        d, g = results[name]
+        f = results[f"{name}_floor"]
+        rows.append((f"added {label}, over the bare aiohttp proxy", ms(statistics.median(g) - statistics.median(f)),
+                     f"upstream {ms(statistics.median(d))}, bare proxy {ms(statistics.median(f))}, "
+                     f"gateway {ms(statistics.median(g))}", "<= 0.1 ms"))
+    (d_first, d_gaps, d_failed), (g_first, g_gaps, g_failed), paced = results["paced"]
+    for label, d, g in (("time to first token", d_first, g_first), ("gap between chunks", d_gaps, g_gaps)):
+        rows.append((f"added {label} p99, {paced} streams at once (first chunk at 200 ms, then 50 every 20 ms)",
+                     ms(percentile(g, 99) - percentile(d, 99)),
+                     f"upstream p99 {ms(percentile(d, 99))}, gateway p99 {ms(percentile(g, 99))}; "
+                     f"failed {d_failed + g_failed}", "<= 5 ms"))
+    plain_fast, resilient_fast = results["failover"]
+    rows.append(("added latency p50 of an assistant able to fail over (primary healthy), c=1",
+                 ms(statistics.median(resilient_fast) - statistics.median(plain_fast)),
+                 f"without fallbacks {ms(statistics.median(plain_fast))}, with one {ms(statistics.median(resilient_fast))}",
+                 "nothing measurable"))
     one_worker = results["rps"][1][0]
     two_workers, errors = results["rps_workers"]
     rows.append(("requests/s, c=64, --workers 2 vs 1", f"{two_workers / one_worker:.2f}x",
