@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
 
     async def session_ctx(app: web.Application):
-        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         yield
         await app["session"].close()
 
