@@ -390,8 +390,10 @@ def main() -> None:
             proxy_argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port),
                           "--upstream", f"http://127.0.0.1:{upstream_port}"]
             with running(proxy_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{proxy_port}/",
-                         workdir / "minimal-proxy.log"):
+                         workdir / "minimal-proxy.log") as proxy:
                 floor_url = f"http://127.0.0.1:{proxy_port}/x"
+                results["streams_floor"] = asyncio.run(hold_streams(
+                    floor_url, {}, {"model": "delay-0.5", "messages": MESSAGES, "stream": True}, streams, proxy.pid))
                 results["rps_floor"] = wrk(floor_url, {}, plain, 64, seconds, workdir)
                 results["rps_stream_floor"] = wrk(floor_url, {}, streamed, 64, seconds, workdir)
                 results["latency_floor"] = asyncio.run(latencies(floor_url, {}, plain, count, first_byte=False))
@@ -415,6 +417,9 @@ def main() -> None:
     rows.append((f"{streams} concurrent slow streams", f"+{(peak - before) / 1024:.1f} MB RSS",
                  f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed",
                  "<= 300 MB for 10,000, 0 failed"))
+    before, peak, failures = results["streams_floor"]
+    rows.append((f"{streams} concurrent slow streams, the bare aiohttp proxy", f"+{(peak - before) / 1024:.1f} MB RSS",
+                 f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed", ""))
     floor_rps, floor_errors = results["rps_floor"]
     rows.append(("requests/s, c=64, non-stream, a 20-line aiohttp proxy (no gateway logic)",
                  f"{floor_rps / results['rps'][0][0]:.0%} of direct",
