@@ -23,7 +23,6 @@ from riceball_proxy.api.stages import CHAT_CONTEXT
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
-from riceball_proxy.proxies import forwarded_middleware
 from riceball_proxy.declared.apply import start_up_applier
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import InFlight
@@ -33,6 +32,7 @@ from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
 from riceball_proxy.plugins import PluginManager, make_plugin_manager
 from riceball_proxy.providers import provider_types
+from riceball_proxy.proxies import forwarded_middleware
 from riceball_proxy.settings import Settings
 from riceball_proxy.templating import setup_templates, template_dir
 

@@ -377,21 +377,27 @@ class Gateway:
 
     async def usage_rows(self, expected: int) -> list:
         """The usage rows, oldest first, once ``expected`` of them are written."""
-        from riceball_proxy import appkeys
-
-        for _ in range(200):
-            await self.app[appkeys.USAGE_RECORDER].flush()
-            rows = await self.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
-            if len(rows) >= expected:
-                return rows
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"{len(rows)} usage rows, not {expected}")
+        return await usage_rows_of(self.app, expected)
 
     async def wait_until_listening(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.cache.listening:
             assert time.monotonic() < deadline, "the configuration listener did not connect"
             await asyncio.sleep(0.02)
+
+
+async def usage_rows_of(app, expected: int) -> list:
+    """An app's usage rows, oldest first, once ``expected`` of them are written (its recorder flushed)."""
+    from riceball_proxy import appkeys
+
+    pool = app[appkeys.DATABASE].pool
+    for _ in range(200):
+        await app[appkeys.USAGE_RECORDER].flush()
+        rows = await pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
+        if len(rows) >= expected:
+            return rows
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{len(rows)} usage rows, not {expected}")
 
 
 @pytest.fixture

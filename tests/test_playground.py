@@ -12,7 +12,7 @@ from riceball_proxy import crypto
 from riceball_proxy.db import admins, assistants, conversations, providers
 from riceball_proxy.limits import Limits
 
-from tests.support import ADMIN_PASSWORD, Panel
+from tests.support import ADMIN_PASSWORD, Panel, usage_rows_of
 
 
 @pytest.fixture
@@ -48,15 +48,7 @@ async def stored(panel):
 
 
 async def usage_rows(panel, count: int):
-    from riceball_proxy import appkeys
-
-    for _ in range(200):
-        await panel.app[appkeys.USAGE_RECORDER].flush()
-        rows = await panel.pool.fetch("SELECT * FROM usage_events ORDER BY created_at")
-        if len(rows) >= count:
-            return rows
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{len(rows)} usage rows, not {count}")
+    return await usage_rows_of(panel.app, count)
 
 
 async def test_a_message_is_answered_whole_without_javascript(playground):

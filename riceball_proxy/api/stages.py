@@ -18,8 +18,8 @@ from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
 from riceball_proxy.pricing import price_of
 from riceball_proxy.providers import ProviderAdapter
-from riceball_proxy.validation import check_depth, validate_chat_request
 from riceball_proxy.proxies import client_address
+from riceball_proxy.validation import check_depth, validate_chat_request
 
 logger = logging.getLogger(__name__)
 
