@@ -349,3 +349,23 @@ keys:
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "providers[0].api_key: the environment variable UPSTREAM_KEY is not set" in result.stderr
+
+
+def test_exported_key_variables_are_valid_and_never_shared(apply_env, capsys, monkeypatch, tmp_path):
+    names = ["open-ai", "open_ai", "1st", "日本"]
+    text = "providers:\n" + "".join(
+        f'  - {{name: "{name}", type: openai, base_url: "http://127.0.0.1:9/v1", api_key: "${{KEY_{n}}}"}}\n'
+        for n, name in enumerate(names))
+    for n in range(len(names)):
+        monkeypatch.setenv(f"KEY_{n}", f"sk-upstream-{n}")
+    run_json(capsys, monkeypatch, "apply", "-f", write(tmp_path, text))
+    status, exported, err = run(capsys, monkeypatch, "export")
+    variables = re.findall(r"api_key: \$\{(\w+)\}", exported)
+    assert sorted(variables) == ["OPEN_AI_2_API_KEY", "OPEN_AI_API_KEY", "PROVIDER_1ST_API_KEY", "PROVIDER_API_KEY"]
+    # Each variable set to its provider's key: the export re-applies with no change.
+    by_name = dict(re.findall(r'- name: (.+)\n  type: openai\n  base_url: .+\n  api_key: \$\{(\w+)\}', exported))
+    assert len(by_name) == 4
+    for name, variable in by_name.items():
+        monkeypatch.setenv(variable, f"sk-upstream-{names.index(name.strip(chr(39)).strip(chr(34)))}")
+    again = run_json(capsys, monkeypatch, "apply", "-f", write(tmp_path, exported, "exported.yaml"))
+    assert again["updated"] == again["created"] == [] and len(again["unchanged"]) == 4

@@ -16,9 +16,18 @@ from riceball_proxy.db import api_keys, assistants, providers
 from riceball_proxy.declared.schema import VERSION, AssistantSpec, LimitsSpec, ProviderSpec, TargetSpec
 
 
-def secret_variable(provider_name: str) -> str:
-    """The environment variable an exported file reads a provider's key from."""
-    return re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_") + "_API_KEY"
+def secret_variable(provider_name: str, taken: set[str] = frozenset()) -> str:
+    """The environment variable an exported file reads a provider's key from: the name in capitals, other
+    characters as ``_`` (``PROVIDER_`` before one that would start with a digit or be empty), and a
+    number after it when another provider's name made the same."""
+    stem = re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_")
+    if not stem or stem[0].isdigit():
+        stem = f"PROVIDER_{stem}" if stem else "PROVIDER"
+    variable, n = stem + "_API_KEY", 1
+    while variable in taken:
+        n += 1
+        variable = f"{stem}_{n}_API_KEY"
+    return variable
 
 
 async def export(db) -> tuple[dict[str, Any], list[str]]:
@@ -32,7 +41,7 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
     for provider in all_providers:
         item = {"name": provider.name, "type": provider.type, "base_url": provider.base_url}
         if provider.has_api_key:
-            variables.append(secret_variable(provider.name))
+            variables.append(secret_variable(provider.name, set(variables)))
             item["api_key"] = "${%s}" % variables[-1]
         item |= _without_defaults(ProviderSpec, {
             "connect_timeout": provider.connect_timeout, "read_timeout": provider.read_timeout,
