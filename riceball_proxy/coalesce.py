@@ -48,30 +48,25 @@ async def write_coalesced(write: Callable[[bytes], Awaitable[None]], events: Asy
         await write(b"".join(pending))
 
 
-def _finish(step: Generator[Any, None, bytes], signal: Any) -> Awaitable[bytes]:
+async def _finish(step: Generator[Any, None, bytes], signal: Any) -> bytes:
     """Go on with a step that stopped to wait on ``signal`` (a future, or None to let the loop run once),
     as the task running it would, and return what it returns."""
-
-    async def finish() -> bytes:
-        nonlocal signal
-        while True:
+    while True:
+        try:
+            if signal is None:
+                await asyncio.sleep(0)
+            else:
+                # What a task does with a future its coroutine yields (the future protocol): the flag that
+                # says "awaited by a coroutine" is taken back, so that this await may set it again.
+                signal._asyncio_future_blocking = False
+                await signal
+        except BaseException as exc:  # the wait failed or this task was cancelled: the step hears it
             try:
-                if signal is None:
-                    await asyncio.sleep(0)
-                else:
-                    # What a task does with a future its coroutine yields (the future protocol): the flag
-                    # that says "awaited by a coroutine" is taken back, so that this await may set it again.
-                    signal._asyncio_future_blocking = False
-                    await signal
-            except BaseException as exc:  # the wait failed or this task was cancelled: the step hears it
-                try:
-                    signal = step.throw(exc)
-                except StopIteration as done:
-                    return done.value
-                continue
-            try:
-                signal = step.send(None)
+                signal = step.throw(exc)
             except StopIteration as done:
                 return done.value
-
-    return finish()
+            continue
+        try:
+            signal = step.send(None)
+        except StopIteration as done:
+            return done.value

@@ -204,6 +204,15 @@ keys:
     assert status == 2 and "assistants[1].limits.budget_usd: no price is known for 'unknown-model'" in err
     assert counts(apply_env.database_url) == {"providers": 0, "assistants": 0, "api_keys": 0}
 
+    # A key's USD budget needs an assistant it may call to have a price (a and c have none).
+    late = late.replace("limits: {budget_usd: 5}", "prices: {input: 1, output: 2}") \
+        .replace("{name: k, assistants: [a]}", "{name: k, assistants: [a, c], limits: {budget_usd: 5}}")
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, late))
+    assert status == 2 and "keys[0].limits.budget_usd: no assistant this key may call has a known price" in err
+    assert counts(apply_env.database_url) == {"providers": 0, "assistants": 0, "api_keys": 0}
+    late = late.replace("assistants: [a, c]", "assistants: [a, b]")  # b has its own price
+    assert run_json(capsys, monkeypatch, "apply", "-f", write(tmp_path, late))["created"]
+
 
 def test_secrets_come_from_the_environment_or_a_file(apply_env, capsys, monkeypatch, tmp_path):
     text = """

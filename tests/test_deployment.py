@@ -22,7 +22,7 @@ from riceball_proxy.db import admins, api_keys, assistants, init_connection, pro
 from riceball_proxy.limits import Limits
 
 from tests.pgbouncer import running_pgbouncer
-from tests.support import ADMIN_PASSWORD, environment, free_port, riceball_command, wait_for_http
+from tests.support import ADMIN_PASSWORD, Panel, environment, free_port, riceball_command, wait_for_http
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -81,7 +81,7 @@ async def configure(url: str, upstream: str, secret_key: str) -> dict:
 class Admin:
     """An admin's browser on one instance's panel (cookies on an IP address need an unsafe jar)."""
 
-    CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+    CSRF = Panel.CSRF
 
     def __init__(self, base: str, **connector):
         self.base = base

@@ -43,9 +43,10 @@ def setup_routes(router: web.UrlDispatcher) -> None:
 
 
 
-async def _assistant_or_404(request: web.Request) -> assistants.Assistant:
+async def assistant_or_404(request: web.Request, assistant_id: str | None = None) -> assistants.Assistant:
+    """The assistant the path's ``id`` (or ``assistant_id``) names; 404 when there is none."""
     try:
-        assistant_id = uuid.UUID(request.match_info["id"])
+        assistant_id = uuid.UUID(request.match_info["id"] if assistant_id is None else assistant_id)
     except ValueError:
         raise web.HTTPNotFound(text="No such assistant.") from None
     assistant = await assistants.get(db_pool(request), assistant_id)
@@ -140,7 +141,7 @@ def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
 
 
 async def assistant_form(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request) if "id" in request.match_info else None
+    assistant = await assistant_or_404(request) if "id" in request.match_info else None
     if "reload" in request.query:  # "load models" resubmits the form by GET: keep what was typed
         values = dict(request.query)
     elif assistant is not None:
@@ -151,7 +152,7 @@ async def assistant_form(request: web.Request) -> web.Response:
 
 
 async def assistant_save(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request) if "id" in request.match_info else None
+    assistant = await assistant_or_404(request) if "id" in request.match_info else None
     pool = db_pool(request)
     form = Form(await request.post())
     name = form.text("name", required=True)
@@ -212,7 +213,7 @@ async def assistant_save(request: web.Request) -> web.Response:
 
 
 async def assistant_detail(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request)
+    assistant = await assistant_or_404(request)
     provider = await providers.get(db_pool(request), assistant.provider_id)
     base_url = str(request.url.origin()) + f"/api/v1/assistants/{assistant.id}/v1"
     return await render(request, "admin/assistant.html", {
@@ -223,7 +224,7 @@ async def assistant_detail(request: web.Request) -> web.Response:
 
 
 async def assistant_toggle(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request)
+    assistant = await assistant_or_404(request)
     await assistants.set_enabled(db_pool(request), assistant.id, not assistant.enabled)
     state = "disabled" if assistant.enabled else "enabled"
     await flash(request, "success", f"Assistant “{assistant.name}” {state}.")
@@ -231,14 +232,14 @@ async def assistant_toggle(request: web.Request) -> web.Response:
 
 
 async def assistant_delete_confirm(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request)
+    assistant = await assistant_or_404(request)
     return await confirm(request, title=f"Delete assistant “{assistant.name}”?",
                          message="Clients calling it will get 404. Its usage history is kept. This cannot be undone.",
                          button="Delete assistant", back="assistants")
 
 
 async def assistant_delete(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request)
+    assistant = await assistant_or_404(request)
     await assistants.delete(db_pool(request), assistant.id)
     await flash(request, "success", f"Assistant “{assistant.name}” deleted.")
     raise redirect(request, "assistants")

@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from riceball_proxy.admin.assistants import assistant_or_404
 from riceball_proxy.admin.pages import ADMIN, confirm, db_pool, flash, redirect, render, url
 from riceball_proxy.api import panel
+from riceball_proxy.api.chat import whole_answer
 from riceball_proxy.api.stages import observed
 from riceball_proxy.context import ChatContext
 from riceball_proxy.db import assistants, conversations
@@ -53,13 +55,6 @@ def _uuid(value: str | None, what: str) -> uuid.UUID:
         raise web.HTTPNotFound(text=f"No such {what}.") from None
 
 
-async def _assistant_or_404(request: web.Request, assistant_id: str | None = None) -> assistants.Assistant:
-    assistant = await assistants.get(db_pool(request), _uuid(assistant_id or request.match_info["id"], "assistant"))
-    if assistant is None:
-        raise web.HTTPNotFound(text="No such assistant.")
-    return assistant
-
-
 async def _conversation_or_404(request: web.Request, conversation_id: str | None = None):
     conversation = await conversations.get(db_pool(request),
                                            _uuid(conversation_id or request.match_info["id"], "conversation"))
@@ -76,7 +71,7 @@ def _wants_stream(request: web.Request) -> bool:
 
 
 async def playground(request: web.Request) -> web.Response:
-    assistant = await _assistant_or_404(request)
+    assistant = await assistant_or_404(request)
     pool = db_pool(request)
     return await render(request, "admin/playground.html", {
         "assistant": assistant,
@@ -86,7 +81,7 @@ async def playground(request: web.Request) -> web.Response:
 
 
 async def conversation_new(request: web.Request) -> web.StreamResponse:
-    assistant = await _assistant_or_404(request)
+    assistant = await assistant_or_404(request)
     conversation = await conversations.create(db_pool(request), admin_id=request[ADMIN].id,
                                               assistant_id=assistant.id)
     if "application/json" in request.headers.get("Accept", ""):
@@ -186,7 +181,7 @@ async def message_send(request: web.Request) -> web.StreamResponse:
 async def _whole(request: web.Request, ctx: ChatContext) -> web.Response:
     conversation, messages = request[CALL]
     await panel.prepare(ctx, request[ADMIN], conversation.assistant_id, messages, stream=False)
-    answer = await panel.complete(ctx)
+    answer = await whole_answer(ctx)
     await _save(request, conversation, panel.answer_text(answer), panel.call_meta(ctx))
     return web.Response(status=200)  # what is observed; the admin is sent back to the conversation
 
@@ -279,7 +274,7 @@ async def compare_send(request: web.Request) -> web.Response:
     try:
         content = await _message_from(request)
         for side in ("a", "b"):
-            assistant = await _assistant_or_404(request, str(form.get(side, "")))
+            assistant = await assistant_or_404(request, str(form.get(side, "")))
             conversation = None
             if form.get(f"c{side}"):
                 conversation = await conversations.get(pool, _uuid(str(form.get(f"c{side}")), "conversation"))

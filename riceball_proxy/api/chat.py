@@ -30,11 +30,17 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     await admit(ctx)                                            # 4. limits and budgets (429)
     if ctx.stream:
         return await answer_stream(request, ctx)                # 6-8. call (with failover), transform, SSE
-    answer = await call_upstream(ctx, stream=False)             # 6. call, failing over (api/routing.py)
-    ctx.first_token_at = time.perf_counter()
-    ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
-    answer = await pm.run("riceball_transform_response", ctx=ctx, response=answer)  # 7. transform
+    answer = await whole_answer(ctx)                            # 6-7. call (with failover), transform
     response = web.Response(body=orjson.dumps(answer), content_type="application/json")  # 8. answer
     await response.prepare(request)  # sent now, so that settling the call (9.) never delays it
     await response.write_eof()
     return response
+
+
+async def whole_answer(ctx: ChatContext) -> dict:
+    """A call answered whole: the upstream call, failing over (api/routing.py), its usage, and the
+    plugins' ``riceball_transform_response``."""
+    answer = await call_upstream(ctx, stream=False)
+    ctx.first_token_at = time.perf_counter()
+    ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
+    return await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_transform_response", ctx=ctx, response=answer)

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from riceball_proxy import appkeys
-from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.api.stages import admit, assistant_not_found, select_provider
 from riceball_proxy.api.streaming import upstream_chunks
 from riceball_proxy.context import ChatContext, Principal
@@ -48,14 +47,6 @@ async def prepare(ctx: ChatContext, admin, assistant_id: uuid.UUID, messages: li
     await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_prepare_request", ctx=ctx)
     await select_provider(ctx)
     await admit(ctx)
-
-
-async def complete(ctx: ChatContext) -> dict[str, Any]:
-    """The whole answer (stages 6 and 7), as the API's client would get it."""
-    answer = await call_upstream(ctx, stream=False)
-    ctx.first_token_at = time.perf_counter()
-    ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
-    return await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_transform_response", ctx=ctx, response=answer)
 
 
 async def text_deltas(ctx: ChatContext) -> AsyncIterator[str]:

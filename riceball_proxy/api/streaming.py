@@ -35,8 +35,7 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
     One rule for failures: an APIError before the response is prepared is answered with its HTTP
     status; after it, with one SSE error event in OpenAI's shape, and no ``[DONE]``.
     """
-    pm = ctx.app[appkeys.PLUGIN_MANAGER]
-    transformers = [t for t in pm.hook.riceball_transform_stream(ctx=ctx) if t is not None]
+    transformers = _stream_transformers(ctx)
     in_flight = ctx.app[appkeys.METRICS].streams_in_flight
     response = upstream = None
     try:
@@ -77,6 +76,11 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
             in_flight.dec()
         if upstream is not None:
             await upstream.aclose()
+
+
+def _stream_transformers(ctx: ChatContext) -> list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]]:
+    """The transformers the plugins give this call's stream (``riceball_transform_stream``), in call order."""
+    return [t for t in ctx.app[appkeys.PLUGIN_MANAGER].hook.riceball_transform_stream(ctx=ctx) if t is not None]
 
 
 async def _payloads(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -131,8 +135,7 @@ def transformed_chunks(
 async def upstream_chunks(ctx: ChatContext) -> AsyncIterator[dict]:
     """A streamed call's chunks as :func:`transformed_chunks` gives them, the upstream call (with failover)
     made here and closed when the iteration ends, however it ends."""
-    transformers = [t for t in ctx.app[appkeys.PLUGIN_MANAGER].hook.riceball_transform_stream(ctx=ctx)
-                    if t is not None]
+    transformers = _stream_transformers(ctx)
     first, upstream = await call_upstream(ctx, stream=True)
     try:
         async for chunk in transformed_chunks(ctx, _payloads(ctx, first, upstream), transformers):

@@ -23,7 +23,7 @@ from riceball_proxy.db.assistants import Target
 from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError, KeySpec, LimitsSpec
 from riceball_proxy.limits import Limits, check_limits
-from riceball_proxy.pricing import model_price, price_of
+from riceball_proxy.pricing import model_price, unpriced
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +282,8 @@ class _Sync:
     async def _check_key_budget(self, index: int, spec: KeySpec, scope) -> None:
         if spec.limits.budget_usd is None:
             return
-        types = {provider.id: provider.type for provider in self.providers.values()}
-        callable_ = [a for a in self.assistants.values() if scope is None or a.id in scope]
-        if not any(price_of(a, types.get(a.provider_id)) is not None for a in callable_):
+        priced, _ = await unpriced(self.conn, None if scope is None else set(scope))  # as written so far
+        if not priced:
             raise ConfigFileError([f"keys[{index}].limits.budget_usd: no assistant this key may call has a known "
                                    "price: give them prices, or use budget_tokens"])
 
