@@ -36,6 +36,11 @@ class PluginManager(pluggy.PluginManager):
 
     At registration, an implementation of an *isolated* hook gets its exceptions logged instead of
     raised (so the other implementations still run), and a wrapper of a *fold* hook is refused.
+
+    A hook with no wrapper among its implementations, called while no hook-call monitor (tracing) is
+    installed, is called through a list worked out once: the same implementations, in pluggy's order,
+    with the same arguments, without pluggy's per-call machinery. Anything that could tell the two
+    apart (a wrapper, a monitor) sends every call through pluggy.
     """
 
     def __init__(self) -> None:
@@ -47,15 +52,25 @@ class PluginManager(pluggy.PluginManager):
                           if name.startswith("riceball_")}
         # For fold hooks: the implementations last seen, and one caller for each of them.
         self._one_by_one: dict[str, tuple[list[pluggy.HookImpl], list[pluggy.HookCaller]]] = {}
+        # Hook name -> its call list (None: through pluggy), dropped whenever a plugin comes or goes.
+        self._call_lists: dict[str, CallList | None] = {}
+        self._plain_hookexec = self._inner_hookexec  # pluggy's own, until a monitor replaces it
 
     async def run(self, name: str, **kwargs: Any) -> Any:
         """Call hook ``name`` by its declared policy: the list of results (``all``, ``select``), the
         first result (``first``) or the folded value (``fold``). pluggy calls the implementations."""
         hook = getattr(self.hook, name)
         policy = self._policies.get(name) or policy_of(hook)
+        calls = self._call_list(name, hook)
         if policy.how == "fold":
+            if calls is not None:
+                return await _fold_calls(calls, policy.fold, kwargs)
             return await self._fold(hook, policy.fold, kwargs)
-        results = hook(**kwargs)  # pluggy: implementations, wrappers, tracing; None results are left out
+        if calls is None:
+            results = hook(**kwargs)  # pluggy: implementations, wrappers, tracing; None results are left out
+        else:
+            results = [result for result in (function(*[kwargs[arg] for arg in args]) for function, args in calls)
+                       if result is not None]
         if policy.how == "select":
             return results
         values = []
@@ -83,6 +98,22 @@ class PluginManager(pluggy.PluginManager):
                     value = result
         return value
 
+    def _call_list(self, name: str, hook: pluggy.HookCaller) -> CallList | None:
+        """``hook``'s implementations in call order, each with the names of its arguments; None when
+        pluggy must make the call (a wrapper, a keyword argument, a monitor)."""
+        if self._inner_hookexec is not self._plain_hookexec:
+            return None
+        try:
+            return self._call_lists[name]
+        except KeyError:
+            pass
+        impls = hook.get_hookimpls()
+        calls = None
+        if not any(impl.wrapper or impl.hookwrapper or impl.kwargnames for impl in impls):
+            calls = tuple((impl.function, tuple(impl.argnames)) for impl in reversed(impls))
+        self._call_lists[name] = calls
+        return calls
+
     def _callers_one_by_one(self, hook: pluggy.HookCaller) -> list[pluggy.HookCaller]:
         """One pluggy caller per implementation, in call order (each leaves out every other plugin)."""
         impls = hook.get_hookimpls()
@@ -95,7 +126,12 @@ class PluginManager(pluggy.PluginManager):
         self._one_by_one[hook.name] = (impls, callers)
         return callers
 
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self._call_lists.clear()
+        return super().unregister(plugin, name)
+
     def register(self, plugin: object, name: str | None = None) -> str | None:
+        self._call_lists.clear()
         name = super().register(plugin, name)
         if name is None:  # blocked
             return None
@@ -165,6 +201,22 @@ def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
             }
         )
     return described
+
+
+#: A hook's implementations in call order: (function, names of the arguments it takes).
+CallList = tuple[tuple[Callable, tuple[str, ...]], ...]
+
+
+async def _fold_calls(calls: CallList, argument: str, kwargs: dict[str, Any]) -> Any:
+    """``PluginManager._fold`` for a hook called through its call list."""
+    value = kwargs[argument]
+    for function, args in calls:
+        kwargs[argument] = value
+        result = function(*[kwargs[arg] for arg in args])
+        result = await await_me_maybe(result)
+        if result is not None:
+            value = result
+    return value
 
 
 async def await_me_maybe(value: Any) -> Any:

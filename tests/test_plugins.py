@@ -220,3 +220,62 @@ def test_an_implementation_of_an_undeclared_hook_registers_as_pluggy_allows():
 
     pm = make_plugin_manager(Settings(), entry_points=False)
     assert pm.register(Stray(), name="stray") == "stray"
+
+
+async def test_a_hook_is_called_the_same_with_or_without_pluggy_in_the_way():
+    """Without wrappers or monitors the manager calls a hook's implementations from a list worked out
+    once; plugins that come and go, a monitor and a wrapper each change what is called at once."""
+    from riceball_proxy import hookimpl
+
+    order = []
+
+    class Early:
+        @hookimpl(tryfirst=True)
+        def riceball_prepare_request(self, ctx):
+            order.append("early")
+
+    class Late:
+        @hookimpl(trylast=True)
+        async def riceball_prepare_request(self, ctx):
+            order.append("late")
+
+    class Refuse:
+        @hookimpl
+        async def riceball_authenticate(self, request, assistant_id):
+            return f"refused {assistant_id}"
+
+    pm = make_plugin_manager(Settings(), entry_points=False)
+    for name in DEFAULT_PLUGINS:  # only this test's plugins
+        pm.unregister(name=name)
+    pm.register(Early(), name="early")
+    late = Late()
+    pm.register(late, name="late")
+    await pm.run("riceball_prepare_request", ctx=None)
+    assert order == ["early", "late"]
+
+    pm.unregister(late)
+    await pm.run("riceball_prepare_request", ctx=None)
+    assert order == ["early", "late", "early"]
+    assert await pm.run("riceball_authenticate", request=None, assistant_id=1) is None
+    pm.register(Refuse(), name="refuse")
+    assert await pm.run("riceball_authenticate", request=None, assistant_id=1) == "refused 1"
+
+    monitored = []
+    undo = pm.add_hookcall_monitoring(lambda name, impls, kwargs: monitored.append(name), lambda *args: None)
+    assert await pm.run("riceball_authenticate", request=None, assistant_id=2) == "refused 2"
+    await pm.run("riceball_prepare_request", ctx=None)
+    assert monitored == ["riceball_authenticate", "riceball_prepare_request"]
+    undo()
+    await pm.run("riceball_prepare_request", ctx=None)
+    assert monitored == ["riceball_authenticate", "riceball_prepare_request"]
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def riceball_prepare_request(self, ctx):
+            order.append("wrapped")
+            return (yield)
+
+    pm.register(Wrapper(), name="wrapper")
+    order.clear()
+    await pm.run("riceball_prepare_request", ctx=None)
+    assert order == ["wrapped", "early"]
