@@ -29,6 +29,25 @@ async def test_every_response_carries_a_request_id(aiohttp_client, settings):
     assert hostile.headers["X-Request-ID"].startswith("req_")
 
 
+def test_request_ids_are_new_in_every_forked_worker():
+    import os
+
+    from riceball_proxy.app import new_request_id
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker forked from this process: its first ids must not be the parent's next ones
+        os.write(write, " ".join(new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = set(os.read(read, 4096).decode().split())
+    os.close(read)
+    in_parent = {new_request_id() for _ in range(3)}
+    assert len(in_child) == 3 and len(in_parent) == 3 and not in_child & in_parent
+    assert all(len(id_) == 36 and int(id_[4:], 16) >= 0 for id_ in in_child | in_parent)
+
+
 async def test_landing_page_is_rendered_from_the_packaged_templates(aiohttp_client, settings):
     client = await aiohttp_client(create_app(settings))
     response = await client.get("/")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import itertools
 import operator
@@ -102,6 +103,7 @@ async def _insert_new(pool, records: list[tuple]) -> None:
                            "ON CONFLICT (event_id) DO NOTHING")
 
 
+@functools.lru_cache(maxsize=4096)  # callers come back: each address is parsed once
 def _address(text: str | None):
     try:
         return None if text is None else ipaddress.ip_address(text)
