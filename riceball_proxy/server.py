@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -111,6 +112,10 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
     app[ANNOUNCE_LATER] = True
 
     def started(message: str) -> None:
+        # What starting made (modules, templates, plugins, the first caches) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it and stalls the loop for it.
+        gc.collect()
+        gc.freeze()
         logger.info("RiceBall %s", message.strip().splitlines()[0] if message else "")
         notice = app.get(SETUP_NOTICE)
         if notice:  # last, set apart: the one thing a first start asks of its reader
