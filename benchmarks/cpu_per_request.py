@@ -8,7 +8,8 @@ Each run starts the fake upstream and a one-worker gateway (from the working tre
 ``wrk -t2 -c64``, and divides the gateway's user+system CPU time (from ``/proc``) by the requests wrk
 counted. ``--limits`` gives the key every kind of limit (none ever reached), with its counters in that
 backend (Redis: ``RICEBALL_BENCH_REDIS_URL``). ``--floor`` measures the bare aiohttp proxy
-(``benchmarks.minimal_proxy``) the same way in each run: the least any aiohttp gateway spends.
+(``benchmarks.minimal_proxy``) the same way in each run, alone and doing the work no gateway can skip
+(``--gateway-work``): the least any aiohttp gateway spends.
 ``--workers N`` serves with N processes and adds up their CPU. Runs alternate, so that a machine that
 slows down or speeds up does so for all. Prints one line per run and the mean of each.
 """
@@ -23,42 +24,30 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.run import BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, free_port, riceball, running, wrk_output
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime and stime
-
+from benchmarks.run import (BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, cpu_seconds, free_port,
+                            process_tree_cpu, riceball, running, wrk_output)
 
 LIMITS = ("--rpm", "1000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens",
           "1000000000000000")
 
 
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its children alive now (a supervisor and its workers)."""
-    total = cpu_seconds(pid)
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        total += process_tree_cpu(int(child))
-    return total
-
-
-def floor_run(stream: bool, seconds: int, workdir: Path) -> tuple[float, float]:
-    """(requests/s, CPU µs per request) of the bare aiohttp proxy in front of the fake upstream."""
+def floor_run(stream: bool, seconds: int, workdir: Path, gateway_work: bool = False) -> tuple[float, float]:
+    """(requests/s, CPU µs per request) of the bare aiohttp proxy in front of the fake upstream; with
+    ``gateway_work``, of the same proxy doing the work no gateway can skip (``benchmarks.minimal_proxy``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")} | {"PYTHONPATH": str(ROOT)}
     upstream_port, proxy_port = free_port(), free_port()
     with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)], env,
                  f"http://127.0.0.1:{upstream_port}/", workdir / "upstream.log"):
         argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port), "--upstream",
-                f"http://127.0.0.1:{upstream_port}"]
+                f"http://127.0.0.1:{upstream_port}", *(["--gateway-work"] if gateway_work else [])]
         with running(argv, env, f"http://127.0.0.1:{proxy_port}/", workdir / "proxy.log") as proxy:
-            url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+            path = f"/api/v1/assistants/{uuid.uuid4()}/v1/chat/completions" if gateway_work else "/v1/chat/completions"
+            url = f"http://127.0.0.1:{proxy_port}{path}"
+            headers = {"Authorization": "Bearer sk-" + "0" * 48} if gateway_work else {}
             body = {"model": "bench", "messages": MESSAGES, "stream": stream}
-            wrk_output(url, {}, body, 64, 2, workdir)
+            wrk_output(url, headers, body, 64, 2, workdir)
             before = cpu_seconds(proxy.pid)
-            output = wrk_output(url, {}, body, 64, seconds, workdir)
+            output = wrk_output(url, headers, body, 64, seconds, workdir)
             used = cpu_seconds(proxy.pid) - before
     requests = int(output.split(" requests in ")[0].split()[-1])
     return requests / seconds, used / requests * 1e6
@@ -115,8 +104,9 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     trees: list[Path | None] = [None, *args.tree]
     results: dict[str, list[float]] = {str(tree or "working tree"): [] for tree in trees}
-    if args.floor:
-        results["bare aiohttp proxy"] = []
+    floors = {"bare aiohttp proxy": False, "bare proxy + a gateway's least work": True} if args.floor else {}
+    for name in floors:
+        results[name] = []
     workdir = Path(tempfile.mkdtemp(prefix="riceball-cpu-"))
     for run in range(args.runs):
         for tree in trees:
@@ -126,11 +116,10 @@ def main() -> None:
             results[name].append(micros)
             print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of gateway CPU per request",
                   flush=True)
-        if args.floor:
-            rps, micros = floor_run(args.stream, args.seconds, workdir)
-            results["bare aiohttp proxy"].append(micros)
-            print(f"run {run + 1} bare aiohttp proxy: {rps:,.0f} requests/s, {micros:,.0f} µs of CPU per request",
-                  flush=True)
+        for name, gateway_work in floors.items():
+            rps, micros = floor_run(args.stream, args.seconds, workdir, gateway_work)
+            results[name].append(micros)
+            print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of CPU per request", flush=True)
     for name, values in results.items():
         print(f"{name}: mean {statistics.mean(values):,.0f} µs per request ({min(values):,.0f}-{max(values):,.0f})")
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -244,12 +245,43 @@ def wrk_output(url: str, headers: dict, body: dict, connections: int, seconds: i
                           capture_output=True, text=True, check=True).stdout
 
 
-def wrk(url: str, headers: dict, body: dict, connections: int, seconds: int, workdir: Path) -> tuple[float, int]:
-    """Requests/s and non-2xx answers at ``connections`` concurrent connections, measured by wrk."""
+class Load(typing.NamedTuple):
+    """What one wrk run measured: requests/s, non-2xx answers, and the CPU the server process (and its
+    workers) spent per request, in µs, when its pid was given."""
+
+    rps: float
+    errors: int
+    cpu_us: float | None = None
+
+
+def wrk(url: str, headers: dict, body: dict, connections: int, seconds: int, workdir: Path,
+        pid: int | None = None) -> Load:
+    """Requests/s and non-2xx answers at ``connections`` concurrent connections, measured by wrk, and
+    the CPU time of process ``pid`` (with its children) per request served."""
+    before = None if pid is None else process_tree_cpu(pid)
     output = wrk_output(url, headers, body, connections, seconds, workdir)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    used = None if pid is None else process_tree_cpu(pid) - before
+    requests = int(output.split(" requests in ")[0].split()[-1])
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return rps, int(errors.group(1)) if errors else 0
+    return Load(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), int(errors.group(1)) if errors else 0,
+                None if used is None else used / max(requests, 1) * 1e6)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (from ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime and stime
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children alive now (a supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += process_tree_cpu(int(child))
+    return total
 
 
 async def hold_streams(url: str, headers: dict, body: dict, count: int, gateway_pid: int) -> tuple[int, int, int]:
@@ -366,12 +398,13 @@ def main() -> None:
                             through(fast, port), auth, auth, plain, count, other_url=through(resilient, port)))
                         for name, body in (("rps", plain), ("rps_stream", streamed)):
                             results[name] = (wrk(direct, {}, body, 64, seconds, workdir),
-                                             wrk(through(fast, port), auth, body, 64, seconds, workdir))
+                                             wrk(through(fast, port), auth, body, 64, seconds, workdir, gateway.pid))
                         slow_body = {"model": "x", "messages": MESSAGES, "stream": True}
                         results["streams"] = asyncio.run(hold_streams(through(slow, port), auth, slow_body, streams,
                                                                       gateway.pid))
                     else:
-                        results["rps_workers"] = wrk(through(fast, port), auth, plain, 64, seconds, workdir)
+                        results["rps_workers"] = wrk(through(fast, port), auth, plain, 64, seconds, workdir,
+                                                     gateway.pid)
             for backend in ("memory", "redis", "postgres"):
                 backend_env = env | {"RICEBALL_LIMITS_BACKEND": backend}
                 if backend == "redis":
@@ -386,16 +419,26 @@ def main() -> None:
                         url, auth, {"Authorization": f"Bearer {limited_key}"}, plain, count))
                     if backend == "redis":
                         results["redis_floor"] = asyncio.run(redis_round_trips(BENCH_REDIS, count))
-            proxy_port = free_port()
-            proxy_argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port),
-                          "--upstream", f"http://127.0.0.1:{upstream_port}"]
-            with running(proxy_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{proxy_port}/",
-                         workdir / "minimal-proxy.log") as proxy:
+            def minimal_proxy(*options: str):
+                port = free_port()
+                argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(port), "--upstream",
+                        f"http://127.0.0.1:{upstream_port}", *options]
+                return port, running(argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{port}/",
+                                     workdir / f"minimal-proxy{''.join(options)}.log")
+
+            # The bare proxy doing the work no gateway of this design can skip (benchmarks.minimal_proxy).
+            proxy_port, started = minimal_proxy("--gateway-work")
+            with started as proxy:
+                least_url, least_auth = through(fast, proxy_port), {"Authorization": "Bearer sk-" + "0" * 48}
+                results["rps_least"] = wrk(least_url, least_auth, plain, 64, seconds, workdir, proxy.pid)
+                results["rps_stream_least"] = wrk(least_url, least_auth, streamed, 64, seconds, workdir, proxy.pid)
+            proxy_port, started = minimal_proxy()
+            with started as proxy:
                 floor_url = f"http://127.0.0.1:{proxy_port}/x"
                 results["latency_floor"] = asyncio.run(latencies(floor_url, {}, plain, count, first_byte=False))
                 results["ttfb_floor"] = asyncio.run(latencies(floor_url, {}, streamed, count, first_byte=True))
-                results["rps_floor"] = wrk(floor_url, {}, plain, 64, seconds, workdir)
-                results["rps_stream_floor"] = wrk(floor_url, {}, streamed, 64, seconds, workdir)
+                results["rps_floor"] = wrk(floor_url, {}, plain, 64, seconds, workdir, proxy.pid)
+                results["rps_stream_floor"] = wrk(floor_url, {}, streamed, 64, seconds, workdir, proxy.pid)
                 # Last, as for the gateway: 10,000 connections leave a process slower for a while.
                 results["streams_floor"] = asyncio.run(hold_streams(
                     floor_url, {}, {"model": "delay-0.5", "messages": MESSAGES, "stream": True}, streams, proxy.pid))
@@ -410,9 +453,9 @@ def main() -> None:
     rows.append(("added time to first byte p50, c=1, stream", ms(statistics.median(g) - statistics.median(d)),
                  f"direct {ms(statistics.median(d))}, gateway {ms(statistics.median(g))}", "<= 0.5 ms"))
     for name, label in (("rps", "non-stream"), ("rps_stream", "stream of 20 chunks")):
-        (direct_rps, direct_errors), (gateway_rps, gateway_errors) = results[name]
-        rows.append((f"requests/s, c=64, {label}", f"{gateway_rps / direct_rps:.0%} of direct",
-                     f"direct {direct_rps:,.0f}/s, gateway {gateway_rps:,.0f}/s, errors {direct_errors + gateway_errors}",
+        direct, gateway = results[name]
+        rows.append((f"requests/s, c=64, {label}", f"{gateway.rps / direct.rps:.0%} of direct",
+                     f"direct {direct.rps:,.0f}/s, gateway {gateway.rps:,.0f}/s, errors {direct.errors + gateway.errors}",
                      ">= 35%"))
     before, peak, failures = results["streams"]
     rows.append((f"{streams} concurrent slow streams", f"+{(peak - before) / 1024:.1f} MB RSS",
@@ -421,16 +464,26 @@ def main() -> None:
     before, peak, failures = results["streams_floor"]
     rows.append((f"{streams} concurrent slow streams, the bare aiohttp proxy", f"+{(peak - before) / 1024:.1f} MB RSS",
                  f"RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB at peak, {failures} failed", ""))
-    floor_rps, floor_errors = results["rps_floor"]
+    floor = results["rps_floor"]
     rows.append(("requests/s, c=64, non-stream, a 20-line aiohttp proxy (no gateway logic)",
-                 f"{floor_rps / results['rps'][0][0]:.0%} of direct",
-                 f"{floor_rps:,.0f}/s, errors {floor_errors}: the ceiling of aiohttp's server and client here", ""))
+                 f"{floor.rps / results['rps'][0].rps:.0%} of direct",
+                 f"{floor.rps:,.0f}/s, errors {floor.errors}: the ceiling of aiohttp's server and client here", ""))
     # Against that floor, measured in the same run.
     for name, label in (("rps", "non-stream"), ("rps_stream", "stream of 20 chunks")):
-        (floor_rps, floor_errors), (gateway_rps, gateway_errors) = results[f"{name}_floor"], results[name][1]
-        rows.append((f"requests/s, c=64, {label}, against the bare aiohttp proxy", f"{gateway_rps / floor_rps:.0%}",
-                     f"bare proxy {floor_rps:,.0f}/s, gateway {gateway_rps:,.0f}/s, errors {floor_errors + gateway_errors}",
+        floor, gateway, least = results[f"{name}_floor"], results[name][1], results[f"{name}_least"]
+        rows.append((f"requests/s, c=64, {label}, against the bare aiohttp proxy", f"{gateway.rps / floor.rps:.0%}",
+                     f"bare proxy {floor.rps:,.0f}/s, gateway {gateway.rps:,.0f}/s, errors {floor.errors + gateway.errors}",
                      ">= 70%"))
+        rows.append((f"requests/s, c=64, {label}, the bare proxy doing only a gateway's least work, against the "
+                     "bare proxy", f"{least.rps / floor.rps:.0%}",
+                     f"{least.rps:,.0f}/s, errors {least.errors}: key hashed, body parsed, injected and serialised, "
+                     "answer parsed, a usage row, a request id, a log line (benchmarks/minimal_proxy.py)", ""))
+        rows.append((f"CPU per request, c=64, {label}", f"{gateway.cpu_us:,.0f} µs",
+                     f"bare proxy {floor.cpu_us:,.0f} µs, bare proxy with a gateway's least work "
+                     f"{least.cpu_us:,.0f} µs", ""))
+    one_worker, two_workers = results["rps"][1], results["rps_workers"]
+    rows.append(("CPU per request, c=64, non-stream, --workers 2", f"{two_workers.cpu_us:,.0f} µs",
+                 f"1 worker {one_worker.cpu_us:,.0f} µs (both workers' CPU added up)", "not above 1 worker's"))
     for name, label in (("latency", "latency p50, c=1, non-stream"), ("ttfb", "time to first byte p50, c=1, stream")):
         d, g = results[name]
         f = results[f"{name}_floor"]
@@ -449,10 +502,9 @@ def main() -> None:
                  ms(statistics.median(resilient_fast) - statistics.median(plain_fast)),
                  f"without fallbacks {ms(statistics.median(plain_fast))}, with one {ms(statistics.median(resilient_fast))}",
                  "nothing measurable"))
-    one_worker = results["rps"][1][0]
-    two_workers, errors = results["rps_workers"]
-    rows.append(("requests/s, c=64, --workers 2 vs 1", f"{two_workers / one_worker:.2f}x",
-                 f"1 worker {one_worker:,.0f}/s, 2 workers {two_workers:,.0f}/s, errors {errors}", ">= 1.6x"))
+    rows.append(("requests/s, c=64, --workers 2 vs 1", f"{two_workers.rps / one_worker.rps:.2f}x",
+                 f"1 worker {one_worker.rps:,.0f}/s, 2 workers {two_workers.rps:,.0f}/s, errors {two_workers.errors}",
+                 ">= 1.6x"))
 
     for backend in ("memory", "redis", "postgres"):
         if f"limits_{backend}" not in results:
