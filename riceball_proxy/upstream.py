@@ -134,7 +134,7 @@ async def json_events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
     A broken connection, a timeout or an event that is not JSON raises APIError.
     """
     try:
-        async for data in sse.iter_data(response.content):
+        async for data in sse.iter_data(response.content.iter_any()):
             yield orjson.loads(data)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise connection_error(exc) from None

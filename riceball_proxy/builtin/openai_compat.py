@@ -56,7 +56,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         async with self.call("POST", self._chat_url, headers=self._headers(), body=body,
                              request_id=request_id) as response:
             try:
-                async for data in sse.iter_data(response.content):
+                async for data in sse.iter_data(response.content.iter_any()):
                     if data == sse.DONE:
                         return
                     chunk = _json_object(data)
