@@ -9,9 +9,9 @@ Each run starts the fake upstream and a one-worker gateway (from the working tre
 counted. ``--limits`` gives the key every kind of limit (none ever reached), with its counters in that
 backend (Redis: ``RICEBALL_BENCH_REDIS_URL``). ``--floor`` measures the bare aiohttp proxy
 (``benchmarks.minimal_proxy``) the same way in each run, alone and doing the work no gateway can skip
-(``--gateway-work``): the least any aiohttp gateway spends.
-``--workers N`` serves with N processes and adds up their CPU. Runs alternate, so that a machine that
-slows down or speeds up does so for all. Prints one line per run and the mean of each.
+(``--gateway-work``): the least any aiohttp gateway spends. ``--workers N`` serves with N processes and
+adds up their CPU (the floors too). Runs alternate, so that a machine that slows down or speeds up does
+so for all. Prints one line per run and the mean of each.
 """
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.run import (BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, cpu_seconds, free_port,
-                            process_tree_cpu, riceball, running, wrk_output)
+from benchmarks.run import (BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, free_port, process_tree_cpu,
+                            riceball, running, wrk_output)
 
 LIMITS = ("--rpm", "1000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens",
           "1000000000000000")
 
 
-def floor_run(stream: bool, seconds: int, workdir: Path, gateway_work: bool = False) -> tuple[float, float]:
+def floor_run(stream: bool, seconds: int, workdir: Path, gateway_work: bool = False,
+              workers: int = 1) -> tuple[float, float]:
     """(requests/s, CPU µs per request) of the bare aiohttp proxy in front of the fake upstream; with
     ``gateway_work``, of the same proxy doing the work no gateway can skip (``benchmarks.minimal_proxy``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")} | {"PYTHONPATH": str(ROOT)}
@@ -39,16 +40,17 @@ def floor_run(stream: bool, seconds: int, workdir: Path, gateway_work: bool = Fa
     with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)], env,
                  f"http://127.0.0.1:{upstream_port}/", workdir / "upstream.log"):
         argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(proxy_port), "--upstream",
-                f"http://127.0.0.1:{upstream_port}", *(["--gateway-work"] if gateway_work else [])]
+                f"http://127.0.0.1:{upstream_port}", "--workers", str(workers)]
+        argv += ["--gateway-work"] if gateway_work else []
         with running(argv, env, f"http://127.0.0.1:{proxy_port}/", workdir / "proxy.log") as proxy:
             path = f"/api/v1/assistants/{uuid.uuid4()}/v1/chat/completions" if gateway_work else "/v1/chat/completions"
             url = f"http://127.0.0.1:{proxy_port}{path}"
             headers = {"Authorization": "Bearer sk-" + "0" * 48} if gateway_work else {}
             body = {"model": "bench", "messages": MESSAGES, "stream": stream}
             wrk_output(url, headers, body, 64, 2, workdir)
-            before = cpu_seconds(proxy.pid)
+            before = process_tree_cpu(proxy.pid)
             output = wrk_output(url, headers, body, 64, seconds, workdir)
-            used = cpu_seconds(proxy.pid) - before
+            used = process_tree_cpu(proxy.pid) - before
     requests = int(output.split(" requests in ")[0].split()[-1])
     return requests / seconds, used / requests * 1e6
 
@@ -117,7 +119,7 @@ def main() -> None:
             print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of gateway CPU per request",
                   flush=True)
         for name, gateway_work in floors.items():
-            rps, micros = floor_run(args.stream, args.seconds, workdir, gateway_work)
+            rps, micros = floor_run(args.stream, args.seconds, workdir, gateway_work, args.workers)
             results[name].append(micros)
             print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of CPU per request", flush=True)
     for name, values in results.items():

@@ -1,7 +1,7 @@
 """The least an aiohttp proxy can do: read the body, POST it upstream over keep-alive, return the answer
 (a stream forwarded piece by piece as it comes).
 
-    python -m benchmarks.minimal_proxy --port 9300 --upstream http://127.0.0.1:9100 [--gateway-work]
+    python -m benchmarks.minimal_proxy --port 9300 --upstream http://127.0.0.1:9100 [--gateway-work] [--workers N]
 
 No auth, no parsing, no logging: ``make bench`` measures it beside the gateway to show the ceiling of
 aiohttp's own server and client on the machine.
@@ -12,12 +12,16 @@ system prompt and parameters injected and the body serialised again, the answer 
 (each event of a stream parsed, as the gateway checks them), a usage row kept for a batched write, a
 request id, and one access-log line. ``benchmarks.cpu_per_request --floor`` measures both, to show
 how much of the gateway's cost is that work and how much is the rest (plugins, limits, metrics...).
+
+``--workers N`` serves from N processes sharing the port (``SO_REUSEPORT``), as ``riceball serve
+--workers N`` does: what a second process costs on the machine, whatever runs in it.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import logging
+import os
 import random
 import sys
 import time
@@ -32,7 +36,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--gateway-work", action="store_true", help="also do the work no gateway can skip")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     args = parser.parse_args()
+    for _ in range(args.workers - 1):
+        if os.fork() == 0:
+            break  # a worker: serve like the first process
     chat_url = args.upstream + "/v1/chat/completions"
 
     async def session_ctx(app: web.Application):
@@ -102,7 +110,8 @@ def main() -> None:
     if args.gateway_work:
         app.router.add_post("/api/v1/assistants/{assistant_id}/v1/chat/completions", forward_with_gateway_work)
     app.router.add_post("/{tail:.*}", forward)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=uvloop.new_event_loop())
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=uvloop.new_event_loop(),
+                reuse_port=args.workers > 1 or None)
 
 
 if __name__ == "__main__":
