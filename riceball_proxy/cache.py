@@ -85,6 +85,8 @@ class ConfigCache:
         self._gates: dict[int, ConnectionGate] = {}
         # Bumped by every invalidation: a read that started before one must not store its result.
         self._generation = 0
+        #: The reads under way: (which cache, entry, generation) -> the read, which later lookups share.
+        self._reads: dict[tuple, asyncio.Future] = {}
 
     # --- lookups -----------------------------------------------------------------------------------
 
@@ -139,6 +141,24 @@ class ConfigCache:
         return gate
 
     async def _load(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any,
+                    held: MutableMapping[Any, Any]) -> Any:
+        """The value ``read`` gives, stored under ``cache_key``. Lookups of one entry made while its read
+        is under way wait for that read rather than making their own (a cold entry under load, after a
+        start or a change, costs one database round trip, not one per request); a lookup made after an
+        invalidation never joins a read that began before it."""
+        flight_key = (id(held), cache_key, self._generation)
+        flight = self._reads.get(flight_key)
+        if flight is None:
+            flight = self._reads[flight_key] = asyncio.ensure_future(self._read(read, store, cache_key, held))
+            flight.add_done_callback(lambda done: self._read_done(flight_key, done))
+        return await asyncio.shield(flight)  # one caller going away leaves the read to the others
+
+    def _read_done(self, flight_key: tuple, flight: asyncio.Future) -> None:
+        self._reads.pop(flight_key, None)
+        if not flight.cancelled():
+            flight.exception()  # retrieved here too, for when every caller went away before it ended
+
+    async def _read(self, read: Callable, store: Callable[[Any, Any], None], cache_key: Any,
                     held: MutableMapping[Any, Any]) -> Any:
         generation = self._generation
         try:

@@ -39,6 +39,10 @@ class InFlight:
         self._calls[task] = ctx
         self._idle.clear()
 
+    def __len__(self) -> int:
+        """How many calls are being answered."""
+        return len(self._calls)
+
     def discard(self, task: asyncio.Task) -> None:
         self._calls.pop(task, None)
         if not self._calls:

@@ -125,3 +125,45 @@ async def test_unknown_ids_and_keys_fill_bounded_caches_that_keep_the_entries_in
     entries = gateway.cache.entries()
     assert entries["unknown_assistants"] == 5 and entries["unknown_keys"] == 5
     assert entries["assistants"] == 1 and entries["keys"] == 1  # the ones in use stayed
+
+
+async def test_a_cold_assistant_wanted_by_many_calls_at_once_is_read_once(configured):
+    """Lookups of one entry made while its read is under way share that read: a cold entry under load
+    (after a start or a change) costs one database round trip, not one per call, nor a queue of them
+    on the pool that outlasts the lookup's timeout."""
+    gateway = configured.gateway
+    await configured.client.chat.completions.create(model="x", messages=MESSAGES)  # the key and provider warm
+    cold = await gateway.assistant(configured.provider)  # never looked up
+    client = gateway.client(cold.id, configured.key)
+    in_flight = gateway.app[appkeys.IN_FLIGHT]
+    blocker = await asyncpg.connect(gateway.app[appkeys.DATABASE].url)
+
+    async def reads_waiting() -> int:  # the gateway's reads of ``assistants`` waiting for the lock
+        await blocker.execute("SELECT pg_stat_clear_snapshot()")  # not the transaction's first look again
+        return await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM assistants%'")
+
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE assistants IN ACCESS EXCLUSIVE MODE")
+            calls = [asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES))
+                     for _ in range(30)]
+            while len(in_flight) < 30 or await reads_waiting() == 0:  # every call in, a read waiting
+                await asyncio.sleep(0.01)
+            seen = set()
+            for _ in range(20):  # the others had the time to send theirs: the pool has 10 connections
+                seen.add(await reads_waiting())
+                await asyncio.sleep(0.02)
+            assert seen == {1}
+            # A change to the assistant: later lookups must not be given what the read under way finds.
+            gateway.app[appkeys.CONFIG_CACHE].invalidate(f"assistants:{cold.id}")
+            calls += [asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES))
+                      for _ in range(5)]
+            while await reads_waiting() < 2:
+                await asyncio.sleep(0.01)
+        answers = await asyncio.gather(*calls)
+    finally:
+        await blocker.close()
+        await client.close()
+    assert [answer.choices[0].message.content for answer in answers] == ["Hello from the fake upstream"] * 35
