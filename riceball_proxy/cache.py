@@ -44,8 +44,12 @@ MAX_PROVIDERS = 1_000
 #: Seconds between liveness checks of the listening connection, and before reconnecting.
 LISTENER_PING_INTERVAL = 5.0
 LISTENER_RETRY_DELAY = 1.0
-#: Seconds a lookup may wait for the database.
+#: Seconds a lookup may wait for the database before it serves the entry held from before.
 LOOKUP_TIMEOUT = 3.0
+#: Seconds the read of an entry held nowhere may take (its only alternative is a 503). Longer, because
+#: every call wanting it waits on this one read, and a burst of calls that keeps the event loop busy
+#: delays its answer too: 10,000 streams arriving at once took more than 3 s of a 2-core machine.
+COLD_LOOKUP_TIMEOUT = 15.0
 
 
 class ProviderNotInstalled(LookupError):
@@ -162,7 +166,7 @@ class ConfigCache:
                     held: MutableMapping[Any, Any]) -> Any:
         generation = self._generation
         try:
-            async with asyncio.timeout(LOOKUP_TIMEOUT):
+            async with asyncio.timeout(LOOKUP_TIMEOUT if cache_key in held else COLD_LOOKUP_TIMEOUT):
                 value = await read()
         except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
             if cache_key in held:  # the database is away: serve what was known before

@@ -4,6 +4,7 @@ import time
 
 import asyncpg
 import openai
+import pytest
 
 from riceball_proxy import appkeys
 from riceball_proxy.cache import LISTENER_APPLICATION_NAME
@@ -167,3 +168,33 @@ async def test_a_cold_assistant_wanted_by_many_calls_at_once_is_read_once(config
         await blocker.close()
         await client.close()
     assert [answer.choices[0].message.content for answer in answers] == ["Hello from the fake upstream"] * 35
+
+
+async def test_a_read_of_an_entry_held_nowhere_is_given_longer_before_a_503(configured, monkeypatch):
+    """An entry held from before is served once the database is slower than LOOKUP_TIMEOUT; one held
+    nowhere has only a 503 to fall back on, so its read is given COLD_LOOKUP_TIMEOUT, then answered 503."""
+    monkeypatch.setattr("riceball_proxy.cache.LOOKUP_TIMEOUT", 0.2)
+    monkeypatch.setattr("riceball_proxy.cache.COLD_LOOKUP_TIMEOUT", 2.0)
+    gateway = configured.gateway
+    await configured.client.chat.completions.create(model="x", messages=MESSAGES)  # the key and provider warm
+    blocker = await asyncpg.connect(gateway.app[appkeys.DATABASE].url)
+    try:
+        for held_for, answered in ((0.6, True), (None, False)):
+            cold = await gateway.assistant(configured.provider)
+            client = gateway.client(cold.id, configured.key)
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE assistants IN ACCESS EXCLUSIVE MODE")
+                call = asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES))
+                if held_for is not None:  # longer than LOOKUP_TIMEOUT, shorter than COLD_LOOKUP_TIMEOUT
+                    await asyncio.sleep(held_for)
+                else:
+                    with pytest.raises(openai.InternalServerError) as refused:
+                        await call
+            if answered:
+                assert (await call).choices[0].message.content == "Hello from the fake upstream"
+            else:
+                assert refused.value.status_code == 503
+                assert refused.value.body["code"] == "database_unavailable"
+            await client.close()
+    finally:
+        await blocker.close()
