@@ -337,3 +337,42 @@ async def test_an_upstream_429_passes_on_when_to_retry(configured, stream):
     headers = raised.value.response.headers
     assert {name: headers.get(name) for name in limits} == limits
     assert "set-cookie" not in headers and "x-upstream-internal" not in headers  # only what retries need
+
+
+async def test_a_client_gone_mid_answer_is_logged_as_gone_not_as_a_server_error(aiohttp_server, caplog):
+    """Writing to a client that went away raises ConnectionResetError: the access log says 499, and no
+    traceback of an "unhandled error" is logged for it."""
+    import logging
+
+    from aiohttp import web
+    from aiohttp.abc import AbstractAccessLogger
+
+    from riceball_proxy.api import api_error_middleware
+
+    statuses = []
+
+    async def answer_then_lose_the_client(request):
+        response = web.StreamResponse()
+        await response.prepare(request)
+        request.transport.close()  # as when the client's connection drops
+        await response.write(b"data: {}\n\n")  # raises: the transport is closing
+
+    app = web.Application(middlewares=[api_error_middleware])
+    app.router.add_post("/", answer_then_lose_the_client)
+
+    class AccessLog(AbstractAccessLogger):
+        def log(self, request, response, time):
+            statuses.append(response.status)
+
+    server = await aiohttp_server(app, access_log_class=AccessLog, access_log=logging.getLogger("test.access"))
+    with caplog.at_level(logging.ERROR):
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(server.make_url("/")) as response:
+                    await response.read()
+        for _ in range(100):
+            if statuses:
+                break
+            await asyncio.sleep(0.01)
+    assert statuses == [499]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

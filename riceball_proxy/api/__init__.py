@@ -16,6 +16,7 @@ from aiohttp import web
 from riceball_proxy import appkeys
 from riceball_proxy.api.chat import chat_completions
 from riceball_proxy.api.models import list_models, retrieve_model
+from riceball_proxy.api.stages import CLIENT_CLOSED_REQUEST
 from riceball_proxy.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,16 @@ async def api_error_middleware(request: web.Request, handler) -> web.StreamRespo
             return APIError(405, f"Method {request.method} is not allowed for {request.path}.",
                             code="method_not_allowed").response(headers={"Allow": exc.headers.get("Allow", "")})
         return APIError(exc.status, exc.reason, type="invalid_request_error").response()
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():  # the client went away mid-answer
+            return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")  # never sent
+        return internal_error(request)
     except Exception:
-        logger.exception("unhandled error in request %s", request.get(appkeys.REQUEST_ID))
-        return APIError(500, "The server had an error while processing your request.", type="server_error",
-                        code="internal_error").response()
+        return internal_error(request)
+
+
+def internal_error(request: web.Request) -> web.Response:
+    """500 for a failure nobody answered; its traceback goes to the log (call within ``except``)."""
+    logger.exception("unhandled error in request %s", request.get(appkeys.REQUEST_ID))
+    return APIError(500, "The server had an error while processing your request.", type="server_error",
+                    code="internal_error").response()
