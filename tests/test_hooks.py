@@ -235,11 +235,12 @@ async def test_hook_riceball_request_finished(with_plugin, fake_openai):
 
 async def test_slow_observers_hold_finishing_requests_but_lose_nothing_and_hold_no_prompts(
         start_gateway, settings, fake_openai, db):
-    seen, release = [], asyncio.Event()
+    seen, entered, release = [], asyncio.Event(), asyncio.Event()
 
     class SlowObserver:
         @hookimpl
         async def riceball_request_finished(self, ctx, outcome):
+            entered.set()
             await release.wait()
             seen.append(("messages" in ctx.body, "messages" in ctx.client_body, ctx.body.get("model")))
 
@@ -250,7 +251,9 @@ async def test_slow_observers_hold_finishing_requests_but_lose_nothing_and_hold_
     provider = await gateway.provider(fake_openai.base_url)
     assistant = await gateway.assistant(provider)
     async with gateway.client(assistant.id, await gateway.key()) as client:
-        calls = [asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES)) for _ in range(6)]
+        calls = [asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES))]
+        await entered.wait()  # the first outcome is with the observer before the others come
+        calls += [asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES)) for _ in range(5)]
         while len(fake_openai.requests) < 6:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)
