@@ -58,7 +58,8 @@ class PluginManager(pluggy.PluginManager):
 
     async def run(self, name: str, **kwargs: Any) -> Any:
         """Call hook ``name`` by its declared policy: the list of results (``all``, ``select``), the
-        first result (``first``) or the folded value (``fold``). pluggy calls the implementations."""
+        first result (``first``) or the folded value (``fold``). pluggy calls the implementations, or
+        the hook's call list where nothing could tell the difference (see the class)."""
         hook = getattr(self.hook, name)
         policy = self._policies.get(name) or policy_of(hook)
         calls = self._call_list(name, hook)
