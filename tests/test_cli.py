@@ -64,16 +64,23 @@ def test_provider_assistant_and_key_round_trip(cli_env, capsys, monkeypatch):
     assert revoked["status"] == "revoked"
     assert run_json(capsys, monkeypatch, "key", "list")["keys"][0]["status"] == "revoked"
 
-    stored = run_sync(_fetch_key_hash, cli_env.database_url, created["id"])
+    stored = run_sync(_fetchval, cli_env.database_url, "SELECT key_hash FROM api_keys WHERE id = $1::uuid",
+                      created["id"])
     assert stored == crypto.hash_api_key(secret)
 
 
-async def _fetch_key_hash(url, key_id):
+async def _fetchval(url, query, *args):
+    """One value read from the database at ``url``, on a connection of its own."""
     conn = await asyncpg.connect(url)
     try:
-        return await conn.fetchval("SELECT key_hash FROM api_keys WHERE id = $1::uuid", key_id)
+        return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+PASSWORD_HASH = "SELECT password_hash FROM admins"
+SESSIONS = "SELECT count(*) FROM admin_sessions"
+PROVIDER_KEY = "SELECT api_key_encrypted FROM providers"
 
 
 def test_json_flag_is_accepted_after_the_command(cli_env, capsys, monkeypatch):
@@ -89,7 +96,7 @@ def test_admin_create_hashes_the_password(cli_env, capsys, monkeypatch):
     admin = run_json(capsys, monkeypatch, "admin", "create", "--username", "root", "--password-stdin",
                      stdin="a long password\n")
     assert admin["username"] == "root"
-    stored = run_sync(_fetch_password_hash, cli_env.database_url)
+    stored = run_sync(_fetchval, cli_env.database_url, PASSWORD_HASH)
     assert stored.startswith("$argon2id$") and crypto.verify_password(stored, "a long password")
     status, _, err = run(capsys, monkeypatch, "admin", "create", "--username", "root", "--password-stdin",
                          stdin="another password\n")
@@ -102,11 +109,11 @@ def test_admin_password_and_delete_end_the_admins_sessions(cli_env, capsys, monk
     changed = run_json(capsys, monkeypatch, "admin", "password", "--username", "root", "--password-stdin",
                        stdin="another password\n")
     assert changed["username"] == "root"
-    assert crypto.verify_password(run_sync(_fetch_password_hash, cli_env.database_url), "another password")
-    assert run_sync(_count_sessions, cli_env.database_url) == 0
+    assert crypto.verify_password(run_sync(_fetchval, cli_env.database_url, PASSWORD_HASH), "another password")
+    assert run_sync(_fetchval, cli_env.database_url, SESSIONS) == 0
     run_sync(_start_session, cli_env.database_url)
     assert run_json(capsys, monkeypatch, "admin", "delete", "--username", "root")["deleted"] is True
-    assert run_sync(_count_sessions, cli_env.database_url) == 0
+    assert run_sync(_fetchval, cli_env.database_url, SESSIONS) == 0
     status, _, err = run(capsys, monkeypatch, "admin", "delete", "--username", "root")
     assert (status, err) == (2, "riceball: error: no admin named 'root'\n")
 
@@ -120,22 +127,6 @@ async def _start_session(url):
     try:
         admin = await admins.get_by_username(conn, "root")
         await admin_sessions.start(conn, "session-id", admin.id, datetime.timedelta(hours=1))
-    finally:
-        await conn.close()
-
-
-async def _count_sessions(url):
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM admin_sessions")
-    finally:
-        await conn.close()
-
-
-async def _fetch_password_hash(url):
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT password_hash FROM admins")
     finally:
         await conn.close()
 
@@ -410,7 +401,7 @@ def test_reencrypt_moves_provider_keys_to_the_new_secret_key(cli_env, capsys, mo
     monkeypatch.setenv("RICEBALL_SECRET_KEY", f"{new},{old}")
     assert run_json(capsys, monkeypatch, "reencrypt") == {"reencrypted": 1}
 
-    token = run_sync(_fetch_provider_key, cli_env.database_url)
+    token = run_sync(_fetchval, cli_env.database_url, PROVIDER_KEY)
     assert crypto.SecretBox([new]).decrypt(token) == "sk-upstream-kept"  # the old key is no longer needed
     with pytest.raises(ValueError):
         crypto.SecretBox([old]).decrypt(token)
@@ -418,12 +409,4 @@ def test_reencrypt_moves_provider_keys_to_the_new_secret_key(cli_env, capsys, mo
     monkeypatch.setenv("RICEBALL_SECRET_KEY", Fernet.generate_key().decode())  # opens nothing stored
     status, _, err = run(capsys, monkeypatch, "reencrypt")
     assert status == 2 and "opens the API key of up; nothing was changed" in err
-    assert run_sync(_fetch_provider_key, cli_env.database_url) == token
-
-
-async def _fetch_provider_key(url):
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT api_key_encrypted FROM providers")
-    finally:
-        await conn.close()
+    assert run_sync(_fetchval, cli_env.database_url, PROVIDER_KEY) == token
