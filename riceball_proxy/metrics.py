@@ -47,10 +47,14 @@ class Metrics:
         self.cost = Counter("riceball_cost_usd", "What the calls cost in USD (calls of known price), by assistant",
                             ["assistant"], registry=registry)
         self.rate_limited = Counter("riceball_limited", "Calls refused by a limit, by kind (bucket: rpm or tpm, "
-                                    "slots: max_parallel, budget)", ["kind"], registry=registry)
+                                    "slots: max_parallel, budget; busy: the counters too busy to ask)", ["kind"], registry=registry)
         self.limits_unavailable_total = Counter(
             "riceball_limits_unavailable", "Limit checks that found the shared counters away, by backend",
             ["backend"], registry=registry)
+        self.settlements_lost = Counter(
+            "riceball_limits_settlements_lost", "Settlements given up (the counters away past the queue's bound, "
+            "or at shutdown): their slots come back when the lease ends, budgets keep the reservations",
+            registry=registry)
         self.attempts = Counter("riceball_upstream_attempts", "Upstream calls, by provider, model and outcome "
                                 "(answered, failed_over, refused, deadline)", ["provider", "model", "outcome"],
                                 registry=registry)

@@ -38,6 +38,8 @@ class FakeOpenAI:
         self.chunk_gate: asyncio.Semaphore | None = None
         #: Seconds to wait before answering at all (for timeouts).
         self.delay: float = 0.0
+        #: When set, every request waits for it before it is answered (calls that end together).
+        self.hold: asyncio.Event | None = None
         #: Set when a streaming client went away before the stream ended.
         self.client_went_away = asyncio.Event()
         self.stream_finished = asyncio.Event()
@@ -74,6 +76,8 @@ class FakeOpenAI:
                               "body": body})
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.error:
             return self._error_response()
         if body.get("stream"):

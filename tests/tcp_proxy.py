@@ -7,7 +7,8 @@ import urllib.parse
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a PostgreSQL server (TCP or unix socket) until ``block()`` is called."""
+    """Forwards 127.0.0.1:<port> to a server (PostgreSQL over TCP or a unix socket, Redis...) until
+    ``block()`` is called."""
 
     def __init__(self, target_url: str):
         parts = urllib.parse.urlsplit(target_url)
@@ -21,6 +22,8 @@ class TcpProxy:
         #: When set, the next server reply containing these bytes is not passed on: the connection is cut instead.
         self.cut_before: bytes | None = None
         self.cuts = 0
+        #: Seconds each piece sent to the server waits first (a slow network, or a server slow to answer).
+        self.delay = 0.0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -56,6 +59,8 @@ class TcpProxy:
                     peer: asyncio.StreamWriter | None = None) -> None:
         try:
             while data := await reader.read(65536):
+                if self.delay and not from_server:
+                    await asyncio.sleep(self.delay)
                 if from_server and self.cut_before is not None and self.cut_before in data:
                     self.cut_before = None
                     self.cuts += 1

@@ -28,7 +28,7 @@ import cachetools
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.limits import Limits, period_bounds
-from riceball_proxy.limits.counters import (Bucket, Budget, Counters, Decision, Settlement, Slots, Unavailable)
+from riceball_proxy.limits.counters import (Bucket, Budget, Busy, Counters, Decision, Settlement, Slots, Unavailable)
 from riceball_proxy.pricing import NANO, price_of
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ class Limiter:
         self._down_until = 0.0
         #: (scope, owner, limits) -> its Plan; bounded, the least recently used go first.
         self._plans: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
+        if metrics is not None:
+            counters.on_lost = metrics.settlements_lost.inc
 
     async def admit(self, ctx: ChatContext) -> None:
         key_limits = ctx.principal.limits if ctx.principal is not None else None
@@ -124,6 +126,13 @@ class Limiter:
             return self._unavailable(None)
         try:
             decision = await self.counters.admit(checks, self._load)
+        except Busy as exc:  # the counters are there but overwhelmed: this call alone waits no longer
+            logger.warning("limit counters (%s) busy: call %s refused: %s", self.counters.name, ctx.request_id, exc)
+            if self.metrics is not None:
+                self.metrics.limited("busy")
+            raise APIError(503, "The gateway is too busy to check this API key's limits right now. Try again "
+                                "shortly.", type="server_error", code="limits_busy",
+                           headers={"Retry-After": "1"}) from None
         except Unavailable as exc:
             self._down_until = time.monotonic() + RETRY_UNAVAILABLE_AFTER
             return self._unavailable(exc)
@@ -197,11 +206,7 @@ class Limiter:
                         for budget in reservation.budgets)
         settlement = Settlement(buckets=tuple((bucket, tokens_delta) for bucket in reservation.token_buckets),
                                 budgets=budgets, slots=tuple(reservation.slots))
-        try:
-            await self.counters.settle(settlement)  # memory: at once; shared: queued (counters.py)
-        except Unavailable as exc:
-            logger.warning("limit counters (%s) unavailable: call %s not settled: %s", self.counters.name,
-                           ctx.request_id, exc)
+        await self.counters.settle(settlement)  # memory: at once; shared: queued until applied (counters.py)
 
     async def close(self) -> None:
         """Send the settlements still queued, then let go of the counters' connections."""

@@ -17,10 +17,14 @@ refused call holds nothing. Every backend runs the same rules: in memory here (o
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import itertools
 import logging
 import math
+import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -76,6 +80,11 @@ class Unavailable(Exception):
     """The shared counters cannot be reached (Redis or PostgreSQL is away)."""
 
 
+class Busy(Exception):
+    """The shared counters are up, but every connection to them stayed busy for longer than a call
+    waits (a burst larger than the connections can carry): this call alone is not counted."""
+
+
 #: ``async (budget, db=None) -> spent``: a budget's spend so far, from the usage table (read on ``db`` when given).
 Loader = Callable[..., Awaitable[int]]
 
@@ -124,25 +133,35 @@ def _refuse(decision: Decision, check: Check, retry_after_ms: float) -> Decision
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settlement:
     """What a finished call gives back: units to add to (or, negative, take from) buckets and budgets,
-    and slots to release."""
+    and slots to release.
+
+    A batch of settlements sent to shared counters carries an ``id`` (``<process>:<sequence>``); the
+    counters remember the ids they applied lately, so a batch sent again because its answer was lost
+    (Redis paused, a connection cut after the request left) is applied once.
+    """
 
     buckets: tuple[tuple[Bucket, int], ...] = ()
     budgets: tuple[tuple[Budget, int], ...] = ()
     slots: tuple[Slots, ...] = ()
+    id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.buckets) + len(self.budgets) + len(self.slots)
 
 
 def settle_values(settlement: Settlement, state: dict[str, Any], now: float) -> dict[str, Any]:
     """The new values of the counters a settlement touches (absent ones stay absent)."""
     new: dict[str, Any] = {}
+    # Each one starts from what the ones before it left: a batch may touch one counter many times.
     for bucket, delta in settlement.buckets:
         if delta and bucket.key in state:
             interval = MINUTE_MS / bucket.per_minute
-            new[bucket.key] = max(max(state[bucket.key], now) + delta * interval, now)
+            new[bucket.key] = max(max(new.get(bucket.key, state[bucket.key]), now) + delta * interval, now)
     for budget, delta in settlement.budgets:
         if delta and budget.key in state:
-            new[budget.key] = max(state[budget.key] + delta, 0)
+            new[budget.key] = max(new.get(budget.key, state[budget.key]) + delta, 0)
     for slots in settlement.slots:
-        holders = state.get(slots.key)
+        holders = new.get(slots.key, state.get(slots.key))
         if holders and slots.member in holders:
             new[slots.key] = {member: until for member, until in holders.items()
                               if member != slots.member and until > now}
@@ -160,6 +179,18 @@ def expiry_ms(check: Check, value: Any) -> float:
 
 #: Seconds a settlement may wait for this process's next admission to carry it, before it is sent alone.
 FLUSH_DELAY = 0.005
+#: Seconds before settlements that could not be sent are tried again: doubling up to the last.
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+#: Settlements sent together at most.
+MAX_BATCH = 1000
+#: Settlements kept while the counters are away; past it the oldest are given up (logged, counted).
+MAX_QUEUED = 100_000
+#: Seconds a shutdown keeps trying to send the settlements still queued.
+CLOSE_TIMEOUT = 5.0
+
+
+def _process_id() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 class Counters:
@@ -169,37 +200,97 @@ class Counters:
     admission (applied first, in the same round trip), or are sent together ``FLUSH_DELAY`` seconds
     later, whichever comes first. So a call costs one round trip, and a client's next call, admitted
     by this process, always finds the slot of its finished call free.
+
+    A settlement is kept until the counters have applied it: a batch that could not be sent (the
+    counters away, a timeout) goes back to the head of the queue, unchanged and with its id, and is
+    sent again (by the next admission, or by a retry after ``RETRY_DELAYS``) until it is applied. The
+    counters apply an id once. At most ``MAX_QUEUED`` settlements wait; past it the oldest are given
+    up (``on_lost``).
     """
 
     #: Shown by ``/metrics`` and the logs.
     name = "memory"
 
     def __init__(self) -> None:
-        self._pending: list[Settlement] = []
+        self._pending: collections.deque[Settlement] = collections.deque()
+        #: Batches sent whose answer never came: sent again, first, as they were.
+        self._unsent: collections.deque[Settlement] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
+        self._failures = 0
+        self._batches = itertools.count(1)
+        self._process = _process_id()
+        #: Called with the number of settlements given up (a metric).
+        self.on_lost: Callable[[int], None] = lambda count: None
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        """Apply the pending settlements, then admit the call or refuse it, in one round trip."""
+        """Apply the next batch of settlements, then admit the call or refuse it, in one round trip."""
         raise NotImplementedError
 
     async def settle(self, settlement: Settlement) -> None:
         """Queue a settlement: it goes with the next admission, or alone soon after."""
+        if len(self._pending) >= MAX_QUEUED:
+            self._pending.popleft()
+            logger.error("limit counters (%s) away too long: %d settlements waiting, the oldest given up",
+                         self.name, MAX_QUEUED)
+            self.on_lost(1)
         self._pending.append(settlement)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
 
+    @property
+    def waiting(self) -> int:
+        """Settlements not applied yet."""
+        return len(self._pending) + sum(len(batch) for batch in self._unsent)
+
     def take_pending(self) -> Settlement:
-        """The queued settlements, as one (and the queue emptied)."""
-        pending, self._pending = self._pending, []
-        if self._timer is not None:
+        """The next batch to send: one whose answer was lost (as it was), else the queued settlements
+        (up to ``MAX_BATCH``) as one, with a new id. Empty when nothing waits. Whoever takes a batch
+        hands it back with :meth:`put_back` if it could not be sent."""
+        if self._unsent:
+            return self._unsent.popleft()
+        if not self._pending:
+            return Settlement()
+        if len(self._pending) <= MAX_BATCH:
+            pending, self._pending = self._pending, collections.deque()
+        else:
+            pending = [self._pending.popleft() for _ in range(MAX_BATCH)]
+        if not self._pending and self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if len(pending) == 1:
-            return pending[0]
         return Settlement(buckets=tuple(b for s in pending for b in s.buckets),
                           budgets=tuple(b for s in pending for b in s.budgets),
-                          slots=tuple(b for s in pending for b in s.slots))
+                          slots=tuple(b for s in pending for b in s.slots),
+                          id=f"{self._process}:{next(self._batches)}")
+
+    def put_back(self, batch: Settlement, exc: Exception) -> None:
+        """A batch that could not be sent: it waits at the head of the queue, and is tried again soon."""
+        if not batch:
+            return
+        self._unsent.appendleft(batch)
+        if isinstance(exc, Busy):  # the counters are there: no back-off, the batch goes with the next call
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+            return
+        self._failures += 1
+        if self._failures == 1 or self._failures % 100 == 0:
+            logger.warning("limit counters (%s) unavailable: %d settlements kept to be sent again: %s",
+                           self.name, self.waiting, exc)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
+        self._timer = asyncio.get_running_loop().call_later(delay, self._flush_soon)
+
+    def sent(self) -> None:
+        """A batch was applied: the counters are back; what else waits is sent soon."""
+        if self._failures:
+            logger.info("limit counters (%s) back: the settlements kept are being sent", self.name)
+            self._failures = 0
+        if (self._unsent or self._pending) and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._timer = None
@@ -207,27 +298,38 @@ class Counters:
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
-    async def flush(self) -> None:
-        """Send the queued settlements now; a failure to reach the counters is logged (they are lost:
-        budgets keep those calls' reservations, slots come back when their lease ends)."""
-        settlement = self.take_pending()
-        if not (settlement.buckets or settlement.budgets or settlement.slots):
-            return
-        try:
-            await self.apply(settlement)
-        except Unavailable as exc:
-            logger.warning("limit counters (%s) unavailable: %d settlements lost: %s", self.name,
-                           len(settlement.slots) + len(settlement.budgets) + len(settlement.buckets), exc)
+    async def flush(self) -> bool:
+        """Send what is queued now; False when the counters could not be reached (it stays queued)."""
+        while True:
+            batch = self.take_pending()
+            if not batch:
+                return True
+            try:
+                await self.apply(batch)
+            except (Unavailable, Busy) as exc:
+                self.put_back(batch, exc)
+                return False
+            self.sent()
 
     async def apply(self, settlement: Settlement) -> None:
-        """Send one settlement to the counters."""
+        """Send one batch to the counters (applied once per id); Unavailable when they cannot be reached."""
         raise NotImplementedError
 
     async def close(self) -> None:
-        """Send what is queued, then let go of connections."""
-        await self.flush()
+        """Send what is queued (trying for ``CLOSE_TIMEOUT`` seconds), then let go of connections."""
         if self._flushing:
             await asyncio.wait(set(self._flushing), timeout=10)
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while not await self.flush() and time.monotonic() < deadline:
+            await asyncio.sleep(RETRY_DELAYS[0])
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.waiting:
+            logger.error("limit counters (%s) unavailable at shutdown: %d settlements not applied (slots come "
+                         "back when their lease ends; budgets keep those calls' reservations)", self.name,
+                         self.waiting)
+            self.on_lost(self.waiting)
 
 
 class MemoryCounters(Counters):

@@ -9,14 +9,19 @@ server, and calls on the same key wait for each other's lock: Redis is the faste
 """
 from __future__ import annotations
 
+import asyncio
+import datetime
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from riceball_proxy.limits.counters import (Budget, Check, Counters, Decision, Loader, Settlement, Unavailable,
+from riceball_proxy.limits.counters import (Budget, Busy, Check, Counters, Decision, Loader, Settlement, Unavailable,
                                             decide, expiry_ms, settle_values)
+
+logger = logging.getLogger(__name__)
 
 _LOCK = """
 SELECT key, value, extract(epoch FROM clock_timestamp()) * 1000 AS now
@@ -31,6 +36,17 @@ _CREATE = """
 INSERT INTO limit_counters (key, value, expires_at)
 SELECT key, 'null', 'infinity' FROM unnest($1::text[]) AS key ORDER BY key ON CONFLICT DO NOTHING
 """
+#: A batch of settlements leaves a row ``settled:<id>`` (kept ``REMEMBER_BATCHES``): a batch sent again
+#: because its commit was never acknowledged finds it, and is not applied twice.
+_MARK = """
+INSERT INTO limit_counters (key, value, expires_at) VALUES ($1, 'true', now() + $2::interval)
+ON CONFLICT (key) DO NOTHING RETURNING key
+"""
+REMEMBER_BATCHES = datetime.timedelta(hours=1)
+#: Seconds a call waits for a connection of the pool (a burst), and that one admission's statements may
+#: take (a database that stopped answering is Unavailable after it).
+CONNECTION_WAIT = 5.0
+STATEMENT_TIMEOUT = 5.0
 #: Admissions between two sweeps of expired rows.
 SWEEP_EVERY = 1000
 
@@ -38,9 +54,10 @@ SWEEP_EVERY = 1000
 class PostgresCounters(Counters):
     name = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, *, wait: float = CONNECTION_WAIT):
         super().__init__()
         self.pool = pool
+        self.wait = wait
         self._admitted = 0
 
     async def _locked(self, conn, keys: list[str]) -> tuple[dict[str, Any], float]:
@@ -55,11 +72,32 @@ class PostgresCounters(Counters):
         return state, now
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        settlement = self.take_pending()
+        batch = self.take_pending()
+        try:
+            decision = await self._admit(checks, load, batch)
+        except (Unavailable, Busy) as exc:
+            self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
+            raise
+        if batch:
+            self.sent()
+        self._admitted += 1
+        if self._admitted % SWEEP_EVERY == 0:
+            try:
+                await self.pool.execute("DELETE FROM limit_counters WHERE expires_at < now() - interval '1 minute'",
+                                        timeout=STATEMENT_TIMEOUT)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                logger.warning("limit counters: expired rows not swept (%s); next time", exc)
+        return decision
+
+    async def _admit(self, checks: Sequence[Check], load: Loader, settlement: Settlement) -> Decision:
         settled_checks = _checks_of(settlement)
         all_checks = settled_checks | {check.key: check for check in checks}
+        conn = await self._acquire()
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with asyncio.timeout(STATEMENT_TIMEOUT), conn.transaction():
+                if settlement and not await self._mark(conn, settlement):
+                    settlement, settled_checks = Settlement(), {}  # applied already
+                    all_checks = {check.key: check for check in checks}
                 state, now = await self._locked(conn, sorted(all_checks))
                 settled = settle_values(settlement, state, now)  # the queued settlements first
                 state.update(settled)
@@ -71,23 +109,42 @@ class PostgresCounters(Counters):
                 decision, new = decide(checks, state, now)
                 writes = {**settled, **loaded, **new} if decision.admitted else {**settled, **loaded}
                 await self._write(conn, writes, all_checks)
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise Unavailable(f"PostgreSQL: {exc}") from exc
-        self._admitted += 1
-        if self._admitted % SWEEP_EVERY == 0:
-            await self.pool.execute("DELETE FROM limit_counters WHERE expires_at < now() - interval '1 minute'")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await self.pool.release(conn)
         return decision
+
+    async def _acquire(self):
+        """A connection of the pool: Busy when none comes free within ``wait`` seconds (a burst), Unavailable
+        when the database cannot be reached."""
+        try:
+            return await self.pool.acquire(timeout=self.wait)
+        except TimeoutError:
+            raise Busy(f"every connection to PostgreSQL was busy for {self.wait:g} s") from None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise Unavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def apply(self, settlement: Settlement) -> None:
         checks = _checks_of(settlement)
         if not checks:
             return
+        conn = await self._acquire()
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with asyncio.timeout(STATEMENT_TIMEOUT), conn.transaction():
+                if not await self._mark(conn, settlement):
+                    return  # applied already
                 state, now = await self._locked(conn, sorted(checks))
                 await self._write(conn, settle_values(settlement, state, now), checks)
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise Unavailable(f"PostgreSQL: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await self.pool.release(conn)
+
+    @staticmethod
+    async def _mark(conn, settlement: Settlement) -> bool:
+        """Note a batch as applied (in the transaction that applies it); False when it was already."""
+        return await conn.fetchval(_MARK, f"settled:{settlement.id}", REMEMBER_BATCHES) is not None
 
     @staticmethod
     async def _write(conn, values: dict[str, Any], checks: dict[str, Check]) -> None:

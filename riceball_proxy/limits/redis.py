@@ -9,20 +9,23 @@ budget is an integer (nano-USD or tokens) expiring when its period ends.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Budget, Check, Counters, Decision, Loader,
-                                            Settlement, Slots, Unavailable)
+from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Budget, Busy, Check, Counters, Decision,
+                                            Loader, Settlement, Slots, Unavailable)
 
 #: One call applies the queued settlements, then admits a call (or none). Few arguments and one string
 #: back, because the client's cost is per argument and per value more than per call:
-#: KEYS: the settlements' keys, then one per check.
+#: KEYS: with a batch of settlements, first the set of this process's batches applied lately; then the
+#: settlements' keys, then one per check.
 #: ARGV[1]: the slot lease (ms); ARGV[2]: the settlements, ARGV[3]: the checks, each "kind a b [c]"
-#: joined by ";":
+#: joined by ";"; ARGV[4]: the batch's sequence number ('' for none: applied without a check), ARGV[5]:
+#: how many applied batches the set remembers. A batch already in the set is not applied again.
 #:   settlement: bucket "b per_minute delta";  budget "g 0 delta";  slot "s 0 member"
 #:   check:      bucket "b per_minute cost";  slots "s limit member";  budget "g limit amount end_ms_or_0"
 #: Returns "1 0 0" admitted, "0 i retry_ms" refused by check i (a budget adds what it has spent),
@@ -41,9 +44,20 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
-local settles, checks = items(ARGV[2]), items(ARGV[3])
+local given, checks = items(ARGV[2]), items(ARGV[3])
+local settles, offset = given, 0
+if ARGV[4] ~= '' then
+  offset = 1
+  if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
+    settles = {}  -- this batch was applied already (its answer was lost)
+  else
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[4]), ARGV[4])
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[5]) + 1))
+    redis.call('PEXPIRE', KEYS[1], 86400000)
+  end
+end
 for j, op in ipairs(settles) do
-  local key, kind, a, b = KEYS[j], op[1], tonumber(op[2]), op[3]
+  local key, kind, a, b = KEYS[offset + j], op[1], tonumber(op[2]), op[3]
   if kind == 'b' then
     local tat = redis.call('GET', key)
     if tat then
@@ -62,7 +76,7 @@ for j, op in ipairs(settles) do
     redis.call('ZREM', key, b)
   end
 end
-local first = #settles
+local first = offset + #given
 local info, tats = {}, {}
 local function answer(head)
   for _, v in ipairs(info) do head[#head + 1] = v end
@@ -108,20 +122,39 @@ return answer({1, 0, 0})
 """
 
 
+#: Connections to Redis per process: calls beyond them wait for a turn, up to CONNECTION_WAIT seconds.
+MAX_CONNECTIONS = 64
+CONNECTION_WAIT = 5.0
+#: Batches each process's set of applied ones remembers: far more than can be sent while one is in doubt
+#: (the batch in doubt is the next one sent).
+REMEMBERED_BATCHES = 4096
+
+
 class RedisCounters(Counters):
     """The counters in Redis at ``url``; every failure to reach it is ``Unavailable``."""
 
     name = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = "riceball:"):
+    def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = "riceball:",
+                 connections: int = MAX_CONNECTIONS, wait: float = CONNECTION_WAIT):
         super().__init__()
         self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                             health_check_interval=0, retry_on_timeout=False)
+                                             health_check_interval=0, retry_on_timeout=False,
+                                             max_connections=connections)
         self.prefix = prefix
         self._script = self.redis.register_script(SCRIPT)
+        # Calls beyond the pool's connections wait here for their turn (at most ``wait`` seconds), so a
+        # full pool is a wait, never redis-py's "Too many connections", which reads as Redis away.
+        self._turns = asyncio.Semaphore(connections)
+        self.connections = connections
+        self.wait = wait
 
-    def _settlement_args(self, settlement: Settlement) -> tuple[list, str]:
-        keys, ops = [], []
+    def _settlement_args(self, settlement: Settlement) -> tuple[list, str, str]:
+        """The keys, the ops and the sequence number of a batch (nothing for an empty one)."""
+        if not settlement:
+            return [], "", ""
+        process, _, sequence = settlement.id.rpartition(":")
+        keys, ops = [f"{self.prefix}settled:{process}"], []
         for bucket, delta in settlement.buckets:
             if delta:
                 keys.append(self.prefix + bucket.key)
@@ -133,10 +166,21 @@ class RedisCounters(Counters):
         for slots in settlement.slots:
             keys.append(self.prefix + slots.key)
             ops.append(f"s 0 {slots.member}")
-        return keys, ";".join(ops)
+        return keys, ";".join(ops), sequence
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        settle_keys, settle_ops = self._settlement_args(self.take_pending())
+        batch = self.take_pending()
+        try:
+            decision = await self._admit(checks, load, batch)
+        except (Unavailable, Busy) as exc:
+            self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
+            raise
+        if batch:
+            self.sent()
+        return decision
+
+    async def _admit(self, checks: Sequence[Check], load: Loader, batch: Settlement) -> Decision:
+        settle_keys, settle_ops, sequence = self._settlement_args(batch)
         keys = [self.prefix + check.key for check in checks]
         ops = []
         for check in checks:
@@ -148,9 +192,10 @@ class RedisCounters(Counters):
                 ops.append(f"g {check.limit} {check.amount} {0 if check.ends_ms is None else math.ceil(check.ends_ms)}")
         checks_arg = ";".join(ops)
         for _ in range(len(checks) + 1):  # at most one load per budget, then the answer
-            answer = await self._call(settle_keys + keys, [SLOT_LEASE_MS, settle_ops, checks_arg])
+            answer = await self._call(settle_keys + keys,
+                                      [SLOT_LEASE_MS, settle_ops, checks_arg, sequence, REMEMBERED_BATCHES])
             reply = [int(float(value)) for value in answer.split()]
-            settle_keys, settle_ops = [], ""  # applied, whatever the answer
+            settle_keys, settle_ops, sequence = [], "", ""  # applied, whatever the answer
             if reply[0] != -1:
                 break
             budget = checks[reply[1] - 1]
@@ -169,25 +214,36 @@ class RedisCounters(Counters):
         return decision
 
     async def apply(self, settlement: Settlement) -> None:
-        keys, ops = self._settlement_args(settlement)
+        keys, ops, sequence = self._settlement_args(settlement)
         if keys:
-            await self._call(keys, [SLOT_LEASE_MS, ops, ""])
+            await self._call(keys, [SLOT_LEASE_MS, ops, "", sequence, REMEMBERED_BATCHES])
 
     async def _set_budget(self, key: str, spent: int, ends_ms: float | None) -> None:
-        try:
-            if ends_ms is None:
-                await self.redis.set(key, spent, nx=True)
-            else:
-                await self.redis.set(key, spent, nx=True, pxat=math.ceil(ends_ms) + 60_000)
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+        if ends_ms is None:
+            await self._send(self.redis.set(key, spent, nx=True))
+        else:
+            await self._send(self.redis.set(key, spent, nx=True, pxat=math.ceil(ends_ms) + 60_000))
 
     async def _call(self, keys, args):
         # redis-py's Script sends EVALSHA, and the script itself when Redis does not have it (a restart).
+        return await self._send(self._script(keys=keys, args=args))
+
+    async def _send(self, command):
+        """Await a command on a connection of the pool: Busy when none comes free in time, Unavailable
+        when Redis cannot be reached."""
         try:
-            return await self._script(keys=keys, args=args)
+            async with asyncio.timeout(self.wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            command.close()
+            raise Busy(f"every one of the {self.connections} connections to Redis was busy for {self.wait:g} s") \
+                from None
+        try:
+            return await command
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis: {exc}") from exc
+        finally:
+            self._turns.release()
 
     async def close(self) -> None:
         await super().close()
