@@ -18,6 +18,7 @@ from aiohttp import web
 
 from riceball_proxy import __version__, appkeys
 from riceball_proxy.admin import setup_admin
+from riceball_proxy.alerts import ProviderAlerts
 from riceball_proxy.api import setup_api
 from riceball_proxy.api.routing import Circuits
 from riceball_proxy.api.stages import CHAT_CONTEXT
@@ -78,7 +79,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app[appkeys.SECRET_BOX] = load_secret_box(settings)
     app[appkeys.METRICS] = Metrics()
     app[appkeys.IN_FLIGHT] = InFlight()
-    app[appkeys.CIRCUITS] = Circuits()
+    app[appkeys.CIRCUITS] = Circuits(max_rest=settings.max_upstream_rest)
     # Shutdown: the listening sockets are closed first; then the calls in flight get their time.
     app.on_shutdown.append(drain_in_flight)
     app.on_response_prepare.append(add_request_id_header)
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     # Order matters: plugins start after, and stop before, the resources they use.
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(last_used_ctx)
+    app.cleanup_ctx.append(provider_alerts_ctx)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(config_cache_ctx)
     app.cleanup_ctx.append(plugins_ctx)
@@ -128,6 +130,13 @@ async def shared_circuits_ctx(app: web.Application) -> AsyncIterator[None]:
     await shared.start()
     yield
     await shared.close()
+
+
+async def provider_alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Providers whose credentials were refused, noted for the admin panel."""
+    app[appkeys.PROVIDER_ALERTS] = alerts = ProviderAlerts(app[appkeys.DATABASE].pool)
+    yield
+    await alerts.close()
 
 
 async def last_used_ctx(app: web.Application) -> AsyncIterator[None]:

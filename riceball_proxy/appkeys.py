@@ -12,6 +12,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import aiohttp
 
+    from riceball_proxy.alerts import ProviderAlerts
     from riceball_proxy.api.routing import Circuits
     from riceball_proxy.cache import ConfigCache
     from riceball_proxy.crypto import SecretBox
@@ -48,3 +49,5 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 #: Each fallback target's health in this process (``riceball_proxy.api.routing``).
 CIRCUITS: web.AppKey[Circuits] = web.AppKey("circuits")
+#: Providers whose upstream refused the gateway's credentials (``riceball_proxy.alerts``).
+PROVIDER_ALERTS: web.AppKey[ProviderAlerts] = web.AppKey("provider_alerts")

@@ -376,7 +376,8 @@ def cmd_provider_test(args: argparse.Namespace, settings: Settings) -> int:
                 async with asyncio.timeout(UPSTREAM_CHECK_TIMEOUT):
                     models = await adapter.list_models()
             except APIError as exc:
-                raise CommandError(f"provider {provider.name!r}: {exc.status}: {exc.message}") from None
+                detail = f" (the upstream said {exc.detail})" if exc.detail else ""
+                raise CommandError(f"provider {provider.name!r}: {exc.status}: {exc.message}{detail}") from None
             except TimeoutError:
                 raise CommandError(f"provider {provider.name!r}: the upstream did not answer within "
                                    f"{UPSTREAM_CHECK_TIMEOUT} seconds") from None

@@ -17,6 +17,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -26,6 +27,9 @@ class APIError(Exception):
         self.code = code
         #: Headers the answer carries (an upstream's ``Retry-After``, for one).
         self.headers = headers
+        #: What the operator needs and the client must not see (an upstream's own error text): logged and
+        #: shown in the admin panel, never sent to an API client.
+        self.detail = detail
 
     def body(self) -> dict:
         """The error as OpenAI sends it."""

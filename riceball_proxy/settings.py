@@ -54,6 +54,8 @@ class Settings:
     limits_backend: str = "auto"
     #: What a limited call meets while the shared counters are away: ``open`` (admitted) or ``closed`` (503).
     limits_fail: str = "open"
+    #: The longest a failing target rests (skipped by every call), whatever its ``Retry-After`` says.
+    max_upstream_rest: float = 60.0
     #: Processes serving this port (``riceball serve --workers N``).
     workers: int = 1
     #: A direct connection for LISTEN when ``database_url`` goes through a pooler in transaction mode.
@@ -135,6 +137,7 @@ class Settings:
             redis_url=redis_url,
             limits_backend=limits_backend,
             limits_fail=limits_fail,
+            max_upstream_rest=_number(env, "RICEBALL_MAX_UPSTREAM_REST", 60.0, 1, 86400),
             listen_database_url=None if listen_url is None or listen_url.lower() == "none" else listen_url,
             database_pooled=listen_url is not None,
             cache_ttl=_number(env, "RICEBALL_CACHE_TTL", 2.0, 0.1, 3600),

@@ -58,13 +58,27 @@ def connection_error(exc: BaseException) -> APIError:
 _TYPE_OF_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
+#: The code of an upstream's refusal of the gateway's own credentials.
+UPSTREAM_AUTH_FAILED = "upstream_auth_failed"
+
+
+def credentials_refused(status: int, message: str) -> APIError:
+    """502 for an upstream's 401 or 403: the provider's key the operator configured was refused, which is
+    the gateway's fault, not the client's (an SDK would take a 401 for its own key and never retry).
+    The upstream's text, which may name the operator's project or organisation, is kept in ``detail``."""
+    return APIError(502, "The upstream provider refused the gateway's credentials for this assistant; the "
+                         "operator has been told.", type="api_error", code=UPSTREAM_AUTH_FAILED,
+                    detail=f"{status}: {message}")
+
+
 def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambda text: text, *,
                    retryable: Collection[int] = ()) -> APIError:
     """An upstream error answer in OpenAI's shape, whichever provider sent it (the one error mapper).
 
     Reads OpenAI's ``{"error": {"message", "type", "param", "code"}}``, Anthropic's
     ``{"type": "error", "error": {"type", "message"}}``, Google's ``{"error": {"code", "message",
-    "status"}}``, ``{"error": "text"}``, or any text. A 4xx keeps its status. A status in
+    "status"}}``, ``{"error": "text"}``, or any text. 401 and 403 (the provider's key refused) become
+    502 ``upstream_auth_failed`` (:func:`credentials_refused`); any other 4xx keeps its status. A status in
     ``retryable`` (an upstream overloaded for now: Anthropic's 529, Google's 503) becomes 503, which
     the SDKs retry; any other 5xx becomes 502. The code is the upstream's code, else its status name
     (Google), else its error type (Anthropic).
@@ -85,6 +99,8 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
     elif isinstance(error, str):
         message = error
     message = redact(str(message)) if message else f"the upstream provider answered {status}"
+    if status in (401, 403):
+        return credentials_refused(status, message)
     code = None if code is None else redact(str(code))
     param = None if param is None else redact(str(param))
     if status in retryable:
@@ -257,7 +273,8 @@ class UpstreamCall:
             if self.response.status >= 400:
                 raw = await self.response.read()
                 error = self.error_parser(self.response.status, raw, self.redact)
-                error.headers = {**passed_on_headers(self.response.headers), **(error.headers or {})} or None
+                if error.code != UPSTREAM_AUTH_FAILED:  # the client's retry logic has nothing to do with it
+                    error.headers = {**passed_on_headers(self.response.headers), **(error.headers or {})} or None
                 raise error
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self._close()

@@ -130,6 +130,81 @@ async def test_a_429_with_retry_after_rests_the_target_that_long(failing_over, f
     assert len(fake_openai.requests) == 1 and len(second_openai.requests) == 3
 
 
+async def test_a_429_about_one_request_alone_fails_over_without_resting_the_target(failing_over, fake_openai,
+                                                                                   second_openai):
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (429, {"error": {"message": "Request too large for gpt-4o in organization org-x on tokens per "
+                                                   "min (TPM): Limit 30000, Requested 45000.", "type": "tokens",
+                                         "code": "rate_limit_exceeded"}})
+    fake_openai.error_headers = {"Retry-After": "30"}
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)  # the big one
+        assert answer.choices[0].message.content == "Hello from the fallback"
+        fake_openai.error = None
+        for _ in range(3):  # everyone else's calls still go to the primary
+            answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+            assert answer.choices[0].message.content == "Hello from the fake upstream"
+    assert gateway.app[appkeys.CIRCUITS].health(0) == {}
+
+
+async def test_a_rest_is_capped_whatever_retry_after_says(start_gateway, settings, fake_openai, second_openai):
+    gateway = await start_gateway(settings.replace(max_upstream_rest=1.0))
+    primary = await gateway.provider(fake_openai.base_url, name="primary")
+    fallback = await gateway.provider(second_openai.base_url, name="fallback")
+    assistant = await gateway.assistant(primary, fallbacks=[Target(fallback.id, "backup-model")])
+    key = await gateway.key()
+    fake_openai.error = (429, {"error": {"message": "slow down", "type": "requests"}})
+    fake_openai.error_headers = {"Retry-After": "3600"}
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        resting = gateway.app[appkeys.CIRCUITS].open_targets(__import__("time").time())
+        assert list(resting.values()) and max(resting.values()) <= 1.0
+        fake_openai.error = None
+        await asyncio.sleep(1.1)
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert answer.choices[0].message.content == "Hello from the fake upstream"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_refusing_the_gateways_credentials_fails_over_counts_and_shows_on_the_provider(
+        failing_over, fake_openai, second_openai, panel, caplog, status, stream):
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (status, {"error": {"message": "Incorrect API key provided: sk-upstream-secret. Project "
+                                                      "proj_Secret123 of org-Acme", "type": "invalid_request_error",
+                                            "code": "invalid_api_key"}})
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):  # served by the fallback; the primary's circuit counts each refusal
+            if stream:
+                chunks = [c async for c in await client.chat.completions.create(model="x", messages=MESSAGES,
+                                                                                  stream=True)]
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            else:
+                text = (await client.chat.completions.create(model="x", messages=MESSAGES)).choices[0].message.content
+            assert text == "Hello from the fallback"
+        assert len(fake_openai.requests) == 3
+        await client.chat.completions.create(model="x", messages=MESSAGES)  # the circuit is open: skipped
+        assert len(fake_openai.requests) == 3
+    assert [r for r in caplog.records if r.levelname == "ERROR" and "refused the gateway's credentials" in r.message]
+    assert "sk-upstream-secret" not in caplog.text
+    # Without a fallback the client gets 502, not its own 401/403, and none of the upstream's words.
+    alone = await gateway.assistant(await gateway.provider(fake_openai.base_url, name="alone"))
+    async with gateway.client(alone.id, key) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
+    assert raised.value.status_code == 502 and raised.value.code == "upstream_auth_failed"
+    assert "proj_" not in str(raised.value.body) and "org-" not in str(raised.value.body)
+    assert "retry-after" not in raised.value.response.headers
+    # The admin panel shows it on the provider, until the provider is answered again.
+    for _ in range(100):
+        _, page = await panel.get("/admin/providers")
+        if "refused by the upstream" in page:
+            break
+        await asyncio.sleep(0.02)
+    assert "refused by the upstream" in page and f"({status}, " in page
+    assert "sk-upstream-secret" not in page
+
+
 async def test_equal_priorities_share_calls_by_weight(start_gateway, settings, fake_openai, second_openai):
     gateway = await start_gateway(settings)
     one = await gateway.provider(fake_openai.base_url)

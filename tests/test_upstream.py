@@ -56,13 +56,14 @@ async def test_a_saturated_provider_never_delays_another(configured, aiohttp_ser
     "Incorrect API key provided: sk-upstream-se****",
     "key sk-upstream-secret and again sk-upstream-secret!",
 ])
-async def test_no_part_of_the_upstream_key_reaches_the_client(configured, echo):
+async def test_no_part_of_the_upstream_key_reaches_the_client_or_the_log(configured, echo, caplog):
     configured.upstream.error = (401, {"error": {"message": echo, "type": "invalid_request_error",
                                                  "param": echo, "code": "invalid_api_key"}})
-    with pytest.raises(openai.AuthenticationError) as raised:
+    with pytest.raises(openai.InternalServerError) as raised:
         await configured.client.chat.completions.create(model="x", messages=MESSAGES)
-    body = str(raised.value.body)
-    assert "sk-upstrea" not in body and "***" in raised.value.message
+    assert raised.value.code == "upstream_auth_failed"
+    assert "sk-upstrea" not in str(raised.value.body) and "sk-upstrea" not in caplog.text
+    assert "***" in caplog.text  # the upstream's words are logged, the key masked
 
 
 def test_short_echoes_of_the_key_are_left_alone():

@@ -8,7 +8,7 @@ from aiohttp import web
 from riceball_proxy import appkeys
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
-from riceball_proxy.db import assistants, providers
+from riceball_proxy.db import assistants, provider_alerts, providers
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import provider_types
 
@@ -46,6 +46,7 @@ async def provider_list(request: web.Request) -> web.Response:
     return await render(request, "admin/providers.html", {
         "providers": await providers.list_all(pool),
         "usage": await assistants.count_by_provider(pool),
+        "alerts": await provider_alerts.by_provider(pool),
         "types": _types(request),
     })
 
@@ -141,7 +142,7 @@ async def provider_test(request: web.Request) -> web.Response:
     try:
         models = await list_upstream_models(request, provider.id)
     except APIError as exc:
-        error = f"{exc.status}: {exc.message}"
+        error = f"{exc.status}: {exc.message}" + (f" (the upstream said {exc.detail})" if exc.detail else "")
     except TimeoutError:
         error = f"The upstream did not answer within {UPSTREAM_CHECK_TIMEOUT} seconds."
     except (LookupError, ValueError) as exc:

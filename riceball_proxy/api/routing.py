@@ -2,8 +2,9 @@
 
 A target is tried only before the client has seen a byte: a non-streamed call until its answer, a
 stream until its first chunk. What fails over: an upstream that cannot be reached, a timeout, 429,
-500, 502, 503, 504, 529 (each becomes one of the statuses in ``FAILS_OVER``), and an error event
-before the first chunk. Any other error (a 400 is bad everywhere) is the answer. Targets of one
+500, 502, 503, 504, 529 (each becomes one of the statuses in ``FAILS_OVER``), an upstream's 401 or 403
+(the gateway's own credentials refused: 502 ``upstream_auth_failed``), and an error event before the
+first chunk. Any other error (a 400 is bad everywhere) is the answer. Targets of one
 priority are tried in an order drawn by weight; a target whose circuit is open is skipped. All attempts
 together stay within the assistant's ``deadline`` and ``max_attempts``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -21,24 +23,32 @@ from riceball_proxy.api.stages import select_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.db.assistants import Target
 from riceball_proxy.errors import APIError
+from riceball_proxy.upstream import UPSTREAM_AUTH_FAILED
 
 logger = logging.getLogger(__name__)
 
 #: Statuses (as the adapters answer them) after which the next target is tried.
 FAILS_OVER = frozenset({429, 500, 502, 503, 504, 529})
-#: Consecutive failures that open a target's circuit, and its first and longest cooldowns (seconds).
+#: Consecutive failures that open a target's circuit, and its first cooldown (seconds); cooldowns double
+#: up to the longest rest (``RICEBALL_MAX_UPSTREAM_REST``).
 CIRCUIT_FAILURES = 3
 CIRCUIT_COOLDOWN = 5.0
-CIRCUIT_MAX_COOLDOWN = 300.0
+DEFAULT_MAX_REST = 60.0
 
 
 class Circuits:
     """Each target's health in this process: consecutive failures, and until when it is skipped (wall
-    clock, so that processes can share it: ``riceball_proxy.circuits_shared``)."""
+    clock, so that processes can share it: ``riceball_proxy.circuits_shared``).
 
-    def __init__(self) -> None:
+    A rest never lasts longer than ``max_rest`` seconds, whatever an upstream's ``Retry-After`` says: one
+    client's request must not keep a target from everyone for long. A 429 about one request alone (too
+    large for the upstream's per-minute budget) fails the call over but neither counts nor rests.
+    """
+
+    def __init__(self, max_rest: float = DEFAULT_MAX_REST) -> None:
         #: (provider id, model) -> [consecutive failures, skipped until (epoch s), cooldown, last error, when]
         self.state: dict[tuple[int, str], list[Any]] = {}
+        self.max_rest = max_rest
         #: Called with a target's key whenever its rest starts or ends (to tell the other processes).
         self.on_change: Any = None
 
@@ -48,13 +58,17 @@ class Circuits:
 
     def failed(self, target: Target, error: APIError, now: float) -> bool:
         """Count a failure; True when it opened the target's circuit."""
+        if concerns_one_request(error):
+            return False
         state = self.state.setdefault((target.provider_id, target.model), [0, 0.0, 0.0, None, None])
         state[0] += 1
         state[3], state[4] = error.message[:300], time.time()
         retry_after = _seconds((error.headers or {}).get("Retry-After"))
+        if retry_after:
+            retry_after = min(retry_after, self.max_rest)
         opened = state[0] >= CIRCUIT_FAILURES
         if opened:
-            state[2] = min(CIRCUIT_MAX_COOLDOWN, state[2] * 2 if state[2] else CIRCUIT_COOLDOWN)
+            state[2] = min(self.max_rest, state[2] * 2 if state[2] else CIRCUIT_COOLDOWN)
             state[1] = now + max(state[2], retry_after or 0)
         elif retry_after:  # the upstream said when: it is skipped until then
             state[1] = now + retry_after
@@ -85,7 +99,17 @@ def _seconds(value: str | None) -> float | None:
         seconds = float(value) if value is not None else None
     except ValueError:
         return None
-    return seconds if seconds is not None and 0 < seconds <= 3600 else None
+    return seconds if seconds is not None and 0 < seconds < math.inf else None
+
+
+#: What an upstream says of a 429 that only one request's size caused (OpenAI: "Request too large for
+#: gpt-4o ... on tokens per min"); another request may pass at once.
+_ONE_REQUEST_CODES = frozenset({"request_too_large", "tokens_exceeded"})
+
+
+def concerns_one_request(error: APIError) -> bool:
+    """True for an upstream 429 caused by this request alone (too large), not by the upstream's load."""
+    return error.status == 429 and (error.code in _ONE_REQUEST_CODES or "too large" in error.message.lower())
 
 
 def ordered_targets(targets: tuple[Target, ...]) -> list[Target]:
@@ -152,6 +176,8 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             error = exc
             outcome = "failed_over" if exc.status in FAILS_OVER else "refused"
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, outcome)
+            if exc.code == UPSTREAM_AUTH_FAILED and ctx.provider is not None:
+                ctx.app[appkeys.PROVIDER_ALERTS].credentials_refused(ctx.provider, exc)
             if exc.status not in FAILS_OVER:
                 break
             if circuits.failed(target, exc, time.time()):
@@ -162,6 +188,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             continue
         if circuits.succeeded(target):
             metrics.circuit(ctx.provider.name, target.model, False)
+        ctx.app[appkeys.PROVIDER_ALERTS].answered(ctx.provider.id)
         metrics.attempt(ctx.provider.name, target.model, "answered")
         ctx.body = body
         if assistant.expose_target:

@@ -109,11 +109,13 @@ async def update(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> Provider | None:
-    """Change a provider (its API key only when one is given); None when it does not exist."""
+    """Change a provider (its API key only when one is given: a new key ends the provider's alert that its
+    credentials were refused); None when it does not exist."""
     keep = api_key_encrypted is KEEP
     try:
         row = await db.fetchrow(
             f"""
+            WITH new_key AS (DELETE FROM provider_alerts WHERE provider_id = $1 AND NOT $7)
             UPDATE providers
             SET name = $2, type = $3, base_url = $4, connect_timeout = $5, read_timeout = $6,
                 api_key_encrypted = CASE WHEN $7 THEN api_key_encrypted ELSE $8 END,

@@ -138,7 +138,7 @@ async def test_a_mid_stream_error_event(claude):
 
 @pytest.mark.parametrize("status, error_type, exception, expected_status", [
     (400, "invalid_request_error", openai.BadRequestError, 400),
-    (401, "authentication_error", openai.AuthenticationError, 401),
+    (401, "authentication_error", openai.InternalServerError, 502),  # the gateway's key: upstream_auth_failed
     (429, "rate_limit_error", openai.RateLimitError, 429),
     (500, "api_error", openai.InternalServerError, 502),
     (529, "overloaded_error", openai.InternalServerError, 503),

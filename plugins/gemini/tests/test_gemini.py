@@ -130,7 +130,7 @@ async def test_a_mid_stream_error(gemini):
 
 @pytest.mark.parametrize("status, google_status, exception, expected", [
     (400, "INVALID_ARGUMENT", openai.BadRequestError, 400),
-    (403, "PERMISSION_DENIED", openai.PermissionDeniedError, 403),
+    (403, "PERMISSION_DENIED", openai.InternalServerError, 502),  # the gateway's key: upstream_auth_failed
     (429, "RESOURCE_EXHAUSTED", openai.RateLimitError, 429),
     (500, "INTERNAL", openai.InternalServerError, 502),
     (503, "UNAVAILABLE", openai.InternalServerError, 503),
@@ -141,7 +141,8 @@ async def test_upstream_errors(gemini, status, google_status, exception, expecte
     fake.error = (status, {"error": {"code": status, "message": "no: key AIza-secret", "status": google_status}})
     with pytest.raises(exception) as raised:
         await client.chat.completions.create(model="x", messages=MESSAGES, stream=stream)
-    assert raised.value.status_code == expected and raised.value.code == google_status
+    assert raised.value.status_code == expected
+    assert raised.value.code == ("upstream_auth_failed" if status == 403 else google_status)
     assert "AIza-secret" not in str(raised.value.body)
 
 
