@@ -19,7 +19,7 @@ from riceball_proxy.db import admins, api_keys, assistants, open_database, provi
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS
 from riceball_proxy.limits import (FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits,
                                    current_period_start)
-from riceball_proxy.pricing import model_price, unpriced
+from riceball_proxy.pricing import unpriced, unpriced_targets
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
@@ -376,8 +376,9 @@ def cmd_provider_test(args: argparse.Namespace, settings: Settings) -> int:
                 async with asyncio.timeout(UPSTREAM_CHECK_TIMEOUT):
                     models = await adapter.list_models()
             except APIError as exc:
-                detail = f" (the upstream said {exc.detail})" if exc.detail else ""
-                raise CommandError(f"provider {provider.name!r}: {exc.status}: {exc.message}{detail}") from None
+                # The upstream's own words when it refused the key: the operator's to read, masked.
+                reason = exc.detail or f"{exc.status}: {exc.message}"
+                raise CommandError(f"provider {provider.name!r}: {reason}") from None
             except TimeoutError:
                 raise CommandError(f"provider {provider.name!r}: the upstream did not answer within "
                                    f"{UPSTREAM_CHECK_TIMEOUT} seconds") from None
@@ -440,11 +441,17 @@ def prices_from(args: argparse.Namespace, current: assistants.Assistant | None =
     return tuple(prices)
 
 
-async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str) -> None:
-    """A USD budget on an assistant needs its calls' price: its own, or the one genai-prices knows."""
-    if limits.budget_usd is not None and prices[0] is None and model_price(provider.type, model) is None:
-        raise CommandError(f"a USD budget needs a known price, and {model!r} on {provider.name!r} has none: "
-                           "set --price-input and --price-output, or use --budget-tokens")
+async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str,
+                                 fallbacks) -> None:
+    """A USD budget on an assistant needs the price of every target's calls: the assistant's own (for its
+    model), or the one genai-prices knows."""
+    if limits.budget_usd is None:
+        return
+    missing = await unpriced_targets(pool, model, prices, provider, fallbacks)
+    if missing:
+        raise CommandError(f"a USD budget needs a known price for every target, and {', '.join(missing)} has "
+                           "none: set --price-input and --price-output (for the assistant's model), choose "
+                           "fallbacks of known price, or use --budget-tokens")
 
 
 def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -463,8 +470,9 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
         provider = await providers.get_by_name(pool, args.provider)
         if provider is None:
             raise CommandError(f"no provider named {args.provider!r}")
-        await check_assistant_budget(pool, limits, prices, provider, args.model)
-        routing = {"fallbacks": await fallbacks_from(pool, args), "deadline": args.deadline or DEFAULT_DEADLINE,
+        fallbacks = await fallbacks_from(pool, args)
+        await check_assistant_budget(pool, limits, prices, provider, args.model, fallbacks)
+        routing = {"fallbacks": fallbacks, "deadline": args.deadline or DEFAULT_DEADLINE,
                    "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS, "expose_target": args.expose_target}
         try:
             assistant = await assistants.create(
@@ -508,9 +516,10 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
         given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
         parameters = dict(current.parameters) | {name: value for name, value in given.items() if value is not None}
         limits, prices = limits_from(args, current.limits), prices_from(args, current)
+        fallbacks = await fallbacks_from(pool, args, current)
         await check_assistant_budget(pool, limits, prices, provider,
-                                     current.model if args.model is None else args.model)
-        routing = {"fallbacks": await fallbacks_from(pool, args, current),
+                                     current.model if args.model is None else args.model, fallbacks)
+        routing = {"fallbacks": fallbacks,
                    "deadline": current.deadline if args.deadline is None else args.deadline,
                    "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts,
                    "expose_target": current.expose_target if args.expose_target is None else args.expose_target}
@@ -689,8 +698,8 @@ async def _check_assistants_exist(pool, assistant_ids) -> None:
 def _unpriced_note(unknown: list[str]) -> str:
     if not unknown:
         return ""
-    return (f"\nNote: calls to {', '.join(unknown)} have no known price and do not count against the USD budget "
-            "(set their --price-input/--price-output).")
+    return (f"\nNote: {', '.join(unknown)} can serve calls of unknown price: with this USD budget, such calls "
+            "are refused, or skip those targets (set the assistants' --price-input/--price-output).")
 
 
 def cmd_key_update(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from riceball_proxy.db.assistants import Assistant
+from riceball_proxy.db.assistants import Assistant, Target
 from riceball_proxy.db.providers import Provider
 from riceball_proxy.errors import APIError
 from riceball_proxy.limits import Limits
@@ -106,6 +106,11 @@ class ChatContext:
     assistant_id: uuid.UUID | None = None
     assistant: Assistant | None = None
     provider: Provider | None = None
+    #: The target being tried, then the one that served (its model and provider price the call).
+    target: Target | None = None
+    #: Targets this call may not use, as (provider id, model): an admission policy's say (a USD budget
+    #: never lets a call reach a target whose price nobody knows).
+    barred_targets: frozenset[tuple[int, str]] = frozenset()
     #: The upstream request body (OpenAI format), changed in place by ``riceball_prepare_request``.
     body: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The body as the client sent it: a copy of its own (nothing in it is shared with ``body``).

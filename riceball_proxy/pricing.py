@@ -48,12 +48,53 @@ class Price:
 
 
 def price_of(assistant, provider_type: str | None) -> Price | None:
-    """The price of an assistant's calls on a provider of this type, None when nobody knows it."""
-    if assistant.price_input is not None and assistant.price_output is not None:
+    """The price of an assistant's calls served by its own model on a provider of this type, None when
+    nobody knows it."""
+    return target_price(assistant, assistant.model, provider_type)
+
+
+def target_price(assistant, model: str, provider_type: str | None) -> Price | None:
+    """What a call of ``assistant`` costs when ``model`` on a provider of ``provider_type`` serves it (the
+    primary or a fallback target): the operator's price, which is the price of the assistant's own model,
+    when that model serves; else the price genai-prices knows for that provider type and model; else None."""
+    if model == assistant.model and assistant.price_input is not None and assistant.price_output is not None:
         return Price(assistant.price_input, assistant.price_output,
                      assistant.price_input if assistant.price_cached_input is None else assistant.price_cached_input,
                      "assistant")
-    return model_price(provider_type, assistant.model)
+    return model_price(provider_type, model)
+
+
+def call_price(ctx) -> Price | None:
+    """The price of a call (a ``ChatContext``): that of the target that served it (or, before an
+    answer, the one being tried), on its provider."""
+    if ctx.assistant is None:
+        return None
+    model = ctx.target.model if ctx.target is not None else ctx.assistant.model
+    return target_price(ctx.assistant, model, ctx.provider.type if ctx.provider else None)
+
+
+async def unpriced_targets(db, model: str, prices, provider, fallbacks) -> list[str]:
+    """The targets of an assistant-to-be whose calls have no known price, as ``'model' on 'provider'``:
+    the rule every front end applies to an assistant's USD budget, which needs a price for every target
+    a call may reach.
+
+    ``prices`` are the assistant's (input, output, cached input), ``provider`` its primary's row,
+    ``fallbacks`` its fallback targets.
+    """
+    from riceball_proxy.db import providers
+
+    operator_priced = prices[0] is not None and prices[1] is not None
+    known = {provider.id: provider} if provider is not None else {}
+    missing = []
+    for provider_id, target_model in [(provider.id if provider else None, model),
+                                      *((target.provider_id, target.model) for target in fallbacks)]:
+        if provider_id is not None and provider_id not in known:
+            known[provider_id] = await providers.get(db, provider_id)
+        row = known.get(provider_id)
+        if (operator_priced and target_model == model) or model_price(row.type if row else None, target_model):
+            continue
+        missing.append(f"{target_model!r} on {row.name if row else provider_id!r}")
+    return missing
 
 
 def model_price(provider_type: str | None, model: str) -> Price | None:
@@ -86,14 +127,15 @@ def library_price(provider_id: str, model: str) -> Price | None:
 
 
 async def unpriced(db, assistant_ids=None) -> tuple[list[str], list[str]]:
-    """The names of the assistants (those of ``assistant_ids``, or every one) whose calls have a known
-    price, and of those whose have none."""
+    """The names of the assistants (those of ``assistant_ids``, or every one) whose every target's calls
+    have a known price, and of those with a target whose have none."""
     from riceball_proxy.db import assistants, providers
 
     types = {provider.id: provider.type for provider in await providers.list_all(db)}
     priced, unknown = [], []
     for assistant in await assistants.list_all(db):
         if assistant_ids is None or assistant.id in assistant_ids:
-            known = price_of(assistant, types.get(assistant.provider_id)) is not None
+            known = all(target_price(assistant, target.model, types.get(target.provider_id)) is not None
+                        for target in assistant.targets)
             (priced if known else unknown).append(assistant.name)
     return priced, unknown

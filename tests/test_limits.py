@@ -334,3 +334,100 @@ async def test_thirty_concurrent_calls_across_processes_get_exactly_the_rpm(
     statuses = await statuses_of_concurrent_calls(urls, key, 30)
     assert sorted(statuses) == [200] * 10 + [429] * 20
     assert len(fake_openai.requests) == 10
+
+
+# --- the target that served prices the call ---------------------------------------------------------
+
+
+@pytest.fixture
+async def priced_failover(start_gateway, backend_settings, fake_openai, aiohttp_server):
+    """A gateway on PostgreSQL counters whose assistant (primary ``gpt-4o-mini`` on ``fake_openai``) falls
+    back to ``fallback_model`` on a second fake upstream of provider type ``fallback_type``."""
+    from riceball_proxy.plugins import make_plugin_manager
+    from riceball_proxy.db.assistants import Target
+    from tests.fake_openai import FakeOpenAI
+    from tests.plugins import more_types
+
+    second = FakeOpenAI()
+    second.reply = "Hello from the fallback"
+    second.base_url = str((await aiohttp_server(second.app())).make_url("/v1"))
+
+    async def start(fallback_type: str, fallback_model: str, **assistant_fields):
+        settings = backend_settings("postgres").replace(usage_flush_interval=0.05)
+        pm = make_plugin_manager(settings)
+        pm.register(more_types)
+        gateway = await start_gateway(settings, plugin_manager=pm)
+        primary = await gateway.provider(fake_openai.base_url, name="primary")
+        fallback = await gateway.provider(second.base_url, name="fallback", type=fallback_type)
+        assistant = await gateway.assistant(primary, model="gpt-4o-mini", parameters={"max_tokens": 50},
+                                            fallbacks=[Target(fallback.id, fallback_model)], **assistant_fields)
+        fake_openai.error = (500, {"error": {"message": "down", "type": "server_error"}})
+        second.usage = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
+        return gateway, assistant, second
+
+    return start
+
+
+def library_cost(provider_id: str, model: str, prompt: int, completion: int) -> Decimal:
+    import genai_prices
+
+    return genai_prices.calc_price(genai_prices.Usage(input_tokens=prompt, output_tokens=completion), model,
+                                   provider_id=provider_id).total_price
+
+
+@pytest.mark.parametrize("fallback_type, fallback_model", [("openai", "gpt-4o"), ("deepseek", "deepseek-chat")])
+async def test_a_call_served_by_a_fallback_costs_the_fallbacks_price_in_the_row_and_the_budget(
+        priced_failover, fallback_type, fallback_model):
+    gateway, assistant, second = await priced_failover(fallback_type, fallback_model)
+    key = await gateway.key(budget_usd=Decimal(1), budget_period="total")
+    async with gateway.client(assistant.id, key) as client:
+        for _ in range(3):
+            answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+            assert answer.choices[0].message.content == "Hello from the fallback"
+    rows = await gateway.usage_rows(3)
+    each = library_cost(fallback_type, fallback_model, 1000, 50)
+    assert each != library_cost("openai", "gpt-4o-mini", 1000, 50)
+    assert [row["cost_usd"] for row in rows] == [each] * 3
+    assert [row["upstream_model"] for row in rows] == [fallback_model] * 3
+    await asyncio.sleep(0.1)  # the last settlement is applied
+    await gateway.app[appkeys.LIMITER].counters.flush()
+    counter = await gateway.pool.fetchval("SELECT value FROM limit_counters WHERE key LIKE 'k:%:budget:usd:%'")
+    assert Decimal(int(counter)) / 1_000_000_000 == pytest.approx(3 * each, abs=Decimal("0.000000003"))
+
+
+async def test_under_a_usd_budget_a_call_never_reaches_a_target_of_unknown_price(priced_failover):
+    gateway, assistant, second = await priced_failover("selfhosted", "llama-local")
+    budgeted = await gateway.key(budget_usd=Decimal("0.00002"), budget_period="total")
+    async with gateway.client(assistant.id, budgeted) as client:
+        for _ in range(3):  # the primary fails; the fallback would serve the call for free: not tried
+            with pytest.raises(openai.InternalServerError):
+                await client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=1)
+    assert second.requests == []
+    free = await gateway.key()  # a key without a USD budget may use it
+    async with gateway.client(assistant.id, free) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert answer.choices[0].message.content == "Hello from the fallback"
+    rows = await gateway.usage_rows(4)
+    assert rows[-1]["cost_usd"] is None and rows[-1]["upstream_model"] == "llama-local"
+
+
+async def test_a_usd_budget_on_an_assistant_none_of_whose_targets_has_a_price_is_refused_403(
+        start_gateway, backend_settings, fake_openai):
+    gateway = await start_gateway(backend_settings("memory"))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), model="our-own-model")
+    key = await gateway.key(budget_usd=Decimal(5))  # written straight to the database, past the front ends
+    async with gateway.client(assistant.id, key) as client:
+        with pytest.raises(openai.PermissionDeniedError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "budget_needs_price" and fake_openai.requests == []
+
+
+async def test_admission_reserves_the_dearest_target_it_may_reach(priced_failover, fake_openai):
+    gateway, assistant, second = await priced_failover("openai", "gpt-4o")
+    fake_openai.error = None  # the primary answers; the reservation still covers the dearer fallback
+    worst_on_fallback = library_cost("openai", "gpt-4o", 10, 50)  # "hello" estimated high, and max_tokens
+    key = await gateway.key(budget_usd=worst_on_fallback * Decimal("0.9"), budget_period="total")
+    async with gateway.client(assistant.id, key) as client:
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.code == "insufficient_quota" and fake_openai.requests == []

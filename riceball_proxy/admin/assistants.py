@@ -14,7 +14,7 @@ from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, Target
 from riceball_proxy.errors import APIError
-from riceball_proxy.pricing import model_price
+from riceball_proxy.pricing import unpriced_targets
 
 #: Seconds the form waits for the provider's model list before offering free text only.
 MODEL_LIST_TIMEOUT = 3
@@ -183,11 +183,13 @@ async def assistant_save(request: web.Request) -> web.Response:
         form.errors["price_input" if prices[0] is None else "price_output"] = "Set both prices, or neither."
     elif prices[2] is not None and prices[0] is None:
         form.errors["price_cached_input"] = "A cached-input price needs the input and output prices."
-    if form.valid and limits.budget_usd is not None and prices[0] is None:
+    if form.valid and limits.budget_usd is not None:
         provider = await providers.get(pool, provider_ids[provider_id])
-        if model_price(provider.type if provider else None, model) is None:
-            form.errors["budget_usd"] = ("No price is known for this model: set its prices below, "
-                                         "or use a budget in tokens.")
+        missing = await unpriced_targets(pool, model, prices, provider, fallbacks)
+        if missing:
+            form.errors["budget_usd"] = (f"No price is known for {', '.join(missing)}: a USD budget needs one for "
+                                         "every target. Set the prices below (for the assistant's model), choose "
+                                         "fallbacks of known price, or use a budget in tokens.")
     if form.valid:
         fields = dict(name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
                       parameters=parameters, locked=locked, extra_params=extra_params,

@@ -142,7 +142,7 @@ async def provider_test(request: web.Request) -> web.Response:
     try:
         models = await list_upstream_models(request, provider.id)
     except APIError as exc:
-        error = f"{exc.status}: {exc.message}" + (f" (the upstream said {exc.detail})" if exc.detail else "")
+        error = exc.detail or f"{exc.status}: {exc.message}"  # the upstream's own words: the operator's to read
     except TimeoutError:
         error = f"The upstream did not answer within {UPSTREAM_CHECK_TIMEOUT} seconds."
     except (LookupError, ValueError) as exc:

@@ -20,7 +20,7 @@ from riceball_proxy import appkeys
 from riceball_proxy.api.stages import admit, assistant_not_found, select_provider
 from riceball_proxy.api.streaming import upstream_chunks
 from riceball_proxy.context import ChatContext, Principal
-from riceball_proxy.pricing import price_of
+from riceball_proxy.pricing import call_price
 from riceball_proxy.validation import validate_chat_request
 
 
@@ -74,7 +74,7 @@ def call_meta(ctx: ChatContext, **extra: Any) -> dict[str, Any]:
         meta["prompt_tokens"] = usage.prompt_tokens
         meta["completion_tokens"] = usage.completion_tokens
         if ctx.assistant is not None:
-            price = price_of(ctx.assistant, ctx.provider.type if ctx.provider else None)
+            price = call_price(ctx)
             cost = None if price is None else price.cost(usage)
             if cost is not None:
                 meta["cost_usd"] = str(cost)

@@ -145,6 +145,10 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
         now = time.time()
         if len(targets) > 1 and not circuits.closed(target, now):
             continue
+        if (target.provider_id, target.model) in ctx.barred_targets:
+            logger.info("call %s: %s on provider %s skipped: barred by admission (no known price under a USD "
+                        "budget)", ctx.request_id, target.model, target.provider_id)
+            continue
         if ctx.attempts >= assistant.max_attempts:
             break
         remaining = deadline - loop.time()
@@ -152,6 +156,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             error = deadline_passed(assistant.deadline)
             break
         ctx.attempts += 1
+        ctx.target = target
         body = body_for(ctx, target)
         try:
             adapter = await select_provider(ctx, target.provider_id)

@@ -16,7 +16,7 @@ from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import shutting_down
-from riceball_proxy.pricing import price_of
+from riceball_proxy.pricing import call_price
 from riceball_proxy.providers import ProviderAdapter
 from riceball_proxy.proxies import client_address
 from riceball_proxy.validation import check_depth, validate_chat_request
@@ -158,7 +158,7 @@ async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disco
     now = time.perf_counter()
     usage = ctx.usage
     if usage.prompt_tokens is not None and ctx.assistant is not None:
-        price = price_of(ctx.assistant, ctx.provider.type if ctx.provider else None)
+        price = call_price(ctx)  # the target that served: a fallback has its own price
         ctx.cost_usd = None if price is None else price.cost(usage)
     outcome = Outcome(
         status=status,

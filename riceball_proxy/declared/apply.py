@@ -23,7 +23,7 @@ from riceball_proxy.db.assistants import Target
 from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError, KeySpec, LimitsSpec
 from riceball_proxy.limits import Limits, check_limits
-from riceball_proxy.pricing import model_price, unpriced
+from riceball_proxy.pricing import unpriced, unpriced_targets
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +223,13 @@ class _Sync:
                 "enabled": spec.enabled, "limits": _limits(spec.limits), "prices": prices, "fallbacks": fallbacks,
                 "deadline": spec.deadline, "max_attempts": spec.max_attempts, "expose_target": spec.expose_target,
             }
-            if wanted["limits"].budget_usd is not None and prices[0] is None \
-                    and model_price(provider.type, spec.model) is None:
-                raise ConfigFileError([f"{where}.limits.budget_usd: no price is known for {spec.model!r} on "
-                                       f"{provider.name!r}: give the assistant prices, or use budget_tokens"])
+            if wanted["limits"].budget_usd is not None:
+                missing = await unpriced_targets(self.conn, spec.model, prices, provider, fallbacks)
+                if missing:
+                    raise ConfigFileError([f"{where}.limits.budget_usd: no price is known for {', '.join(missing)}: "
+                                           "a USD budget needs one for every target; give the assistant prices "
+                                           "(for its model), choose fallbacks of known price, or use "
+                                           "budget_tokens"])
             current = self.assistants.get(spec.name)
             try:
                 if current is None:

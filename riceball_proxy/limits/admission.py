@@ -7,7 +7,8 @@ A call is checked against its key's limits and its assistant's (the tighter wins
 admit it). Before it goes upstream it reserves its worst case: one request, its prompt's tokens
 (estimated from the text: about one token per 3 characters, a fixed 1,000 per image or audio part) plus
 its ceiling on answer tokens (``max_tokens`` or ``max_completion_tokens`` times ``n``), and their
-cost at the assistant's price. When it ends, the reservation is settled to what the upstream reported
+cost at the price of the dearest target it may reach (a fallback may cost more than the primary).
+Under a USD budget a call never goes to a target whose price nobody knows. When it ends, the reservation is settled to what the upstream reported
 using; a call that failed before an answer gives it all back. A call with no ceiling reserves its
 prompt alone, so a budget can be overshot by at most the answers of the calls in flight.
 """
@@ -25,11 +26,13 @@ from typing import Any
 
 import cachetools
 
+from riceball_proxy import appkeys
+from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.limits import Limits, period_bounds
 from riceball_proxy.limits.counters import (Bucket, Budget, Busy, Counters, Decision, Settlement, Slots, Unavailable)
-from riceball_proxy.pricing import NANO, price_of
+from riceball_proxy.pricing import NANO, target_price
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +114,11 @@ class Limiter:
         assistant_limits = ctx.assistant.limits
         if not key_limits and not assistant_limits:
             return  # nothing to count: no round trip
-        price = price_of(ctx.assistant, ctx.provider.type if ctx.provider else None)
         prompt = estimate_prompt_tokens(ctx.body)
         tokens = prompt + answer_ceiling(ctx.body)
-        nano_usd = price.nano_usd(prompt, tokens - prompt) if price else 0
+        usd_budget = (key_limits is not None and key_limits.budget_usd is not None) \
+            or (assistant_limits is not None and assistant_limits.budget_usd is not None)
+        nano_usd = await self._dearest(ctx, prompt, tokens - prompt) if usd_budget else 0
         now = time.time() * 1000
         checks: list = []
         reservation = Reservation(tokens, nano_usd, [], [], [])
@@ -144,6 +148,35 @@ class Limiter:
                 self.metrics.limited(type(decision.refused).__name__.lower())
             raise refusal(decision)
         ctx.stash["limits"] = reservation
+
+    async def _dearest(self, ctx: ChatContext, prompt: int, answer: int) -> int:
+        """The most (nano-USD) this call can cost on any target it may reach, and the targets it may not
+        reach because nobody knows their price (``ctx.barred_targets``): a USD budget is never spent
+        uncounted. 403 when no target of the assistant has a known price."""
+        assistant, cache = ctx.assistant, ctx.app[appkeys.CONFIG_CACHE]
+        dearest, barred = None, set()
+        for target in assistant.targets:
+            if ctx.provider is not None and target.provider_id == ctx.provider.id:
+                provider_type = ctx.provider.type
+            else:
+                try:
+                    provider_type = (await cache.provider(target.provider_id))[0].type
+                except (LookupError, ProviderNotInstalled):
+                    provider_type = None  # the call cannot go there anyway
+            price = target_price(assistant, target.model, provider_type)
+            if price is None:
+                barred.add((target.provider_id, target.model))
+            else:
+                cost = price.nano_usd(prompt, answer)
+                dearest = cost if dearest is None else max(dearest, cost)
+        if dearest is None:
+            raise APIError(403, "This call is under a USD budget, and no price is known for the model of this "
+                                "assistant: its calls could not be counted. Ask the operator to set the assistant's "
+                                "prices, or to use a budget in tokens.", type="permission_error",
+                           code="budget_needs_price")
+        if barred:
+            ctx.barred_targets = ctx.barred_targets | barred
+        return dearest
 
     def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
                 tokens: int, nano_usd: int, now: float) -> None:
