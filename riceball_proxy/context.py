@@ -59,6 +59,8 @@ class Usage:
     reasoning_tokens: int | None = None
     #: True when the upstream reported something that is not a token count (kept as None).
     invalid: bool = False
+    #: True when the gateway estimated the counts (the upstream never reported them).
+    estimated: bool = False
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage:
@@ -140,6 +142,9 @@ class ChatContext:
     response_headers: dict[str, str] | None = None
     #: The call's cost in USD, once it is known (``riceball_proxy.pricing``).
     cost_usd: Decimal | None = None
+    #: Characters of answer relayed to the client so far: its usage, if the upstream never reports it,
+    #: is estimated from them (``riceball_proxy.estimates``).
+    relayed_chars: int = 0
 
     def take_body(self, client_body: dict[str, Any], raw: bytes) -> None:
         """Take a validated request body, parsed from ``raw``, as the client's; the upstream body is

@@ -46,6 +46,8 @@ class FakeOpenAI:
         self.models = ["gpt-4o", "gpt-4o-mini"]
         #: Sent as ``usage`` instead of the counted one (any JSON value, to play a careless upstream).
         self.usage: Any = None
+        #: False: no usage at all, whatever the request asks (an upstream that never reports it).
+        self.reports_usage = True
 
     @property
     def last(self) -> dict[str, Any]:
@@ -104,7 +106,7 @@ class FakeOpenAI:
                 {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": arguments}}
                 for n, (name, arguments) in enumerate(self.tool_calls)
             ]
-        return {
+        answer = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -113,9 +115,12 @@ class FakeOpenAI:
                          "finish_reason": "tool_calls" if self.tool_calls else "stop"}],
             "usage": self._usage(body),
         }
+        if not self.reports_usage:
+            del answer["usage"]
+        return answer
 
     def _chunks(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and self.reports_usage
 
         def chunk(delta, finish_reason=None):
             data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,

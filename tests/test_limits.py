@@ -431,3 +431,66 @@ async def test_admission_reserves_the_dearest_target_it_may_reach(priced_failove
         with pytest.raises(openai.RateLimitError) as raised:
             await client.chat.completions.create(model="x", messages=MESSAGES)
     assert raised.value.code == "insufficient_quota" and fake_openai.requests == []
+
+
+# --- usage the upstream never reports -----------------------------------------------------------------
+
+
+async def usd_counter(gateway) -> Decimal:
+    """What the one USD budget's counter (PostgreSQL backend) holds, once every settlement is applied."""
+    await asyncio.sleep(0.05)
+    assert await gateway.app[appkeys.LIMITER].counters.flush()
+    return Decimal(int(await gateway.pool.fetchval(
+        "SELECT value FROM limit_counters WHERE key LIKE 'k:%:budget:usd:%'"))) / 1_000_000_000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_silent_upstream_is_charged_an_estimate_flagged_on_the_row(start_gateway, backend_settings,
+                                                                             fake_openai, stream):
+    gateway = await start_gateway(backend_settings("postgres").replace(usage_flush_interval=0.05))
+    # $1 per token in and out: every estimated token shows in the cost.
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url),
+                                        prices=(Decimal(1_000_000), Decimal(1_000_000), None))
+    key = await gateway.key(budget_usd=Decimal(10_000), budget_period="total")
+    fake_openai.reports_usage = False
+    fake_openai.reply = "twelve chars " * 10  # 130 characters: 44 tokens at 3 a token
+    async with gateway.client(assistant.id, key) as client:
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(
+                model="x", messages=MESSAGES, stream=True, stream_options={"include_usage": True})]
+            assert all(c.usage is None for c in chunks)  # nothing to pass on: none was reported
+        else:
+            answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+            assert answer.usage is None
+    row = (await gateway.usage_rows(1))[0]
+    assert row["usage_estimated"] and row["status"] == 200
+    assert row["completion_tokens"] == -(-len(fake_openai.reply) // 3)  # every character relayed
+    assert row["prompt_tokens"] >= 7  # "hello" and its framing, estimated high
+    assert row["cost_usd"] == row["prompt_tokens"] + row["completion_tokens"]
+    assert await usd_counter(gateway) == row["cost_usd"]  # the budget counts it
+    spent, _ = await usage_events.spent(gateway.pool, api_key_id=row["api_key_id"])  # as a restart reloads it
+    assert spent == row["cost_usd"]
+
+
+async def test_a_client_gone_before_the_usage_chunk_is_charged_what_it_was_sent(start_gateway, backend_settings,
+                                                                               fake_openai):
+    gateway = await start_gateway(backend_settings("postgres").replace(usage_flush_interval=0.05))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url),
+                                        prices=(Decimal(1_000_000), Decimal(1_000_000), None))
+    key = await gateway.key(budget_usd=Decimal(10_000), budget_period="total")
+    fake_openai.reply = " ".join(["word"] * 200)
+    fake_openai.chunk_delay = 0.01
+    received = ""
+    async with gateway.client(assistant.id, key) as client:
+        stream = await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+        async for chunk in stream:
+            received += chunk.choices[0].delta.content or ""
+            if len(received) >= 100:
+                break  # the client has read enough and goes away
+        await stream.close()
+    row = (await gateway.usage_rows(1))[0]
+    assert row["status"] == 499 and row["usage_estimated"]
+    # At least what the client read, and not the whole answer it never got.
+    assert -(-len(received) // 3) <= row["completion_tokens"] < len(fake_openai.reply) // 3
+    assert row["cost_usd"] == row["prompt_tokens"] + row["completion_tokens"] > 0
+    assert await usd_counter(gateway) == row["cost_usd"]

@@ -19,7 +19,8 @@ HOURLY_UP_TO_DAYS = 2
 MAX_DAYS = 366
 CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provider_id", "upstream_model", "stream",
               "status", "error_type", "error_code", "error_message", "prompt_tokens", "completion_tokens",
-              "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "cost_usd", "attempts",
+              "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "usage_estimated", "cost_usd",
+              "attempts",
               "latency_ms", "ttft_ms", "client_addr", "source", "admin_id")
 #: Where calls come from: the API (keys) or the admin panel's playground.
 SOURCES = {"api": "API", "playground": "Playground"}

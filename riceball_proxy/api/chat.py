@@ -16,6 +16,7 @@ from riceball_proxy.api.stages import (admit, authenticate, observed, read_chat_
 from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.api.streaming import answer_stream
 from riceball_proxy.context import ChatContext
+from riceball_proxy.estimates import answer_chars
 
 
 @observed  # 9. observe: whatever happens below, the outcome goes to the observers (usage, metrics...)
@@ -43,4 +44,6 @@ async def whole_answer(ctx: ChatContext) -> dict:
     answer = await call_upstream(ctx, stream=False)
     ctx.first_token_at = time.perf_counter()
     ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
+    if ctx.usage.prompt_tokens is None and isinstance(answer, dict):  # to estimate what it used
+        ctx.relayed_chars = answer_chars(answer.get("choices"), "message")
     return await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_transform_response", ctx=ctx, response=answer)

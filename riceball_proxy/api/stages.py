@@ -15,6 +15,7 @@ from riceball_proxy import appkeys
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
+from riceball_proxy.estimates import estimated_usage
 from riceball_proxy.inflight import shutting_down
 from riceball_proxy.pricing import call_price
 from riceball_proxy.providers import ProviderAdapter
@@ -146,6 +147,14 @@ async def admit(ctx: ChatContext) -> None:
     await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_admit", ctx=ctx)
 
 
+def _upstream_used(ctx: ChatContext, status: int, disconnected: bool) -> bool:
+    """True when an upstream worked on this call, so that it cost something even though no usage came
+    back: it answered (some or all of the answer was relayed), or the client left while it worked."""
+    if ctx.target is None:
+        return False  # no upstream was asked
+    return ctx.first_token_at is not None or status < 400 or (disconnected and ctx.upstream_error is None)
+
+
 #: The longest error message an outcome keeps.
 MAX_ERROR_MESSAGE = 500
 
@@ -156,6 +165,10 @@ async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disco
     ``riceball_request_finished`` observers, off the request path, and note the key's use. Returns once
     settled, unless the observers are so far behind that their queue is full."""
     now = time.perf_counter()
+    if ctx.usage.prompt_tokens is None and _upstream_used(ctx, status, disconnected):
+        invalid = ctx.usage.invalid  # what the upstream did report, unusable, stays noted
+        ctx.usage = estimated_usage(ctx.body, ctx.relayed_chars)
+        ctx.usage.invalid = invalid
     usage = ctx.usage
     if usage.prompt_tokens is not None and ctx.assistant is not None:
         price = call_price(ctx)  # the target that served: a fallback has its own price

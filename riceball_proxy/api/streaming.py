@@ -16,6 +16,7 @@ from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.coalesce import write_coalesced
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
+from riceball_proxy.estimates import answer_chars, chunk_chars
 from riceball_proxy.inflight import shutting_down
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> Async
     async for payload in payloads:
         if _may_carry_usage(payload) and not _keep_after_usage(ctx, orjson.loads(payload)):
             continue
+        # What the client gets is counted as it goes: if the upstream never reports usage (or the
+        # client leaves first), the call is charged an estimate of it. About a microsecond a chunk.
+        ctx.relayed_chars += chunk_chars(payload)
         if strip_null_usage and b'"usage":' in payload:
             for null_usage in NULL_USAGE:
                 payload = payload.replace(null_usage, b"")
@@ -124,6 +128,7 @@ def transformed_chunks(
             chunk = orjson.loads(payload)
             if chunk.get("usage") is not None:
                 ctx.record_usage(chunk["usage"])
+            ctx.relayed_chars += answer_chars(chunk.get("choices"), "delta")
             yield chunk
 
     stream: AsyncIterator[dict] = chunks()

@@ -52,6 +52,7 @@ def riceball_request_finished(ctx, outcome):
         cached_tokens=usage.cached_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         usage_invalid=usage.invalid,
+        usage_estimated=usage.estimated,
         cost_usd=outcome.cost_usd,
         attempts=ctx.attempts or None,
         latency_ms=outcome.latency_ms,

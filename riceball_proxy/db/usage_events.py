@@ -66,6 +66,8 @@ class UsageEvent:
     #: ``api``, or ``playground`` for the admin panel's calls (made by the admin ``admin_id``, with no key).
     source: str = "api"
     admin_id: int | None = None
+    #: True when the gateway estimated the token counts (and so the cost): the upstream reported none.
+    usage_estimated: bool = False
     #: Last: ``insert_many`` replaces it with its ``inet`` form.
     client_addr: str | None = None
 
@@ -166,6 +168,7 @@ _TOTALS = """
     coalesce(sum(completion_tokens), 0) AS completion_tokens,
     sum(cost_usd) AS cost_usd,
     count(*) FILTER (WHERE cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)) AS unpriced,
+    count(*) FILTER (WHERE usage_estimated) AS estimated,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50,
     percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95
 """

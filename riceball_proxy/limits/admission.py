@@ -9,8 +9,10 @@ admit it). Before it goes upstream it reserves its worst case: one request, its 
 its ceiling on answer tokens (``max_tokens`` or ``max_completion_tokens`` times ``n``), and their
 cost at the price of the dearest target it may reach (a fallback may cost more than the primary).
 Under a USD budget a call never goes to a target whose price nobody knows. When it ends, the reservation is settled to what the upstream reported
-using; a call that failed before an answer gives it all back. A call with no ceiling reserves its
-prompt alone, so a budget can be overshot by at most the answers of the calls in flight.
+using, or, when it reported nothing (a client gone before the usage chunk, an upstream that sends
+none), to the gateway's estimate of it (``riceball_proxy.estimates``, flagged on the usage row); a
+call that failed before an answer gives it all back. A call with no ceiling reserves its prompt alone,
+so a budget can be overshot by at most the answers of the calls in flight.
 """
 from __future__ import annotations
 
@@ -30,16 +32,13 @@ from riceball_proxy import appkeys
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
+from riceball_proxy.estimates import estimate_prompt_tokens
 from riceball_proxy.limits import Limits, period_bounds
 from riceball_proxy.limits.counters import (Bucket, Budget, Busy, Counters, Decision, Settlement, Slots, Unavailable)
 from riceball_proxy.pricing import NANO, target_price
 
 logger = logging.getLogger(__name__)
 
-#: Tokens a prompt's image, audio or file part is reserved as.
-MEDIA_PART_TOKENS = 1000
-#: Characters of prompt text per reserved token (about 4 in English; fewer keeps the estimate high).
-CHARS_PER_TOKEN = 3
 #: Seconds the shared counters are not asked again after they failed (fail-open or -closed meanwhile).
 RETRY_UNAVAILABLE_AFTER = 1.0
 
@@ -227,14 +226,12 @@ class Limiter:
         used_tokens = usage.total_tokens
         if used_tokens is None and usage.prompt_tokens is not None:
             used_tokens = usage.prompt_tokens + (usage.completion_tokens or 0)
-        if used_tokens is not None:
+        if used_tokens is not None:  # reported, or estimated when the upstream never said (stages.finish)
             tokens_delta = used_tokens - reservation.tokens
             cost = outcome.cost_usd
             usd_delta = (math.ceil(cost * NANO) if cost is not None else 0) - reservation.nano_usd
-        elif outcome.status >= 400 and not outcome.client_disconnected:
-            tokens_delta, usd_delta = -reservation.tokens, -reservation.nano_usd  # failed: nothing used
-        else:
-            tokens_delta = usd_delta = 0  # answered (or cut off) but not counted: the reservation stands
+        else:  # no upstream worked on it (refused, failed before answering, or never asked): nothing used
+            tokens_delta, usd_delta = -reservation.tokens, -reservation.nano_usd
         budgets = tuple((budget, usd_delta if ":budget:usd:" in budget.key else tokens_delta)
                         for budget in reservation.budgets)
         settlement = Settlement(buckets=tuple((bucket, tokens_delta) for bucket in reservation.token_buckets),
@@ -248,31 +245,6 @@ class Limiter:
 
 def _whose(scope: str) -> str:
     return "API key" if scope == "key" else "assistant"
-
-
-def estimate_prompt_tokens(body: dict) -> int:
-    """A generous estimate of a request's prompt tokens, from its text (no tokenizer: see the module)."""
-    chars, media = 0, 0
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        chars += 16  # the role and the message's framing
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict):
-                    text = part.get("text") or part.get("refusal")
-                    if isinstance(text, str):
-                        chars += len(text)
-                    else:
-                        media += 1
-        for name in ("tool_calls", "function_call", "name"):
-            if message.get(name) if isinstance(message, dict) else None:
-                chars += len(str(message[name]))
-    for name in ("tools", "functions", "response_format"):
-        if body.get(name):
-            chars += len(str(body[name]))
-    return -(-chars // CHARS_PER_TOKEN) + media * MEDIA_PART_TOKENS
 
 
 def answer_ceiling(body: dict) -> int:
