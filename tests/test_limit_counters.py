@@ -174,3 +174,27 @@ async def test_a_batch_whose_answer_is_lost_is_sent_again_and_applied_once(start
         assert await budget_counter(gateway, "redis", redis_url) == 2 * 37
     finally:
         await proxy.close()
+
+
+async def test_calls_ending_together_on_postgresql_free_every_slot_and_spend_exactly(start_gateway, settings,
+                                                                                     fake_openai):
+    gateway = await start_gateway(settings.replace(limits_backend="postgres", usage_flush_interval=0.05))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 50},
+                                        prices=(Decimal(1_000), Decimal(1_000), None))
+    key = await gateway.key(max_parallel=3, budget_usd=Decimal(100), budget_period="total")
+    url = gateway.base_url(assistant.id) + "/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        for round_ in range(3):  # each round: 3 calls held, then answered at once (one flush window)
+            fake_openai.hold = asyncio.Event()
+            calls = asyncio.ensure_future(statuses(url, key, 3, session))
+            for _ in range(500):
+                if len(fake_openai.requests) == 3 * (round_ + 1) or calls.done():
+                    break
+                await asyncio.sleep(0.01)
+            fake_openai.hold.set()
+            assert await calls == [200, 200, 200]  # every slot of the round before was free
+    rows = await gateway.usage_rows(9)
+    await asyncio.sleep(0.05)
+    assert await gateway.app[appkeys.LIMITER].counters.flush()
+    counter = await gateway.pool.fetchval("SELECT value FROM limit_counters WHERE key LIKE 'k:%:budget:usd:%'")
+    assert Decimal(int(counter)) / 1_000_000_000 == sum(row["cost_usd"] for row in rows)  # exact, to the nano-dollar

@@ -129,6 +129,10 @@ class Limiter:
             return self._unavailable(None)
         try:
             decision = await self.counters.admit(checks, self._load)
+            if not decision.admitted and type(decision.refused) is not Bucket \
+                    and await self.counters.settle_first({decision.refused.key}):
+                # Calls that just ended here gave back to the counter that refused: ask again.
+                decision = await self.counters.admit(checks, self._load)
         except Busy as exc:  # the counters are there but overwhelmed: this call alone waits no longer
             logger.warning("limit counters (%s) busy: call %s refused: %s", self.counters.name, ctx.request_id, exc)
             if self.metrics is not None:

@@ -25,7 +25,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,11 @@ class Settlement:
     def __len__(self) -> int:
         return len(self.buckets) + len(self.budgets) + len(self.slots)
 
+    def touches(self, keys: Collection[str]) -> bool:
+        """True when the settlement gives back to a counter of ``keys``."""
+        return any(check.key in keys for check, _ in (*self.buckets, *self.budgets)) \
+            or any(slots.key in keys for slots in self.slots)
+
 
 def settle_values(settlement: Settlement, state: dict[str, Any], now: float) -> dict[str, Any]:
     """The new values of the counters a settlement touches (absent ones stay absent)."""
@@ -219,6 +224,8 @@ class Counters:
         self._flushing: set[asyncio.Task] = set()
         self._failures = 0
         self._batches = itertools.count(1)
+        #: Batches being sent, by id: the keys they touch, and a future done when the send is over.
+        self._in_flight: dict[str, tuple[Settlement, asyncio.Future]] = {}
         self._process = _process_id()
         #: Called with the number of settlements given up (a metric).
         self.on_lost: Callable[[int], None] = lambda count: None
@@ -248,7 +255,7 @@ class Counters:
         (up to ``MAX_BATCH``) as one, with a new id. Empty when nothing waits. Whoever takes a batch
         hands it back with :meth:`put_back` if it could not be sent."""
         if self._unsent:
-            return self._unsent.popleft()
+            return self._sending(self._unsent.popleft())
         if not self._pending:
             return Settlement()
         if len(self._pending) <= MAX_BATCH:
@@ -258,17 +265,41 @@ class Counters:
         if not self._pending and self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        return Settlement(buckets=tuple(b for s in pending for b in s.buckets),
-                          budgets=tuple(b for s in pending for b in s.budgets),
-                          slots=tuple(b for s in pending for b in s.slots),
-                          id=f"{self._process}:{next(self._batches)}")
+        return self._sending(Settlement(buckets=tuple(b for s in pending for b in s.buckets),
+                                        budgets=tuple(b for s in pending for b in s.budgets),
+                                        slots=tuple(b for s in pending for b in s.slots),
+                                        id=f"{self._process}:{next(self._batches)}"))
+
+    def _sending(self, batch: Settlement) -> Settlement:
+        self._in_flight[batch.id] = (batch, asyncio.get_running_loop().create_future())
+        return batch
+
+    def _sent_or_not(self, batch: Settlement) -> None:
+        _, done = self._in_flight.pop(batch.id, (None, None))
+        if done is not None:
+            done.set_result(None)
+
+    async def settle_first(self, keys: Collection[str]) -> bool:
+        """Apply the settlements of this process that give back to ``keys`` (queued, or being sent with
+        another call's admission) before going on; True when there were any. A call refused for want of
+        a slot or of budget asks this, then asks again: the calls that just ended here may have freed it."""
+        waited = False
+        if any(settlement.touches(keys) for settlement in (*self._unsent, *self._pending)):
+            await self.flush()
+            waited = True
+        for batch, done in list(self._in_flight.values()):
+            if batch.touches(keys):
+                await asyncio.shield(done)
+                waited = True
+        return waited
 
     def put_back(self, batch: Settlement, exc: Exception) -> None:
         """A batch that could not be sent: it waits at the head of the queue, and is tried again soon."""
         if not batch:
             return
+        self._sent_or_not(batch)
         self._unsent.appendleft(batch)
-        if isinstance(exc, Busy):  # the counters are there: no back-off, the batch goes with the next call
+        if isinstance(exc, Busy):  # busy or interrupted, not away: no back-off, it goes with the next call
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
             return
@@ -284,8 +315,9 @@ class Counters:
         delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
         self._timer = asyncio.get_running_loop().call_later(delay, self._flush_soon)
 
-    def sent(self) -> None:
+    def sent(self, batch: Settlement) -> None:
         """A batch was applied: the counters are back; what else waits is sent soon."""
+        self._sent_or_not(batch)
         if self._failures:
             logger.info("limit counters (%s) back: the settlements kept are being sent", self.name)
             self._failures = 0
@@ -309,7 +341,10 @@ class Counters:
             except (Unavailable, Busy) as exc:
                 self.put_back(batch, exc)
                 return False
-            self.sent()
+            except BaseException:
+                self.put_back(batch, Busy("interrupted"))
+                raise
+            self.sent(batch)
 
     async def apply(self, settlement: Settlement) -> None:
         """Send one batch to the counters (applied once per id); Unavailable when they cannot be reached."""

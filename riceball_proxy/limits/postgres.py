@@ -78,8 +78,11 @@ class PostgresCounters(Counters):
         except (Unavailable, Busy) as exc:
             self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
             raise
+        except BaseException:  # cancelled (the client left): the batch may or may not have been applied
+            self.put_back(batch, Busy("the admission carrying it was interrupted"))
+            raise
         if batch:
-            self.sent()
+            self.sent(batch)
         self._admitted += 1
         if self._admitted % SWEEP_EVERY == 0:
             try:

@@ -175,8 +175,11 @@ class RedisCounters(Counters):
         except (Unavailable, Busy) as exc:
             self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
             raise
+        except BaseException:  # cancelled (the client left): the batch may or may not have been applied
+            self.put_back(batch, Busy("the admission carrying it was interrupted"))
+            raise
         if batch:
-            self.sent()
+            self.sent(batch)
         return decision
 
     async def _admit(self, checks: Sequence[Check], load: Loader, batch: Settlement) -> Decision:
