@@ -55,6 +55,19 @@ async def test_the_usage_page_sums_the_last_seven_days(panel):
     assert "ci (sk-ci…)" in text
 
 
+async def test_calls_whose_usage_the_gateway_estimated_are_shown_and_exported_as_such(panel):
+    a, _, key = await seed(panel.pool)
+    await usage_events.insert_many(panel.pool, [UsageEvent(
+        created_at=NOW, request_id="req_estimated", status=499, api_key_id=key.id, assistant_id=a.id,
+        prompt_tokens=7, completion_tokens=34, total_tokens=41, cost_usd=Decimal("0.02"), usage_estimated=True)])
+    _, text = await panel.get("/admin/usage")
+    assert "1 calls estimated (their upstream reported no usage)" in text
+    assert re.search(r"<td>Alpha</td>.*?1 estimated</small>", text, re.S)
+    response = await panel.client.get("/admin/usage.csv")
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    assert {row["request_id"]: row["usage_estimated"] for row in rows}["req_estimated"] == "True"
+
+
 async def test_filters_by_assistant_key_and_dates(panel):
     a, b, key = await seed(panel.pool)
     _, text = await panel.get(f"/admin/usage?assistant={b.id}")

@@ -198,11 +198,23 @@ async def test_an_upstream_refusing_the_gateways_credentials_fails_over_counts_a
     # The admin panel shows it on the provider, until the provider is answered again.
     for _ in range(100):
         _, page = await panel.get("/admin/providers")
-        if "refused by the upstream" in page:
+        if page.count("refused by the upstream") == 2:  # the primary and "alone"
             break
         await asyncio.sleep(0.02)
     assert "refused by the upstream" in page and f"({status}, " in page
     assert "sk-upstream-secret" not in page
+    # A new key for the provider ends the alert.
+    from riceball_proxy.db import providers
+
+    primary = await providers.get_by_name(gateway.pool, "primary")
+    await providers.update(gateway.pool, primary.id, name="primary", type="openai", base_url=primary.base_url,
+                           api_key_encrypted=gateway.secret_box.encrypt("sk-new"), connect_timeout=10,
+                           read_timeout=2)
+    _, after = await panel.get("/admin/providers")
+    assert after.count("refused by the upstream") == 1
+    from riceball_proxy.db import provider_alerts
+
+    assert primary.id not in await provider_alerts.by_provider(gateway.pool)
 
 
 async def test_equal_priorities_share_calls_by_weight(start_gateway, settings, fake_openai, second_openai):
