@@ -77,12 +77,13 @@ def answer_chars(choices: Any, part: str) -> int:
 
 
 def chunk_chars(payload: bytes) -> int:
-    """Characters the model wrote in one streamed chunk (its JSON bytes)."""
+    """Characters the model wrote in one streamed chunk (its JSON bytes). Parsed: orjson reads a chunk in
+    well under a microsecond, less than scanning its bytes for the fields would take."""
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return 0
-    return answer_chars(chunk.get("choices"), "delta") if isinstance(chunk, dict) else 0
+    return answer_chars(chunk.get("choices"), "delta") if type(chunk) is dict else 0
 
 
 def estimated_usage(body: dict, answer_chars: int) -> Usage:
