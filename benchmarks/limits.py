@@ -33,6 +33,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
+from benchmarks.instances import call_latencies
 from benchmarks.run import BIN, ROOT, bench_database, free_port, percentile, riceball, running
 
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
@@ -73,19 +74,6 @@ def peak(spans: list[tuple[float, float]]) -> int:
         now += step
         best = max(best, now)
     return best
-
-
-async def one_at_a_time(url: str, key: str, count: int) -> list[float]:
-    times = []
-    async with aiohttp.ClientSession() as session:
-        for n in range(count + 20):
-            started = time.perf_counter()
-            async with session.post(url, json={"model": "x", "messages": MESSAGES},
-                                    headers={"Authorization": f"Bearer {key}"}) as response:
-                await response.read()
-            if n >= 20:  # warm-up
-                times.append(time.perf_counter() - started)
-    return times
 
 
 async def spent(database_url: str, key_id: str) -> tuple[Decimal, int]:
@@ -160,8 +148,8 @@ def measure(backend: str, env: dict, database_url: str, workdir: Path, args) -> 
                   f"${max(Decimal(0), usd - BUDGET_USD):.4f} (the calls in flight's worth: at most "
                   f"${in_flight_worth:.2f}); others {sorted(set(statuses) - {200})}")
 
-            floor = asyncio.run(one_at_a_time(url, keys["floor"]["key"], args.latency_calls))
-            limited = asyncio.run(one_at_a_time(url, keys["latency"]["key"], args.latency_calls))
+            floor = asyncio.run(call_latencies(url, keys["floor"]["key"], args.latency_calls))
+            limited = asyncio.run(call_latencies(url, keys["latency"]["key"], args.latency_calls))
             added = statistics.median(limited) - statistics.median(floor)
             print(f"latency ({backend}): an rpm-limited key {ms(limited)}; no limits (floor) {ms(floor)}: "
                   f"+{added * 1000:.2f} ms at p50")

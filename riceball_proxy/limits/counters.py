@@ -231,7 +231,23 @@ class Counters:
         self.on_lost: Callable[[int], None] = lambda count: None
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        """Apply the next batch of settlements, then admit the call or refuse it, in one round trip."""
+        """Apply the next batch of settlements, then admit the call or refuse it, in one round trip
+        (:meth:`admit_with`). A batch that could not be sent goes back to the head of the queue."""
+        batch = self.take_pending()
+        try:
+            decision = await self.admit_with(checks, load, batch)
+        except (Unavailable, Busy) as exc:
+            self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
+            raise
+        except BaseException:  # cancelled (the client left): the batch may or may not have been applied
+            self.put_back(batch, Busy("the admission carrying it was interrupted"))
+            raise
+        if batch:
+            self.sent(batch)
+        return decision
+
+    async def admit_with(self, checks: Sequence[Check], load: Loader, batch: Settlement) -> Decision:
+        """Apply ``batch`` (unless the counters applied its id already), then admit the call or refuse it."""
         raise NotImplementedError
 
     async def settle(self, settlement: Settlement) -> None:

@@ -72,17 +72,7 @@ class PostgresCounters(Counters):
         return state, now
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        batch = self.take_pending()
-        try:
-            decision = await self._admit(checks, load, batch)
-        except (Unavailable, Busy) as exc:
-            self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
-            raise
-        except BaseException:  # cancelled (the client left): the batch may or may not have been applied
-            self.put_back(batch, Busy("the admission carrying it was interrupted"))
-            raise
-        if batch:
-            self.sent(batch)
+        decision = await super().admit(checks, load)
         self._admitted += 1
         if self._admitted % SWEEP_EVERY == 0:
             try:
@@ -92,7 +82,7 @@ class PostgresCounters(Counters):
                 logger.warning("limit counters: expired rows not swept (%s); next time", exc)
         return decision
 
-    async def _admit(self, checks: Sequence[Check], load: Loader, settlement: Settlement) -> Decision:
+    async def admit_with(self, checks: Sequence[Check], load: Loader, settlement: Settlement) -> Decision:
         settled_checks = _checks_of(settlement)
         all_checks = settled_checks | {check.key: check for check in checks}
         conn = await self._acquire()

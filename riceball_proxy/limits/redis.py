@@ -168,21 +168,7 @@ class RedisCounters(Counters):
             ops.append(f"s 0 {slots.member}")
         return keys, ";".join(ops), sequence
 
-    async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
-        batch = self.take_pending()
-        try:
-            decision = await self._admit(checks, load, batch)
-        except (Unavailable, Busy) as exc:
-            self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
-            raise
-        except BaseException:  # cancelled (the client left): the batch may or may not have been applied
-            self.put_back(batch, Busy("the admission carrying it was interrupted"))
-            raise
-        if batch:
-            self.sent(batch)
-        return decision
-
-    async def _admit(self, checks: Sequence[Check], load: Loader, batch: Settlement) -> Decision:
+    async def admit_with(self, checks: Sequence[Check], load: Loader, batch: Settlement) -> Decision:
         settle_keys, settle_ops, sequence = self._settlement_args(batch)
         keys = [self.prefix + check.key for check in checks]
         ops = []
