@@ -8,11 +8,12 @@ admit it). Before it goes upstream it reserves its worst case: one request, its 
 (estimated from the text: about one token per 3 characters, a fixed 1,000 per image or audio part) plus
 its ceiling on answer tokens (``max_tokens`` or ``max_completion_tokens`` times ``n``), and their
 cost at the price of the dearest target it may reach (a fallback may cost more than the primary).
-Under a USD budget a call never goes to a target whose price nobody knows. When it ends, the reservation is settled to what the upstream reported
-using, or, when it reported nothing (a client gone before the usage chunk, an upstream that sends
-none), to the gateway's estimate of it (``riceball_proxy.estimates``, flagged on the usage row); a
-call that failed before an answer gives it all back. A call with no ceiling reserves its prompt alone,
-so a budget can be overshot by at most the answers of the calls in flight.
+Under a USD budget a call never goes to a target whose price nobody knows. When it ends, the
+reservation is settled to what the upstream reported using, or, when it reported nothing (a client
+gone before the usage chunk, an upstream that sends none), to the gateway's estimate of it
+(``riceball_proxy.estimates``, flagged on the usage row); a call that failed before an answer gives
+it all back. A call with no ceiling reserves its prompt alone, so a budget can be overshot by at most
+the answers of the calls in flight.
 """
 from __future__ import annotations
 
