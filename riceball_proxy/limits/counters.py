@@ -263,8 +263,9 @@ class Counters:
 
     @property
     def waiting(self) -> int:
-        """Settlements not applied yet."""
-        return len(self._pending) + sum(len(batch) for batch in self._unsent)
+        """Settlements not applied yet: queued, kept after a failure, or on their way."""
+        return len(self._pending) + sum(len(batch) for batch in self._unsent) \
+            + sum(len(batch) for batch, _ in self._in_flight.values())
 
     def take_pending(self) -> Settlement:
         """The next batch to send: one whose answer was lost (as it was), else the queued settlements
