@@ -19,6 +19,7 @@ from riceball_proxy.db import admins, api_keys, assistants, open_database, provi
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS
 from riceball_proxy.limits import (FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits,
                                    current_period_start)
+from riceball_proxy.masking import mask_params, mask_url
 from riceball_proxy.pricing import unpriced, unpriced_targets
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
@@ -265,7 +266,7 @@ def _provider_dict(provider: providers.Provider) -> dict[str, Any]:
         "id": provider.id,
         "name": provider.name,
         "type": provider.type,
-        "base_url": provider.base_url,
+        "base_url": mask_url(provider.base_url),  # a password or a key in it is never printed
         "has_api_key": provider.has_api_key,
         "connect_timeout": provider.connect_timeout,
         "read_timeout": provider.read_timeout,
@@ -407,7 +408,9 @@ def _assistant_dict(assistant: assistants.Assistant, provider_name: str | None =
     data["locked"] = sorted(assistant.locked)
     data["provider"] = provider_name
     data["limits"] = assistant.limits.as_dict()
-    data["fallbacks"] = [target.as_dict() for target in assistant.fallbacks]
+    data["extra_params"] = mask_params(dict(assistant.extra_params))  # secret-named values never printed
+    data["fallbacks"] = [target.as_dict() | {"params": mask_params(dict(target.params))}
+                         for target in assistant.fallbacks]
     return data
 
 

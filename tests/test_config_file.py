@@ -378,3 +378,87 @@ def test_exported_key_variables_are_valid_and_never_shared(apply_env, capsys, mo
         monkeypatch.setenv(variable, f"sk-upstream-{names.index(name.strip(chr(39)).strip(chr(34)))}")
     again = run_json(capsys, monkeypatch, "apply", "-f", write(tmp_path, exported, "exported.yaml"))
     assert again["updated"] == again["created"] == [] and len(again["unchanged"]) == 4
+
+
+# --- hostile files --------------------------------------------------------------------------------------
+
+
+def test_standard_input_past_the_bound_is_refused_whole_not_cut(apply_env, capsys, monkeypatch, tmp_path):
+    from riceball_proxy.declared.schema import MAX_FILE_BYTES
+
+    head = 'providers:\n  - {name: up, type: openai, base_url: "http://127.0.0.1:9/v1"}\n'
+    padding = "# " + "x" * 78 + "\n"
+    text = head + padding * ((MAX_FILE_BYTES - len(head)) // len(padding) + 1) + "keys:\n  - {name: after-the-cut}\n"
+    assert len(text.encode()) > MAX_FILE_BYTES
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", "-", "--prune", "--yes", stdin=text)
+    assert status == 2 and "-: larger than 10 MiB" in err
+    assert counts(apply_env.database_url) == {"providers": 0, "assistants": 0, "api_keys": 0}
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, text))  # as a path of that size
+    assert status == 2 and "larger than 10 MiB" in err
+
+
+LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+assistants:
+  - {name: x, provider: p, model: m, extra_params: {laughs: *h}}
+"""
+
+
+@pytest.mark.parametrize("text, problem", [
+    (LAUGHS, "line 1, column 1: not valid YAML (aliases expand the document to more than 1,000,000 values)"),
+    ("assistants:\n  - {name: x, provider: p, model: m, extra_params: {deep: " + "[" * 20_000 + "]" * 20_000 + "}}\n",
+     "not valid YAML (nested more than 64 levels deep)"),
+    ('providers:\n  - {name: "p\\0", type: openai, base_url: "http://127.0.0.1:9/v1"}\n',
+     "line 2, column 12: not valid YAML (a NUL character (\\0) cannot be stored)"),
+    ("providers:\n  - {name: p1, name: p2, type: openai, base_url: 'http://127.0.0.1:9/v1'}\n",
+     "line 2, column 16: not valid YAML (the key 'name' appears twice in one mapping)"),
+    ("providers: []\nproviders: []\n", "line 2, column 1: not valid YAML (the key 'providers' appears twice"),
+])
+def test_a_hostile_file_is_refused_with_one_line_that_says_where(apply_env, capsys, monkeypatch, tmp_path, text,
+                                                                  problem):
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, text))
+    assert status == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 2 and problem in lines[1] and "Traceback" not in err
+    assert counts(apply_env.database_url) == {"providers": 0, "assistants": 0, "api_keys": 0}
+
+
+def test_secrets_in_urls_and_parameters_are_masked_in_listings_and_exported_as_references(
+        apply_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROXY_URL", "https://gateway-user:hunter2@llm.internal.example/v1?key=k3y-s3cret&region=eu")
+    monkeypatch.setenv("EXTRA_TOKEN", "tok-s3cret")
+    text = """
+providers:
+  - {name: up, type: openai, base_url: "${PROXY_URL}"}
+assistants:
+  - {name: a, provider: up, model: m, extra_params: {api_key: "${EXTRA_TOKEN}", top_k: 40}}
+"""
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, text))
+    assert status == 0, err
+    listed = run_json(capsys, monkeypatch, "provider", "list")["providers"][0]
+    assert listed["base_url"] == "https://gateway-user:***@llm.internal.example/v1?key=***&region=eu"
+    status, table_text, _ = run(capsys, monkeypatch, "provider", "list")
+    assistant_id = run_json(capsys, monkeypatch, "assistant", "list")["assistants"][0]["id"]
+    shown = run_json(capsys, monkeypatch, "assistant", "show", assistant_id)
+    assert shown["extra_params"] == {"api_key": "***", "top_k": 40}
+    status, exported, err = run(capsys, monkeypatch, "export")
+    for secret in ("hunter2", "k3y-s3cret", "tok-s3cret"):
+        assert secret not in table_text + json.dumps(shown) + exported
+    assert "base_url: ${UP_BASE_URL}" in exported and "api_key: ${A_API_KEY}" in exported
+    assert "UP_BASE_URL" in err and "A_API_KEY" in err
+    # The exported file applies back, unchanged, with those variables set.
+    monkeypatch.setenv("UP_BASE_URL", "https://gateway-user:hunter2@llm.internal.example/v1?key=k3y-s3cret&region=eu")
+    monkeypatch.setenv("A_API_KEY", "tok-s3cret")
+    assert run_json(capsys, monkeypatch, "apply", "-f", write(tmp_path, exported, "exported.yaml"))["unchanged"]
+    status, out, _ = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, exported, "exported.yaml"))
+    assert "nothing to change" in out
+    monkeypatch.delenv("UP_BASE_URL")
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, exported, "exported.yaml"))
+    assert status == 2 and "providers[0].base_url: the environment variable UP_BASE_URL is not set" in err

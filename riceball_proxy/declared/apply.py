@@ -23,6 +23,7 @@ from riceball_proxy.db.assistants import Target
 from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError, KeySpec, LimitsSpec
 from riceball_proxy.limits import Limits, check_limits
+from riceball_proxy.masking import mask_params, mask_url
 from riceball_proxy.pricing import unpriced, unpriced_targets
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,10 @@ def _differences(have: dict[str, Any], want: dict[str, Any], *, names: dict | No
 
 
 def _shown(name: str, value: Any, names: dict | None) -> Any:
+    if name == "base_url" and isinstance(value, str):
+        value = mask_url(value)
+    elif name == "extra_params" and value is not None:
+        value = mask_params(dict(value))
     if name == "provider_id" and names:
         return names.get(value, value)
     if name == "assistant_ids" and value is not None and names:

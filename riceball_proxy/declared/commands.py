@@ -117,6 +117,6 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     else:
         sys.stdout.write(dump(data))
     if variables:
-        print(f"riceball: the file reads provider keys from {', '.join(variables)}: set them before applying it",
-              file=sys.stderr)
+        print(f"riceball: the file reads secrets (provider keys, URLs and parameters holding one) from "
+              f"{', '.join(variables)}: set them before applying it", file=sys.stderr)
     return 0

@@ -1,8 +1,10 @@
 """The database's configuration as a file that ``riceball apply`` accepts and re-applies unchanged.
 
-Defaults are left out, so the file says only what differs from them. Provider keys are never written:
-a provider that has one gets ``api_key: ${NAME_API_KEY}`` (its name in capitals), and :func:`export`
-returns those variable names so that the caller can say which to set.
+Defaults are left out, so the file says only what differs from them. Secrets are never written: a
+provider that has a key gets ``api_key: ${NAME_API_KEY}`` (its name in capitals), a base URL with a
+password or a key in it ``base_url: ${NAME_BASE_URL}``, a secret-named extra parameter
+(``riceball_proxy.masking``) ``${ASSISTANT_PARAM}``; :func:`export` returns those variable names so
+that the caller can say which to set.
 """
 from __future__ import annotations
 
@@ -14,24 +16,44 @@ import yaml
 
 from riceball_proxy.db import api_keys, assistants, providers
 from riceball_proxy.declared.schema import VERSION, AssistantSpec, LimitsSpec, ProviderSpec, TargetSpec
+from riceball_proxy.masking import secret_params, url_has_secret
 
 
-def secret_variable(provider_name: str, taken: set[str] = frozenset()) -> str:
-    """The environment variable an exported file reads a provider's key from: the name in capitals, other
-    characters as ``_`` (``PROVIDER_`` before one that would start with a digit or be empty), and a
-    number after it when another provider's name made the same."""
+def secret_variable(provider_name: str, taken: set[str] = frozenset(), what: str = "API_KEY",
+                    kind: str = "PROVIDER") -> str:
+    """The environment variable an exported file reads a secret from: the owner's name in capitals, other
+    characters as ``_`` (``PROVIDER_`` before one that would start with a digit or be empty), a number
+    after it when another owner's name made the same, then what it holds (``API_KEY``, ``BASE_URL``...)."""
     stem = re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_")
     if not stem or stem[0].isdigit():
-        stem = f"PROVIDER_{stem}" if stem else "PROVIDER"
-    variable, n = stem + "_API_KEY", 1
+        stem = f"{kind}_{stem}" if stem else kind
+    variable, n = f"{stem}_{what}", 1
     while variable in taken:
         n += 1
-        variable = f"{stem}_{n}_API_KEY"
+        variable = f"{stem}_{n}_{what}"
     return variable
 
 
+def _referenced(value: Any, paths: list[tuple], name: str, variables: list[str]) -> Any:
+    """A copy of a JSON value whose values at ``paths`` are ``${VARIABLE}`` references (added to
+    ``variables``), named after ``name`` and each path."""
+    for path in paths:
+        what = re.sub(r"[^A-Z0-9]+", "_", "_".join(map(str, path)).upper()).strip("_") or "SECRET"
+        variables.append(secret_variable(name, set(variables), what, kind="ASSISTANT"))
+        value = _replaced(value, path, "${%s}" % variables[-1])
+    return value
+
+
+def _replaced(value: Any, path: tuple, new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replaced(value[path[0]], path[1:], new)
+    return copy
+
+
 async def export(db) -> tuple[dict[str, Any], list[str]]:
-    """The configuration (as plain data, in the file's shape) and the variables its provider keys come from."""
+    """The configuration (as plain data, in the file's shape) and the variables its secrets come from."""
     all_providers = await providers.list_all(db)
     provider_names = {provider.id: provider.name for provider in all_providers}
     all_assistants = await assistants.list_all(db)
@@ -40,6 +62,9 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
     data: dict[str, Any] = {"version": VERSION, "providers": [], "assistants": [], "keys": []}
     for provider in all_providers:
         item = {"name": provider.name, "type": provider.type, "base_url": provider.base_url}
+        if url_has_secret(provider.base_url):  # a password or a key in the URL: never in the file
+            variables.append(secret_variable(provider.name, set(variables), "BASE_URL"))
+            item["base_url"] = "${%s}" % variables[-1]
         if provider.has_api_key:
             variables.append(secret_variable(provider.name, set(variables)))
             item["api_key"] = "${%s}" % variables[-1]
@@ -52,7 +77,9 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
         item |= _without_defaults(AssistantSpec, {
             "system_prompt": assistant.system_prompt, **assistant.parameters,
             "locked": [name for name in assistants.PARAMETERS if name in assistant.locked],
-            "extra_params": dict(assistant.extra_params), "allow_client_system": assistant.allow_client_system,
+            "extra_params": _referenced(dict(assistant.extra_params), secret_params(assistant.extra_params),
+                                        assistant.name, variables),
+            "allow_client_system": assistant.allow_client_system,
             "enabled": assistant.enabled})
         limits = _limits(assistant.limits)
         if limits:
@@ -64,7 +91,9 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
         if assistant.fallbacks:
             item["fallbacks"] = [
                 {"provider": provider_names[target.provider_id], "model": target.model}
-                | _without_defaults(TargetSpec, {"weight": target.weight, "params": dict(target.params)})
+                | _without_defaults(TargetSpec, {"weight": target.weight, "params": _referenced(
+                    dict(target.params), secret_params(target.params), f"{assistant.name} {target.model}",
+                    variables)})
                 | {"priority": target.priority}
                 for target in assistant.fallbacks]
         item |= _without_defaults(AssistantSpec, {
