@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -9,7 +10,10 @@ import aiohttp
 import pluggy
 
 from riceball_proxy.db.providers import Provider
+from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import ConnectionGate, ErrorParser, UpstreamCall, json_events, mask_secret, upstream_error
+
+logger = logging.getLogger(__name__)
 
 
 class ProviderAdapter:
@@ -68,6 +72,19 @@ class ProviderAdapter:
     async def list_models(self) -> list[dict[str, Any]]:
         """The upstream's models as OpenAI ``model`` objects."""
         raise NotImplementedError
+
+
+def adapter_failed(provider_name: str, exc: Exception) -> APIError:
+    """The APIError for an exception an adapter raised that is not an APIError (a bug in a provider
+    plugin, an upstream answer it did not expect): 502 ``provider_error``, which fails over and counts
+    against the target's circuit like any upstream failure. The traceback goes to the log, with the
+    provider's name; the client learns nothing of the plugin's insides.
+
+    The one place plugin exceptions are converted: the gateway calls it around ``complete``,
+    ``stream`` and every step of a stream's iteration, so adapters need not list what to catch."""
+    logger.error("provider %r: its adapter raised %s", provider_name, type(exc).__name__, exc_info=exc)
+    return APIError(502, f"The provider '{provider_name}' failed to handle the call.", type="api_error",
+                    code="provider_error")
 
 
 class StreamTranslator(Protocol):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http
+import re
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
@@ -54,6 +56,29 @@ def connection_error(exc: BaseException) -> APIError:
     return APIError(502, "the upstream provider could not be reached", type="api_error", code="upstream_unavailable")
 
 
+#: Characters of an upstream's error text kept (for the log; a client never sees a 5xx's).
+MAX_UPSTREAM_TEXT = 2000
+#: Identifiers of the operator's account in providers' error texts (OpenAI's organisations, projects
+#: and users, Google Cloud's project numbers, an account's e-mail address): none of a client's business.
+_IDENTIFIERS = re.compile(
+    r"\b(?:org|proj|user|acct)[-_][A-Za-z0-9]{6,}\b"
+    r"|\bprojects/[A-Za-z0-9-]+"
+    r"|\b(?<=project )[0-9]{6,}\b"
+    r"|\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+
+
+def scrub_identifiers(text: str) -> str:
+    """``text`` with the operator's account identifiers (``_IDENTIFIERS``) as ``***``."""
+    return _IDENTIFIERS.sub("***", text)
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+
+
 #: The error type OpenAI gives a status, for upstreams whose errors say none.
 _TYPE_OF_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
@@ -78,10 +103,12 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
     Reads OpenAI's ``{"error": {"message", "type", "param", "code"}}``, Anthropic's
     ``{"type": "error", "error": {"type", "message"}}``, Google's ``{"error": {"code", "message",
     "status"}}``, ``{"error": "text"}``, or any text. 401 and 403 (the provider's key refused) become
-    502 ``upstream_auth_failed`` (:func:`credentials_refused`); any other 4xx keeps its status. A status in
-    ``retryable`` (an upstream overloaded for now: Anthropic's 529, Google's 503) becomes 503, which
-    the SDKs retry; any other 5xx becomes 502. The code is the upstream's code, else its status name
-    (Google), else its error type (Anthropic).
+    502 ``upstream_auth_failed`` (:func:`credentials_refused`); any other 4xx keeps its status and its
+    message, the operator's account identifiers taken out. A status in ``retryable`` (an upstream
+    overloaded for now: Anthropic's 529, Google's 503) becomes 503, which the SDKs retry; any other 5xx
+    becomes 502; both say only the status and its reason. The code is the upstream's code, else its
+    status name (Google), else its error type (Anthropic). The upstream's whole text (the provider's key
+    masked) is the error's ``detail``, for the log.
     """
     message, error_type, param, code = None, None, None, None
     try:
@@ -98,18 +125,40 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
                 code = error_type
     elif isinstance(error, str):
         message = error
-    message = redact(str(message)) if message else f"the upstream provider answered {status}"
+    message = redact(str(message)[:MAX_UPSTREAM_TEXT]) if message else f"the upstream provider answered {status}"
+    detail = f"{status}: {message}"  # the upstream's own words, for the log and the operator
     if status in (401, 403):
         return credentials_refused(status, message)
-    code = None if code is None else redact(str(code))
-    param = None if param is None else redact(str(param))
+    code = None if code is None else scrub_identifiers(redact(str(code)))
+    param = None if param is None else scrub_identifiers(redact(str(param)))
+    # A 5xx body (an HTML page naming internal hosts and server versions, a stack trace) is the
+    # provider's business: the client gets its status and reason.
     if status in retryable:
-        return APIError(503, f"upstream overloaded ({status}): {message}", type="api_error", param=param,
-                        code=code or "overloaded")
+        return APIError(503, f"upstream overloaded ({status} {_reason(status)})", type="api_error", param=param,
+                        code=code or "overloaded", detail=detail)
     if status >= 500:
-        return APIError(502, f"upstream error ({status}): {message}", type="api_error", param=param, code=code)
+        return APIError(502, f"upstream error ({status} {_reason(status)})", type="api_error", param=param,
+                        code=code, detail=detail)
+    message = scrub_identifiers(message)
     error_type = error_type if isinstance(error_type, str) else _TYPE_OF_STATUS.get(status, "invalid_request_error")
-    return APIError(status, message, type=error_type, param=param, code=code)
+    return APIError(status, message, type=error_type, param=param, code=code, detail=detail)
+
+
+def for_client(status: int, error: APIError) -> APIError:
+    """What an error parser made of an upstream's error answer, held to the rules every provider's errors
+    follow, whichever parser made it: 401 and 403 are the gateway's credentials refused
+    (:func:`credentials_refused`); a 5xx says only its status and reason; a 4xx's message loses the
+    operator's account identifiers. The upstream's words stay in ``detail`` (for the log)."""
+    if error.detail is not None:  # upstream_error's own: already so
+        return error
+    if status in (401, 403):
+        return credentials_refused(status, error.message)
+    error.detail = f"{status}: {error.message}"
+    if status >= 500:
+        error.message = f"upstream error ({status} {_reason(status)})"
+    else:
+        error.message = scrub_identifiers(error.message)
+    return error
 
 
 #: Upstream headers an error answer passes on: when to retry, and the rate limits behind a 429.
@@ -130,12 +179,14 @@ def bad_upstream_response(what: str) -> APIError:
 
 
 def stream_error(error: Any, redact: Callable[[str], str] = lambda text: text) -> APIError:
-    """502 for an error event in an upstream stream (``error`` is its error object, in whatever shape)."""
+    """502 for an error event in an upstream stream (``error`` is its error object, in whatever shape);
+    its message without the operator's account identifiers, the whole of it in ``detail``."""
     error = error if isinstance(error, dict) else {"message": str(error) if error else None}
-    message = redact(str(error.get("message") or "the upstream provider failed"))
+    message = redact(str(error.get("message") or "the upstream provider failed")[:MAX_UPSTREAM_TEXT])
     code = error.get("code") if error.get("code") is not None else error.get("status")
-    return APIError(502, f"upstream error: {message}", type="api_error",
-                    code=None if code is None else redact(str(code)))
+    return APIError(502, f"upstream error: {scrub_identifiers(message)[:500]}", type="api_error",
+                    code=None if code is None else scrub_identifiers(redact(str(code))),
+                    detail=f"error event: {message}")
 
 
 def stream_ended_early() -> APIError:
@@ -272,7 +323,7 @@ class UpstreamCall:
             )
             if self.response.status >= 400:
                 raw = await self.response.read()
-                error = self.error_parser(self.response.status, raw, self.redact)
+                error = for_client(self.response.status, self.error_parser(self.response.status, raw, self.redact))
                 if error.code != UPSTREAM_AUTH_FAILED:  # the client's retry logic has nothing to do with it
                     error.headers = {**passed_on_headers(self.response.headers), **(error.headers or {})} or None
                 raise error

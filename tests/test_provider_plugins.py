@@ -130,3 +130,64 @@ async def test_the_admin_panel_offers_every_installed_provider_type(aiohttp_clie
     _, form = await browser.get("/admin/providers/new")
     for label in ("OpenAI-compatible", "Anthropic", "Google Gemini", "Echo (offline demo)"):
         assert f">{label}</option>" in form
+
+
+@pytest.fixture
+async def buggy_plugin_gateway(start_gateway, settings, fake_openai):
+    """A gateway with the buggy provider types of ``tests/plugins/broken_types.py``."""
+    from tests.plugins import broken_types
+
+    pm = make_plugin_manager(settings)
+    pm.register(broken_types)
+    return await start_gateway(settings, plugin_manager=pm)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_plugin_that_raises_fails_over_to_a_healthy_fallback_and_counts_against_its_circuit(
+        buggy_plugin_gateway, fake_openai, caplog, stream):
+    import openai
+
+    from riceball_proxy import appkeys
+    from riceball_proxy.db.assistants import Target
+
+    gateway = buggy_plugin_gateway
+    broken = await gateway.provider("http://unused.invalid", type="broken", api_key=None, name="buggy")
+    healthy = await gateway.provider(fake_openai.base_url, name="healthy")
+    assistant = await gateway.assistant(broken, fallbacks=[Target(healthy.id, "gpt-4o")])
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hi"}], stream=True)]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = (await client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hi"}])).choices[0].message.content
+    assert text == "Hello from the fake upstream"
+    assert gateway.app[appkeys.CIRCUITS].health(0)[(broken.id, "gpt-4o")]["failures"] == 1
+    logged = [r for r in caplog.records if "its adapter raised KeyError" in r.getMessage()]
+    assert logged and "'buggy'" in logged[0].getMessage() and logged[0].exc_info is not None
+    alone = await gateway.assistant(broken)  # no fallback: 502, nothing of the plugin's insides
+    async with gateway.client(alone.id, await gateway.key()) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=stream)
+    assert raised.value.status_code == 502 and raised.value.code == "provider_error"
+    assert "KeyError" not in str(raised.value.body)
+
+
+async def test_a_plugin_that_raises_mid_stream_ends_it_with_one_error_event(buggy_plugin_gateway, caplog):
+    import openai
+
+    gateway = buggy_plugin_gateway
+    provider = await gateway.provider("http://unused.invalid", type="breaks_midway", api_key=None, name="midway")
+    assistant = await gateway.assistant(provider)
+    received = []
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        with pytest.raises(openai.APIError) as raised:
+            async for chunk in await client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": "hi"}], stream=True):
+                received.append(chunk.choices[0].delta.content)
+    assert received == ["Hello"] and "failed to handle the call" in raised.value.message
+    assert any("its adapter raised AttributeError" in r.getMessage() and r.exc_info for r in caplog.records)
+    rows = await gateway.usage_rows(1)
+    assert rows[0]["status"] == 502 and rows[0]["error_code"] == "provider_error"

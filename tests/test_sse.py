@@ -1,5 +1,8 @@
-"""Reading Server-Sent Events: whole events only."""
+"""Reading Server-Sent Events: whole events only, each of bounded size."""
+import pytest
+
 from riceball_proxy import sse
+from riceball_proxy.errors import APIError
 
 
 async def lines(*items: bytes):
@@ -27,10 +30,19 @@ async def test_the_same_events_however_the_bytes_are_cut():
 
 
 async def test_a_line_past_the_limit_is_refused():
-    import pytest
-
     pieces = [b"data: " + b"x" * (sse.MAX_LINE // 4)] * 5
-    with pytest.raises(ValueError, match="longer than"):
+    with pytest.raises(APIError, match="longer than") as raised:
         [data async for data in sse.iter_data(lines(*pieces))]
+    assert (raised.value.status, raised.value.code) == (502, "bad_upstream_response")
     whole = [b"data: " + b"x" * (sse.MAX_LINE // 4), b"x\n\n"]  # under the limit: one event
     assert [len(data) async for data in sse.iter_data(lines(*whole))] == [sse.MAX_LINE // 4 + 1]
+
+
+async def test_an_event_gathering_data_lines_past_the_limit_is_refused():
+    line = b"data: " + b"x" * 1000 + b"\n"
+    endless = [line] * (sse.MAX_EVENT // 1000 + 2)  # never a blank line
+    with pytest.raises(APIError, match="an event of more than") as raised:
+        [data async for data in sse.iter_data(lines(*endless))]
+    assert raised.value.code == "bad_upstream_response"
+    events = [line] * 100 + [b"\n"]  # many lines, well under the bound: one event
+    assert [len(data) async for data in sse.iter_data(lines(*events))] == [100 * 1000 + 99]

@@ -105,3 +105,71 @@ async def test_a_gate_gives_turns_in_order_and_loses_none_to_callers_that_leave(
     assert refused.value.status == 503 and impatient.in_use == 1
     impatient.release()
     await impatient.acquire()  # the refused caller took nothing with it
+
+
+# --- hostile upstreams ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def hostile_upstream(aiohttp_server):
+    """An upstream whose streams are hostile: ``mode`` is ``long_line`` (one 3 MiB line) or ``endless_event``
+    (data lines, never a blank line)."""
+    from aiohttp import web
+
+    state = {"mode": "long_line", "calls": 0}
+
+    async def chat(request):
+        state["calls"] += 1
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if state["mode"] == "long_line":
+            await response.write(b'data: {"id": "' + b"x" * (3 * 2**20) + b'"}\n\n')
+        else:
+            line = b"data: " + b"y" * 1000 + b"\n"
+            for _ in range(100):  # 100,000 lines, 100 MB: the gateway must stop long before
+                await response.write(line * 1000)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    state["base_url"] = str(server.make_url("/v1"))
+    return state
+
+
+@pytest.mark.parametrize("mode", ["long_line", "endless_event"])
+async def test_a_hostile_stream_is_a_502_that_fails_over(configured, hostile_upstream, mode):
+    from riceball_proxy.db.assistants import Target
+
+    gateway = configured.gateway
+    hostile_upstream["mode"] = mode
+    provider = await gateway.provider(hostile_upstream["base_url"], name=f"hostile-{mode}")
+    alone = await gateway.assistant(provider)
+    async with gateway.client(alone.id, configured.key) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)
+    assert raised.value.status_code == 502 and raised.value.code == "bad_upstream_response"
+    backed = await gateway.assistant(provider, fallbacks=[Target(configured.provider.id, "gpt-4o")])
+    async with gateway.client(backed.id, configured.key) as client:
+        chunks = [c async for c in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True)]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fake upstream"
+
+
+async def test_an_upstreams_5xx_page_and_account_ids_never_reach_the_client(configured, caplog):
+    page = (b"<html><head><title>503 Service Unavailable</title></head><body>upstream connect error: "
+            b"backend-7.internal.corp:8443 nginx/1.18.0 (Ubuntu)</body></html>")
+    configured.upstream.error = (503, page)
+    with pytest.raises(openai.InternalServerError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.body["message"] == "upstream error (503 Service Unavailable)"
+    assert "internal.corp" in caplog.text  # the operator's log has it all
+    configured.upstream.error = (429, {"error": {
+        "message": "Rate limit reached for gpt-4o in organization org-AbCdEf123456 on requests per min (RPM). "
+                   "Project proj_Zyx987654321, contact ops@acme-corp.example", "type": "requests",
+        "code": "rate_limit_exceeded"}})
+    with pytest.raises(openai.RateLimitError) as raised:
+        await configured.client.chat.completions.create(model="x", messages=MESSAGES)
+    body = str(raised.value.body)
+    assert raised.value.body["message"].startswith("Rate limit reached for gpt-4o in organization *** on requests")
+    for identifier in ("org-AbCdEf123456", "proj_Zyx987654321", "ops@acme-corp.example"):
+        assert identifier not in body

@@ -23,6 +23,7 @@ from riceball_proxy.api.stages import select_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.db.assistants import Target
 from riceball_proxy.errors import APIError
+from riceball_proxy.providers import adapter_failed
 from riceball_proxy.upstream import UPSTREAM_AUTH_FAILED
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Circuits:
             return False
         state = self.state.setdefault((target.provider_id, target.model), [0, 0.0, 0.0, None, None])
         state[0] += 1
-        state[3], state[4] = error.message[:300], time.time()
+        state[3], state[4] = (error.detail or error.message)[:300], time.time()  # for the operator: the whole
         retry_after = _seconds((error.headers or {}).get("Retry-After"))
         if retry_after:
             retry_after = min(retry_after, self.max_rest)
@@ -177,19 +178,23 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             error = deadline_passed(assistant.deadline)
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, "deadline")
             break
-        except APIError as exc:
+        except Exception as caught:  # noqa: BLE001 - the boundary: plugin code's failures become APIErrors
+            exc = caught if isinstance(caught, APIError) else adapter_failed(
+                ctx.provider.name if ctx.provider else str(target.provider_id), caught)
             error = exc
             outcome = "failed_over" if exc.status in FAILS_OVER else "refused"
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, outcome)
             if exc.code == UPSTREAM_AUTH_FAILED and ctx.provider is not None:
                 ctx.app[appkeys.PROVIDER_ALERTS].credentials_refused(ctx.provider, exc)
+            # The upstream's own words (the client may get fewer: its 5xx page, account identifiers).
+            logger.log(logging.WARNING if exc.status in FAILS_OVER else logging.INFO,
+                       "call %s: attempt %d on %s %s failed (%s %s): %s", ctx.request_id, ctx.attempts,
+                       ctx.provider.name if ctx.provider else target.provider_id, target.model, exc.status,
+                       exc.code, (exc.detail or exc.message)[:500])
             if exc.status not in FAILS_OVER:
                 break
             if circuits.failed(target, exc, time.time()):
                 metrics.circuit(ctx.provider.name if ctx.provider else "-", target.model, True)
-            logger.warning("call %s: attempt %d on %s %s failed (%s %s): %s", ctx.request_id, ctx.attempts,
-                           ctx.provider.name if ctx.provider else target.provider_id, target.model, exc.status,
-                           exc.code, exc.message[:200])
             continue
         if circuits.succeeded(target):
             metrics.circuit(ctx.provider.name, target.model, False)

@@ -18,6 +18,7 @@ from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import answer_chars, chunk_chars
 from riceball_proxy.inflight import shutting_down
+from riceball_proxy.providers import adapter_failed
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
             await write_coalesced(response.write, events)  # [DONE] last, unless the stream failed
         except APIError as exc:
             error = ctx.upstream_error = exc
+            logger.warning("stream %s failed after it began (%s %s): %s", ctx.request_id, exc.status, exc.code,
+                           (exc.detail or exc.message)[:500])
             await response.write(sse.encode(orjson.dumps(exc.body())))
         except asyncio.CancelledError:
             if not ctx.shutting_down:
@@ -90,8 +93,13 @@ async def _payloads(ctx: ChatContext, first: bytes | None, upstream: AsyncIterat
         return
     ctx.first_token_at = time.perf_counter()
     yield first
-    async for payload in upstream:
-        yield payload
+    try:
+        async for payload in upstream:
+            yield payload
+    except APIError:
+        raise
+    except Exception as exc:  # the boundary: an adapter's failure mid-stream is an APIError, logged once
+        raise adapter_failed(ctx.provider.name if ctx.provider else "-", exc) from None
 
 
 #: The ``"usage": null`` every chunk carries once usage is asked for; OpenAI leaves it out when the client
