@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import secrets
 from collections.abc import AsyncIterator
 
@@ -41,6 +42,11 @@ from riceball_proxy.templating import setup_templates, template_dir
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: A client's X-Request-ID is taken when it is made of these (no space, quote or "=": it is written into
+#: log lines as it is); another one is replaced, and logged quoted (its first MAX_CLIENT_REQUEST_ID
+#: characters) as ``client_request_id``.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+@-]{1,128}")
+MAX_CLIENT_REQUEST_ID = 200
 #: Draws the request ids: seeded from the system's random source, and again in every forked worker.
 _request_ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _request_ids.seed(os.urandom(32)))
@@ -173,7 +179,8 @@ async def config_cache_ctx(app: web.Application) -> AsyncIterator[None]:
                        "changes made elsewhere are served within %g s", settings.cache_ttl)
         keeper = cache.expire(settings.cache_ttl)
     else:
-        keeper = cache.listen(settings.listen_database_url or app[appkeys.DATABASE].url)
+        keeper = cache.listen(settings.listen_database_url or app[appkeys.DATABASE].url,
+                              fallback_ttl=settings.cache_ttl)
     listener = asyncio.create_task(keeper, name="riceball-config-listener")
     yield
     listener.cancel()
@@ -217,7 +224,8 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     """Every request's first stop (one middleware rather than two: each costs on every call).
 
     A URL or headers past the limits are refused (414, 431; in OpenAI's error shape under ``/api/``);
-    every other request gets an id: the client's ``X-Request-ID`` when it is sane, else a new one.
+    every other request gets an id: the client's ``X-Request-ID`` when it is made of safe characters
+    (``SAFE_REQUEST_ID``), else a new one.
     """
     headers = request.raw_headers
     if len(request.raw_path) > MAX_URL_LENGTH:
@@ -228,8 +236,10 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
             len(name) + len(value) + 2 > MAX_HEADER_LINE for name, value in headers):  # the loop only when it could
         status, message = 431, f"A request header is longer than {MAX_HEADER_LINE} bytes."
     else:
-        request_id = request.headers.get(REQUEST_ID_HEADER, "")
-        if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        request_id = request.headers.get(REQUEST_ID_HEADER)
+        if request_id is None or SAFE_REQUEST_ID.fullmatch(request_id) is None:
+            if request_id is not None:  # kept for the access log, quoted: never a field of its own
+                request[appkeys.CLIENT_REQUEST_ID] = request_id[:MAX_CLIENT_REQUEST_ID]
             request_id = new_request_id()
         request[appkeys.REQUEST_ID] = request_id
         return await handler(request)

@@ -45,6 +45,8 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 
 #: The request's id (the client's X-Request-ID when sane, else a new one).
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: A client's X-Request-ID that was not taken (unsafe characters, too long): for the access log, quoted.
+CLIENT_REQUEST_ID: web.RequestKey[str] = web.RequestKey("client_request_id")
 #: The built-in limits policy (``riceball_proxy.builtin.limits``).
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 #: Each fallback target's health in this process (``riceball_proxy.api.routing``).

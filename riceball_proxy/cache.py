@@ -22,6 +22,7 @@ import asyncpg
 from cachetools import LRUCache
 
 from riceball_proxy.crypto import SecretBox
+from riceball_proxy.faults import FailureLog, database_away
 from riceball_proxy.db import api_keys, assistants, providers
 from riceball_proxy.db.api_keys import ApiKey
 from riceball_proxy.db.assistants import Assistant
@@ -91,6 +92,7 @@ class ConfigCache:
         self._generation = 0
         #: The reads under way: (which cache, entry, generation) -> the read, which later lookups share.
         self._reads: dict[tuple, asyncio.Future] = {}
+        self.listener_failures = FailureLog(logger, "the configuration listener")
 
     # --- lookups -----------------------------------------------------------------------------------
 
@@ -234,8 +236,10 @@ class ConfigCache:
         finally:
             self.listening = False
 
-    async def listen(self, url: str) -> None:
-        """Listen for changes until cancelled, reconnecting whenever the connection is lost."""
+    async def listen(self, url: str, *, fallback_ttl: float = 2.0) -> None:
+        """Listen for changes until cancelled, reconnecting whenever the database is away; after any other
+        failure (a bug, which no reconnection fixes) entries expire every ``fallback_ttl`` seconds instead."""
+        broken = False
         while True:
             conn = None
             try:
@@ -245,6 +249,7 @@ class ConfigCache:
                 await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: self.invalidate(payload))
                 self.flush()
                 self.listening = True
+                self.listener_failures.recovered()
                 logger.info("listening for configuration changes")
                 while not lost.is_set():
                     try:
@@ -254,10 +259,17 @@ class ConfigCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: stop caching, reconnect after a pause
-                logger.warning("configuration listener lost (%s); retrying", type(exc).__name__)
+                away = database_away(exc)
+                self.listener_failures.failed(exc, retrying=away)
+                if not away:  # a bug: no reconnection fixes it; entries expire on a clock instead
+                    broken = True
             finally:
                 # Entries are kept as a fallback for an outage; the next connection starts with a flush.
                 self.listening = False
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
+            if broken:
+                logger.error("configuration listener stopped: cached entries now expire every %g s", fallback_ttl)
+                await self.expire(fallback_ttl)
+                return
             await asyncio.sleep(LISTENER_RETRY_DELAY)

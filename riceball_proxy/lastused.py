@@ -15,6 +15,7 @@ import uuid
 import asyncpg
 
 from riceball_proxy.db import api_keys
+from riceball_proxy.faults import FailureLog, database_away
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class LastUsedWriter:
         self.pending: dict[uuid.UUID, datetime.datetime] = {}
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # a flush returns once what was pending when it was called is written
+        self.failures = FailureLog(logger, "the keys' last-use writer")
 
     def used(self, key_id: uuid.UUID, at: datetime.datetime) -> None:
         """Note a successful call with a key (never blocks)."""
@@ -55,11 +57,15 @@ class LastUsedWriter:
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await api_keys.touch_last_used(self.pool, used)
-            except Exception as exc:  # unreachable: keep the times for the next flush
-                logger.warning("keys' last use not written yet (%s); retrying", type(exc).__name__)
-                for key_id, at in used.items():
+            except Exception as exc:
+                away = database_away(exc)
+                self.failures.failed(exc, retrying=away)
+                if not away:  # a bug or bad data: no retry fixes it, and these times are not worth a loop
+                    return True
+                for key_id, at in used.items():  # unreachable: kept for the next flush
                     self.used(key_id, at)
                 return False
+            self.failures.recovered()
             return True
 
     async def close(self) -> None:

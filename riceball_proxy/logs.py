@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
@@ -46,6 +47,16 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+#: A value written as it is in a text log line; any other is written as a JSON string (quoted, escaped),
+#: so that nothing a client sends can pass for a field of its own.
+_PLAIN_VALUE = re.compile(r"[^\s\"'=\\]*")
+
+
+def _text(value) -> str:
+    text = str(value)
+    return text if _PLAIN_VALUE.fullmatch(text) else orjson.dumps(text).decode()
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: its id, the caller, what was asked and how it went (tokens and timings for API calls)."""
 
@@ -54,7 +65,7 @@ class AccessLogger(AbstractAccessLogger):
             "request_id": request.get(appkeys.REQUEST_ID),
             "remote": client_address(request),
             "method": request.method,
-            "path": request.path,
+            "path": request.rel_url.raw_path,  # as sent: a %20 stays %20, never a space in the line
             "status": response.status,
             "bytes": response.body_length,
             "duration_ms": round(time * 1000, 2),
@@ -70,5 +81,8 @@ class AccessLogger(AbstractAccessLogger):
                 fields["ttft_ms"] = round((ctx.first_token_at - ctx.started_at) * 1000, 2)
             if ctx.error is not None:
                 fields["error"] = ctx.error.type
-        message = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
+        client_request_id = request.get(appkeys.CLIENT_REQUEST_ID)
+        if client_request_id is not None:
+            fields["client_request_id"] = client_request_id
+        message = " ".join(f"{name}={_text(value)}" for name, value in fields.items() if value is not None)
         self.logger.info(message, extra={"fields": fields})

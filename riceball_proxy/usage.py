@@ -6,11 +6,13 @@ database cannot be reached the queue keeps growing up to ``max_buffer`` rows; pa
 are written to files in ``$RICEBALL_DATA_DIR/usage-spill/``, which are loaded back once the database
 answers again. On shutdown whatever is left is written, or spilled if the database is still away.
 
-A failed write is one of two things. The database is away (a lost connection, a timeout, a server
+A failed write is one of three things. The database is away (a lost connection, a timeout, a server
 shutting down): the batch is kept and tried again, nothing is dropped. Or the rows themselves cannot be
 written (a value the column refuses): the batch is halved until the bad rows are found, the others are
 written, and each bad row goes to a dead-letter file in ``$RICEBALL_DATA_DIR/usage-dead-letter/`` with
-a log line and ``riceball_usage_dead_letter_rows_total``. A bad row never holds up another. Every row
+a log line and ``riceball_usage_dead_letter_rows_total``. A bad row never holds up another. Or anything
+else (a bug): the batch goes to the dead-letter folder whole, with the traceback logged once
+(``riceball_proxy.faults``), rather than being retried for ever. Every row
 has an ``event_id``, so a batch written again after its acknowledgement was lost adds nothing.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import orjson
 
 from riceball_proxy.db import usage_events
 from riceball_proxy.db.usage_events import UsageEvent
+from riceball_proxy.faults import FailureLog, database_away
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ class UsageRecorder:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.failures = FailureLog(logger, "the usage writer")
 
     # --- recording ---------------------------------------------------------------------------------
 
@@ -158,26 +162,35 @@ class UsageRecorder:
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await usage_events.insert_many(self.pool, batch)
+            self.failures.recovered()
             return True
         except _ROW_ERRORS as exc:
             if len(batch) == 1:
                 self._dead_letter(batch[0], exc)
                 return True
         except Exception as exc:
-            logger.warning("usage rows not written yet (%s); retrying", type(exc).__name__)
-            return None
+            if database_away(exc):  # kept, and tried again
+                self.failures.failed(exc)
+                return None
+            # A bug, or a failure no retry fixes: the batch is set aside whole, never retried for ever.
+            self.failures.failed(exc, retrying=False)
+            for event in batch:
+                self._dead_letter(event, exc, quiet=True)
+            return True
+        self.failures.recovered()
         middle = len(batch) // 2
         if await self._write(batch[:middle]) is None:
             return None
         return await self._write(batch[middle:])
 
-    def _dead_letter(self, event: UsageEvent, exc: BaseException) -> None:
+    def _dead_letter(self, event: UsageEvent, exc: BaseException, *, quiet: bool = False) -> None:
         self.dead_letter_dir.mkdir(parents=True, exist_ok=True)
         path = self.dead_letter_dir / f"usage-{event.created_at:%Y%m%d}.jsonl"
         with path.open("ab") as file:  # one line per row: appends from several workers do not interleave
             file.write(_event_line(event) + b"\n")
-        logger.error("usage row %s of request %s cannot be written (%s: %s); kept in %s",
-                     event.event_id, event.request_id, type(exc).__name__, exc, path)
+        if not quiet:  # else the failure was logged once for its whole batch
+            logger.error("usage row %s of request %s cannot be written (%s: %s); kept in %s",
+                         event.event_id, event.request_id, type(exc).__name__, exc, path)
         self.dead_letters(1)
 
     # --- spill files ---------------------------------------------------------------------------------

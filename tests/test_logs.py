@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import shlex
 
 import aiohttp
 import openai
@@ -84,3 +85,36 @@ def test_configure_logging_writes_json_lines(capsys):
     finally:
         logging.getLogger().handlers.clear()
         logging.getLogger().setLevel(logging.WARNING)
+
+
+@pytest.mark.parametrize("request_id", ["abc status=200 key_id=forged", 'quote"d', "tab\there", "é-accent", "x" * 129])
+async def test_a_request_id_that_could_forge_log_fields_is_replaced_and_logged_quoted(aiohttp_server, settings,
+                                                                                      request_id):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the text format's message
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        server = await aiohttp_server(create_app(settings), access_log_class=AccessLogger, access_log=logger)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.make_url("/healthz%20status=500"),
+                                   headers={"X-Request-ID": request_id}) as response:
+                assert response.headers["X-Request-ID"].startswith("req_")
+        await server.close()
+    finally:
+        logger.removeHandler(handler)
+    line = stream.getvalue().strip()
+    assert f"request_id={response.headers['X-Request-ID']} " in line
+    fields = dict(token.split("=", 1) for token in shlex.split(line))  # quoted values stay whole
+    assert set(fields) == {"request_id", "remote", "method", "path", "status", "bytes", "duration_ms",
+                           "client_request_id"}
+    assert (fields["status"], fields["path"]) == ("404", "/healthz%20status=500")
+    assert fields["client_request_id"] in (request_id, json.dumps(request_id)[1:-1])  # a tab stays escaped
+
+
+async def test_a_safe_request_id_is_kept(aiohttp_client, settings):
+    client = await aiohttp_client(create_app(settings))
+    for request_id in ("trace-42", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "span:a/b+c@d"):
+        assert (await client.get("/healthz", headers={"X-Request-ID": request_id})).headers["X-Request-ID"] == request_id

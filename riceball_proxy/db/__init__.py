@@ -40,8 +40,11 @@ class Database:
     """The open pool and the URL it came from."""
 
     def __init__(self, pool: asyncpg.Pool, url: str):
+        from riceball_proxy.faults import FailureLog
+
         self.pool = pool
         self.url = url
+        self.failures = FailureLog(logger, "the database readiness check")
 
     async def is_ready(self, timeout: float = 2.0) -> bool:
         """True when a query goes through within ``timeout`` seconds."""
@@ -49,10 +52,11 @@ class Database:
             async with asyncio.timeout(timeout):
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
-            return True
         except Exception as exc:  # any failure at all means "not ready"; the probe must not raise
-            logger.warning("database readiness check failed: %s", type(exc).__name__)
+            self.failures.failed(exc)
             return False
+        self.failures.recovered()
+        return True
 
 
 @contextlib.asynccontextmanager
