@@ -42,7 +42,8 @@ class FailureLog:
 
     def failed(self, exc: BaseException, *, retrying: bool = True) -> None:
         """Note a failure: the first of its kind with its traceback, then a line a minute at most."""
-        kind = (type(exc).__module__, type(exc).__qualname__)
+        # One kind for every way of being away (refused, reset, closed...); each bug a kind of its own.
+        kind = ("away", "") if database_away(exc) else (type(exc).__module__, type(exc).__qualname__)
         self._since += 1
         then = "; retrying" if retrying else "; not retried"
         if kind not in self._seen:
