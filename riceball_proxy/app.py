@@ -23,6 +23,7 @@ from riceball_proxy.alerts import ProviderAlerts
 from riceball_proxy.api import setup_api
 from riceball_proxy.api.routing import Circuits
 from riceball_proxy.api.stages import CHAT_CONTEXT
+from riceball_proxy.bodies import SlowClients
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
@@ -30,6 +31,7 @@ from riceball_proxy.declared.apply import start_up_applier
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import InFlight
 from riceball_proxy.lastused import LastUsedWriter
+from riceball_proxy.logs import quiet_malformed_requests
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
@@ -76,16 +78,22 @@ OBSERVERS_GRACE = 10.0
 
 def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
     """Build the gateway for ``settings``; resources are opened when the app starts."""
+    quiet_malformed_requests()
     middlewares = [request_middleware]
     if settings.trusted_proxies:
         middlewares.append(forwarded_middleware(settings.trusted_proxies))
-    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=PARSER_ROOM, middlewares=middlewares)
+    # A connection that sends no whole request (headers trickling, or idle) is closed after the client read
+    # timeout; bodies are read by riceball_proxy.bodies (its deadline, its own decoding).
+    handler_args = {**PARSER_ROOM, "keepalive_timeout": settings.client_read_timeout, "auto_decompress": False}
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=handler_args, middlewares=middlewares)
     app[appkeys.SETTINGS] = settings
     app[appkeys.PLUGIN_MANAGER] = plugin_manager or make_plugin_manager(settings)
     app[appkeys.SECRET_BOX] = load_secret_box(settings)
     app[appkeys.METRICS] = Metrics()
     app[appkeys.IN_FLIGHT] = InFlight()
     app[appkeys.CIRCUITS] = Circuits(max_rest=settings.max_upstream_rest)
+    app[appkeys.SLOW_CLIENTS] = SlowClients(logging.getLogger("riceball_proxy.bodies"),
+                                            app[appkeys.METRICS].slow_requests.inc)
     # Shutdown: the listening sockets are closed first; then the calls in flight get their time.
     app.on_shutdown.append(drain_in_flight)
     app.on_response_prepare.append(add_request_id_header)

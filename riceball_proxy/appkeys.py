@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from riceball_proxy.alerts import ProviderAlerts
     from riceball_proxy.api.routing import Circuits
+    from riceball_proxy.bodies import SlowClients
     from riceball_proxy.cache import ConfigCache
     from riceball_proxy.crypto import SecretBox
     from riceball_proxy.db import Database
@@ -53,3 +54,5 @@ LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 CIRCUITS: web.AppKey[Circuits] = web.AppKey("circuits")
 #: Providers whose upstream refused the gateway's credentials (``riceball_proxy.alerts``).
 PROVIDER_ALERTS: web.AppKey[ProviderAlerts] = web.AppKey("provider_alerts")
+#: Clients too slow to send their request bodies (``riceball_proxy.bodies``).
+SLOW_CLIENTS: web.AppKey[SlowClients] = web.AppKey("slow_clients")

@@ -38,6 +38,8 @@ class Settings:
     usage_max_buffer: int = 10_000
     #: Finished calls waiting for the observers at most; past it a finishing request waits for room.
     observer_queue_size: int = 10_000
+    #: Seconds a client has to send a request's headers (and an idle connection is kept), and its body.
+    client_read_timeout: float = 30.0
     #: Seconds a shutdown waits for the calls in flight before it ends them.
     shutdown_timeout: float = 30.0
     #: ``text`` or ``json`` (one JSON object a line).
@@ -129,6 +131,7 @@ class Settings:
             usage_batch_size=_integer(env, "RICEBALL_USAGE_BATCH_SIZE", 500, 1, 100_000),
             usage_max_buffer=_integer(env, "RICEBALL_USAGE_MAX_BUFFER", 10_000, 2, 10_000_000),
             shutdown_timeout=_number(env, "RICEBALL_SHUTDOWN_TIMEOUT", 30.0, 0, 3600),
+            client_read_timeout=_number(env, "RICEBALL_CLIENT_READ_TIMEOUT", 30.0, 0.1, 3600),
             observer_queue_size=_integer(env, "RICEBALL_OBSERVER_QUEUE_SIZE", 10_000, 1, 10_000_000),
             log_format=log_format,
             metrics=metrics == "on",

@@ -19,9 +19,11 @@ from aiohttp_session import get_session, session_middleware
 
 from riceball_proxy import appkeys
 from riceball_proxy.admin import assistants, auth, dashboard, keys, playground, providers, usage
-from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, db_pool, render
+from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, db_pool, render, render_without_session
 from riceball_proxy.admin.sessions import AdminSessionStorage
+from riceball_proxy.bodies import BodyError, answered_and_closed, read_body
 from riceball_proxy.db import admin_sessions
+from riceball_proxy.proxies import client_address
 from riceball_proxy.templating import template_dir
 
 MOUNT_POINT = "/admin/"
@@ -49,7 +51,8 @@ def setup_admin(app: web.Application) -> web.Application:
     """Build the admin sub-application, let plugins extend it, and mount it on ``app``."""
     storage = AdminSessionStorage(app[appkeys.SECRET_BOX].derive("riceball admin session"))
     admin = web.Application(
-        middlewares=[limit_body, security_headers, session_middleware(storage), require_admin, csrf_protect]
+        middlewares=[limit_body, security_headers, read_form, session_middleware(storage), require_admin,
+                     csrf_protect]
     )
     router = admin.router
     router.add_static("/static/", template_dir() / "static", name="static")
@@ -76,6 +79,28 @@ async def limit_body(request: web.Request, handler) -> web.StreamResponse:
     """Bound what a form may send (413 past it), far below the API's limit."""
     limit = MAX_PUBLIC_FORM_BYTES if _route_name(request) in PUBLIC_ROUTES else MAX_FORM_BYTES
     return await handler(request.clone(client_max_size=limit))
+
+
+@web.middleware
+async def read_form(request: web.Request, handler) -> web.StreamResponse:
+    """Read a form's body before anything else does: within the client read deadline, within the form's
+    bound, and in no Content-Encoding (browsers send none). What cannot be read gets the panel's error
+    page with its status, drawn without the session (whose cookie it never reaches)."""
+    if request.body_exists:
+        settings = request.config_dict[appkeys.SETTINGS]
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        try:
+            if encoding not in ("", "identity"):
+                raise BodyError(400, "Forms are sent without a Content-Encoding.", "unsupported_content_encoding")
+            await read_body(request, limit=request.client_max_size, deadline=settings.client_read_timeout)
+        except BodyError as exc:
+            if exc.status == 408:
+                request.config_dict[appkeys.SLOW_CLIENTS].slow(client_address(request),
+                                                               settings.client_read_timeout)
+            response = render_without_session(request, "admin/error.html", {
+                "title": "Request not read", "message": exc.message}, status=exc.status)
+            return await answered_and_closed(request, response) if exc.status == 408 else response
+    return await handler(request)
 
 
 @web.middleware

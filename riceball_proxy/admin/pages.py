@@ -58,6 +58,16 @@ async def render(request: web.Request, template: str, context: dict[str, Any], *
     return response
 
 
+def render_without_session(request: web.Request, template: str, context: dict[str, Any], *,
+                           status: int) -> web.Response:
+    """Render an admin page for a request that never reached the session (its body could not be read):
+    nobody is signed in on it, and no form on it can be posted."""
+    base = {"admin": None, "csrf_token": "", "messages": [], "current": None,
+            "url": lambda name, **parts: url(request, name, **parts),
+            "config_file": request.config_dict[appkeys.SETTINGS].config_file}
+    return aiohttp_jinja2.render_template(template, request, base | context, status=status)
+
+
 async def confirm(request: web.Request, *, title: str, message: str, button: str, back: str,
                   **back_parts: Any) -> web.Response:
     """A page asking to confirm what a POST to the same path does (``back``: the route Cancel goes to)."""

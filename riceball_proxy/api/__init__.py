@@ -17,6 +17,7 @@ from riceball_proxy import appkeys
 from riceball_proxy.api.chat import chat_completions
 from riceball_proxy.api.models import list_models, retrieve_model
 from riceball_proxy.api.stages import CLIENT_CLOSED_REQUEST
+from riceball_proxy.bodies import answered_and_closed
 from riceball_proxy.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ async def api_error_middleware(request: web.Request, handler) -> web.StreamRespo
     try:
         return await handler(request)
     except APIError as exc:
+        if exc.status == 408:  # a body too slow to come: answered, and the connection let go
+            return await answered_and_closed(request, exc.response())
         return exc.response()
     except web.HTTPRequestEntityTooLarge:
         limit = request.config_dict[appkeys.SETTINGS].max_body_bytes

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
+from riceball_proxy.bodies import BodyError, read_body
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
@@ -116,9 +117,22 @@ def assistant_not_found(assistant_id: str) -> APIError:
     return APIError(404, f"The assistant '{assistant_id}' does not exist.", code="assistant_not_found")
 
 
+async def read_request_body(request: web.Request) -> bytes:
+    """The request's body, decoded (``riceball_proxy.bodies``); 408, 413 or 400 in OpenAI's shape when it
+    comes too slowly, is too large or is not in its declared encoding."""
+    settings = request.config_dict[appkeys.SETTINGS]
+    try:
+        return await read_body(request, limit=settings.max_body_bytes, deadline=settings.client_read_timeout)
+    except BodyError as exc:
+        if exc.status == 408:
+            request.config_dict[appkeys.SLOW_CLIENTS].slow(client_address(request), settings.client_read_timeout)
+            raise APIError(408, exc.message, code=exc.code) from None
+        raise APIError(exc.status, exc.message, code=exc.code) from None
+
+
 async def read_chat_request(request: web.Request) -> tuple[dict, bytes]:
     """The request body, checked as a Chat Completions request (400 or 413 otherwise), and its JSON."""
-    raw = await request.read()
+    raw = await read_request_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
