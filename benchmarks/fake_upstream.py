@@ -73,7 +73,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def serve(port: int, reuse_port: bool) -> None:
     import uvloop
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 2**20)  # large prompts reach it (benchmarks.bodies)
     app.router.add_post("/v1/chat/completions", chat_completions)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, reuse_port=reuse_port,
                 loop=uvloop.new_event_loop(), backlog=4096)

@@ -23,7 +23,7 @@ from riceball_proxy.alerts import ProviderAlerts
 from riceball_proxy.api import setup_api
 from riceball_proxy.api.routing import Circuits
 from riceball_proxy.api.stages import CHAT_CONTEXT
-from riceball_proxy.bodies import SlowClients
+from riceball_proxy.bodies import BodyBudget, SlowClients
 from riceball_proxy.cache import ConfigCache
 from riceball_proxy.crypto import load_secret_box
 from riceball_proxy.db import open_database
@@ -92,6 +92,9 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app[appkeys.METRICS] = Metrics()
     app[appkeys.IN_FLIGHT] = InFlight()
     app[appkeys.CIRCUITS] = Circuits(max_rest=settings.max_upstream_rest)
+    # Never less than one body of the largest size, or such a body could never be read.
+    app[appkeys.BODY_BUDGET] = BodyBudget(max(settings.max_body_bytes_in_flight, settings.max_body_bytes),
+                                          max(settings.max_key_body_bytes_in_flight, settings.max_body_bytes))
     app[appkeys.SLOW_CLIENTS] = SlowClients(logging.getLogger("riceball_proxy.bodies"),
                                             app[appkeys.METRICS].slow_requests.inc)
     # Shutdown: the listening sockets are closed first; then the calls in flight get their time.

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from riceball_proxy.alerts import ProviderAlerts
     from riceball_proxy.api.routing import Circuits
-    from riceball_proxy.bodies import SlowClients
+    from riceball_proxy.bodies import BodyBudget, SlowClients
     from riceball_proxy.cache import ConfigCache
     from riceball_proxy.crypto import SecretBox
     from riceball_proxy.db import Database
@@ -56,3 +56,5 @@ CIRCUITS: web.AppKey[Circuits] = web.AppKey("circuits")
 PROVIDER_ALERTS: web.AppKey[ProviderAlerts] = web.AppKey("provider_alerts")
 #: Clients too slow to send their request bodies (``riceball_proxy.bodies``).
 SLOW_CLIENTS: web.AppKey[SlowClients] = web.AppKey("slow_clients")
+#: Bytes of request bodies held at once, by the process and by each key (``riceball_proxy.bodies``).
+BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")

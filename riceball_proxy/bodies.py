@@ -40,6 +40,43 @@ class SlowClients:
                                 "logged)", address, deadline)
 
 
+class BodyBudget:
+    """Bytes of request bodies held at once (read, parsed, until their call ends): at most ``total`` for
+    the process, at most ``per_caller`` for one caller (an API key). A body is counted at its declared
+    ``Content-Length`` (at the size limit when it declares none) before a byte of it is read, so a burst
+    of large bodies is refused before it costs memory. One entry per caller holding bytes: bounded by
+    the callers in flight."""
+
+    def __init__(self, total: int, per_caller: int):
+        self.total = total
+        self.per_caller = per_caller
+        self.held = 0
+        self._by_caller: dict = {}
+
+    def take(self, caller, size: int) -> None:
+        """Count ``size`` bytes for ``caller``; BodyError when that passes a bound (503 for the process's,
+        429 for the caller's, each with ``Retry-After``)."""
+        if self.held + size > self.total:
+            raise BodyError(503, "The gateway is reading as many request bodies as it can hold; retry shortly.",
+                            "server_busy")
+        caller_held = self._by_caller.get(caller, 0)
+        if caller_held + size > self.per_caller:
+            raise BodyError(429, f"This API key's requests in flight already hold {caller_held:,} bytes of "
+                                 f"body; its bound is {self.per_caller:,}. Retry when one has ended.",
+                            "too_many_request_bytes")
+        self.held += size
+        self._by_caller[caller] = caller_held + size
+
+    def give(self, caller, size: int) -> None:
+        """Give back what :meth:`take` counted."""
+        self.held -= size
+        left = self._by_caller.get(caller, 0) - size
+        if left > 0:
+            self._by_caller[caller] = left
+        else:
+            self._by_caller.pop(caller, None)
+
+
 class BodyError(Exception):
     """A body that cannot be read: ``status`` (400, 408, 413), a message for the client and a code."""
 

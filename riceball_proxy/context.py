@@ -8,13 +8,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import orjson
 
 from riceball_proxy.db.assistants import Assistant, Target
 from riceball_proxy.db.providers import Provider
 from riceball_proxy.errors import APIError
 from riceball_proxy.limits import Limits
-from riceball_proxy.validation import drop_null_fields
+from riceball_proxy.validation import drop_null_fields, parse_json
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -145,6 +144,9 @@ class ChatContext:
     #: Characters of answer relayed to the client so far: its usage, if the upstream never reports it,
     #: is estimated from them (``riceball_proxy.estimates``).
     relayed_chars: int = 0
+    #: Bytes of request body this call holds in the body budget (``riceball_proxy.bodies``), given back
+    #: when it ends.
+    held_body_bytes: int = 0
 
     def take_body(self, client_body: dict[str, Any], raw: bytes) -> None:
         """Take a validated request body, parsed from ``raw``, as the client's; the upstream body is
@@ -153,7 +155,7 @@ class ChatContext:
         Streams always ask the upstream for usage (the gateway records it); whether the client asked is kept.
         """
         self.client_body = client_body
-        self.body = body = orjson.loads(raw)
+        self.body = body = parse_json(raw)
         drop_null_fields(body["messages"])  # as validation did to the client's copy
         self.stream = body.get("stream") is True
         if self.stream:

@@ -117,6 +117,20 @@ def riceball_prepare_request(ctx):
 
 @hookspec
 @runs("all")
+def riceball_admit_caller(ctx):
+    """Admit the caller, or refuse it, before its request's body is read: what can be judged from who
+    calls and which assistant alone, so that a caller over such a limit never has its body read and
+    parsed (the built-in limits take ``max_parallel``'s slot here).
+
+    ``ctx`` is the ``riceball_proxy.context.ChatContext`` with ``principal`` and ``assistant`` set;
+    ``ctx.body`` is still empty. Raise ``riceball_proxy.errors.APIError`` to refuse (429 for a limit).
+    What an implementation takes here it gives back in ``riceball_settle``, which is called for every
+    call that reached this hook. *Awaited*, in call order; the built-in limits are ``trylast``.
+    """
+
+
+@hookspec
+@runs("all")
 def riceball_admit(ctx):
     """Admit the call, or refuse it, just before it goes upstream (limits, budgets, quotas).
 

@@ -38,6 +38,9 @@ class Settings:
     usage_max_buffer: int = 10_000
     #: Finished calls waiting for the observers at most; past it a finishing request waits for room.
     observer_queue_size: int = 10_000
+    #: Bytes of request bodies held at once by the process, and by one API key (see riceball_proxy.bodies).
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024
+    max_key_body_bytes_in_flight: int = 64 * 1024 * 1024
     #: Seconds a client has to send a request's headers (and an idle connection is kept), and its body.
     client_read_timeout: float = 30.0
     #: Seconds a shutdown waits for the calls in flight before it ends them.
@@ -132,6 +135,10 @@ class Settings:
             usage_max_buffer=_integer(env, "RICEBALL_USAGE_MAX_BUFFER", 10_000, 2, 10_000_000),
             shutdown_timeout=_number(env, "RICEBALL_SHUTDOWN_TIMEOUT", 30.0, 0, 3600),
             client_read_timeout=_number(env, "RICEBALL_CLIENT_READ_TIMEOUT", 30.0, 0.1, 3600),
+            max_body_bytes_in_flight=_integer(env, "RICEBALL_MAX_BODY_BYTES_IN_FLIGHT", 256 * 1024 * 1024,
+                                              1024, 2**40),
+            max_key_body_bytes_in_flight=_integer(env, "RICEBALL_MAX_KEY_BODY_BYTES_IN_FLIGHT", 64 * 1024 * 1024,
+                                                  1024, 2**40),
             observer_queue_size=_integer(env, "RICEBALL_OBSERVER_QUEUE_SIZE", 10_000, 1, 10_000_000),
             log_format=log_format,
             metrics=metrics == "on",

@@ -153,3 +153,78 @@ async def test_malformed_requests_are_400s_with_one_info_line_each_and_no_traceb
     assert not [r for r in caplog.records if r.exc_info]
     lines = [r for r in caplog.records if r.getMessage().startswith("malformed request from 127.0.0.1")]
     assert 0 < len(lines) <= len(requests)
+
+
+# --- bodies in flight -----------------------------------------------------------------------------------
+
+
+async def holding(port: int, head: bytes):
+    """A connection that sends ``head`` (a declared body) and nothing more, left open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_of(reader, timeout: float = 5.0) -> tuple[int, dict]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return int(head.split(b" ")[1]), json.loads(await asyncio.wait_for(reader.readexactly(length), timeout))
+
+
+async def test_a_key_over_max_parallel_is_refused_before_its_body_is_read(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings.replace(client_read_timeout=5.0))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key(max_parallel=1)
+    fake_openai.hold = asyncio.Event()
+    async with gateway.client(assistant.id, key) as client:
+        first = asyncio.create_task(client.chat.completions.create(model="x", messages=MESSAGES))
+        while not fake_openai.requests:
+            await asyncio.sleep(0.01)
+        path = f"/api/v1/assistants/{assistant.id}/v1/chat/completions"
+        head = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {10 * 2**20}\r\n\r\n").encode()
+        reader, writer = await holding(gateway.server.port, head)  # 10 MiB declared, not a byte sent
+        started = time.monotonic()
+        status, error = await answer_of(reader)
+        assert status == 429 and error["error"]["code"] == "rate_limit_exceeded"
+        assert time.monotonic() - started < 2  # at once: the body was never waited for
+        writer.close()
+        fake_openai.hold.set()
+        await first
+
+
+async def test_bodies_in_flight_are_bounded_per_key_and_for_the_process(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings.replace(
+        client_read_timeout=5.0, max_body_bytes=100_000, max_key_body_bytes_in_flight=250_000,
+        max_body_bytes_in_flight=450_000))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    keys = [await gateway.key() for _ in range(3)]
+    path = f"/api/v1/assistants/{assistant.id}/v1/chat/completions"
+
+    def head(key: str) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
+
+    held = [await holding(gateway.server.port, head(keys[0])) for _ in range(2)]  # 200,000 of its 250,000
+    await asyncio.sleep(0.2)
+    reader, writer = await holding(gateway.server.port, head(keys[0]))
+    status, error = await answer_of(reader)
+    assert status == 429 and error["error"]["code"] == "too_many_request_bytes"
+    writer.close()
+    held += [await holding(gateway.server.port, head(keys[1])) for _ in range(2)]  # 400,000 of 450,000
+    await asyncio.sleep(0.2)
+    reader, writer = await holding(gateway.server.port, head(keys[2]))
+    status, error = await answer_of(reader)
+    assert status == 503 and error["error"]["code"] == "server_busy"
+    writer.close()
+    for _, held_writer in held:  # their clients give up: the bytes they held are free again
+        held_writer.close()
+    budget = gateway.app[appkeys.BODY_BUDGET]
+    for _ in range(100):
+        if budget.held == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert budget.held == 0
+    async with gateway.client(assistant.id, keys[2]) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)

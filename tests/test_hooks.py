@@ -111,6 +111,29 @@ async def test_hook_riceball_admit(with_plugin, fake_openai):
     assert len(fake_openai.requests) == 1
 
 
+async def test_hook_riceball_admit_caller(with_plugin, fake_openai):
+    seen = []
+
+    class PausedKey:
+        paused = False
+
+        @hookimpl
+        def riceball_admit_caller(self, ctx):
+            seen.append((ctx.principal.name, ctx.assistant is not None, dict(ctx.body)))
+            if self.paused:
+                raise APIError(429, "Paused.", code="rate_limit_exceeded")
+
+    plugin = PausedKey()
+    gateway, assistant, key = await with_plugin(plugin)
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        plugin.paused = True
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert seen == [("test key", True, {})] * 2  # before the body was read
+    assert len(fake_openai.requests) == 1
+
+
 async def test_hook_riceball_settle(with_plugin, fake_openai):
     settled = []
 

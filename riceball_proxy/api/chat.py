@@ -1,7 +1,10 @@
 """``POST .../v1/chat/completions``: one request, stage by stage (the pipeline of DESIGN.md).
 
-Admission (4.) comes after the request is prepared (5.) and its provider known (6.): limits then see
-the body that will really be sent (the system prompt, the ``max_tokens`` ceiling) and its price.
+Admission comes in two steps. What depends on the caller alone (calls at once) is taken before the body
+is read (4a.), so that a caller over it never costs the memory of its body; the rest (4.) comes after the
+request is prepared (5.) and its provider known (6.): limits then see the body that will really be sent
+(the system prompt, the ``max_tokens`` ceiling) and its price. The body's bytes are counted against the
+process's and the key's bounds on bodies in flight before it is read (3.).
 """
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.api.stages import (admit, authenticate, observed, read_chat_request, resolve_assistant,
-                                       select_provider)
+from riceball_proxy.api.stages import (admit, admit_caller, authenticate, observed, read_chat_request,
+                                       resolve_assistant, select_provider)
 from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.api.streaming import answer_stream
 from riceball_proxy.context import ChatContext
@@ -25,7 +28,8 @@ async def chat_completions(request: web.Request, ctx: ChatContext) -> web.Stream
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     await authenticate(request, ctx)                            # 1. who is calling (401, 403)
     await resolve_assistant(ctx)                                # 2. the assistant it names (404)
-    ctx.take_body(*await read_chat_request(request))            # 3. a valid Chat Completions body (400, 413)
+    await admit_caller(ctx)                                     # 4a. calls at once, before the body (429)
+    ctx.take_body(*await read_chat_request(request, ctx))       # 3. a valid Chat Completions body (400, 413)
     await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
     await select_provider(ctx)                                  # 6. the primary provider (its price)
     await admit(ctx)                                            # 4. limits and budgets (429)

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.bodies import BodyError, read_body
+from riceball_proxy.bodies import BodyError, read_body, too_large
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
@@ -21,7 +21,7 @@ from riceball_proxy.inflight import shutting_down
 from riceball_proxy.pricing import call_price
 from riceball_proxy.providers import ProviderAdapter
 from riceball_proxy.proxies import client_address
-from riceball_proxy.validation import check_depth, validate_chat_request
+from riceball_proxy.validation import check_depth, parse_json, validate_chat_request
 
 logger = logging.getLogger(__name__)
 
@@ -117,25 +117,42 @@ def assistant_not_found(assistant_id: str) -> APIError:
     return APIError(404, f"The assistant '{assistant_id}' does not exist.", code="assistant_not_found")
 
 
-async def read_request_body(request: web.Request) -> bytes:
+async def read_request_body(request: web.Request, ctx: ChatContext | None = None) -> bytes:
     """The request's body, decoded (``riceball_proxy.bodies``); 408, 413 or 400 in OpenAI's shape when it
-    comes too slowly, is too large or is not in its declared encoding."""
+    comes too slowly, is too large or is not in its declared encoding. With ``ctx``, the body is first
+    counted in the body budget (503 or 429 beyond it), for as long as the call lasts."""
     settings = request.config_dict[appkeys.SETTINGS]
     try:
+        if ctx is not None:
+            declared = request.content_length
+            if declared is not None and declared > settings.max_body_bytes:
+                raise too_large(settings.max_body_bytes)
+            size = settings.max_body_bytes if declared is None else declared
+            request.config_dict[appkeys.BODY_BUDGET].take(_caller(ctx), size)
+            ctx.held_body_bytes = size
         return await read_body(request, limit=settings.max_body_bytes, deadline=settings.client_read_timeout)
     except BodyError as exc:
         if exc.status == 408:
             request.config_dict[appkeys.SLOW_CLIENTS].slow(client_address(request), settings.client_read_timeout)
             raise APIError(408, exc.message, code=exc.code) from None
-        raise APIError(exc.status, exc.message, code=exc.code) from None
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+        raise APIError(exc.status, exc.message, code=exc.code, type="server_error" if exc.status == 503 else
+                       "invalid_request_error", headers=headers) from None
 
 
-async def read_chat_request(request: web.Request) -> tuple[dict, bytes]:
+def _caller(ctx: ChatContext):
+    """Whom a call's body bytes count against: its API key (or, with none, its address)."""
+    if ctx.principal is not None and ctx.principal.key_id is not None:
+        return ctx.principal.key_id
+    return ctx.client_addr
+
+
+async def read_chat_request(request: web.Request, ctx: ChatContext | None = None) -> tuple[dict, bytes]:
     """The request body, checked as a Chat Completions request (400 or 413 otherwise), and its JSON."""
-    raw = await read_request_body(request)
+    raw = await read_request_body(request, ctx)
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        body = parse_json(raw)
+    except ValueError:  # orjson's and json's errors, and bytes that are not UTF-8
         raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON.",
                        code="invalid_json") from None
     check_depth(raw, body)
@@ -153,6 +170,12 @@ async def select_provider(ctx: ChatContext, provider_id: int | None = None) -> P
                        code="provider_unavailable") from None
     ctx.provider = provider
     return adapter
+
+
+async def admit_caller(ctx: ChatContext) -> None:
+    """What can be judged before the body is read (``riceball_admit_caller``: calls at once): 429 when over."""
+    ctx.admission_started = True
+    await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_admit_caller", ctx=ctx)
 
 
 async def admit(ctx: ChatContext) -> None:
@@ -202,4 +225,7 @@ async def finish(ctx: ChatContext, status: int, error_type: str | None, *, disco
         await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_settle", ctx=ctx, outcome=outcome)
     if status < 400 and ctx.principal is not None and ctx.principal.key_id is not None:
         ctx.app[appkeys.LAST_USED].used(ctx.principal.key_id, ctx.received_at)
+    if ctx.held_body_bytes:  # the prompt is let go of next (release_bodies): so are its bytes
+        ctx.app[appkeys.BODY_BUDGET].give(_caller(ctx), ctx.held_body_bytes)
+        ctx.held_body_bytes = 0
     await ctx.app[appkeys.OBSERVERS].put(ctx, outcome)

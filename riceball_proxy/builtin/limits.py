@@ -1,7 +1,7 @@
 """Rate limits, concurrency limits and budgets on API keys and assistants (``riceball_proxy.limits``).
 
 Replaceable: a plugin that disables this one (``RICEBALL_DISABLE_PLUGINS=riceball_proxy.builtin.limits``)
-and implements ``riceball_admit`` and ``riceball_settle`` brings its own policy.
+and implements ``riceball_admit_caller``, ``riceball_admit`` and ``riceball_settle`` brings its own policy.
 """
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ async def riceball_shutdown(app):
 
 
 # Both hooks return a coroutine only when there is something to do: a call without limits costs no more.
+
+
+@hookimpl(trylast=True)
+def riceball_admit_caller(ctx):
+    if (ctx.principal is not None and ctx.principal.limits and ctx.principal.limits.max_parallel) \
+            or ctx.assistant.limits.max_parallel:
+        return ctx.app[appkeys.LIMITER].admit_caller(ctx)
+    return None
 
 
 @hookimpl(trylast=True)

@@ -109,23 +109,29 @@ class Limiter:
         if metrics is not None:
             counters.on_lost = metrics.settlements_lost.inc
 
-    async def admit(self, ctx: ChatContext) -> None:
-        key_limits = ctx.principal.limits if ctx.principal is not None else None
-        assistant_limits = ctx.assistant.limits
-        if not key_limits and not assistant_limits:
-            return  # nothing to count: no round trip
-        prompt = estimate_prompt_tokens(ctx.body)
-        tokens = prompt + answer_ceiling(ctx.body)
-        usd_budget = (key_limits is not None and key_limits.budget_usd is not None) \
-            or (assistant_limits is not None and assistant_limits.budget_usd is not None)
-        nano_usd = await self._dearest(ctx, prompt, tokens - prompt) if usd_budget else 0
-        now = time.time() * 1000
+    async def admit_caller(self, ctx: ChatContext) -> None:
+        """Take the call's slots (``max_parallel`` of its key and of its assistant) before its body is read,
+        so that a caller over them never has its body read and parsed; :meth:`admit` takes the rest."""
         checks: list = []
-        reservation = Reservation(tokens, nano_usd, [], [], [])
-        for scope, limits, owner in (("key", key_limits, ctx.principal and ctx.principal.key_id),
-                                     ("assistant", assistant_limits, ctx.assistant.id)):
-            if limits:
-                self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now)
+        for scope, limits, owner in self._scopes(ctx):
+            if limits and limits.max_parallel:
+                checks.append(Slots(self._plan(scope, owner, limits, time.time() * 1000).slots_key,
+                                    limits.max_parallel, f"{_CALLS_PREFIX}{next(_calls)}"))
+        if not checks:
+            return
+        decision = await self._decide(ctx, checks)
+        if decision is None:
+            return  # the counters are away and calls are admitted meanwhile
+        ctx.stash["limits"] = Reservation(0, 0, [], [], checks)
+
+    def _scopes(self, ctx: ChatContext):
+        return (("key", ctx.principal.limits if ctx.principal is not None else None,
+                 ctx.principal and ctx.principal.key_id),
+                ("assistant", ctx.assistant.limits, ctx.assistant.id))
+
+    async def _decide(self, ctx: ChatContext, checks: list) -> Decision | None:
+        """Ask the counters about ``checks``: the decision when admitted, APIError when refused, None when
+        the counters are away and calls are admitted meanwhile."""
         if time.monotonic() < self._down_until:
             return self._unavailable(None)
         try:
@@ -151,6 +157,30 @@ class Limiter:
             if self.metrics is not None:
                 self.metrics.limited(type(decision.refused).__name__.lower())
             raise refusal(decision)
+        return decision
+
+    async def admit(self, ctx: ChatContext) -> None:
+        key_limits = ctx.principal.limits if ctx.principal is not None else None
+        assistant_limits = ctx.assistant.limits
+        if not key_limits and not assistant_limits:
+            return  # nothing to count: no round trip
+        early = ctx.stash.get("limits")  # the slots admit_caller took, if it ran
+        prompt = estimate_prompt_tokens(ctx.body)
+        tokens = prompt + answer_ceiling(ctx.body)
+        usd_budget = (key_limits is not None and key_limits.budget_usd is not None) \
+            or (assistant_limits is not None and assistant_limits.budget_usd is not None)
+        nano_usd = await self._dearest(ctx, prompt, tokens - prompt) if usd_budget else 0
+        now = time.time() * 1000
+        checks: list = []
+        reservation = Reservation(tokens, nano_usd, [], [], [])
+        for scope, limits, owner in self._scopes(ctx):
+            if limits:
+                self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now,
+                             slots=early is None)
+        if checks and await self._decide(ctx, checks) is None:
+            return  # the counters are away and calls are admitted meanwhile
+        if early is not None:
+            reservation.slots = early.slots  # taken before the body was read
         ctx.stash["limits"] = reservation
 
     async def _dearest(self, ctx: ChatContext, prompt: int, answer: int) -> int:
@@ -182,11 +212,15 @@ class Limiter:
             ctx.barred_targets = ctx.barred_targets | barred
         return dearest
 
-    def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
-                tokens: int, nano_usd: int, now: float) -> None:
+    def _plan(self, scope: str, owner: Any, limits: Limits, now: float) -> Plan:
         plan = self._plans.get((scope, owner, limits))
         if plan is None or (plan.period_ends_ms is not None and now >= plan.period_ends_ms):
             plan = self._plans[scope, owner, limits] = Plan.of(scope, owner, limits, now)
+        return plan
+
+    def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
+                tokens: int, nano_usd: int, now: float, *, slots: bool = True) -> None:
+        plan = self._plan(scope, owner, limits, now)
         if plan.rpm:
             checks.append(plan.rpm)
         if limits.tpm:
@@ -199,10 +233,10 @@ class Limiter:
             bucket = Bucket(plan.tpm_key, limits.tpm, tokens)
             checks.append(bucket)
             reservation.token_buckets.append(bucket)
-        if limits.max_parallel:
-            slots = Slots(plan.slots_key, limits.max_parallel, f"{_CALLS_PREFIX}{next(_calls)}")
-            checks.append(slots)
-            reservation.slots.append(slots)
+        if limits.max_parallel and slots:
+            slot = Slots(plan.slots_key, limits.max_parallel, f"{_CALLS_PREFIX}{next(_calls)}")
+            checks.append(slot)
+            reservation.slots.append(slot)
         for key, units, kind, source in plan.budgets:
             budget = Budget(key, units, nano_usd if kind == "usd" else tokens, plan.period_ends_ms, source)
             checks.append(budget)
