@@ -375,3 +375,24 @@ async def test_a_target_overrides_parameters_for_its_model(start_gateway, settin
     sent = second_openai.last
     assert (sent["model"], sent["temperature"], sent["messages"][0]) == (
         "small", 0.2, {"role": "system", "content": "Be kind."})
+
+
+async def test_a_target_that_cannot_be_resolved_is_skipped_never_a_500(start_gateway, settings, fake_openai,
+                                                                       second_openai, caplog):
+    gateway = await start_gateway(settings.replace(usage_flush_interval=0.05))
+    primary = await gateway.provider(fake_openai.base_url, name="primary")
+    uninstalled = await gateway.provider(second_openai.base_url, name="uninstalled", type="no-such-type")
+    healthy = await gateway.provider(second_openai.base_url, name="healthy")
+    assistant = await gateway.assistant(primary, fallbacks=[Target(uninstalled.id, "m1", priority=1),
+                                                            Target(healthy.id, "m2", priority=2)])
+    only = await gateway.assistant(primary, fallbacks=[Target(uninstalled.id, "m1")])
+    key = await gateway.key()
+    fake_openai.error = (500, {"error": {"message": "down", "type": "server_error"}})
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert answer.choices[0].message.content == "Hello from the fallback" and second_openai.last["model"] == "m2"
+    async with gateway.client(only.id, key) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.status_code == 502
+    assert any("target skipped" in r.getMessage() and "no-such-type" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,7 @@
 import asyncio
 
 import asyncpg
+import pytest
 
 from riceball_proxy.db.migrate import apply_migrations, available_migrations
 
@@ -30,3 +31,40 @@ async def test_concurrent_runs_apply_each_migration_once(make_database):
     finally:
         for conn in connections:
             await conn.close()
+
+
+async def test_fallback_targets_move_to_a_table_that_refuses_a_provider_gone(make_database):
+    import asyncpg
+    import orjson
+
+    conn = await asyncpg.connect(make_database())
+    try:
+        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                           "applied_at timestamptz NOT NULL DEFAULT now())")
+        for migration in available_migrations():
+            if migration.version >= 15:
+                break
+            await conn.execute(migration.sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version,
+                               migration.name)
+        # As the JSON list held them: one target of a provider that exists, one of a provider long deleted.
+        live = await conn.fetchval("INSERT INTO providers (name, type, base_url) VALUES ('live', 'openai', "
+                                   "'http://127.0.0.1:9/v1') RETURNING id")
+        primary = await conn.fetchval("INSERT INTO providers (name, type, base_url) VALUES ('primary', 'openai', "
+                                      "'http://127.0.0.1:9/v1') RETURNING id")
+        fallbacks = [{"provider_id": 424242, "model": "gone", "weight": 1, "priority": 1, "params": {}},
+                     {"provider_id": live, "model": "kept", "weight": 3, "priority": 2, "params": {"top_p": 0.5}}]
+        assistant = await conn.fetchval("INSERT INTO assistants (name, provider_id, model, fallbacks) VALUES "
+                                        "('a', $1, 'm', $2::jsonb) RETURNING id", primary,
+                                        orjson.dumps(fallbacks).decode())
+        assert [m.version for m in await apply_migrations(conn)] == [15]
+        rows = await conn.fetch("SELECT position, provider_id, model, weight, priority, params::text "
+                                "FROM assistant_targets WHERE assistant_id = $1", assistant)
+        assert [tuple(row) for row in rows] == [(1, live, "kept", 3, 2, '{"top_p": 0.5}')]
+        with pytest.raises(asyncpg.ForeignKeyViolationError):  # the database refuses a dangling target
+            await conn.execute("INSERT INTO assistant_targets (assistant_id, position, provider_id, model) "
+                               "VALUES ($1, 5, 424242, 'x')", assistant)
+        with pytest.raises(asyncpg.ForeignKeyViolationError):  # and the deletion of a provider in use
+            await conn.execute("DELETE FROM providers WHERE id = $1", live)
+    finally:
+        await conn.close()

@@ -164,8 +164,8 @@ async def select_provider(ctx: ChatContext, provider_id: int | None = None) -> P
     try:
         provider, adapter = await ctx.app[appkeys.CONFIG_CACHE].provider(
             ctx.assistant.provider_id if provider_id is None else provider_id)
-    except ProviderNotInstalled as exc:
-        logger.error("assistant %s: %s", ctx.assistant.id, exc)
+    except (ProviderNotInstalled, LookupError) as exc:  # a type no plugin offers; a provider gone meanwhile
+        logger.error("assistant %s: target skipped: %s", ctx.assistant.id, exc)
         raise APIError(502, "The assistant's provider is not available on this gateway.", type="api_error",
                        code="provider_unavailable") from None
     ctx.provider = provider

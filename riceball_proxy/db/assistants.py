@@ -1,6 +1,7 @@
 """The ``assistants`` table: an upstream model with a system prompt, parameters and policy."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import uuid
@@ -23,7 +24,11 @@ _COLUMNS = """
     seed, seed_locked, stop, stop_locked,
     extra_params, allow_client_system, enabled, created_at, updated_at,
     rpm, tpm, max_parallel, budget_usd, budget_tokens, budget_period,
-    price_input, price_output, price_cached_input, fallbacks, deadline, max_attempts, expose_target
+    price_input, price_output, price_cached_input, deadline, max_attempts, expose_target,
+    (SELECT coalesce(jsonb_agg(jsonb_build_object('provider_id', t.provider_id, 'model', t.model,
+                                                  'weight', t.weight, 'priority', t.priority, 'params', t.params)
+                               ORDER BY t.position), '[]')
+     FROM assistant_targets t WHERE t.assistant_id = assistants.id) AS fallbacks
 """
 #: The columns after the parameters that ``create`` and ``update`` write, in order.
 _POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input")
@@ -156,10 +161,9 @@ def _policy(limits: Limits, prices: Prices) -> list[Any]:
     return [getattr(limits, name) for name in LIMIT_FIELDS] + list(prices)
 
 
-async def _routing(db, provider_id: int, model: str, fallbacks: Sequence[Target], deadline: float,
-                   max_attempts: int) -> list[Any]:
-    """The fallback, deadline and attempts columns, checked: known providers, no target twice, weights
-    and priorities of 1 or more."""
+async def _check_targets(db, provider_id: int, model: str, fallbacks: Sequence[Target]) -> None:
+    """Fallback targets checked, each error in words: known providers, no target twice, weights of 1 or
+    more, priorities of 0 or more (the table's constraints say the same, less readably)."""
     seen = {(provider_id, model)}
     for target in fallbacks:
         if (target.provider_id, target.model) in seen:
@@ -178,7 +182,28 @@ async def _routing(db, provider_id: int, model: str, fallbacks: Sequence[Target]
                                                      list(wanted))}
         if wanted - known:
             raise InvalidTargets(f"no provider with id {', '.join(map(str, sorted(wanted - known)))}")
-    return [[target.as_dict() for target in fallbacks], deadline, max_attempts]
+
+
+async def _set_targets(conn, assistant_id: uuid.UUID, fallbacks: Sequence[Target]) -> None:
+    """Replace an assistant's fallback targets (in the caller's transaction)."""
+    await conn.execute("DELETE FROM assistant_targets WHERE assistant_id = $1", assistant_id)
+    if fallbacks:
+        await conn.executemany(
+            "INSERT INTO assistant_targets (assistant_id, position, provider_id, model, weight, priority, params) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [(assistant_id, n, t.provider_id, t.model, t.weight, t.priority, dict(t.params))
+             for n, t in enumerate(fallbacks)])
+
+
+@contextlib.asynccontextmanager
+async def _transaction(db):
+    """A connection in a transaction: one of the pool's, or ``db`` itself in a savepoint of its own."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
 
 
 class InvalidTargets(InvalidAssistant):
@@ -189,10 +214,17 @@ class AssistantNameTaken(InvalidAssistant):
     """Another assistant has that name."""
 
 
-async def _write(db, name: str, sql: str, *args) -> asyncpg.Record | None:
-    """Run an INSERT or UPDATE of an assistant called ``name``, its refusals as InvalidAssistant."""
+async def _write(db, name: str, fallbacks: Sequence[Target], sql: str, *args) -> asyncpg.Record | None:
+    """Run an INSERT or UPDATE of an assistant called ``name`` (``$1`` its id, or None for a new one) and
+    write its fallback targets, in one transaction; its refusals as InvalidAssistant. The row as read
+    back, targets included, or None when there was no such assistant."""
     try:
-        return await db.fetchrow(sql, *args)
+        async with _transaction(db) as conn:
+            row = await conn.fetchrow(sql, *args)
+            if row is None:
+                return None
+            await _set_targets(conn, row["id"], fallbacks)
+            return await conn.fetchrow(f"SELECT {_COLUMNS} FROM assistants WHERE id = $1", row["id"])
     except asyncpg.UniqueViolationError:
         raise AssistantNameTaken(f"an assistant named {name!r} exists already") from None
     except asyncpg.ForeignKeyViolationError:
@@ -221,9 +253,11 @@ async def create(
     expose_target: bool = False,
 ) -> Assistant:
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
+    await _check_targets(db, provider_id, model, fallbacks)
     row = await _write(
         db,
         name,
+        fallbacks,
         f"""
         INSERT INTO assistants (
             name, provider_id, model, system_prompt,
@@ -231,10 +265,10 @@ async def create(
             presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
             seed, seed_locked, stop, stop_locked,
             extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)},
-            fallbacks, deadline, max_attempts, expose_target
+            deadline, max_attempts, expose_target
         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)
-        RETURNING {_COLUMNS}
+                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)
+        RETURNING id
         """,
         name,
         provider_id,
@@ -245,7 +279,8 @@ async def create(
         allow_client_system,
         enabled,
         *_policy(limits, prices),
-        *await _routing(db, provider_id, model, fallbacks, deadline, max_attempts),
+        deadline,
+        max_attempts,
         expose_target,
     )
     return Assistant.from_row(row)
@@ -272,9 +307,11 @@ async def update(
     expose_target: bool = False,
 ) -> Assistant | None:
     """Replace an assistant's configuration; None when it does not exist."""
+    await _check_targets(db, provider_id, model, fallbacks)
     row = await _write(
         db,
         name,
+        fallbacks,
         f"""
         UPDATE assistants SET
             name = $2, provider_id = $3, model = $4, system_prompt = $5,
@@ -284,9 +321,9 @@ async def update(
             stop = $18, stop_locked = $19, extra_params = $20, allow_client_system = $21, enabled = $22,
             rpm = $23, tpm = $24, max_parallel = $25, budget_usd = $26, budget_tokens = $27,
             budget_period = $28, price_input = $29, price_output = $30, price_cached_input = $31,
-            fallbacks = $32, deadline = $33, max_attempts = $34, expose_target = $35, updated_at = now()
+            deadline = $32, max_attempts = $33, expose_target = $34, updated_at = now()
         WHERE id = $1
-        RETURNING {_COLUMNS}
+        RETURNING id
         """,
         assistant_id,
         name,
@@ -298,7 +335,8 @@ async def update(
         allow_client_system,
         enabled,
         *_policy(limits, prices),
-        *await _routing(db, provider_id, model, fallbacks, deadline, max_attempts),
+        deadline,
+        max_attempts,
         expose_target,
     )
     return None if row is None else Assistant.from_row(row)
@@ -355,6 +393,6 @@ async def count_by_provider(db) -> dict[int, int]:
         SELECT provider_id, count(DISTINCT id) AS n FROM (
             SELECT id, provider_id FROM assistants
             UNION ALL
-            SELECT a.id, (f ->> 'provider_id')::bigint FROM assistants a, jsonb_array_elements(a.fallbacks) f
+            SELECT assistant_id, provider_id FROM assistant_targets
         ) AS used GROUP BY provider_id""")
     return {row["provider_id"]: row["n"] for row in rows}

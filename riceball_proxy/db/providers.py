@@ -143,21 +143,12 @@ async def delete(db, provider_id: int) -> bool:
     """Delete a provider; raises ProviderInUse while assistants use it (as primary or as a fallback).
     False when it did not exist."""
     try:
-        return await db.fetchval(
-            """
-            DELETE FROM providers WHERE id = $1 AND NOT EXISTS (
-                SELECT 1 FROM assistants, jsonb_array_elements(fallbacks) f WHERE (f ->> 'provider_id')::bigint = $1)
-            RETURNING true
-            """, provider_id) is True or await _used_as_fallback(db, provider_id)
-    except asyncpg.ForeignKeyViolationError:
+        return await db.fetchval("DELETE FROM providers WHERE id = $1 RETURNING true", provider_id) is True
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.table_name == "assistant_targets":
+            raise ProviderInUse("assistants still use this provider as a fallback: change or delete them "
+                                "first") from None
         raise ProviderInUse("assistants still use this provider: move or delete them first") from None
-
-
-async def _used_as_fallback(db, provider_id: int) -> bool:
-    """False, or ProviderInUse when the provider was kept because an assistant falls back to it."""
-    if await db.fetchval("SELECT true FROM providers WHERE id = $1", provider_id):
-        raise ProviderInUse("assistants still use this provider as a fallback: change or delete them first")
-    return False
 
 
 async def count(db) -> int:
