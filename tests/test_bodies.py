@@ -228,3 +228,20 @@ async def test_bodies_in_flight_are_bounded_per_key_and_for_the_process(start_ga
     assert budget.held == 0
     async with gateway.client(assistant.id, keys[2]) as client:
         await client.chat.completions.create(model="x", messages=MESSAGES)
+
+
+async def test_a_compressed_body_is_counted_at_the_size_it_may_grow_to(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings.replace(client_read_timeout=5.0, max_body_bytes=100_000))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key()
+    head = (f"POST /api/v1/assistants/{assistant.id}/v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: 50\r\n\r\n").encode()
+    reader, writer = await holding(gateway.server.port, head)  # 50 bytes of gzip may be 100,000 of JSON
+    budget = gateway.app[appkeys.BODY_BUDGET]
+    for _ in range(100):
+        if budget.held:
+            break
+        await asyncio.sleep(0.02)
+    assert budget.held == 100_000
+    writer.close()

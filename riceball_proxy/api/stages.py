@@ -8,7 +8,6 @@ import logging
 import time
 import uuid
 
-import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
@@ -127,7 +126,9 @@ async def read_request_body(request: web.Request, ctx: ChatContext | None = None
             declared = request.content_length
             if declared is not None and declared > settings.max_body_bytes:
                 raise too_large(settings.max_body_bytes)
-            size = settings.max_body_bytes if declared is None else declared
+            encoded = request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+            # A body of no declared size, or compressed, may grow to the limit: it is counted at the limit.
+            size = settings.max_body_bytes if declared is None or encoded else declared
             request.config_dict[appkeys.BODY_BUDGET].take(_caller(ctx), size)
             ctx.held_body_bytes = size
         return await read_body(request, limit=settings.max_body_bytes, deadline=settings.client_read_timeout)
