@@ -91,8 +91,11 @@ async def read_body(request: web.Request, *, limit: int, deadline: float) -> byt
     """The body, decoded, at most ``limit`` bytes; BodyError when it does not arrive within ``deadline``
     seconds (408), is larger (413), or is not in its declared encoding (400)."""
     try:
-        async with asyncio.timeout(deadline):
+        if request.content.is_eof():  # all of it has arrived (the common case): no timer to set
             raw = await request.read()
+        else:
+            async with asyncio.timeout(deadline):
+                raw = await request.read()
     except TimeoutError:
         raise BodyError(408, f"The request body did not arrive within {deadline:g} seconds.",
                         "request_timeout") from None

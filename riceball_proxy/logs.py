@@ -108,5 +108,10 @@ class AccessLogger(AbstractAccessLogger):
         client_request_id = request.get(appkeys.CLIENT_REQUEST_ID)
         if client_request_id is not None:
             fields["client_request_id"] = client_request_id
-        message = " ".join(f"{name}={_text(value)}" for name, value in fields.items() if value is not None)
+        # The text line: what a client chose (the path, an id not taken) quoted when it must be; the
+        # other values are the gateway's own. The JSON format has them all as they are.
+        text = {**fields, "path": _text(fields["path"])}
+        if client_request_id is not None:
+            text["client_request_id"] = _text(client_request_id)
+        message = " ".join(f"{name}={value}" for name, value in text.items() if value is not None)
         self.logger.info(message, extra={"fields": fields})
