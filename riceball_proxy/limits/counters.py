@@ -234,17 +234,22 @@ class Counters:
         """Apply the next batch of settlements, then admit the call or refuse it, in one round trip
         (:meth:`admit_with`). A batch that could not be sent goes back to the head of the queue."""
         batch = self.take_pending()
+        return await self._carrying(batch, self.admit_with(checks, load, batch))
+
+    async def _carrying(self, batch: Settlement, send: Awaitable) -> Any:
+        """Await ``send``, which carries ``batch`` to the counters: the batch is done with when it
+        succeeds, put back when it does not (sent again, applied once, by the next admission or a retry)."""
         try:
-            decision = await self.admit_with(checks, load, batch)
+            result = await send
         except (Unavailable, Busy) as exc:
-            self.put_back(batch, exc)  # sent again (applied once) by the next admission or a retry
+            self.put_back(batch, exc)
             raise
         except BaseException:  # cancelled (the client left): the batch may or may not have been applied
-            self.put_back(batch, Busy("the admission carrying it was interrupted"))
+            self.put_back(batch, Busy("the call carrying it was interrupted"))
             raise
         if batch:
             self.sent(batch)
-        return decision
+        return result
 
     async def admit_with(self, checks: Sequence[Check], load: Loader, batch: Settlement) -> Decision:
         """Apply ``batch`` (unless the counters applied its id already), then admit the call or refuse it."""
@@ -258,6 +263,10 @@ class Counters:
                          self.name, MAX_QUEUED)
             self.on_lost(1)
         self._pending.append(settlement)
+        self._flush_shortly()
+
+    def _flush_shortly(self) -> None:
+        """Send what waits in ``FLUSH_DELAY`` seconds, unless a send is planned already."""
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
 
@@ -317,8 +326,7 @@ class Counters:
         self._sent_or_not(batch)
         self._unsent.appendleft(batch)
         if isinstance(exc, Busy):  # busy or interrupted, not away: no back-off, it goes with the next call
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+            self._flush_shortly()
             return
         self._failures += 1
         if self._failures == 1 or self._failures % 100 == 0:
@@ -338,8 +346,8 @@ class Counters:
         if self._failures:
             logger.info("limit counters (%s) back: the settlements kept are being sent", self.name)
             self._failures = 0
-        if (self._unsent or self._pending) and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+        if self._unsent or self._pending:
+            self._flush_shortly()
 
     def _flush_soon(self) -> None:
         self._timer = None
@@ -354,14 +362,9 @@ class Counters:
             if not batch:
                 return True
             try:
-                await self.apply(batch)
-            except (Unavailable, Busy) as exc:
-                self.put_back(batch, exc)
+                await self._carrying(batch, self.apply(batch))
+            except (Unavailable, Busy):
                 return False
-            except BaseException:
-                self.put_back(batch, Busy("interrupted"))
-                raise
-            self.sent(batch)
 
     async def apply(self, settlement: Settlement) -> None:
         """Send one batch to the counters (applied once per id); Unavailable when they cannot be reached."""
