@@ -14,6 +14,9 @@ import zlib
 
 from aiohttp import web
 
+from riceball_proxy import appkeys
+from riceball_proxy.proxies import client_address
+
 #: zlib's window bits for each encoding: gzip's header, or deflate's (zlib's), read automatically.
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
 #: Bytes decoded at a time.
@@ -87,9 +90,17 @@ class BodyError(Exception):
         self.code = code
 
 
-async def read_body(request: web.Request, *, limit: int, deadline: float) -> bytes:
-    """The body, decoded, at most ``limit`` bytes; BodyError when it does not arrive within ``deadline``
-    seconds (408), is larger (413), or is not in its declared encoding (400)."""
+def content_encoding(request: web.Request) -> str:
+    """The body's declared encoding, in lower case; ``""`` for none (``identity``)."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    return "" if encoding == "identity" else encoding
+
+
+async def read_body(request: web.Request, *, limit: int) -> bytes:
+    """The body, decoded, at most ``limit`` bytes; BodyError when it does not arrive within the client
+    read deadline (408: the client is also reported to the app's SlowClients), is larger (413), or is
+    not in its declared encoding (400)."""
+    deadline = request.config_dict[appkeys.SETTINGS].client_read_timeout
     try:
         if request.content.is_eof():  # all of it has arrived (the common case): no timer to set
             raw = await request.read()
@@ -97,12 +108,13 @@ async def read_body(request: web.Request, *, limit: int, deadline: float) -> byt
             async with asyncio.timeout(deadline):
                 raw = await request.read()
     except TimeoutError:
+        request.config_dict[appkeys.SLOW_CLIENTS].slow(client_address(request), deadline)
         raise BodyError(408, f"The request body did not arrive within {deadline:g} seconds.",
                         "request_timeout") from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large(limit) from None
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
+    encoding = content_encoding(request)
+    if not encoding:
         return raw
     wbits = _WBITS.get(encoding)
     if wbits is None:

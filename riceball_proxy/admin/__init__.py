@@ -21,9 +21,8 @@ from riceball_proxy import appkeys
 from riceball_proxy.admin import assistants, auth, dashboard, keys, playground, providers, usage
 from riceball_proxy.admin.pages import ADMIN, CSRF_FIELD, SESSION_ID, db_pool, render, render_without_session
 from riceball_proxy.admin.sessions import AdminSessionStorage
-from riceball_proxy.bodies import BodyError, answered_and_closed, read_body
+from riceball_proxy.bodies import BodyError, answered_and_closed, content_encoding, read_body
 from riceball_proxy.db import admin_sessions
-from riceball_proxy.proxies import client_address
 from riceball_proxy.templating import template_dir
 
 MOUNT_POINT = "/admin/"
@@ -87,16 +86,11 @@ async def read_form(request: web.Request, handler) -> web.StreamResponse:
     bound, and in no Content-Encoding (browsers send none). What cannot be read gets the panel's error
     page with its status, drawn without the session (whose cookie it never reaches)."""
     if request.body_exists:
-        settings = request.config_dict[appkeys.SETTINGS]
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         try:
-            if encoding not in ("", "identity"):
+            if content_encoding(request):
                 raise BodyError(400, "Forms are sent without a Content-Encoding.", "unsupported_content_encoding")
-            await read_body(request, limit=request.client_max_size, deadline=settings.client_read_timeout)
+            await read_body(request, limit=request.client_max_size)
         except BodyError as exc:
-            if exc.status == 408:
-                request.config_dict[appkeys.SLOW_CLIENTS].slow(client_address(request),
-                                                               settings.client_read_timeout)
             response = render_without_session(request, "admin/error.html", {
                 "title": "Request not read", "message": exc.message}, status=exc.status)
             return await answered_and_closed(request, response) if exc.status == 408 else response

@@ -11,7 +11,7 @@ import uuid
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.bodies import BodyError, read_body, too_large
+from riceball_proxy.bodies import BodyError, content_encoding, read_body, too_large
 from riceball_proxy.cache import ProviderNotInstalled
 from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
@@ -126,16 +126,12 @@ async def read_request_body(request: web.Request, ctx: ChatContext | None = None
             declared = request.content_length
             if declared is not None and declared > settings.max_body_bytes:
                 raise too_large(settings.max_body_bytes)
-            encoded = request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
             # A body of no declared size, or compressed, may grow to the limit: it is counted at the limit.
-            size = settings.max_body_bytes if declared is None or encoded else declared
+            size = settings.max_body_bytes if declared is None or content_encoding(request) else declared
             request.config_dict[appkeys.BODY_BUDGET].take(_caller(ctx), size)
             ctx.held_body_bytes = size
-        return await read_body(request, limit=settings.max_body_bytes, deadline=settings.client_read_timeout)
+        return await read_body(request, limit=settings.max_body_bytes)
     except BodyError as exc:
-        if exc.status == 408:
-            request.config_dict[appkeys.SLOW_CLIENTS].slow(client_address(request), settings.client_read_timeout)
-            raise APIError(408, exc.message, code=exc.code) from None
         headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
         raise APIError(exc.status, exc.message, code=exc.code, type="server_error" if exc.status == 503 else
                        "invalid_request_error", headers=headers) from None
