@@ -102,13 +102,11 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
 
     Reads OpenAI's ``{"error": {"message", "type", "param", "code"}}``, Anthropic's
     ``{"type": "error", "error": {"type", "message"}}``, Google's ``{"error": {"code", "message",
-    "status"}}``, ``{"error": "text"}``, or any text. 401 and 403 (the provider's key refused) become
-    502 ``upstream_auth_failed`` (:func:`credentials_refused`); any other 4xx keeps its status and its
-    message, the operator's account identifiers taken out. A status in ``retryable`` (an upstream
-    overloaded for now: Anthropic's 529, Google's 503) becomes 503, which the SDKs retry; any other 5xx
-    becomes 502; both say only the status and its reason. The code is the upstream's code, else its
-    status name (Google), else its error type (Anthropic). The upstream's whole text (the provider's key
-    masked) is the error's ``detail``, for the log.
+    "status"}}``, ``{"error": "text"}``, or any text. A 4xx keeps its status; a status in ``retryable``
+    (an upstream overloaded for now: Anthropic's 529, Google's 503) becomes 503, which the SDKs retry;
+    any other 5xx becomes 502. The code is the upstream's code, else its status name (Google), else its
+    error type (Anthropic). Then :func:`for_client` applies the rules every provider's errors follow
+    (401 and 403, the 5xx text, account identifiers).
     """
     message, error_type, param, code = None, None, None, None
     try:
@@ -126,38 +124,38 @@ def upstream_error(status: int, raw: bytes, redact: Callable[[str], str] = lambd
     elif isinstance(error, str):
         message = error
     message = redact(str(message)[:MAX_UPSTREAM_TEXT]) if message else f"the upstream provider answered {status}"
-    detail = f"{status}: {message}"  # the upstream's own words, for the log and the operator
-    if status in (401, 403):
-        return credentials_refused(status, message)
-    code = None if code is None else scrub_identifiers(redact(str(code)))
-    param = None if param is None else scrub_identifiers(redact(str(param)))
-    # A 5xx body (an HTML page naming internal hosts and server versions, a stack trace) is the
-    # provider's business: the client gets its status and reason.
+    code = None if code is None else redact(str(code))
+    param = None if param is None else redact(str(param))
     if status in retryable:
-        return APIError(503, f"upstream overloaded ({status} {_reason(status)})", type="api_error", param=param,
-                        code=code or "overloaded", detail=detail)
-    if status >= 500:
-        return APIError(502, f"upstream error ({status} {_reason(status)})", type="api_error", param=param,
-                        code=code, detail=detail)
-    message = scrub_identifiers(message)
-    error_type = error_type if isinstance(error_type, str) else _TYPE_OF_STATUS.get(status, "invalid_request_error")
-    return APIError(status, message, type=error_type, param=param, code=code, detail=detail)
+        parsed = APIError(503, message, type="api_error", param=param, code=code or "overloaded")
+    elif status >= 500:
+        parsed = APIError(502, message, type="api_error", param=param, code=code)
+    else:
+        error_type = error_type if isinstance(error_type, str) else _TYPE_OF_STATUS.get(status,
+                                                                                        "invalid_request_error")
+        parsed = APIError(status, message, type=error_type, param=param, code=code)
+    return for_client(status, parsed)
 
 
 def for_client(status: int, error: APIError) -> APIError:
     """What an error parser made of an upstream's error answer, held to the rules every provider's errors
     follow, whichever parser made it: 401 and 403 are the gateway's credentials refused
-    (:func:`credentials_refused`); a 5xx says only its status and reason; a 4xx's message loses the
-    operator's account identifiers. The upstream's words stay in ``detail`` (for the log)."""
-    if error.detail is not None:  # upstream_error's own: already so
+    (:func:`credentials_refused`); a 5xx (an HTML page naming internal hosts and server versions, a stack
+    trace) says only its status and reason; a 4xx's message, code and param lose the operator's account
+    identifiers. The upstream's words stay in ``detail`` (for the log). An error with a ``detail`` has
+    been through here already, and is left as it is."""
+    if error.detail is not None:
         return error
     if status in (401, 403):
         return credentials_refused(status, error.message)
     error.detail = f"{status}: {error.message}"
     if status >= 500:
-        error.message = f"upstream error ({status} {_reason(status)})"
+        overloaded = error.status == 503  # a parser's "overloaded for now": the SDKs retry it
+        error.message = f"upstream {'overloaded' if overloaded else 'error'} ({status} {_reason(status)})"
     else:
         error.message = scrub_identifiers(error.message)
+    error.code = None if error.code is None else scrub_identifiers(str(error.code))
+    error.param = None if error.param is None else scrub_identifiers(str(error.param))
     return error
 
 
