@@ -4,8 +4,6 @@ import asyncio
 import json
 import logging
 
-import pytest
-
 from riceball_proxy import appkeys
 from riceball_proxy.db import usage_events
 from riceball_proxy.faults import FailureLog, database_away

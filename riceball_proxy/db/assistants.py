@@ -312,7 +312,7 @@ async def update(
         db,
         name,
         fallbacks,
-        f"""
+        """
         UPDATE assistants SET
             name = $2, provider_id = $3, model = $4, system_prompt = $5,
             temperature = $6, temperature_locked = $7, top_p = $8, top_p_locked = $9,
