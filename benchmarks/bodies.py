@@ -16,7 +16,6 @@ import asyncio
 import collections
 import os
 import shutil
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -25,18 +24,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from benchmarks.run import BIN, ROOT, bench_database, free_port, riceball, running
+from benchmarks.run import BIN, bench_database, free_port, riceball, rss_kib, running, upstream_provider
 
 
 def body_of(mib: int) -> bytes:
     return orjson.dumps({"model": "x", "messages": [{"role": "user", "content": "y" * (mib * 2**20)}]})
-
-
-def rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise LookupError(field)
 
 
 def worker_pid(parent: int) -> int:
@@ -73,11 +65,8 @@ def one_tree(tree: Path | None, args, workdir: Path) -> None:
             env["RICEBALL_DATABASE_URL"] = database_url
         if tree is not None:
             env["PYTHONPATH"] = str(tree)
-        upstream_port, port = free_port(), free_port()
-        with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)],
-                     env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/", workdir / "upstream.log"):
-            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url",
-                     f"http://127.0.0.1:{upstream_port}/v1")
+        port = free_port()
+        with upstream_provider(env, workdir):
             assistant = riceball(env, "assistant", "add", "--name", "bench", "--provider", "bench", "--model", "bench")
             limited = riceball(env, "key", "create", "--name", "limited", "--rpm", "1", "--max-parallel", "1")["key"]
             unlimited = riceball(env, "key", "create", "--name", "unlimited")["key"]

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks.run import (BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, free_port, process_tree_cpu,
-                            riceball, running, wrk_output)
+                            riceball, running, upstream_provider, wrk_output)
 
 LIMITS = ("--rpm", "1000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens",
           "1000000000000000")
@@ -69,12 +69,8 @@ def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path,
             env["RICEBALL_LIMITS_BACKEND"] = limits
             if limits == "redis":
                 env["RICEBALL_REDIS_URL"] = BENCH_REDIS
-        upstream_port, gateway_port = free_port(), free_port()
-        upstream_argv = [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)]
-        with running(upstream_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
-                     workdir / "upstream.log"):
-            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url",
-                     f"http://127.0.0.1:{upstream_port}/v1")
+        gateway_port = free_port()
+        with upstream_provider(env, workdir):
             assistant = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
             key = riceball(env, "key", "create", "--name", "bench", *(LIMITS if limits else ()))["key"]
             url = f"http://127.0.0.1:{gateway_port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"

@@ -28,7 +28,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -37,7 +36,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from benchmarks.run import BIN, ROOT, bench_database, free_port, percentile, riceball, running
+from benchmarks.run import BIN, bench_database, free_port, percentile, riceball, running, upstream_provider
 from tests.pgbouncer import pgbouncer_program, running_pgbouncer
 
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
@@ -133,12 +132,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
         env |= {"RICEBALL_DATA_DIR": str(workdir / "var"), "RICEBALL_PLUGINS": "none",
                 "RICEBALL_DATABASE_URL": database_url, "RICEBALL_LOG_LEVEL": "WARNING"}
-        upstream_port = free_port()
-        upstream = f"http://127.0.0.1:{upstream_port}/v1"
-        stack.enter_context(running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)],
-                                    env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
-                                    workdir / "upstream.log"))
-        riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url", upstream)
+        upstream = stack.enter_context(upstream_provider(env, workdir))
         assistant = riceball(env, "assistant", "add", "--name", "bench", "--provider", "bench", "--model", "bench",
                              "--expose-target")
         key = riceball(env, "key", "create", "--name", "bench")["key"]

@@ -24,7 +24,6 @@ import asyncio
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from decimal import Decimal
@@ -34,7 +33,7 @@ import aiohttp
 import asyncpg
 
 from benchmarks.instances import call_latencies
-from benchmarks.run import BIN, ROOT, bench_database, free_port, percentile, riceball, running
+from benchmarks.run import BIN, bench_database, free_port, percentile, riceball, running, upstream_provider
 
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
 #: The fake upstream streams 20 chunks this many seconds apart: a call holds its slot about 0.2 s.
@@ -107,16 +106,12 @@ async def flush_redis(url: str) -> None:
 
 
 def measure(backend: str, env: dict, database_url: str, workdir: Path, args) -> None:
-    upstream_port, port = free_port(), free_port()
+    port = free_port()
     env = env | {"RICEBALL_DATABASE_URL": database_url}
     if backend == "redis":
         env["RICEBALL_REDIS_URL"] = args.redis_url
         asyncio.run(flush_redis(args.redis_url))
-    with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)],
-                 env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
-                 workdir / f"upstream-{backend}.log"):
-        upstream = f"http://127.0.0.1:{upstream_port}/v1"
-        riceball(env, "provider", "add", "--name", f"bench-{backend}", "--type", "openai", "--base-url", upstream)
+    with upstream_provider(env, workdir, f"bench-{backend}", log=f"upstream-{backend}.log"):
         assistant = riceball(env, "assistant", "add", "--name", f"bench-{backend}", "--provider", f"bench-{backend}",
                              "--model", MODEL, "--max-tokens", str(MAX_TOKENS), "--price-input", str(PRICE),
                              "--price-output", str(PRICE))

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.run import (BIN, MESSAGES, ROOT, bench_database, free_port, riceball, rss_kib, running,
-                            wrk_output)
+from benchmarks.run import (BIN, MESSAGES, bench_database, free_port, riceball, rss_kib, running,
+                            upstream_provider, wrk_output)
 
 ROUND_SECONDS = 5
 
@@ -36,11 +35,8 @@ def main() -> None:
         env |= {"RICEBALL_DATA_DIR": str(workdir / "var"), "RICEBALL_PLUGINS": "none"}
         if database_url:
             env["RICEBALL_DATABASE_URL"] = database_url
-        upstream_port, port = free_port(), free_port()
-        with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)],
-                     env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/", workdir / "upstream.log"):
-            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url",
-                     f"http://127.0.0.1:{upstream_port}/v1")
+        port = free_port()
+        with upstream_provider(env, workdir):
             assistant = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
             key = riceball(env, "key", "create", "--name", "bench")["key"]
             url = f"http://127.0.0.1:{port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"

@@ -60,6 +60,18 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
 
 
 @contextmanager
+def upstream_provider(env: dict, workdir: Path, name: str = "bench", *options: str, log: str = "upstream.log"):
+    """The fake upstream (``benchmarks.fake_upstream``) running, and a provider ``name`` on it added with
+    ``riceball provider add`` (and ``options``); yields the upstream's base URL."""
+    port = free_port()
+    with running([sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(port)],
+                 env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{port}/", workdir / log):
+        url = f"http://127.0.0.1:{port}/v1"
+        riceball(env, "provider", "add", "--name", name, "--type", "openai", "--base-url", url, *options)
+        yield url
+
+
+@contextmanager
 def running(argv: list[str], env: dict, ready_url: str, log: Path):
     """A server process, stopped with SIGTERM on exit."""
     with open(log, "ab") as output:
@@ -157,9 +169,10 @@ def raise_file_limit(wanted: int) -> None:
         print(f"note: open files limited to {hard}; {wanted} wanted", file=sys.stderr)
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory in KiB (``VmRSS``; ``VmHWM``: its peak so far), 0 when not found."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
@@ -351,13 +364,8 @@ def main() -> None:
         env |= {"RICEBALL_DATA_DIR": str(workdir / "var"), "RICEBALL_PLUGINS": "none"}
         if database_url:
             env["RICEBALL_DATABASE_URL"] = database_url
-        upstream_port = free_port()
-        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
-        upstream_argv = [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream_port)]
-        with running(upstream_argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{upstream_port}/",
-                     workdir / "upstream.log"):
-            riceball(env, "provider", "add", "--name", "bench", "--type", "openai", "--base-url", upstream_url,
-                     "--max-connections", "100000")  # 10,000 streams at once, none queued
+        # 10,000 streams at once, none queued.
+        with upstream_provider(env, workdir, "bench", "--max-connections", "100000") as upstream_url:
             fast = riceball(env, "assistant", "add", "--name", "fast", "--provider", "bench", "--model", "bench")
             slow = riceball(env, "assistant", "add", "--name", "slow", "--provider", "bench", "--model", "delay-0.5")
             realistic = riceball(env, "assistant", "add", "--name", "realistic", "--provider", "bench",
@@ -422,7 +430,7 @@ def main() -> None:
             def minimal_proxy(*options: str):
                 port = free_port()
                 argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(port), "--upstream",
-                        f"http://127.0.0.1:{upstream_port}", *options]
+                        upstream_url.removesuffix("/v1"), *options]
                 return port, running(argv, env | {"PYTHONPATH": str(ROOT)}, f"http://127.0.0.1:{port}/",
                                      workdir / f"minimal-proxy{''.join(options)}.log")
 
