@@ -24,8 +24,12 @@ _CHUNK = 2**16
 
 
 class SlowClients:
-    """Clients whose bodies missed the deadline: each address said once in the log (a bounded table,
-    the oldest forgotten first), every one counted (``on_slow``)."""
+    """Clients that missed the read deadline, with their request head (``connections``) or body: each
+    address said once in the log (a bounded table, the oldest forgotten first), every one counted
+    (``on_slow``)."""
+
+    #: What the client was told, by the part of the request that was late.
+    _OUTCOME = {"body": "answered 408 and closed", "headers": "closed without an answer"}
 
     def __init__(self, logger, on_slow=lambda: None, *, remember: int = 10_000):
         import cachetools
@@ -34,13 +38,13 @@ class SlowClients:
         self.on_slow = on_slow
         self._said: cachetools.LRUCache = cachetools.LRUCache(maxsize=remember)
 
-    def slow(self, address: str | None, deadline: float) -> None:
+    def slow(self, address: str | None, deadline: float, *, part: str = "body") -> None:
         self.on_slow()
         if address not in self._said:
             self._said[address] = True
-            self.logger.warning("client %s did not send its request body within %g s: answered 408 and closed "
-                                "(later ones from this address are counted in riceball_slow_requests_total, not "
-                                "logged)", address, deadline)
+            self.logger.warning("client %s did not send its request %s within %g s: %s (later ones from this "
+                                "address are counted in riceball_slow_requests_total, not logged)",
+                                address, part, deadline, self._OUTCOME[part])
 
 
 class BodyBudget:

@@ -51,8 +51,8 @@ class Metrics:
         self.limits_unavailable_total = Counter(
             "riceball_limits_unavailable", "Limit checks that found the shared counters away, by backend",
             ["backend"], registry=registry)
-        self.slow_requests = Counter("riceball_slow_requests", "Requests whose body did not arrive within "
-                                     "RICEBALL_CLIENT_READ_TIMEOUT (answered 408)", registry=registry)
+        self.slow_requests = Counter("riceball_slow_requests", "Requests whose headers or body did not "
+                                     "arrive within RICEBALL_CLIENT_READ_TIMEOUT (a late body is answered 408)", registry=registry)
         self.settlements_lost = Counter(
             "riceball_limits_settlements_lost", "Settlements given up (the counters away past the queue's bound, "
             "or at shutdown): their slots come back when the lease ends, budgets keep the reservations",

@@ -12,9 +12,9 @@ import signal
 import time
 from pathlib import Path
 
-from aiohttp import web
 from prometheus_client import multiprocess
 
+from riceball_proxy import connections
 from riceball_proxy.admin.auth import ANNOUNCE_LATER, SETUP_NOTICE
 from riceball_proxy.app import create_app
 from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, configure_logging
@@ -121,7 +121,7 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
         if notice:  # last, set apart: the one thing a first start asks of its reader
             logger.warning("\n\n    %s", notice)
 
-    web.run_app(
+    connections.run(
         app,
         host=settings.host,
         port=settings.port,

@@ -401,18 +401,32 @@ async def usage_rows_of(app, expected: int) -> list:
 
 
 @pytest.fixture
-def start_gateway(aiohttp_server):
-    """Start gateway apps on real ports (several may share one database)."""
+async def start_gateway():
+    """Start gateway apps on real ports (several may share one database), served as ``riceball serve``
+    serves them (``connections.Runner``)."""
+    from aiohttp.test_utils import TestServer
+
     from riceball_proxy.app import create_app
+    from riceball_proxy.connections import Runner
+
+    class GatewayServer(TestServer):
+        async def _make_runner(self, **kwargs):
+            return Runner(self.app, **kwargs)
+
+    servers = []
 
     async def start(settings, plugin_manager=None) -> Gateway:
         app = create_app(settings, plugin_manager=plugin_manager)
-        server = await aiohttp_server(app)
+        server = GatewayServer(app)
+        await server.start_server()
+        servers.append(server)
         gateway = Gateway(app, server)
         await gateway.wait_until_listening()
         return gateway
 
-    return start
+    yield start
+    for server in reversed(servers):
+        await server.close()
 
 
 @pytest.fixture

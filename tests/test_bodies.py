@@ -76,10 +76,29 @@ async def test_a_body_that_trickles_in_is_answered_408_and_its_address_logged_on
     assert exposed.app[appkeys.METRICS].registry.get_sample_value("riceball_slow_requests_total") == 2
 
 
-async def test_headers_that_trickle_in_are_cut_off_at_the_deadline(exposed):
+async def test_headers_that_trickle_in_are_cut_off_at_the_deadline_and_their_address_logged_once(exposed, caplog):
     head = exposed.head(10)
-    answer, took = await exchange(exposed.port, head[:20], [bytes([b]) for b in head[20:]], pause=0.3)
-    assert answer == b"" and 0.9 < took < 5  # closed, nothing answered: no request was ever whole
+    for _ in range(2):
+        answer, took = await exchange(exposed.port, head[:20], [bytes([b]) for b in head[20:]], pause=0.3)
+        assert answer == b"" and 0.9 < took < 5  # closed, nothing answered: no request was ever whole
+    said = [r.getMessage() for r in caplog.records if "did not send its request headers" in r.getMessage()]
+    assert said == ["client 127.0.0.1 did not send its request headers within 1 s: closed without an answer "
+                    "(later ones from this address are counted in riceball_slow_requests_total, not logged)"]
+    assert exposed.app[appkeys.METRICS].registry.get_sample_value("riceball_slow_requests_total") == 2
+
+
+async def test_an_idle_connection_is_closed_at_the_deadline_without_being_called_slow(exposed, caplog):
+    body = json.dumps({"messages": MESSAGES}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", exposed.port)
+    writer.write(exposed.head(len(body)) + body)  # one whole request, answered; then nothing
+    started = time.monotonic()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    assert await asyncio.wait_for(reader.read(), 5) == b"" and time.monotonic() - started > 0.9
+    writer.close()
+    assert not [r for r in caplog.records if "did not send" in r.getMessage()]
+    assert exposed.app[appkeys.METRICS].registry.get_sample_value("riceball_slow_requests_total") == 0
 
 
 async def test_the_admin_login_form_has_the_same_deadline(exposed, caplog):

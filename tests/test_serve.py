@@ -54,14 +54,22 @@ def test_two_servers_started_together_migrate_once(start_server, make_database, 
     assert run_sync(applied) == [m.version for m in available_migrations()]
 
 
-def test_workers_share_one_port(start_server, clean_database, tmp_path):
-    env = environment(RICEBALL_DATABASE_URL=clean_database, RICEBALL_DATA_DIR=str(tmp_path / "var"))
+def test_workers_share_one_port_and_close_a_client_too_slow_with_its_headers(start_server, clean_database, tmp_path):
+    import socket
+
+    env = environment(RICEBALL_DATABASE_URL=clean_database, RICEBALL_DATA_DIR=str(tmp_path / "var"),
+                      RICEBALL_CLIENT_READ_TIMEOUT="1")
     port = free_port()
     server = start_server(env, port, "--workers", "2")
     for _ in range(10):
         assert wait_for_http(f"http://127.0.0.1:{port}/readyz", server) == 200
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(b"POST /admin/login HTTP/1.1\r\nHost: gate")
+        slow.settimeout(10)
+        assert slow.recv(100) == b""  # closed at the deadline, nothing answered
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
+    assert "client 127.0.0.1 did not send its request headers within 1 s" in server.stderr.read()
 
 
 def workers_of(pid: int) -> set[int]:
