@@ -31,7 +31,6 @@ from riceball_proxy.declared.apply import start_up_applier
 from riceball_proxy.errors import APIError
 from riceball_proxy.inflight import InFlight
 from riceball_proxy.lastused import LastUsedWriter
-from riceball_proxy.logs import quiet_malformed_requests
 from riceball_proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from riceball_proxy.metrics import Metrics
 from riceball_proxy.observers import ObserverQueue
@@ -78,7 +77,6 @@ OBSERVERS_GRACE = 10.0
 
 def create_app(settings: Settings, *, plugin_manager: PluginManager | None = None) -> web.Application:
     """Build the gateway for ``settings``; resources are opened when the app starts."""
-    quiet_malformed_requests()
     middlewares = [request_middleware]
     if settings.trusted_proxies:
         middlewares.append(forwarded_middleware(settings.trusted_proxies))

@@ -1,10 +1,16 @@
-"""How a gateway process serves HTTP: aiohttp's server, which also says who never sent a whole request.
+"""How a gateway process serves HTTP: aiohttp's server, which also says who never sent a whole request,
+and answers a request its parser refuses in the API's error shape.
 
 aiohttp closes a connection whose request line and headers have not arrived whole within its keep-alive
 timeout, which the gateway sets to RICEBALL_CLIENT_READ_TIMEOUT (``app.create_app``), and does so
 silently. Here such a client is counted (``riceball_slow_requests_total``) and said in the log once per
 address, exactly as a body that misses the same deadline is (``bodies.SlowClients``); an idle
 keep-alive connection that started no request is closed as before, unsaid.
+
+A request aiohttp's parser refuses (a malformed request line or header, a broken chunked body: scanners
+and fuzzers send thousands) is the client's fault: it is answered in OpenAI's error shape (code
+``malformed_request``) and said in one INFO line, where aiohttp answers plain text and logs an ERROR with
+a traceback.
 
 aiohttp has no hook for this: its server makes its own connection class. So this module has the
 connection (``Connection``), the server that makes it (``Server``), the runner that makes that server
@@ -16,11 +22,16 @@ every test server runs on them, so a change in aiohttp fails the suite rather th
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import suppress
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from riceball_proxy import appkeys
+from riceball_proxy.errors import APIError
+
+logger = logging.getLogger(__name__)
 
 
 class Connection(web.RequestHandler):
@@ -43,6 +54,17 @@ class Connection(web.RequestHandler):
         if self._force_close and not closed_before and self._head_started:
             peer = transport.get_extra_info("peername") if transport is not None else None
             self._slow_clients.slow(peer[0] if peer else None, self.keepalive_timeout, part="headers")
+
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        reason = (exc.message or type(exc).__name__).strip().splitlines()[0][:200]
+        logger.info("malformed request from %s: %s", request.remote, reason)
+        response = APIError(status, f"Malformed request: {reason}", code="malformed_request").response()
+        response.force_close()
+        return response
 
 
 class Server(web.Server):

@@ -11,7 +11,6 @@ import re
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp import web
 
 from riceball_proxy import appkeys
@@ -56,29 +55,6 @@ _PLAIN_VALUE = re.compile(r"[^\s\"'=\\]*")
 def _text(value) -> str:
     text = str(value)
     return text if _PLAIN_VALUE.fullmatch(text) else orjson.dumps(text).decode()
-
-
-class MalformedRequests(logging.Filter):
-    """aiohttp's server logs a request its parser refuses (a malformed request line or header, a broken
-    chunked body...) at ERROR, with a traceback: thousands of them from one scanner. It is the client's
-    fault, answered 400: one INFO line each, no traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError) and str(record.msg).startswith("Error handling request"):
-            if not record.args or not logging.getLogger(record.name).isEnabledFor(logging.INFO):
-                return False
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "malformed request from %s: %s", (record.args[0], exc.message or type(exc).__name__)
-            record.exc_info = record.exc_text = None
-        return True
-
-
-def quiet_malformed_requests() -> None:
-    """Install :class:`MalformedRequests` on aiohttp's server logger (once)."""
-    server_logger = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequests) for f in server_logger.filters):
-        server_logger.addFilter(MalformedRequests())
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -162,12 +162,17 @@ def fuzzed_requests(count: int) -> list[bytes]:
     return [draw.choice(shapes)() for _ in range(count)]
 
 
-async def test_malformed_requests_are_400s_with_one_info_line_each_and_no_traceback(exposed, caplog):
-    caplog.set_level(logging.INFO, logger="aiohttp.server")
+async def test_malformed_requests_are_400s_in_openais_shape_with_one_info_line_each_and_no_traceback(exposed, caplog):
+    caplog.set_level(logging.INFO, logger="riceball_proxy.connections")
     requests = fuzzed_requests(300)
     answers = await asyncio.gather(*(exchange(exposed.port, request) for request in requests))
     statuses = {int(answer.split(b" ")[1]) for answer, _ in answers if answer.startswith(b"HTTP/")}
     assert statuses <= {400, 404, 405, 413, 414, 431} and 400 in statuses
+    refused = [body for status, body in (status_and_body(answer) for answer, _ in answers if answer) if status == 400]
+    errors = [json.loads(body)["error"] for body in refused]
+    assert {error["code"] for error in errors} == {"malformed_request"}
+    assert all(error["type"] == "invalid_request_error" and error["message"].startswith("Malformed request: ")
+               for error in errors)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in caplog.records if r.exc_info]
     lines = [r for r in caplog.records if r.getMessage().startswith("malformed request from 127.0.0.1")]
