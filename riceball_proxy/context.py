@@ -41,7 +41,7 @@ class Principal:
 
 
 #: Request fields that observers do not get (``ChatContext.release_bodies``).
-BULKY_FIELDS = frozenset({"messages", "tools", "functions", "response_format", "prediction", "logit_bias",
+BULKY_FIELDS = frozenset({"messages", "system", "tools", "functions", "response_format", "prediction", "logit_bias",
                           "metadata"})
 #: The largest token count a usage row stores (the columns are PostgreSQL ``integer``).
 MAX_TOKEN_COUNT = 2**31 - 1
@@ -147,6 +147,20 @@ class ChatContext:
     #: Bytes of request body this call holds in the body budget (``riceball_proxy.bodies``), given back
     #: when it ends.
     held_body_bytes: int = 0
+    #: The inbound API the call came in by (``riceball_proxy.dialects``); None: Chat Completions.
+    dialect: Any = None
+    #: The client's request in its dialect's own form, the assistant injected in that dialect's terms:
+    #: what a provider that speaks the dialect natively is sent (None for Chat Completions).
+    native_body: dict[str, Any] | None = None
+    #: The client's headers a provider that speaks the dialect natively is sent too (its API's version...).
+    native_headers: dict[str, str] | None = None
+    #: True when the target that answered was sent ``native_body`` (its answer is in the dialect's form).
+    served_natively: bool = False
+    #: Why the request cannot be translated to the internal form (a content block only its own API
+    #: takes): the 400 a provider that does not speak the dialect answers.
+    untranslatable: APIError | None = None
+    #: Tool names the dialect renamed for the internal form, and back (``dialects.anthropic_messages.ToolNames``).
+    tool_names: Any = None
 
     def take_body(self, client_body: dict[str, Any], raw: bytes) -> None:
         """Take a validated request body, parsed from ``raw``, as the client's; the upstream body is
@@ -168,6 +182,7 @@ class ChatContext:
         field but ``BULKY_FIELDS`` (the prompt, tools and the like), so queued outcomes stay small."""
         self.body = {name: value for name, value in self.body.items() if name not in BULKY_FIELDS}
         self.client_body = {name: value for name, value in self.client_body.items() if name not in BULKY_FIELDS}
+        self.native_body = None
 
     def record_usage(self, usage: Any) -> None:
         """Take the token counts of an OpenAI ``usage`` object (see :meth:`Usage.from_openai`)."""

@@ -169,6 +169,22 @@ def riceball_provider_types():
     """
 
 
+# --- the inbound APIs -----------------------------------------------------------------------------------
+
+
+@hookspec
+@runs("select")
+def riceball_dialects():
+    """Offer dialects: return an iterable of ``riceball_proxy.dialects.Dialect``.
+
+    Each dialect is an inbound API, served under every assistant's base URL at its ``path``
+    (``/api/v1/assistants/{id}/v1{path}``) through the same pipeline as Chat Completions: it reads its
+    wire format into the internal form (Chat Completions) and renders answers, stream events and
+    errors back in its own. When two plugins offer the same name, the one called first (the
+    later-registered one) wins. Read when the app is built. *Selector*: return the dialects themselves.
+    """
+
+
 # --- 7. transform the answer ---------------------------------------------------------------------
 
 

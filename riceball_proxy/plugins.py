@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "riceball"
 #: The gateway's own behaviour, registered before any installed plugin, exactly like one.
 DEFAULT_PLUGINS = (
     "riceball_proxy.builtin.api_key_auth",
+    "riceball_proxy.builtin.dialects",
     "riceball_proxy.builtin.injection",
     "riceball_proxy.builtin.limits",
     "riceball_proxy.builtin.openai_compat",

@@ -56,6 +56,30 @@ class ProviderAdapter:
         """
         raise NotImplementedError
 
+    #: The dialects (``riceball_proxy.dialects``: ``"messages"``...) the provider's API speaks itself. A
+    #: call that came in by one of them is sent as its client wrote it, the assistant injected in that
+    #: dialect's terms, through :meth:`complete_native` and :meth:`stream_native`; any other call is
+    #: translated to Chat Completions and sent through :meth:`complete` and :meth:`stream`.
+    native_dialects: frozenset[str] = frozenset()
+
+    async def complete_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                              request_id: str | None = None) -> dict[str, Any]:
+        """Send a non-streamed request in ``dialect``'s own form; return the answer in that form.
+        ``headers`` are the client's that the dialect passes on (its API's version and betas)."""
+        raise NotImplementedError
+
+    def stream_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                      request_id: str | None = None) -> AsyncIterator[bytes]:
+        """Send a streamed request in ``dialect``'s own form; yield each event's JSON bytes, untouched.
+        As :meth:`stream`: every failure raises ``APIError`` (an error event, a stream cut short)."""
+        raise NotImplementedError
+
+    async def count_tokens_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                                  request_id: str | None = None) -> int | None:
+        """The tokens of a request's prompt in ``dialect``'s own form, counted by the provider; None when it
+        has no way to count them (the gateway then estimates)."""
+        return None
+
     def redact(self, text: str) -> str:
         """``text`` with the provider's API key (or a long enough start of it) masked."""
         return mask_secret(text, self.api_key)

@@ -19,7 +19,7 @@ from aiohttp import web
 from riceball_proxy.admin.assistants import assistant_or_404
 from riceball_proxy.admin.pages import ADMIN, confirm, db_pool, flash, redirect, render, url
 from riceball_proxy.api import panel
-from riceball_proxy.api.chat import whole_answer
+from riceball_proxy.api.calls import whole_answer
 from riceball_proxy.api.stages import observed
 from riceball_proxy.context import ChatContext
 from riceball_proxy.db import assistants, conversations

@@ -1,11 +1,14 @@
-"""The OpenAI-compatible API: a sub-application mounted at ``/api/v1``.
+"""The API: a sub-application mounted at ``/api/v1``, each assistant's base at ``/assistants/{id}/v1``.
 
-    POST /api/v1/assistants/{assistant_id}/v1/chat/completions    api/chat.py (the pipeline)
-    GET  /api/v1/assistants/{assistant_id}/v1/models              api/models.py
-    GET  /api/v1/assistants/{assistant_id}/v1/models/{model}
+    POST .../v1/chat/completions           every dialect's call: api/calls.py (the pipeline), at the
+    POST .../v1/messages                   dialect's path (riceball_proxy.dialects)
+    POST .../v1/messages/count_tokens      api/anthropic.py
+    GET  .../v1/models, .../v1/models/{model}    api/models.py
+    HEAD, GET /api/v1/assistants/{id}      api/anthropic.py (a client's probe of its base URL)
 
 The stages the handlers share are in ``api/stages.py``, the SSE answer in ``api/streaming.py``.
-Every error it answers is in OpenAI's shape, with the matching status.
+Every error it answers is in the shape of the handler's dialect: Anthropic's for the Messages API
+(and for any request from a client that speaks it), OpenAI's otherwise, with the matching status.
 """
 from __future__ import annotations
 
@@ -14,10 +17,14 @@ import logging
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.api.chat import chat_completions
+from riceball_proxy.api.anthropic import assistant_base, count_tokens, speaks_anthropic
+from riceball_proxy.api.calls import call_handler
 from riceball_proxy.api.models import list_models, retrieve_model
 from riceball_proxy.api.stages import CLIENT_CLOSED_REQUEST
 from riceball_proxy.bodies import answered_and_closed
+from riceball_proxy.dialects import dialects
+from riceball_proxy.dialects.chat import CHAT
+from riceball_proxy.dialects.messages import MESSAGES
 from riceball_proxy.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +49,11 @@ async def wrong_base_url(request: web.Request) -> web.Response:
 def setup_api(app: web.Application) -> web.Application:
     """Mount the API sub-application on ``app``, and answer the URLs near it that it does not serve."""
     api = web.Application(middlewares=[api_error_middleware])
-    api.router.add_post(ASSISTANT_BASE + "/chat/completions", chat_completions)
+    for dialect in dialects(app[appkeys.PLUGIN_MANAGER]).values():
+        api.router.add_post(ASSISTANT_BASE + dialect.path, call_handler(dialect))
+    api.router.add_post(ASSISTANT_BASE + "/messages/count_tokens", count_tokens)
+    api.router.add_route("HEAD", "/assistants/{assistant_id}", assistant_base)
+    api.router.add_get("/assistants/{assistant_id}", assistant_base, allow_head=False)
     api.router.add_get(ASSISTANT_BASE + "/models", list_models)
     api.router.add_get(ASSISTANT_BASE + "/models/{model:.+}", retrieve_model)
     app.add_subapp(MOUNT_POINT, api)
@@ -54,34 +65,41 @@ def setup_api(app: web.Application) -> web.Application:
 
 @web.middleware
 async def api_error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Turn every failure into OpenAI's error shape; a traceback goes to the log, never to the client."""
+    """Turn every failure into an error in the shape of the handler's dialect (OpenAI's when it has
+    none); a traceback goes to the log, never to the client."""
     try:
         return await handler(request)
-    except APIError as exc:
-        if exc.status == 408:  # a body too slow to come: answered, and the connection let go
-            return await answered_and_closed(request, exc.response())
-        return exc.response()
-    except web.HTTPRequestEntityTooLarge:
+    except Exception as exc:  # noqa: BLE001 - every failure is answered
+        if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+            return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")  # never sent
+        error = _as_api_error(request, exc)
+    dialect = getattr(request.match_info.handler, "dialect", None) or (
+        MESSAGES if speaks_anthropic(request) else CHAT)
+    response = dialect.error_response(error, request.get(appkeys.REQUEST_ID))
+    if error.status == 408:  # a body too slow to come: answered, and the connection let go
+        return await answered_and_closed(request, response)
+    return response
+
+
+def _as_api_error(request: web.Request, exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = request.config_dict[appkeys.SETTINGS].max_body_bytes
         return APIError(413, f"The request body is too large (the limit is {limit} bytes).",
-                        code="request_too_large").response()
-    except web.HTTPException as exc:
+                        code="request_too_large")
+    if isinstance(exc, web.HTTPException):
         if exc.status == 404:
-            return unknown_url(request).response()
+            return unknown_url(request)
         if exc.status == 405:
             return APIError(405, f"Method {request.method} is not allowed for {request.path}.",
-                            code="method_not_allowed").response(headers={"Allow": exc.headers.get("Allow", "")})
-        return APIError(exc.status, exc.reason, type="invalid_request_error").response()
-    except ConnectionResetError:
-        if request.transport is None or request.transport.is_closing():  # the client went away mid-answer
-            return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")  # never sent
-        return internal_error(request)
-    except Exception:
-        return internal_error(request)
+                            code="method_not_allowed", headers={"Allow": exc.headers.get("Allow", "")})
+        return APIError(exc.status, exc.reason, type="invalid_request_error")
+    return internal_error(request)
 
 
-def internal_error(request: web.Request) -> web.Response:
+def internal_error(request: web.Request) -> APIError:
     """500 for a failure nobody answered; its traceback goes to the log (call within ``except``)."""
     logger.exception("unhandled error in request %s", request.get(appkeys.REQUEST_ID))
     return APIError(500, "The server had an error while processing your request.", type="server_error",
-                    code="internal_error").response()
+                    code="internal_error")

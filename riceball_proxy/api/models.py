@@ -4,6 +4,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from riceball_proxy.api.anthropic import speaks_anthropic
 from riceball_proxy.api.stages import authenticate, observed, resolve_assistant, select_provider
 from riceball_proxy.context import ChatContext
 from riceball_proxy.errors import APIError
@@ -18,12 +19,22 @@ def _model_object(ctx: ChatContext) -> dict:
     }
 
 
+def _anthropic_model(ctx: ChatContext) -> dict:
+    return {"type": "model", "id": ctx.assistant.model, "display_name": ctx.assistant.name,
+            "created_at": ctx.assistant.created_at.isoformat().replace("+00:00", "Z")}
+
+
 @observed
 async def list_models(request: web.Request, ctx: ChatContext) -> web.Response:
-    """The models this assistant answers with: its one upstream model (what ``models.list()`` reads)."""
+    """The models this assistant answers with: its one upstream model (what ``models.list()`` reads), in
+    Anthropic's shape for a client that speaks Anthropic's API (Claude Code's model picker)."""
     await authenticate(request, ctx)
     await resolve_assistant(ctx)
     await select_provider(ctx)
+    if speaks_anthropic(request):
+        model = _anthropic_model(ctx)
+        return web.json_response({"data": [model], "has_more": False, "first_id": model["id"],
+                                  "last_id": model["id"]}, dumps=_dumps)
     return web.json_response({"object": "list", "data": [_model_object(ctx)]}, dumps=_dumps)
 
 
@@ -37,7 +48,8 @@ async def retrieve_model(request: web.Request, ctx: ChatContext) -> web.Response
     if model != ctx.assistant.model:
         raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                        code="model_not_found", param="model")
-    return web.json_response(_model_object(ctx), dumps=_dumps)
+    return web.json_response(_anthropic_model(ctx) if speaks_anthropic(request) else _model_object(ctx),
+                             dumps=_dumps)
 
 
 def _dumps(value) -> str:

@@ -159,11 +159,22 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
         ctx.attempts += 1
         ctx.target = target
         body = body_for(ctx, target)
+        native = None
         try:
             adapter = await select_provider(ctx, target.provider_id)
+            if ctx.native_body is not None and ctx.dialect.name in adapter.native_dialects:
+                native = ctx.dialect.native_body_for(ctx, target)
+            elif ctx.untranslatable is not None:  # the client's to fix, whichever provider would be asked
+                ctx.attempts -= 1
+                ctx.target = None
+                error = ctx.untranslatable
+                continue
             async with asyncio.timeout(remaining):
                 if stream:
-                    upstream: AsyncIterator[bytes] = adapter.stream(body, request_id=ctx.request_id)
+                    upstream: AsyncIterator[bytes] = (
+                        adapter.stream(body, request_id=ctx.request_id) if native is None else
+                        adapter.stream_native(ctx.dialect.name, native, headers=ctx.native_headers,
+                                              request_id=ctx.request_id))
                     try:
                         first = await anext(upstream)
                     except StopAsyncIteration:
@@ -172,8 +183,11 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                         await upstream.aclose()
                         raise
                     answer: Any = (first, upstream)
-                else:
+                elif native is None:
                     answer = await adapter.complete(body, request_id=ctx.request_id)
+                else:
+                    answer = await adapter.complete_native(ctx.dialect.name, native, headers=ctx.native_headers,
+                                                           request_id=ctx.request_id)
         except TimeoutError:
             error = deadline_passed(assistant.deadline)
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, "deadline")
@@ -201,6 +215,9 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
         ctx.app[appkeys.PROVIDER_ALERTS].answered(ctx.provider.id)
         metrics.attempt(ctx.provider.name, target.model, "answered")
         ctx.body = body
+        ctx.served_natively = native is not None
+        if native is not None:
+            ctx.native_body = native
         if assistant.expose_target:
             ctx.response_headers = {**(ctx.response_headers or {}), "x-riceball-provider": ctx.provider.name,
                                     "x-riceball-model": target.model}

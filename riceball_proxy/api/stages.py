@@ -20,7 +20,7 @@ from riceball_proxy.inflight import shutting_down
 from riceball_proxy.pricing import call_price
 from riceball_proxy.providers import ProviderAdapter
 from riceball_proxy.proxies import client_address
-from riceball_proxy.validation import check_depth, parse_json, validate_chat_request
+from riceball_proxy.validation import check_depth, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +144,9 @@ def _caller(ctx: ChatContext):
     return ctx.client_addr
 
 
-async def read_chat_request(request: web.Request, ctx: ChatContext | None = None) -> tuple[dict, bytes]:
-    """The request body, checked as a Chat Completions request (400 or 413 otherwise), and its JSON."""
+async def read_json_request(request: web.Request, ctx: ChatContext | None = None) -> tuple[object, bytes]:
+    """The request body parsed as JSON (400 when it is not, or nests too deep; 413 when too large), and
+    its bytes. Whether it is a request of the dialect is the dialect's to check."""
     raw = await read_request_body(request, ctx)
     try:
         body = parse_json(raw)
@@ -153,7 +154,7 @@ async def read_chat_request(request: web.Request, ctx: ChatContext | None = None
         raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON.",
                        code="invalid_json") from None
     check_depth(raw, body)
-    return validate_chat_request(body), raw
+    return body, raw
 
 
 async def select_provider(ctx: ChatContext, provider_id: int | None = None) -> ProviderAdapter:

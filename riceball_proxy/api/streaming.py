@@ -15,6 +15,7 @@ from riceball_proxy import appkeys, sse
 from riceball_proxy.api.routing import call_upstream
 from riceball_proxy.coalesce import write_coalesced
 from riceball_proxy.context import ChatContext
+from riceball_proxy.dialects.chat import CHAT
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import answer_chars, chunk_chars
 from riceball_proxy.inflight import shutting_down
@@ -37,7 +38,7 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
     One rule for failures: an APIError before the response is prepared is answered with its HTTP
     status; after it, with one SSE error event in OpenAI's shape, and no ``[DONE]``.
     """
-    transformers = _stream_transformers(ctx)
+    dialect = ctx.dialect or CHAT
     in_flight = ctx.app[appkeys.METRICS].streams_in_flight
     response = upstream = None
     try:
@@ -49,29 +50,28 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         in_flight.inc()
-        payloads = _payloads(ctx, first, upstream)
-        events = _transformed_events(ctx, payloads, transformers) if transformers else _raw_events(ctx, payloads)
+        events = dialect.events(ctx, _payloads(ctx, first, upstream))
         error = None
         try:
-            await write_coalesced(response.write, events)  # [DONE] last, unless the stream failed
+            await write_coalesced(response.write, events)  # the dialect's last event, unless the stream failed
         except APIError as exc:
             error = ctx.upstream_error = exc
             logger.warning("stream %s failed after it began (%s %s): %s", ctx.request_id, exc.status, exc.code,
                            (exc.detail or exc.message)[:500])
-            await response.write(sse.encode(orjson.dumps(exc.body())))
+            await response.write(dialect.error_event(exc))
         except asyncio.CancelledError:
             if not ctx.shutting_down:
                 raise
             asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
             error = shutting_down()
-            await response.write(sse.encode(orjson.dumps(error.body())))
+            await response.write(dialect.error_event(error))
         except ConnectionResetError:
             raise
         except Exception:
             logger.exception("stream %s failed after it began", ctx.request_id)
             error = APIError(500, "The server had an error while streaming the answer.", type="server_error",
                              code="internal_error")
-            await response.write(sse.encode(orjson.dumps(error.body())))
+            await response.write(dialect.error_event(error))
         await response.write_eof()
         ctx.error = error
         return response
@@ -82,7 +82,13 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
             await upstream.aclose()
 
 
-def _stream_transformers(ctx: ChatContext) -> list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]]:
+def chat_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A Chat Completions stream as sent: through the plugins' transformers, or (with none) untouched."""
+    transformers = stream_transformers(ctx)
+    return _transformed_events(ctx, payloads, transformers) if transformers else _raw_events(ctx, payloads)
+
+
+def stream_transformers(ctx: ChatContext) -> list[Callable[[AsyncIterator[dict]], AsyncIterator[dict]]]:
     """The transformers the plugins give this call's stream (``riceball_transform_stream``), in call order."""
     return [t for t in ctx.app[appkeys.PLUGIN_MANAGER].hook.riceball_transform_stream(ctx=ctx) if t is not None]
 
@@ -148,7 +154,7 @@ def transformed_chunks(
 async def upstream_chunks(ctx: ChatContext) -> AsyncIterator[dict]:
     """A streamed call's chunks as :func:`transformed_chunks` gives them, the upstream call (with failover)
     made here and closed when the iteration ends, however it ends."""
-    transformers = _stream_transformers(ctx)
+    transformers = stream_transformers(ctx)
     first, upstream = await call_upstream(ctx, stream=True)
     try:
         async for chunk in transformed_chunks(ctx, _payloads(ctx, first, upstream), transformers):

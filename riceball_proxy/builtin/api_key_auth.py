@@ -1,4 +1,5 @@
-"""API-key authentication: ``Authorization: Bearer sk-...`` checked against the keys' SHA-256 hashes."""
+"""API-key authentication: ``Authorization: Bearer sk-...`` (or ``x-api-key: sk-...``, as Anthropic's
+clients send it) checked against the keys' SHA-256 hashes."""
 from __future__ import annotations
 
 from riceball_proxy import appkeys, hookimpl
@@ -16,8 +17,10 @@ async def riceball_authenticate(request, assistant_id):
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        token = request.headers.get("x-api-key", "")
+    if not token.strip():
         raise _invalid(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'."
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...' (or 'x-api-key: sk-...')."
         )
     # The root application's cache (config_dict would build a chain of mappings on every call).
     key = await request.match_info.apps[0][appkeys.CONFIG_CACHE].api_key(hash_api_key(token.strip()))

@@ -1,0 +1,11 @@
+"""The gateway's own dialects: OpenAI Chat Completions and Anthropic Messages (``riceball_proxy.dialects``)."""
+from __future__ import annotations
+
+from riceball_proxy import hookimpl
+from riceball_proxy.dialects.chat import CHAT
+from riceball_proxy.dialects.messages import MESSAGES
+
+
+@hookimpl(trylast=True)
+def riceball_dialects():
+    return [CHAT, MESSAGES]
