@@ -25,6 +25,7 @@ run: install
 
 test: install
 	@bash scripts/install-browser
+	@bash scripts/install-agents
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # make bench: each scenario straight to a fake upstream and through the gateway; the table goes to

@@ -24,8 +24,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
-        self.requests = Counter("riceball_requests", "API calls, by assistant and HTTP status",
-                                ["assistant", "status"], registry=registry)
+        self.requests = Counter("riceball_requests", "API calls, by assistant, HTTP status and inbound API",
+                                ["assistant", "status", "api"], registry=registry)
         self.latency = Histogram("riceball_request_duration_seconds", "Time from request to last byte",
                                  ["assistant", "stream"], buckets=LATENCY_BUCKETS, registry=registry)
         self.time_to_first_token = Histogram("riceball_time_to_first_token_seconds",
@@ -78,7 +78,8 @@ class Metrics:
     def observe(self, ctx: ChatContext, outcome: Outcome) -> None:
         """Count one finished API call."""
         assistant = str(ctx.assistant.id) if ctx.assistant else "-"
-        self._child(self.requests, assistant, str(outcome.status)).inc()
+        api = ctx.dialect.name if ctx.dialect is not None else "chat"
+        self._child(self.requests, assistant, str(outcome.status), api).inc()
         self._child(self.latency, assistant, "true" if ctx.stream else "false").observe(outcome.latency_ms / 1000)
         if outcome.ttft_ms is not None:
             self._child(self.time_to_first_token, assistant).observe(outcome.ttft_ms / 1000)

@@ -7,11 +7,34 @@ real (a slow answer, a connection dropped mid-stream).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def refusal_of(body: dict[str, Any]) -> str | None:
+    """What OpenAI answers 400 with for a request translated wrong: a tool name out of its pattern, a tool
+    message that answers no tool call of the assistant message before it."""
+    for n, tool in enumerate(body.get("tools") or ()):
+        if not TOOL_NAME.match((tool.get("function") or {}).get("name") or ""):
+            return f"Invalid 'tools[{n}].function.name': string does not match pattern."
+    calls: set[str] = set()
+    for n, message in enumerate(body.get("messages") or ()):
+        if message.get("role") == "assistant":
+            calls = {call.get("id") for call in message.get("tool_calls") or ()}
+        elif message.get("role") == "tool":
+            if message.get("tool_call_id") not in calls:
+                return (f"Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        f"with 'tool_calls' (messages[{n}]).")
+        else:
+            calls = set()
+    return None
 
 
 class FakeOpenAI:
@@ -48,6 +71,9 @@ class FakeOpenAI:
         self.usage: Any = None
         #: False: no usage at all, whatever the request asks (an upstream that never reports it).
         self.reports_usage = True
+        #: When set, called with each request's body before it is answered: returns (reply, tool_calls),
+        #: which replace ``reply`` and ``tool_calls`` (a model that answers as the conversation goes).
+        self.responder: Any = None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -82,6 +108,12 @@ class FakeOpenAI:
             await self.hold.wait()
         if self.error:
             return self._error_response()
+        if self.responder is not None:
+            self.reply, self.tool_calls = self.responder(body)
+        refusal = refusal_of(body)
+        if refusal:
+            return web.json_response({"error": {"message": refusal, "type": "invalid_request_error",
+                                                "param": None, "code": None}}, status=400)
         if body.get("stream"):
             return await self._stream(request, body)
         return web.json_response(self._completion(body))

@@ -369,6 +369,13 @@ class Gateway:
 
         return openai.AsyncOpenAI(base_url=self.base_url(assistant_id), api_key=key, max_retries=0, **options)
 
+    def anthropic(self, assistant_id, key: str, **options):
+        """The official async Anthropic SDK pointed at an assistant (its base URL, as Claude Code's)."""
+        import anthropic
+
+        return anthropic.AsyncAnthropic(base_url=self.url(f"/api/v1/assistants/{assistant_id}"), api_key=key,
+                                        max_retries=0, **options)
+
     def sync_client(self, assistant_id, key: str, **options):
         """The official sync OpenAI SDK (call it through ``asyncio.to_thread``: the server shares this loop)."""
         import openai

@@ -174,6 +174,27 @@ async def test_hook_riceball_provider_types(with_plugin, fake_openai):
     assert fake_openai.requests[-1]["headers"]["X-Tagged"] == "yes"
 
 
+async def test_hook_riceball_dialects(with_plugin, fake_openai):
+    from riceball_proxy.dialects.chat import ChatCompletions
+
+    class DeploymentChat(ChatCompletions):
+        name = "deployment-chat"
+        path = "/openai/deployments/{deployment}/chat/completions"
+
+    class Dialects:
+        @hookimpl
+        def riceball_dialects(self):
+            return [DeploymentChat()]
+
+    gateway, assistant, key = await with_plugin(Dialects())
+    async with openai.AsyncOpenAI(base_url=gateway.base_url(assistant.id) + "/openai/deployments/any",
+                                  api_key=key, max_retries=0) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert answer.choices[0].message.content and fake_openai.requests[-1]["body"]["model"] == assistant.model
+    async with gateway.client(assistant.id, key) as client:  # the built-in dialects are still served
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+
+
 @pytest.fixture
 async def shouting_client(install_plugin, start_gateway, settings, fake_openai):
     """An SDK client of a gateway with ``tests/plugins/shout.py`` installed by entry point."""

@@ -48,9 +48,9 @@ async def test_metrics_after_a_known_set_of_calls(configured):
 
     async def check():
         values = await scrape(gateway.url("/metrics"))
-        assert values[("riceball_requests_total", (("assistant", a), ("status", "200")))] == 5
-        assert values[("riceball_requests_total", (("assistant", "-"), ("status", "401")))] == 1
-        assert values[("riceball_requests_total", (("assistant", a), ("status", "502")))] == 1
+        assert values[("riceball_requests_total", (("api", "chat"), ("assistant", a), ("status", "200")))] == 5
+        assert values[("riceball_requests_total", (("api", "chat"), ("assistant", "-"), ("status", "401")))] == 1
+        assert values[("riceball_requests_total", (("api", "chat"), ("assistant", a), ("status", "502")))] == 1
         name = configured.provider.name
         assert values[("riceball_upstream_errors_total", (("provider", name), ("status", "502")))] == 1
         assert values[("riceball_tokens_total", (("assistant", a), ("kind", "prompt")))] == 15
@@ -116,7 +116,7 @@ async def test_metrics_add_up_across_workers(cli_env, fake_openai):
         for _ in range(20):  # a new connection each time, so that both workers take calls
             async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
                 await client.chat.completions.create(model="x", messages=MESSAGES)
-        label = (("assistant", assistant["id"]), ("status", "200"))
+        label = (("api", "chat"), ("assistant", assistant["id"]), ("status", "200"))
         totals: set = set()
         for _ in range(100):
             totals = {(await scrape(f"http://127.0.0.1:{port}/metrics")).get(("riceball_requests_total", label))

@@ -57,7 +57,7 @@ async def test_fallback_targets_move_to_a_table_that_refuses_a_provider_gone(mak
         assistant = await conn.fetchval("INSERT INTO assistants (name, provider_id, model, fallbacks) VALUES "
                                         "('a', $1, 'm', $2::jsonb) RETURNING id", primary,
                                         orjson.dumps(fallbacks).decode())
-        assert [m.version for m in await apply_migrations(conn)] == [15]
+        assert [m.version for m in await apply_migrations(conn)][0] == 15
         rows = await conn.fetch("SELECT position, provider_id, model, weight, priority, params::text "
                                 "FROM assistant_targets WHERE assistant_id = $1", assistant)
         assert [tuple(row) for row in rows] == [(1, live, "kept", 3, 2, '{"top_p": 0.5}')]

@@ -158,7 +158,7 @@ async def test_a_failing_observer_and_shutdown_hook_stop_no_built_in(start_gatew
         for _ in range(3):
             await client.chat.completions.create(model="x", messages=MESSAGES)
     await gateway.app[appkeys.OBSERVERS].queue.join()
-    assert 'riceball_requests_total{assistant="%s",status="200"} 3.0' % assistant.id in \
+    assert 'riceball_requests_total{api="chat",assistant="%s",status="200"} 3.0' % assistant.id in \
         gateway.app[appkeys.METRICS].exposition().decode()
     await gateway.server.close()  # the usage writer's shutdown still writes what waits
     assert await db.fetchval("SELECT count(*) FROM usage_events") == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
@@ -41,6 +42,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     body, raw = await read_json_request(request)
     if isinstance(body, dict) and body.get("max_tokens") is None:
         body["max_tokens"] = 1  # not asked for by count_tokens; the request is otherwise a call's
+        raw = orjson.dumps(body)
     MESSAGES.take(ctx, request, body, raw)
     await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_prepare_request", ctx=ctx)
     MESSAGES.inject(ctx)

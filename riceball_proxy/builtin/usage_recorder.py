@@ -57,6 +57,7 @@ def riceball_request_finished(ctx, outcome):
         attempts=ctx.attempts or None,
         latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms,
+        api=ctx.dialect.name if ctx.dialect is not None else "chat",
         client_addr=ctx.client_addr,
         source="api" if ctx.principal is None or ctx.principal.admin_id is None else "playground",
         admin_id=ctx.principal.admin_id if ctx.principal else None,

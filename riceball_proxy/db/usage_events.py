@@ -68,6 +68,8 @@ class UsageEvent:
     admin_id: int | None = None
     #: True when the gateway estimated the token counts (and so the cost): the upstream reported none.
     usage_estimated: bool = False
+    #: The inbound API the call came in by (``riceball_proxy.dialects``: ``chat``, ``messages``...).
+    api: str = "chat"
     #: Last: ``insert_many`` replaces it with its ``inet`` form.
     client_addr: str | None = None
 

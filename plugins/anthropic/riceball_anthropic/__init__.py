@@ -1,15 +1,19 @@
 """riceball-anthropic: Anthropic's Messages API as a RiceBall provider type."""
 from __future__ import annotations
 
+import asyncio
 import datetime
 import functools
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 
-from riceball_proxy import hookimpl
+from riceball_proxy import hookimpl, sse
 from riceball_proxy.providers import ProviderType, TranslatingAdapter
-from riceball_proxy.upstream import bad_upstream_response, join_url, upstream_error
+from riceball_proxy.upstream import (bad_upstream_response, connection_error, join_url, stream_ended_early,
+                                     stream_error, upstream_error)
 
 from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_anthropic
 
@@ -20,7 +24,8 @@ OVERLOADED = 529
 
 
 class AnthropicAdapter(TranslatingAdapter):
-    """Talks to ``{base_url}/messages`` and ``{base_url}/models``."""
+    """Talks to ``{base_url}/messages``, ``{base_url}/messages/count_tokens`` and ``{base_url}/models``:
+    Chat Completions calls translated, Messages calls (Claude Code's) natively."""
 
     translator = StreamTranslator
     # 529 is Anthropic's "overloaded": a temporary refusal, passed on as 503 so that clients retry.
@@ -43,6 +48,67 @@ class AnthropicAdapter(TranslatingAdapter):
 
     def stream_request(self, body: dict[str, Any]):
         return join_url(self.provider.base_url, "/messages"), to_anthropic(body | {"stream": True})
+
+    # --- the Messages dialect, natively: the client's body (the assistant injected) and the answer as they are
+
+    native_dialects = frozenset({"messages"})
+
+    def _native_headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        """The adapter's headers, with the client's API version and betas (``anthropic-beta``) passed on."""
+        return self.headers() | {name: value for name, value in (headers or {}).items()
+                                 if name in ("anthropic-version", "anthropic-beta")}
+
+    async def complete_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                              request_id: str | None = None) -> dict[str, Any]:
+        async with self.call("POST", join_url(self.provider.base_url, "/messages"),
+                             headers=self._native_headers(headers), body=body, request_id=request_id) as response:
+            try:
+                answer = orjson.loads(await response.read())
+            except orjson.JSONDecodeError:
+                raise bad_upstream_response("answer") from None
+        if not isinstance(answer, dict) or answer.get("type") != "message":
+            raise bad_upstream_response("answer")
+        return answer
+
+    async def stream_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                            request_id: str | None = None) -> AsyncIterator[bytes]:
+        """Anthropic's events as they came (their JSON bytes), each read for an error or the end."""
+        stopped = False
+        async with self.call("POST", join_url(self.provider.base_url, "/messages"),
+                             headers=self._native_headers(headers), body=body | {"stream": True},
+                             request_id=request_id) as response:
+            try:
+                async for data in sse.iter_data(response.content.iter_any()):
+                    try:
+                        event = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise bad_upstream_response("stream") from None
+                    kind = event.get("type") if isinstance(event, dict) else None
+                    if kind == "error":
+                        error = event.get("error") if isinstance(event.get("error"), dict) else {}
+                        raise stream_error({"message": error.get("message"), "code": error.get("type")}, self.redact)
+                    if kind == "ping":
+                        continue
+                    yield data
+                    if kind == "message_stop":
+                        stopped = True
+                        break
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise connection_error(exc) from None
+        if not stopped:
+            raise stream_ended_early()
+
+    async def count_tokens_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                                  request_id: str | None = None) -> int | None:
+        async with self.call("POST", join_url(self.provider.base_url, "/messages/count_tokens"),
+                             headers=self._native_headers(headers), body=body, request_id=request_id) as response:
+            try:
+                counted = orjson.loads(await response.read())["input_tokens"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise bad_upstream_response("token count") from None
+        if type(counted) is not int or counted < 0:
+            raise bad_upstream_response("token count")
+        return counted
 
     async def list_models(self) -> list[dict[str, Any]]:
         async with self.call("GET", join_url(self.provider.base_url, "/models", limit="1000"),

@@ -4,7 +4,7 @@ import types
 
 import openai
 import pytest
-from fake_anthropic import FakeAnthropic
+from tests.fake_anthropic import FakeAnthropic
 
 from riceball_anthropic.translate import to_anthropic
 

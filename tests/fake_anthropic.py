@@ -1,0 +1,178 @@
+"""A fake Anthropic Messages API: a real aiohttp server replaying the wire format of Anthropic's API
+reference (named SSE events, content blocks, input_json_delta fragments, ping, error events, thinking
+blocks with signatures), and refusing what the real API refuses (``refusal``): a missing ``max_tokens``,
+an empty text block, a tool_result that answers no tool_use of the turn before, a thinking block whose
+signature it did not issue, a temperature other than 1 with thinking on, a system message inside
+``messages`` without the beta that allows it."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class FakeAnthropic:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.reply = "Hello from Claude"
+        #: Tool uses to answer with: (id, name, input).
+        self.tool_uses: list[tuple[str, str, dict[str, Any]]] = []
+        self.error: tuple[int, Any] | None = None
+        #: Send an error event after this many content deltas.
+        self.error_after_deltas: int | None = None
+        self.usage = {"input_tokens": 12, "output_tokens": 7, "cache_read_input_tokens": 3,
+                      "cache_creation_input_tokens": 0}
+        #: The signatures of the thinking blocks it answered with.
+        self.signatures: set[str] = set()
+        #: A thinking text to answer with first when the request turns thinking on.
+        self.thinking = "Let me think."
+        #: When set, called with each request's body before it is answered: returns (reply, tool_uses),
+        #: which replace ``reply`` and ``tool_uses``.
+        self.responder: Any = None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]["body"]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+    def _error(self) -> web.Response:
+        status, body = self.error
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+    async def models(self, request: web.Request) -> web.Response:
+        self.requests.append({"headers": dict(request.headers), "body": None})
+        if self.error:
+            return self._error()
+        return web.json_response({"data": [
+            {"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5",
+             "created_at": "2025-09-29T00:00:00Z"},
+            {"type": "model", "id": "claude-haiku-4-5", "display_name": "Claude Haiku 4.5",
+             "created_at": "2025-10-15T00:00:00Z"},
+        ], "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-haiku-4-5"})
+
+    def refusal(self, body: dict[str, Any], headers, counting: bool = False) -> str | None:
+        """What the real API would answer 400 with, or None."""
+        if not counting and not isinstance(body.get("max_tokens"), int):
+            return "max_tokens: Field required"
+        messages = body.get("messages") or []
+        if not messages:
+            return "messages: at least one message is required"
+        thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+        if thinking and body.get("temperature") not in (None, 1, 1.0):
+            return "temperature may only be set to 1 when thinking is enabled"
+        budget = (body.get("thinking") or {}).get("budget_tokens")
+        if budget is not None and not counting and budget >= body["max_tokens"]:
+            return "max_tokens must be greater than thinking.budget_tokens"
+        previous: list[Any] = []
+        for n, message in enumerate(messages):
+            if message.get("role") == "system" and "mid-conversation-system" not in headers.get("anthropic-beta", ""):
+                return f'messages.{n}.role: Input should be "user" or "assistant"'
+            content = message.get("content")
+            blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+            for block in blocks:
+                if block.get("type") == "text" and not block.get("text"):
+                    return "messages: text content blocks must be non-empty"
+                if block.get("type") == "tool_result" and block.get("tool_use_id") not in {
+                        b.get("id") for b in previous if isinstance(b, dict) and b.get("type") == "tool_use"}:
+                    return ("messages.%d.content: unexpected `tool_use_id` found in `tool_result` blocks: %s"
+                            % (n, block.get("tool_use_id")))
+                if block.get("type") == "thinking" and block.get("signature") not in self.signatures:
+                    return f"messages.{n}.content: Invalid `signature` in `thinking` block"
+            previous = blocks if message.get("role") == "assistant" else []
+        return None
+
+    def _refuse(self, message: str) -> web.Response:
+        return web.json_response({"type": "error", "error": {"type": "invalid_request_error", "message": message},
+                                  "request_id": "req_fake"}, status=400)
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body, "path": request.path})
+        refusal = self.refusal(body, request.headers, counting=True) or (
+            "max_tokens: Extra inputs are not permitted" if "max_tokens" in body else None)
+        if refusal:
+            return self._refuse(refusal)
+        return web.json_response({"input_tokens": len(orjson.dumps(body)) // 4})
+
+    def _content(self, body: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if body and (body.get("thinking") or {}).get("type") in ("enabled", "adaptive") and self.thinking:
+            signature = f"sig-{len(self.signatures)}-{len(orjson.dumps(body))}"
+            self.signatures.add(signature)
+            blocks.append({"type": "thinking", "thinking": self.thinking, "signature": signature})
+        blocks += [{"type": "text", "text": self.reply}] if self.reply else []
+        blocks += [{"type": "tool_use", "id": id_, "name": name, "input": input_}
+                   for id_, name, input_ in self.tool_uses]
+        return blocks
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        if self.error:
+            return self._error()
+        refusal = self.refusal(body, request.headers)
+        if refusal:
+            return self._refuse(refusal)
+        if self.responder is not None:
+            self.reply, self.tool_uses = self.responder(body)
+        stop_reason = "tool_use" if self.tool_uses else "end_turn"
+        content = self._content(body)
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "msg_01Fake", "type": "message", "role": "assistant", "model": body["model"],
+                "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": self.usage,
+            })
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(event: str, data: dict[str, Any]) -> None:
+            await response.write(f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+
+        await send("message_start", {"type": "message_start", "message": {
+            "id": "msg_01Fake", "type": "message", "role": "assistant", "model": body["model"], "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {**self.usage, "output_tokens": 1}}})
+        await send("ping", {"type": "ping"})
+        deltas = 0
+        for index, block in enumerate(content):
+            if block["type"] == "thinking":
+                await send("content_block_start", {"type": "content_block_start", "index": index,
+                                                   "content_block": {"type": "thinking", "thinking": ""}})
+                await send("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                    "type": "thinking_delta", "thinking": block["thinking"]}})
+                await send("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                    "type": "signature_delta", "signature": block["signature"]}})
+            elif block["type"] == "text":
+                await send("content_block_start", {"type": "content_block_start", "index": index,
+                                                   "content_block": {"type": "text", "text": ""}})
+                for n, word in enumerate(block["text"].split(" ")):
+                    if self.error_after_deltas is not None and deltas == self.error_after_deltas:
+                        await send("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                                         "message": "Overloaded"}})
+                        return response
+                    await send("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                        "type": "text_delta", "text": word if n == 0 else " " + word}})
+                    deltas += 1
+                    await asyncio.sleep(0)
+            else:
+                await send("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                    "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}})
+                arguments = orjson.dumps(block["input"]).decode()
+                half = len(arguments) // 2
+                for fragment in ("", arguments[:half], arguments[half:]):
+                    await send("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                        "type": "input_json_delta", "partial_json": fragment}})
+            await send("content_block_stop", {"type": "content_block_stop", "index": index})
+        await send("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason,
+                                                                          "stop_sequence": None},
+                                     "usage": {"output_tokens": self.usage["output_tokens"]}})
+        await send("message_stop", {"type": "message_stop"})
+        return response
