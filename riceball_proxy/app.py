@@ -21,7 +21,7 @@ from riceball_proxy import __version__, appkeys
 from riceball_proxy.admin import setup_admin
 from riceball_proxy.alerts import ProviderAlerts
 from riceball_proxy.api import setup_api
-from riceball_proxy.api.routing import Circuits
+from riceball_proxy.api.routing import Circuits, RefusedFields
 from riceball_proxy.api.stages import CHAT_CONTEXT
 from riceball_proxy.bodies import BodyBudget, SlowClients
 from riceball_proxy.cache import ConfigCache
@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     app[appkeys.METRICS] = Metrics()
     app[appkeys.IN_FLIGHT] = InFlight()
     app[appkeys.CIRCUITS] = Circuits(max_rest=settings.max_upstream_rest)
+    app[appkeys.REFUSED_FIELDS] = RefusedFields()
     # Never less than one body of the largest size, or such a body could never be read.
     app[appkeys.BODY_BUDGET] = BodyBudget(max(settings.max_body_bytes_in_flight, settings.max_body_bytes),
                                           max(settings.max_key_body_bytes_in_flight, settings.max_body_bytes))

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from riceball_proxy.alerts import ProviderAlerts
-    from riceball_proxy.api.routing import Circuits
+    from riceball_proxy.api.routing import Circuits, RefusedFields
     from riceball_proxy.bodies import BodyBudget, SlowClients
     from riceball_proxy.cache import ConfigCache
     from riceball_proxy.crypto import SecretBox
@@ -52,6 +52,8 @@ CLIENT_REQUEST_ID: web.RequestKey[str] = web.RequestKey("client_request_id")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 #: Each fallback target's health in this process (``riceball_proxy.api.routing``).
 CIRCUITS: web.AppKey[Circuits] = web.AppKey("circuits")
+#: Fields the gateway derived that targets refused (``riceball_proxy.api.routing.RefusedFields``).
+REFUSED_FIELDS: web.AppKey[RefusedFields] = web.AppKey("refused_fields")
 #: Providers whose upstream refused the gateway's credentials (``riceball_proxy.alerts``).
 PROVIDER_ALERTS: web.AppKey[ProviderAlerts] = web.AppKey("provider_alerts")
 #: Clients too slow to send their request bodies (``riceball_proxy.bodies``).

@@ -159,6 +159,9 @@ class ChatContext:
     #: Why the request cannot be translated to the internal form (a content block only its own API
     #: takes): the 400 a provider that does not speak the dialect answers.
     untranslatable: APIError | None = None
+    #: Fields of ``body`` the gateway derived from the request in its dialect's terms, not written by the
+    #: client (a Messages call's thinking as ``reasoning_effort``): left out for a target that refuses them.
+    derived_fields: frozenset[str] = frozenset()
     #: Tool names the dialect renamed for the internal form, and back (``dialects.anthropic_messages.ToolNames``).
     tool_names: Any = None
 

@@ -18,20 +18,27 @@ from aiohttp import web
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
-def refusal_of(body: dict[str, Any]) -> str | None:
+#: Models that take ``reasoning_effort`` (OpenAI refuses it for the others, such as gpt-4o).
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
+def refusal_of(body: dict[str, Any]) -> tuple[str, str | None] | None:
     """What OpenAI answers 400 with for a request translated wrong: a tool name out of its pattern, a tool
-    message that answers no tool call of the assistant message before it."""
+    message that answers no tool call of the assistant message before it, ``reasoning_effort`` for a
+    model that does not reason."""
+    if body.get("reasoning_effort") is not None and not REASONING_MODEL.match(body.get("model") or ""):
+        return "Unsupported parameter: 'reasoning_effort' is not supported with this model.", "reasoning_effort"
     for n, tool in enumerate(body.get("tools") or ()):
         if not TOOL_NAME.match((tool.get("function") or {}).get("name") or ""):
-            return f"Invalid 'tools[{n}].function.name': string does not match pattern."
+            return f"Invalid 'tools[{n}].function.name': string does not match pattern.", f"tools[{n}].function.name"
     calls: set[str] = set()
     for n, message in enumerate(body.get("messages") or ()):
         if message.get("role") == "assistant":
             calls = {call.get("id") for call in message.get("tool_calls") or ()}
         elif message.get("role") == "tool":
             if message.get("tool_call_id") not in calls:
-                return (f"Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
-                        f"with 'tool_calls' (messages[{n}]).")
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        "with 'tool_calls'.", f"messages.[{n}].role")
         else:
             calls = set()
     return None
@@ -112,8 +119,9 @@ class FakeOpenAI:
             self.reply, self.tool_calls = self.responder(body)
         refusal = refusal_of(body)
         if refusal:
-            return web.json_response({"error": {"message": refusal, "type": "invalid_request_error",
-                                                "param": None, "code": None}}, status=400)
+            return web.json_response({"error": {"message": refusal[0], "type": "invalid_request_error",
+                                                "param": refusal[1], "code": "unsupported_parameter"
+                                                if refusal[1] == "reasoning_effort" else None}}, status=400)
         if body.get("stream"):
             return await self._stream(request, body)
         return web.json_response(self._completion(body))

@@ -86,7 +86,8 @@ async def test_a_locked_max_tokens_is_exact(make):
 
 
 async def test_extra_params_are_defaults(make):
-    sent = await make({"extra_params": {"reasoning_effort": "low", "top_k": 40}}, reasoning_effort="high")
+    sent = await make({"model": "o4-mini", "extra_params": {"reasoning_effort": "low", "top_k": 40}},
+                      reasoning_effort="high")
     assert sent["reasoning_effort"] == "high" and sent["top_k"] == 40
 
 

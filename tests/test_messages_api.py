@@ -123,7 +123,22 @@ async def test_images_system_messages_thinking_and_efforts_are_translated(transl
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
         {"type": "text", "text": "What?"}]  # the empty text block dropped
     assert sent["messages"][3] == {"role": "assistant", "content": "A dot."}  # thinking is the provider's own
-    assert sent["reasoning_effort"] == "high" and "thinking" not in sent and "output_config" not in sent
+    assert "thinking" not in sent and "output_config" not in sent
+    # gpt-4o takes no reasoning_effort: asked again without it, and later calls leave it out at once
+    assert [r["body"].get("reasoning_effort") for r in fake_openai.requests[-2:]] == ["high", None]
+    asked = len(fake_openai.requests)
+    await translated.sdk.messages.create(model="x", max_tokens=100, messages=USER, thinking={"type": "adaptive"},
+                                         extra_body={"output_config": {"effort": "low"}})
+    assert len(fake_openai.requests) == asked + 1 and "reasoning_effort" not in fake_openai.last
+
+
+async def test_a_model_that_reasons_gets_the_effort(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings)
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), model="o4-mini")
+    async with gateway.anthropic(assistant.id, await gateway.key()) as client:
+        await client.messages.create(model="x", max_tokens=5000, messages=USER,
+                                     thinking={"type": "enabled", "budget_tokens": 2000})
+    assert fake_openai.last["reasoning_effort"] == "medium" and len(fake_openai.requests) == 1
 
 
 @pytest.mark.parametrize("request_, param", [

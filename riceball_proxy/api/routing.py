@@ -11,6 +11,7 @@ together stay within the assistant's ``deadline`` and ``max_attempts``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import random
@@ -126,10 +127,47 @@ def ordered_targets(targets: tuple[Target, ...]) -> list[Target]:
 
 
 def body_for(ctx: ChatContext, target: Target) -> dict[str, Any]:
-    """The prepared upstream body with the target's model and parameter overrides."""
+    """The prepared upstream body with the target's model and parameter overrides, without the fields the
+    gateway derived that the target is known to refuse (``RefusedFields``)."""
     if target.provider_id == ctx.assistant.provider_id and target.model == ctx.assistant.model and not target.params:
-        return ctx.body  # the primary
-    return {**ctx.body, **target.params, "model": target.model}
+        body = ctx.body  # the primary
+    else:
+        body = {**ctx.body, **target.params, "model": target.model}
+    if ctx.derived_fields:
+        refused = ctx.app[appkeys.REFUSED_FIELDS].of(target) & ctx.derived_fields
+        if refused:
+            body = {name: value for name, value in body.items() if name not in refused}
+    return body
+
+
+class RefusedFields:
+    """Request fields each target refused although the gateway, not the client, put them in (a Messages
+    call's thinking as ``reasoning_effort``, which a model that does not reason refuses): such a call is
+    asked again without the field, and later calls to that target leave it out from the start.
+    Remembered in this process, for at most ``remember`` targets (the oldest forgotten first)."""
+
+    def __init__(self, remember: int = 1024) -> None:
+        self.remember = remember
+        self._fields: dict[tuple[int, str], frozenset[str]] = {}
+
+    def of(self, target: Target) -> frozenset[str]:
+        return self._fields.get((target.provider_id, target.model), frozenset())
+
+    def add(self, target: Target, field: str) -> None:
+        key = (target.provider_id, target.model)
+        self._fields[key] = self._fields.pop(key, frozenset()) | {field}
+        while len(self._fields) > self.remember:
+            del self._fields[next(iter(self._fields))]
+
+
+def refused_derived_field(ctx: ChatContext, error: APIError, body: dict[str, Any]) -> str | None:
+    """The field the gateway derived (``ctx.derived_fields``) that an upstream's 400 says it refuses."""
+    if error.status != 400 or not ctx.derived_fields:
+        return None
+    for name in ctx.derived_fields:
+        if name in body and (error.param == name or name in error.message):
+            return name
+    return None
 
 
 async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
@@ -142,7 +180,9 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
     deadline = loop.time() + assistant.deadline
     error: APIError | None = None
     targets = assistant.targets if not assistant.fallbacks else ordered_targets(assistant.targets)
-    for target in targets:
+    queue = collections.deque(targets)
+    while queue:
+        target = queue.popleft()
         now = time.time()
         if len(targets) > 1 and not circuits.closed(target, now):
             continue
@@ -196,6 +236,15 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             exc = caught if isinstance(caught, APIError) else adapter_failed(
                 ctx.provider.name if ctx.provider else str(target.provider_id), caught)
             error = exc
+            refused = native is None and refused_derived_field(ctx, exc, body)
+            if refused:  # the gateway's own addition, not the client's: the same target again without it
+                ctx.app[appkeys.REFUSED_FIELDS].add(target, refused)
+                logger.info("call %s: %s on provider %s refuses %r, which the gateway derived from the request: "
+                            "asked again without it (and from now on)", ctx.request_id, target.model,
+                            ctx.provider.name if ctx.provider else target.provider_id, refused)
+                ctx.attempts -= 1
+                queue.appendleft(target)
+                continue
             outcome = "failed_over" if exc.status in FAILS_OVER else "refused"
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, outcome)
             if exc.code == UPSTREAM_AUTH_FAILED and ctx.provider is not None:

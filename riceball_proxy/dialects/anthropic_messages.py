@@ -31,6 +31,9 @@ EFFORT_BUDGETS = (("minimal", 128), ("low", 1024), ("medium", 2048), ("high", 40
 #: Efforts Chat Completions knows (Anthropic's ``output_config.effort`` also has ``max`` and ``xhigh``).
 CHAT_EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high", "xhigh": "high",
                 "max": "high"}
+#: Chat fields the translation makes up from Messages' own (what the client wrote had no such field):
+#: left out for a provider that refuses them (``api/routing.py``).
+DERIVED_FIELDS = frozenset({"reasoning_effort"})
 #: The smallest thinking budget Anthropic accepts.
 MIN_THINKING_BUDGET = 1024
 #: Tool names Chat Completions APIs accept.

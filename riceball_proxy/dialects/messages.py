@@ -55,6 +55,7 @@ class Messages(Dialect):
         if ctx.stream:
             chat["stream_options"] = {"include_usage": True}
         ctx.body = chat
+        ctx.derived_fields = frozenset(wire.DERIVED_FIELDS & chat.keys())
         ctx.native_headers = {name: request.headers[name] for name in NATIVE_HEADERS if name in request.headers}
 
     def inject(self, ctx) -> None:

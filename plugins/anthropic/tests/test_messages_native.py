@@ -120,12 +120,12 @@ async def test_an_anthropic_primary_fails_over_to_an_openai_fallback_translated(
     gateway = native.gateway
     openai_provider = await gateway.provider(fake_openai.base_url)
     assistant = await gateway.assistant(native.provider, model="claude-sonnet-4-5", system_prompt="Be brief.",
-                                        fallbacks=[Target(openai_provider.id, "gpt-4o-mini")])
+                                        fallbacks=[Target(openai_provider.id, "o4-mini")])
     native.fake.error = (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     async with gateway.anthropic(assistant.id, native.key) as sdk:
         answer = await _message(sdk, stream, model="x", max_tokens=100, messages=USER,
                                 thinking={"type": "enabled", "budget_tokens": 1024})
     assert answer.content[-1].text == "Hello from the fake upstream"
     sent = fake_openai.last
-    assert sent["model"] == "gpt-4o-mini" and sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["model"] == "o4-mini" and sent["messages"][0] == {"role": "system", "content": "Be brief."}
     assert sent["reasoning_effort"] == "low"
