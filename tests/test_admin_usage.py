@@ -68,6 +68,19 @@ async def test_calls_whose_usage_the_gateway_estimated_are_shown_and_exported_as
     assert {row["request_id"]: row["usage_estimated"] for row in rows}["req_estimated"] == "True"
 
 
+async def test_calls_are_told_apart_by_the_api_they_came_in_by(panel):
+    a, _, key = await seed(panel.pool)
+    await usage_events.insert_many(panel.pool, [UsageEvent(
+        created_at=NOW, request_id=f"req_messages_{n}", status=200, api_key_id=key.id, assistant_id=a.id,
+        prompt_tokens=5, completion_tokens=5, total_tokens=10, api="messages") for n in range(2)])
+    _, text = await panel.get("/admin/usage")
+    assert re.search(r"<h2>Per API</h2>.*?<td>Chat Completions</td>\s*<td>6</td>.*?<td>Anthropic Messages</td>\s*"
+                     r"<td>2</td>", text, re.S)
+    response = await panel.client.get("/admin/usage.csv")
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    assert sorted(row["api"] for row in rows) == ["chat"] * 6 + ["messages"] * 2
+
+
 async def test_filters_by_assistant_key_and_dates(panel):
     a, b, key = await seed(panel.pool)
     _, text = await panel.get(f"/admin/usage?assistant={b.id}")

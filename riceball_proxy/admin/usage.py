@@ -21,9 +21,11 @@ CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provide
               "status", "error_type", "error_code", "error_message", "prompt_tokens", "completion_tokens",
               "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "usage_estimated", "cost_usd",
               "attempts",
-              "latency_ms", "ttft_ms", "client_addr", "source", "admin_id")
+              "latency_ms", "ttft_ms", "client_addr", "source", "admin_id", "api")
 #: Where calls come from: the API (keys) or the admin panel's playground.
 SOURCES = {"api": "API", "playground": "Playground"}
+#: The inbound APIs by their names on usage rows (a plugin's dialect shows under its own name).
+APIS = {"chat": "Chat Completions", "messages": "Anthropic Messages"}
 #: The dates a filter may name.
 FIRST_DAY = datetime.date(1970, 1, 1)
 LAST_DAY = datetime.date(9998, 12, 31)
@@ -125,11 +127,14 @@ async def usage_page(request: web.Request) -> web.Response:
         point["label"] = point["bucket"].strftime("%Y-%m-%d %H:00" if bucket == "hour" else "%Y-%m-%d")
     all_assistants = await assistants.list_all(pool)
     all_keys = await api_keys.list_all(pool)
+    per_api = await usage_events.by_api(pool, where)
     return await render(request, "admin/usage.html", {
         "values": values, "bucket": bucket,
         "summary": await usage_events.summary(pool, where),
         "per_assistant": await usage_events.by_assistant(pool, where),
         "per_key": await usage_events.by_key(pool, where),
+        "per_api": per_api,
+        "api_names": {row["api"]: APIS.get(row["api"], row["api"]) for row in per_api},
         "requests_chart": chart(points, "requests", overlay="errors"),
         "tokens_chart": chart(points, "tokens"),
         "points": points,

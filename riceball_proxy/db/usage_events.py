@@ -197,6 +197,13 @@ async def by_key(db, where: UsageFilter) -> list[dict]:
     return [dict(row) for row in rows]
 
 
+async def by_api(db, where: UsageFilter) -> list[dict]:
+    """Totals per inbound API (``chat``, ``messages``...), busiest first."""
+    rows = await db.fetch(f"SELECT api, {_TOTALS} FROM usage_events WHERE {_WHERE} "
+                          "GROUP BY api ORDER BY requests DESC", *where.args())
+    return [dict(row) for row in rows]
+
+
 async def spent(db, *, api_key_id: uuid.UUID | None = None, assistant_id: uuid.UUID | None = None,
                 since: datetime | None = None) -> tuple[Decimal, int]:
     """What one key's (or one assistant's) calls have cost since a time (None: ever): USD of the calls
