@@ -5,6 +5,8 @@
 POST /v1/chat/completions answers a fixed completion, or a stream of 20 chunks. A model named
 ``delay-<seconds>`` waits that long between chunks (for slow, long-lived streams); the model
 ``realistic`` answers as a model does: its first chunk after 200 ms, then 50 chunks 20 ms apart.
+POST /v1/messages answers as Anthropic's Messages API does: a fixed message, or a stream of 20 text
+deltas in Anthropic's events.
 """
 from __future__ import annotations
 
@@ -44,6 +46,39 @@ REALISTIC += [_chunk({"content": f" word{n}"}) for n in range(1, 49)]
 REALISTIC += [_chunk({}, "stop")]
 
 
+def _event(kind: str, data: dict) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+MESSAGE = orjson.dumps({
+    "id": "msg_bench", "type": "message", "role": "assistant", "model": "bench", "stop_reason": "end_turn",
+    "stop_sequence": None, "content": [{"type": "text", "text": "The quick brown fox jumps over the lazy dog."}],
+    "usage": {"input_tokens": 12, "output_tokens": 10, "cache_read_input_tokens": 0,
+              "cache_creation_input_tokens": 0}})
+EVENTS = b"".join([
+    _event("message_start", {"message": {"id": "msg_bench", "type": "message", "role": "assistant", "model": "bench",
+                                         "content": [], "stop_reason": None, "stop_sequence": None,
+                                         "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+    _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    *[_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f" word{n}"}})
+      for n in range(CHUNKS)],
+    _event("content_block_stop", {"index": 0}),
+    _event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": CHUNKS}}),
+    _event("message_stop", {}),
+])
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    if not body.get("stream"):
+        return web.Response(body=MESSAGE, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(EVENTS)
+    return response
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
     if not body.get("stream"):
@@ -75,6 +110,7 @@ def serve(port: int, reuse_port: bool) -> None:
 
     app = web.Application(client_max_size=64 * 2**20)  # large prompts reach it (benchmarks.bodies)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, reuse_port=reuse_port,
                 loop=uvloop.new_event_loop(), backlog=4096)
 

@@ -427,6 +427,10 @@ def main() -> None:
                         url, auth, {"Authorization": f"Bearer {limited_key}"}, plain, count))
                     if backend == "redis":
                         results["redis_floor"] = asyncio.run(redis_round_trips(BENCH_REDIS, count))
+            from benchmarks import dialects  # (it imports this module's helpers)
+
+            results["dialects"] = dialects.measure(env, workdir, seconds, 1)
+
             def minimal_proxy(*options: str):
                 port = free_port()
                 argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--port", str(port), "--upstream",
@@ -536,6 +540,10 @@ def main() -> None:
                      ms(statistics.median(limited) - statistics.median(free)),
                      f"key without limits {ms(statistics.median(free))}, with rpm, tpm, max_parallel and a token "
                      f"budget {ms(statistics.median(limited))}{floor}", "<= 0.1 ms" if backend == "redis" else ""))
+
+    from benchmarks import dialects
+
+    rows += dialects.rows(results["dialects"])
 
     table = ["| measure | result | detail | target |", "| --- | --- | --- | --- |"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
