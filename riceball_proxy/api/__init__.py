@@ -34,7 +34,13 @@ ASSISTANT_BASE = "/assistants/{assistant_id}/v1"
 
 
 def unknown_url(request: web.Request) -> APIError:
-    """404 for a URL the API does not serve, naming the form it does (the SDK's ``base_url``)."""
+    """404 for a URL the API does not serve, naming the form it does (the SDK's ``base_url``; for
+    Anthropic's clients, ``ANTHROPIC_BASE_URL``, which has no ``/v1``)."""
+    if speaks_anthropic(request):
+        return APIError(404, f"Unknown request URL: {request.method} {request.path}. Each assistant's Messages API "
+                             f"is at {MOUNT_POINT}/assistants/<assistant id>/v1/messages: set ANTHROPIC_BASE_URL (or "
+                             "the SDK's base_url) to the assistant's base, without /v1 (e.g. "
+                             "http://127.0.0.1:8000/api/v1/assistants/<assistant id>).", code="unknown_url")
     return APIError(404, f"Unknown request URL: {request.method} {request.path}. Each assistant is served at "
                          f"{MOUNT_POINT}{ASSISTANT_BASE}: use that, with the assistant's id, as the SDK's base URL "
                          "(e.g. base_url='http://127.0.0.1:8000/api/v1/assistants/<assistant id>/v1').",

@@ -352,7 +352,7 @@ def _effort(body: dict[str, Any]) -> str | None:
 
 
 def _image(block: dict[str, Any]) -> dict[str, Any] | None:
-    source = block.get("source") or {}
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
         url = f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
     elif source.get("type") == "url" and isinstance(source.get("url"), str):
@@ -364,7 +364,7 @@ def _image(block: dict[str, Any]) -> dict[str, Any] | None:
 
 def _document_text(block: dict[str, Any]) -> str | None:
     """A plain-text document's text (a PDF's cannot be translated)."""
-    source = block.get("source") or {}
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return source["data"]
     return None

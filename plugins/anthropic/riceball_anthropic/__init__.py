@@ -87,9 +87,7 @@ class AnthropicAdapter(TranslatingAdapter):
                     if kind == "error":
                         error = event.get("error") if isinstance(event.get("error"), dict) else {}
                         raise stream_error({"message": error.get("message"), "code": error.get("type")}, self.redact)
-                    if kind == "ping":
-                        continue
-                    yield data
+                    yield data  # pings too: they keep a long silence (thinking) from looking like a dead stream
                     if kind == "message_stop":
                         stopped = True
                         break
