@@ -55,7 +55,9 @@ async def test_a_stream_has_every_event_claude_code_needs_and_usage_once_known(t
         final = await stream.get_final_message()
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert "content_block_start" in events and "content_block_stop" in events and "message_delta" in events
-    assert final.content[0].text == "Hello from the fake upstream" and text in ("", final.content[0].text)
+    assert final.content[0].text == "Hello from the fake upstream" and text == ""  # the events were read already
+    async with translated.sdk.messages.stream(model="x", max_tokens=100, messages=USER) as stream:
+        assert "".join([piece async for piece in stream.text_stream]) == "Hello from the fake upstream"
     assert final.usage.output_tokens == 5 and final.stop_reason == "end_turn"
     assert fake_openai.last["stream"] is True and fake_openai.last["stream_options"] == {"include_usage": True}
     rows = await translated.usage_rows(1)
@@ -83,6 +85,15 @@ async def test_a_tool_use_loop_is_translated_both_ways(translated, fake_openai, 
     assert sent[-3]["tool_calls"][0]["id"] == use.id
     assert sent[-2] == {"role": "tool", "tool_call_id": use.id, "content": "a.txt\nb.txt"}  # before the user's text
     assert sent[-1] == {"role": "user", "content": [{"type": "text", "text": "What did you find?"}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_two_tool_calls_at_once_are_two_tool_use_blocks(translated, fake_openai, stream):
+    fake_openai.tool_calls = [("Bash", '{"command": "ls"}'), ("Bash", '{"command": "pwd"}')]
+    answer = await _message(translated.sdk, stream, max_tokens=100, messages=USER, tools=[BASH])
+    uses = [block for block in answer.content if block.type == "tool_use"]
+    assert [use.input for use in uses] == [{"command": "ls"}, {"command": "pwd"}]
+    assert len({use.id for use in uses}) == 2 and answer.stop_reason == "tool_use"
 
 
 async def _message(sdk, stream: bool, **request):
@@ -185,12 +196,24 @@ async def test_errors_raise_the_sdks_typed_exceptions(translated, fake_openai):
 
 
 async def test_a_failure_after_the_first_byte_is_one_error_event(translated, fake_openai):
+    import aiohttp
+
     fake_openai.fail_after_chunks = 3
-    with pytest.raises(anthropic.APIStatusError) as raised:
+    with pytest.raises(anthropic.APIStatusError):
         async with translated.sdk.messages.stream(model="x", max_tokens=10, messages=USER) as stream:
             async for _ in stream:
                 pass
-    assert "error" in str(raised.value).lower()
+    url = translated.url(f"/api/v1/assistants/{translated.assistant_.id}/v1/messages")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"model": "x", "max_tokens": 10, "messages": USER, "stream": True},
+                                headers={"x-api-key": translated.key_, "anthropic-version": "2023-06-01"}) as response:
+            assert response.status == 200
+            events = (await response.text()).strip().split("\n\n")
+    assert events[0].startswith("event: message_start") and "event: message_stop" not in events[-1]
+    kind, data = events[-1].split("\n")
+    assert kind == "event: error" and json.loads(data.removeprefix("data: "))["error"]["type"] == "api_error"
+    rows = await translated.usage_rows(2)
+    assert rows[-1]["status"] == 502 and rows[-1]["api"] == "messages"
 
 
 async def test_keys_may_come_as_x_api_key_or_bearer_and_scopes_hold(translated, fake_openai):
