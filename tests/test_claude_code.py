@@ -28,9 +28,21 @@ def claude_code():
     return CLAUDE
 
 
-async def run_claude(claude: Path, base_url: str, key: str, workdir: Path) -> tuple[int, str, str]:
-    """``claude -p`` in ``workdir`` against ``base_url``, offline: a private HOME, no telemetry, no
-    update checks, no proxy between it and the loopback gateway."""
+async def run_claude(claude: Path, gateway, assistant, tmp_path: Path) -> tuple[str, str]:
+    """``claude -p`` against ``assistant``'s base URL with a new key, in a new folder, offline: a private
+    HOME, no telemetry, no update checks, no proxy between it and the loopback gateway. Fails unless it
+    ran its Bash tool and finished; returns the key it used and what it printed."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    key = await gateway.key()
+    code, out, err = await _claude(claude, gateway.url(f"/api/v1/assistants/{assistant.id}"), key, workdir)
+    assert code == 0, f"claude failed: {out[-2000:]} {err[-2000:]}"
+    proof = workdir / "proof.txt"
+    assert proof.exists() and proof.read_text().strip() == "riceball" and FINAL in out
+    return key, out
+
+
+async def _claude(claude: Path, base_url: str, key: str, workdir: Path) -> tuple[int, str, str]:
     home = workdir.parent / "home"
     home.mkdir()
     (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
@@ -49,11 +61,6 @@ async def run_claude(claude: Path, base_url: str, key: str, workdir: Path) -> tu
     return process.returncode, out.decode(), err.decode()
 
 
-def tool_ran(workdir: Path) -> bool:
-    proof = workdir / "proof.txt"
-    return proof.exists() and proof.read_text().strip() == "riceball"
-
-
 async def test_claude_code_runs_a_tool_through_an_openai_compatible_assistant(claude_code, start_gateway, settings,
                                                                             fake_openai, tmp_path):
     def model(body):
@@ -67,12 +74,7 @@ async def test_claude_code_runs_a_tool_through_an_openai_compatible_assistant(cl
     fake_openai.responder = model
     gateway = await start_gateway(settings)
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), system_prompt=SYSTEM_PROMPT)
-    key = await gateway.key()
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    code, out, err = await run_claude(claude_code, gateway.url(f"/api/v1/assistants/{assistant.id}"), key, workdir)
-    assert code == 0, f"claude failed: {out[-2000:]} {err[-2000:]}"
-    assert tool_ran(workdir) and FINAL in out
+    key, _ = await run_claude(claude_code, gateway, assistant, tmp_path)
     assert [r for r in fake_openai.requests if r["body"]["messages"][-1]["role"] == "tool"]  # the result came back
     for sent in fake_openai.requests:
         assert sent["body"]["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
@@ -101,12 +103,7 @@ async def test_claude_code_runs_a_tool_through_an_anthropic_assistant(claude_cod
     gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
     provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-upstream")
     assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt=SYSTEM_PROMPT)
-    key = await gateway.key()
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    code, out, err = await run_claude(claude_code, gateway.url(f"/api/v1/assistants/{assistant.id}"), key, workdir)
-    assert code == 0, f"claude failed: {out[-2000:]} {err[-2000:]}"
-    assert tool_ran(workdir) and FINAL in out
+    key, _ = await run_claude(claude_code, gateway, assistant, tmp_path)
     for sent in fake.requests:
         if sent["body"] is None:
             continue

@@ -8,6 +8,7 @@ import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
 from riceball_proxy.content import Turns, content_parts, system_text, text_of, tool_arguments
+from riceball_proxy.dialects.anthropic_messages import usage_to_chat as usage_of  # one meaning of usage
 from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
@@ -96,15 +97,6 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stream"):
         anthropic["stream"] = True
     return anthropic
-
-
-def usage_of(usage: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic usage as OpenAI usage (cache reads and writes count as prompt tokens)."""
-    cache_read = usage.get("cache_read_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + cache_read + (usage.get("cache_creation_input_tokens") or 0)
-    completion = usage.get("output_tokens") or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cache_read}}
 
 
 def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
