@@ -162,6 +162,8 @@ class ChatContext:
     #: Fields of ``body`` the gateway derived from the request in its dialect's terms, not written by the
     #: client (a Messages call's thinking as ``reasoning_effort``): left out for a target that refuses them.
     derived_fields: frozenset[str] = frozenset()
+    #: What the dialect keeps for the stream it is rendering (its renderer), for its last event.
+    stream_state: Any = None
     #: Tool names the dialect renamed for the internal form, and back (``dialects.anthropic_messages.ToolNames``).
     tool_names: Any = None
 

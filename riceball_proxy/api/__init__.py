@@ -19,6 +19,7 @@ from aiohttp import web
 from riceball_proxy import appkeys
 from riceball_proxy.api.anthropic import assistant_base, count_tokens, speaks_anthropic
 from riceball_proxy.api.calls import call_handler
+from riceball_proxy.api.responses import input_tokens, not_stored
 from riceball_proxy.api.models import list_models, retrieve_model
 from riceball_proxy.api.stages import CLIENT_CLOSED_REQUEST
 from riceball_proxy.bodies import answered_and_closed
@@ -33,18 +34,40 @@ MOUNT_POINT = "/api/v1"
 ASSISTANT_BASE = "/assistants/{assistant_id}/v1"
 
 
+#: What an assistant serves under its base URL (``.../v1``), for the 404 of any other path there.
+SERVED = "chat/completions, responses, messages (Anthropic's), models"
+#: OpenAI paths an assistant does not serve, and what a client does instead, where it can.
+NOT_SERVED = {
+    "completions": "legacy completions are not served: use chat/completions",
+    "embeddings": "embeddings are not served: an assistant is a chat model",
+    "audio": "audio is not served", "images": "images are not served", "files": "files are not served",
+    "batches": "batches are not served", "moderations": "moderations are not served",
+    "fine_tuning": "fine-tuning is not served", "vector_stores": "vector stores are not served",
+    "assistants": "OpenAI's Assistants API is not served", "threads": "OpenAI's Assistants API is not served",
+    "realtime": "the Realtime API is not served", "conversations": "conversations are not stored: send the "
+    "whole conversation with every call",
+}
+
+
 def unknown_url(request: web.Request) -> APIError:
     """404 for a URL the API does not serve, naming the form it does (the SDK's ``base_url``; for
-    Anthropic's clients, ``ANTHROPIC_BASE_URL``, which has no ``/v1``)."""
+    Anthropic's clients, ``ANTHROPIC_BASE_URL``, which has no ``/v1``), with the request's own host. Under
+    an assistant's base, it says what is served there instead."""
+    host = f"{request.scheme}://{request.host}"
+    said = f"Unknown request URL: {request.method} {request.path}."
+    under_base = request.path.split("/v1/", 2)
+    if request.path.startswith(f"{MOUNT_POINT}/assistants/") and len(under_base) == 3:
+        rest = under_base[2]
+        reason = NOT_SERVED.get(rest.split("/", 1)[0])
+        return APIError(404, f"{said} An assistant serves {SERVED} under its base URL"
+                             f"{'; ' + reason if reason else ''}.", code="unknown_url")
     if speaks_anthropic(request):
-        return APIError(404, f"Unknown request URL: {request.method} {request.path}. Each assistant's Messages API "
-                             f"is at {MOUNT_POINT}/assistants/<assistant id>/v1/messages: set ANTHROPIC_BASE_URL (or "
-                             "the SDK's base_url) to the assistant's base, without /v1 (e.g. "
-                             "http://127.0.0.1:8000/api/v1/assistants/<assistant id>).", code="unknown_url")
-    return APIError(404, f"Unknown request URL: {request.method} {request.path}. Each assistant is served at "
-                         f"{MOUNT_POINT}{ASSISTANT_BASE}: use that, with the assistant's id, as the SDK's base URL "
-                         "(e.g. base_url='http://127.0.0.1:8000/api/v1/assistants/<assistant id>/v1').",
-                    code="unknown_url")
+        return APIError(404, f"{said} Each assistant's Messages API is at {MOUNT_POINT}/assistants/<assistant id>"
+                             "/v1/messages: set ANTHROPIC_BASE_URL (or the SDK's base_url) to the assistant's base, "
+                             f"without /v1 (e.g. {host}{MOUNT_POINT}/assistants/<assistant id>).", code="unknown_url")
+    return APIError(404, f"{said} Each assistant is served at {MOUNT_POINT}{ASSISTANT_BASE}: use that, with the "
+                         f"assistant's id, as the SDK's base URL (e.g. base_url='{host}{MOUNT_POINT}/assistants/"
+                         "<assistant id>/v1').", code="unknown_url")
 
 
 async def wrong_base_url(request: web.Request) -> web.Response:
@@ -58,6 +81,9 @@ def setup_api(app: web.Application) -> web.Application:
     for dialect in dialects(app[appkeys.PLUGIN_MANAGER]).values():
         api.router.add_post(ASSISTANT_BASE + dialect.path, call_handler(dialect))
     api.router.add_post(ASSISTANT_BASE + "/messages/count_tokens", count_tokens)
+    api.router.add_post(ASSISTANT_BASE + "/responses/input_tokens", input_tokens)
+    api.router.add_route("*", ASSISTANT_BASE + "/responses/{response_id}", not_stored)
+    api.router.add_route("*", ASSISTANT_BASE + "/responses/{response_id}/{tail:.*}", not_stored)
     api.router.add_route("HEAD", "/assistants/{assistant_id}", assistant_base)
     api.router.add_get("/assistants/{assistant_id}", assistant_base, allow_head=False)
     api.router.add_get(ASSISTANT_BASE + "/models", list_models)

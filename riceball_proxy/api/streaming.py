@@ -58,20 +58,20 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
             error = ctx.upstream_error = exc
             logger.warning("stream %s failed after it began (%s %s): %s", ctx.request_id, exc.status, exc.code,
                            (exc.detail or exc.message)[:500])
-            await response.write(dialect.error_event(exc))
+            await response.write(dialect.error_event(ctx, exc))
         except asyncio.CancelledError:
             if not ctx.shutting_down:
                 raise
             asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
             error = shutting_down()
-            await response.write(dialect.error_event(error))
+            await response.write(dialect.error_event(ctx, error))
         except ConnectionResetError:
             raise
         except Exception:
             logger.exception("stream %s failed after it began", ctx.request_id)
             error = APIError(500, "The server had an error while streaming the answer.", type="server_error",
                              code="internal_error")
-            await response.write(dialect.error_event(error))
+            await response.write(dialect.error_event(ctx, error))
         await response.write_eof()
         ctx.error = error
         return response

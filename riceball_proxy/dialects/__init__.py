@@ -72,7 +72,7 @@ class Dialect:
         """An error answered before the answer began, in the dialect's shape and with its status."""
         return error.response()
 
-    def error_event(self, error: APIError) -> bytes:
+    def error_event(self, ctx: ChatContext, error: APIError) -> bytes:
         """The last event of a stream that failed after it began."""
         raise NotImplementedError
 

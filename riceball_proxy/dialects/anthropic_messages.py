@@ -12,13 +12,12 @@ come from Anthropic's API reference and from what Claude Code sends (docs/claude
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from typing import Any
 
 import orjson
 
+from riceball_proxy.dialects.names import ToolNames
 from riceball_proxy.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +35,6 @@ CHAT_EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": 
 DERIVED_FIELDS = frozenset({"reasoning_effort"})
 #: The smallest thinking budget Anthropic accepts.
 MIN_THINKING_BUDGET = 1024
-#: Tool names Chat Completions APIs accept.
-CHAT_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 #: The billing line Claude Code puts first in its system prompt: it changes with every conversation,
 #: so it is left out of a translated prompt, whose prefix an upstream's cache can then reuse.
 BILLING_LINE = "x-anthropic-billing-header:"
@@ -195,26 +192,6 @@ def apply_params(body: dict[str, Any], params: dict[str, Any], locked) -> None:
 
 
 # --- Messages -> Chat Completions (a provider that does not speak it) ----------------------------------------
-
-
-class ToolNames:
-    """Tool names as a Chat Completions API accepts them (``^[a-zA-Z0-9_-]{1,64}$``), and back. A name
-    that already fits is kept; another is made to fit and given a short hash of the original, so that
-    the same name maps the same way in every call of a conversation."""
-
-    def __init__(self) -> None:
-        self.originals: dict[str, str] = {}
-
-    def to_chat(self, name: str) -> str:
-        if CHAT_TOOL_NAME.match(name):
-            return name
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        mapped = f"{re.sub(r'[^a-zA-Z0-9_-]', '_', name)[:55]}_{digest}"
-        self.originals[mapped] = name
-        return mapped
-
-    def original(self, name: str) -> str:
-        return self.originals.get(name, name)
 
 
 def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError | None]:

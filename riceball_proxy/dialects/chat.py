@@ -29,7 +29,7 @@ class ChatCompletions(Dialect):
 
         return chat_events(ctx, payloads)
 
-    def error_event(self, error: APIError) -> bytes:
+    def error_event(self, ctx, error: APIError) -> bytes:
         return sse.encode(orjson.dumps(error.body()))
 
 

@@ -125,7 +125,7 @@ class Messages(Dialect):
                             body=orjson.dumps(error_body(error, request_id)), content_type="application/json",
                             headers=headers)
 
-    def error_event(self, error: APIError) -> bytes:
+    def error_event(self, ctx, error: APIError) -> bytes:
         return wire.event("error", error_body(error))
 
 
