@@ -1,12 +1,13 @@
-"""What each inbound API costs the gateway: Anthropic's Messages API beside Chat Completions on the same
-assistant, translated (an OpenAI-compatible provider) and native (an Anthropic provider).
+"""What each inbound API costs the gateway: Anthropic's Messages API and OpenAI's Responses API beside Chat
+Completions on the same assistant, translated (an OpenAI-compatible provider) and, for Messages, native
+(an Anthropic provider).
 
     python -m benchmarks.dialects [--seconds 8] [--runs 2]
 
 A one-worker gateway with the Anthropic plugin serves three kinds of call to the fake upstream
 (``benchmarks.fake_upstream``, which speaks both APIs), streamed (20 chunks or 20 text deltas) and not,
 loaded by ``wrk -t2 -c64``: Chat Completions, Messages translated to Chat Completions, Messages passed
-through to an Anthropic provider. Prints requests/s and the gateway's CPU per request (and per streamed
+through to an Anthropic provider, Responses bridged to Chat Completions. Prints requests/s and the gateway's CPU per request (and per streamed
 chunk), the mean of the runs, which alternate so that a machine that slows down does so for all.
 ``make bench`` adds the same rows to its table (``rows``).
 """
@@ -22,14 +23,18 @@ from benchmarks.run import BIN, MESSAGES, bench_database, free_port, riceball, r
 
 CHUNKS = 20
 PLAIN = {"model": "bench", "messages": MESSAGES, "max_tokens": 100}
+#: The same question as a Responses request.
+RESPONSES = {"model": "bench", "input": MESSAGES[0]["content"], "max_output_tokens": 100}
 #: (label, assistant, path, streamed)
 CALLS = (
     ("Chat Completions", "openai", "/v1/chat/completions", False),
     ("Messages, translated", "openai", "/v1/messages", False),
     ("Messages, native", "anthropic", "/v1/messages", False),
+    ("Responses, bridged", "openai", "/v1/responses", False),
     ("Chat Completions", "openai", "/v1/chat/completions", True),
     ("Messages, translated", "openai", "/v1/messages", True),
     ("Messages, native", "anthropic", "/v1/messages", True),
+    ("Responses, bridged", "openai", "/v1/responses", True),
 )
 
 
@@ -49,7 +54,8 @@ def measure(env: dict, workdir: Path, seconds: int, runs: int) -> dict[tuple[str
             for _ in range(runs):
                 for label, kind, path, streamed in CALLS:
                     url = f"http://127.0.0.1:{port}/api/v1/assistants/{assistants[kind]}{path}"
-                    body = PLAIN | {"stream": True} if streamed else PLAIN
+                    body = RESPONSES if path.endswith("/responses") else PLAIN
+                    body = body | {"stream": True} if streamed else body
                     results.setdefault((label, streamed), []).append(
                         wrk(url, {"Authorization": f"Bearer {key}"}, body, 64, seconds, workdir, gateway.pid))
     return results
@@ -61,7 +67,7 @@ def rows(results: dict[tuple[str, bool], list]) -> list[tuple[str, str, str, str
     for streamed in (False, True):
         chat = results[("Chat Completions", streamed)]
         chat_cpu = statistics.mean(load.cpu_us for load in chat)
-        for label in ("Chat Completions", "Messages, translated", "Messages, native"):
+        for label in ("Chat Completions", "Messages, translated", "Messages, native", "Responses, bridged"):
             loads = results[(label, streamed)]
             cpu = statistics.mean(load.cpu_us for load in loads)
             rps = statistics.mean(load.rps for load in loads)
