@@ -25,7 +25,7 @@ CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provide
 #: Where calls come from: the API (keys) or the admin panel's playground.
 SOURCES = {"api": "API", "playground": "Playground"}
 #: The inbound APIs by their names on usage rows (a plugin's dialect shows under its own name).
-APIS = {"chat": "Chat Completions", "messages": "Anthropic Messages"}
+APIS = {"chat": "Chat Completions", "messages": "Anthropic Messages", "responses": "OpenAI Responses"}
 #: The dates a filter may name.
 FIRST_DAY = datetime.date(1970, 1, 1)
 LAST_DAY = datetime.date(9998, 12, 31)
