@@ -39,7 +39,7 @@ def shell_call(tool_names) -> tuple[str, dict]:
     raise AssertionError(f"Codex offered no shell tool: {sorted(tool_names)}")
 
 
-async def run_codex(codex: Path, base_url: str, key: str, tmp_path: Path) -> str:
+async def run_codex(codex: Path, base_url: str, key: str, tmp_path: Path, *, websocket: bool = False) -> str:
     """``codex exec`` in a new folder against ``base_url``, offline (its plugins, analytics, feedback and
     update checks off, a private CODEX_HOME). Fails unless the command ran and Codex finished."""
     home, workdir = tmp_path / "codex-home", tmp_path / "work"
@@ -55,7 +55,7 @@ name = "RiceBall"
 base_url = "{base_url}"
 wire_api = "responses"
 env_key = "RICEBALL_API_KEY"
-supports_websockets = false
+supports_websockets = {"true" if websocket else "false"}
 
 [features]
 plugins = false
@@ -85,8 +85,9 @@ enabled = false
     return out + err
 
 
+@pytest.mark.parametrize("websocket", [False, True], ids=["http", "websocket"])
 async def test_codex_runs_a_command_through_an_openai_compatible_assistant(codex, start_gateway, settings,
-                                                                           fake_openai, tmp_path):
+                                                                           fake_openai, tmp_path, websocket):
     def model(body):
         if body["messages"][-1]["role"] == "tool":
             return FINAL, []
@@ -97,13 +98,17 @@ async def test_codex_runs_a_command_through_an_openai_compatible_assistant(codex
     gateway = await start_gateway(settings)
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), system_prompt=SYSTEM_PROMPT)
     key = await gateway.key()
-    await run_codex(codex, gateway.base_url(assistant.id), key, tmp_path)
+    await run_codex(codex, gateway.base_url(assistant.id), key, tmp_path, websocket=websocket)
     assert [sent for sent in fake_openai.requests if sent["body"]["messages"][-1]["role"] == "tool"]
     for sent in fake_openai.requests:
         assert sent["body"]["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
         assert key not in json.dumps(sent)
     rows = await gateway.usage_rows(2)
     assert {row["api"] for row in rows} == {"responses"}
+    # Over a WebSocket, each call is numbered on its socket's request id (one socket, its calls in turn).
+    assert all(row["request_id"].rsplit("-", 1)[-1].isdigit() for row in rows) is websocket
+    if websocket:
+        assert len({row["request_id"].rsplit("-", 1)[0] for row in rows}) == 1
 
 
 async def test_codex_runs_a_command_through_an_anthropic_assistant(codex, aiohttp_server, start_gateway, settings,

@@ -194,3 +194,43 @@ async def test_other_openai_paths_name_what_is_served(bridged, path, says):
                                                        "Host": "gateway.example:8443"}) as response:
             error = (await response.json())["error"]
     assert response.status == 404 and says in error["message"] and "responses" in error["message"]
+
+
+async def test_the_api_over_a_websocket_one_call_per_frame(bridged, fake_openai):
+    url = bridged.base_url(bridged.assistant_.id) + "/responses"
+    headers = {"Authorization": f"Bearer {bridged.key_}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Authorization": "Bearer sk-wrong"}) as refused:
+            assert refused.status == 401  # no socket without a key: a client falls back to HTTP at once
+        async with session.ws_connect(url, headers=headers) as socket:
+
+            async def call(frame: dict) -> list[dict]:
+                await socket.send_json({"type": "response.create", **frame})
+                events = []
+                while not events or events[-1]["type"] not in ("response.completed", "response.failed", "error"):
+                    event = json.loads((await socket.receive()).data)
+                    if event["type"] != "error":
+                        EVENTS[event["type"]].model_validate(event)
+                    events.append(event)
+                return events
+
+            warm = await call({"model": "x", "input": "Hi", "generate": False})
+            assert [e["type"] for e in warm] == ["response.created", "response.in_progress", "response.completed"]
+            asked = len(fake_openai.requests)  # a warm-up asks nothing upstream
+            first = await call({"model": "x", "input": [], "previous_response_id": warm[-1]["response"]["id"]})
+            assert first[-1]["response"]["output"][0]["content"][0]["text"] == "Hello from the fake upstream"
+            assert [e["sequence_number"] for e in first] == list(range(len(first)))
+            second = await call({"model": "x", "input": [{"role": "user", "content": "And?"}],
+                                 "previous_response_id": first[-1]["response"]["id"]})
+            assert second[-1]["type"] == "response.completed" and len(fake_openai.requests) == asked + 2
+            assert [m["content"] for m in fake_openai.last["messages"][1:]] == ["Hi", "Hello from the fake upstream",
+                                                                                  "And?"]
+            unknown = await call({"model": "x", "input": "Hi", "previous_response_id": "resp_elsewhere"})
+            assert unknown[-1]["type"] == "error" and unknown[-1]["error"]["code"] == "stateless_api"
+            fake_openai.error = (429, {"error": {"message": "Slow down", "type": "rate_limit_error"}})
+            limited = await call({"model": "x", "input": "Hi"})
+            assert limited[-1]["status"] == 429 and limited[-1]["error"]["code"] == "rate_limit_exceeded"
+            fake_openai.error = None
+            assert (await call({"model": "x", "input": "Hi"}))[-1]["type"] == "response.completed"  # still open
+    rows = await bridged.usage_rows(4)
+    assert [row["status"] for row in rows[-4:]] == [200, 200, 429, 200]

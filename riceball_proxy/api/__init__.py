@@ -19,7 +19,7 @@ from aiohttp import web
 from riceball_proxy import appkeys
 from riceball_proxy.api.anthropic import assistant_base, count_tokens, speaks_anthropic
 from riceball_proxy.api.calls import call_handler
-from riceball_proxy.api.responses import input_tokens, not_stored
+from riceball_proxy.api.responses import input_tokens, not_stored, responses_socket
 from riceball_proxy.api.models import list_models, retrieve_model
 from riceball_proxy.api.stages import CLIENT_CLOSED_REQUEST
 from riceball_proxy.bodies import answered_and_closed
@@ -81,6 +81,7 @@ def setup_api(app: web.Application) -> web.Application:
     for dialect in dialects(app[appkeys.PLUGIN_MANAGER]).values():
         api.router.add_post(ASSISTANT_BASE + dialect.path, call_handler(dialect))
     api.router.add_post(ASSISTANT_BASE + "/messages/count_tokens", count_tokens)
+    api.router.add_get(ASSISTANT_BASE + "/responses", responses_socket)
     api.router.add_post(ASSISTANT_BASE + "/responses/input_tokens", input_tokens)
     api.router.add_route("*", ASSISTANT_BASE + "/responses/{response_id}", not_stored)
     api.router.add_route("*", ASSISTANT_BASE + "/responses/{response_id}/{tail:.*}", not_stored)

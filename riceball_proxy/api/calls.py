@@ -30,16 +30,7 @@ def call_handler(dialect: Dialect):
     @observed  # 9. observe: whatever happens below, the outcome goes to the observers (usage, metrics...)
     async def call(request: web.Request, ctx: ChatContext) -> web.StreamResponse:
         """One call, streamed or not; every failure is an APIError, answered in the dialect's shape."""
-        ctx.dialect = dialect
-        pm = ctx.app[appkeys.PLUGIN_MANAGER]
-        await authenticate(request, ctx)                            # 1. who is calling (401, 403)
-        await resolve_assistant(ctx)                                # 2. the assistant it names (404)
-        await admit_caller(ctx)                                     # 4a. calls at once, before the body (429)
-        dialect.take(ctx, request, *await read_json_request(request, ctx))  # 3. a valid request (400, 413)
-        await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
-        dialect.inject(ctx)                                         #    (and in the dialect's own terms)
-        await select_provider(ctx)                                  # 6. the primary provider (its price)
-        await admit(ctx)                                            # 4. limits and budgets (429)
+        await admitted(request, ctx, dialect, lambda: read_json_request(request, ctx))  # 1-6.
         if ctx.stream:
             return await answer_stream(request, ctx)                # 6-8. call (with failover), transform, SSE
         answer = await dialect.answer(ctx, await whole_answer(ctx))  # 6-7. call (with failover), transform
@@ -50,6 +41,21 @@ def call_handler(dialect: Dialect):
 
     call.dialect = dialect
     return call
+
+
+async def admitted(request: web.Request, ctx: ChatContext, dialect: Dialect, read) -> None:
+    """A call of ``dialect`` up to the upstream call: who calls, the assistant, the request (``read()``
+    gives its parsed body and bytes), prepared and admitted. Raises the APIError that refuses it."""
+    ctx.dialect = dialect
+    pm = ctx.app[appkeys.PLUGIN_MANAGER]
+    await authenticate(request, ctx)                            # 1. who is calling (401, 403)
+    await resolve_assistant(ctx)                                # 2. the assistant it names (404)
+    await admit_caller(ctx)                                     # 4a. calls at once, before the body (429)
+    dialect.take(ctx, request, *await read())                   # 3. a valid request (400, 413)
+    await pm.run("riceball_prepare_request", ctx=ctx)           # 5. inject the assistant, then policies
+    dialect.inject(ctx)                                         #    (and in the dialect's own terms)
+    await select_provider(ctx)                                  # 6. the primary provider (its price)
+    await admit(ctx)                                            # 4. limits and budgets (429)
 
 
 async def whole_answer(ctx: ChatContext) -> dict:

@@ -31,53 +31,62 @@ CHAT_CONTEXT = web.RequestKey("chat_context", ChatContext)
 
 
 def observed(handler):
-    """Make an API handler ``handler(request, ctx)`` whose outcome every call reports to the observers.
+    """Make an API handler ``handler(request, ctx)`` whose outcome every call reports to the observers
+    (see :func:`observe`)."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        return await observe(request, handler)
+
+    return wrapper
+
+
+async def observe(request: web.Request, handler, *args, request_id: str | None = None):
+    """Run one call, ``handler(request, ctx, *args)``, with a new context, and report its outcome to the
+    observers, however it ends. ``request_id``: the call's own, when one request carries several (a
+    WebSocket's).
 
     The status recorded is the one the client got, or the error that ended a stream already under
     way, or 499 when the client went away first. A call the gateway ends because it is shutting
     down is answered, and recorded, 503.
     """
-
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        app = request.match_info.apps[0]
-        ctx = ChatContext(request_id=request[appkeys.REQUEST_ID], app=app, client_addr=client_address(request))
-        request[CHAT_CONTEXT] = ctx
-        in_flight = app[appkeys.IN_FLIGHT]
-        task = request.task
-        in_flight.add(task, ctx)
-        status, error_type, disconnected = 500, "server_error", False
-        error: APIError | None = None
-        try:
-            response = await handler(request, ctx)
-            error = ctx.error
-            status, error_type = (error.status, error.type) if error else (response.status, None)
-            return response
-        except APIError as exc:
-            error = exc
-            status, error_type = exc.status, exc.type
-            raise
-        except asyncio.CancelledError:
-            if not ctx.shutting_down:
-                status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
-                raise
-            task.uncancel()  # ended by the shutdown, not by the client: it gets an answer
-            error = shutting_down()
-            status, error_type = error.status, error.type
-            return error.response()
-        except ConnectionResetError:
+    app = request.match_info.apps[0]
+    ctx = ChatContext(request_id=request_id or request[appkeys.REQUEST_ID], app=app,
+                      client_addr=client_address(request))
+    request[CHAT_CONTEXT] = ctx
+    in_flight = app[appkeys.IN_FLIGHT]
+    task = request.task
+    in_flight.add(task, ctx)
+    status, error_type, disconnected = 500, "server_error", False
+    error: APIError | None = None
+    try:
+        response = await handler(request, ctx, *args)
+        error = ctx.error
+        status, error_type = (error.status, error.type) if error else (response.status, None)
+        return response
+    except APIError as exc:
+        error = exc
+        status, error_type = exc.status, exc.type
+        raise
+    except asyncio.CancelledError:
+        if not ctx.shutting_down:
             status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
             raise
-        except web.HTTPException as exc:
-            status, error_type = exc.status, "invalid_request_error"
-            raise
+        task.uncancel()  # ended by the shutdown, not by the client: it gets an answer
+        error = shutting_down()
+        status, error_type = error.status, error.type
+        return error.response()
+    except ConnectionResetError:
+        status, error_type, disconnected = CLIENT_CLOSED_REQUEST, "client_disconnected", True
+        raise
+    except web.HTTPException as exc:
+        status, error_type = exc.status, "invalid_request_error"
+        raise
+    finally:
+        try:
+            await finish(ctx, status, error_type, disconnected=disconnected, error=error)
         finally:
-            try:
-                await finish(ctx, status, error_type, disconnected=disconnected, error=error)
-            finally:
-                in_flight.discard(task)
-
-    return wrapper
+            in_flight.discard(task)
 
 
 async def authenticate(request: web.Request, ctx: ChatContext) -> None:

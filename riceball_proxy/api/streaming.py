@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -36,9 +36,8 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
     """Answer with SSE; an error that ends the stream early is kept in ``ctx.error``.
 
     One rule for failures: an APIError before the response is prepared is answered with its HTTP
-    status; after it, with one SSE error event in OpenAI's shape, and no ``[DONE]``.
+    status; after it, with the dialect's last event (an error event, ``response.failed``...).
     """
-    dialect = ctx.dialect or CHAT
     in_flight = ctx.app[appkeys.METRICS].streams_in_flight
     response = upstream = None
     try:
@@ -50,36 +49,44 @@ async def answer_stream(request: web.Request, ctx: ChatContext) -> web.StreamRes
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         in_flight.inc()
-        events = dialect.events(ctx, _payloads(ctx, first, upstream))
-        error = None
-        try:
-            await write_coalesced(response.write, events)  # the dialect's last event, unless the stream failed
-        except APIError as exc:
-            error = ctx.upstream_error = exc
-            logger.warning("stream %s failed after it began (%s %s): %s", ctx.request_id, exc.status, exc.code,
-                           (exc.detail or exc.message)[:500])
-            await response.write(dialect.error_event(ctx, exc))
-        except asyncio.CancelledError:
-            if not ctx.shutting_down:
-                raise
-            asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
-            error = shutting_down()
-            await response.write(dialect.error_event(ctx, error))
-        except ConnectionResetError:
-            raise
-        except Exception:
-            logger.exception("stream %s failed after it began", ctx.request_id)
-            error = APIError(500, "The server had an error while streaming the answer.", type="server_error",
-                             code="internal_error")
-            await response.write(dialect.error_event(ctx, error))
+        await relay(ctx, first, upstream, response.write)
         await response.write_eof()
-        ctx.error = error
         return response
     finally:
         if response is not None and response.prepared:
             in_flight.dec()
         if upstream is not None:
             await upstream.aclose()
+
+
+async def relay(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[bytes],
+                write: Callable[[bytes], Awaitable[None]]) -> None:
+    """``write`` the stream's events in the call's dialect, from its first payload on; a failure after
+    that ends it with the dialect's last event, and is kept in ``ctx.error``."""
+    dialect = ctx.dialect or CHAT
+    events = dialect.events(ctx, _payloads(ctx, first, upstream))
+    error = None
+    try:
+        await write_coalesced(write, events)  # the dialect's last event, unless the stream failed
+    except APIError as exc:
+        error = ctx.upstream_error = exc
+        logger.warning("stream %s failed after it began (%s %s): %s", ctx.request_id, exc.status, exc.code,
+                       (exc.detail or exc.message)[:500])
+        await write(dialect.error_event(ctx, exc))
+    except asyncio.CancelledError:
+        if not ctx.shutting_down:
+            raise
+        asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
+        error = shutting_down()
+        await write(dialect.error_event(ctx, error))
+    except ConnectionResetError:
+        raise
+    except Exception:
+        logger.exception("stream %s failed after it began", ctx.request_id)
+        error = APIError(500, "The server had an error while streaming the answer.", type="server_error",
+                         code="internal_error")
+        await write(dialect.error_event(ctx, error))
+    ctx.error = error
 
 
 def chat_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
