@@ -90,6 +90,7 @@ class FakeOpenAI:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.list_models)
         return app
 
@@ -104,6 +105,64 @@ class FakeOpenAI:
         status, body = self.error
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         return web.Response(status=status, body=raw, content_type="application/json", headers=self.error_headers)
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API, as OpenAI serves it: a response object, or its events (each with a
+        sequence number), ``reply`` as one message, then ``tool_calls`` as function calls; it refuses
+        ``previous_response_id`` it never issued."""
+        body = await request.json()
+        self.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers),
+                              "body": body})
+        if self.error:
+            return self._error_response()
+        if body.get("previous_response_id"):
+            return web.json_response({"error": {"message": f"Previous response with id "
+                                                f"'{body['previous_response_id']}' not found.",
+                                                "type": "invalid_request_error", "param": "previous_response_id",
+                                                "code": "previous_response_not_found"}}, status=400)
+        output = []
+        if self.reply and not self.tool_calls:
+            output.append({"id": "msg_fake", "type": "message", "role": "assistant", "status": "completed",
+                           "content": [{"type": "output_text", "text": self.reply, "annotations": [], "logprobs": []}]})
+        for n, (name, arguments) in enumerate(self.tool_calls):
+            output.append({"id": f"fc_fake{n}", "type": "function_call", "call_id": f"call_{n}", "name": name,
+                           "arguments": arguments, "status": "completed"})
+        usage = {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
+                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 14}
+        response = {"id": "resp_fake", "object": "response", "created_at": 1700000000, "status": "completed",
+                    "model": body.get("model"), "output": output, "usage": usage, "error": None,
+                    "incomplete_details": None, "instructions": body.get("instructions"), "metadata": {},
+                    "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [],
+                    "top_p": 1.0, "store": bool(body.get("store", True))}
+        if not body.get("stream"):
+            return web.json_response(response)
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        sequence = 0
+
+        async def send(kind: str, data: dict[str, Any]) -> None:
+            nonlocal sequence
+            await stream.write(f"event: {kind}\ndata: ".encode() + orjson.dumps(
+                {"type": kind, **data, "sequence_number": sequence}) + b"\n\n")
+            sequence += 1
+
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        await send("response.created", {"response": started})
+        await send("response.in_progress", {"response": started})
+        for index, item in enumerate(output):
+            await send("response.output_item.added", {"output_index": index, "item": {**item, "status": "in_progress"}})
+            if item["type"] == "message":
+                for n, word in enumerate(self.reply.split(" ")):
+                    if self.fail_after_chunks is not None and n == self.fail_after_chunks:
+                        await send("response.failed", {"response": {**started, "status": "failed", "error": {
+                            "code": "server_error", "message": "The model failed."}}})
+                        return stream
+                    await send("response.output_text.delta", {"item_id": item["id"], "output_index": index,
+                                                              "content_index": 0, "delta": word if n == 0 else " " + word,
+                                                              "logprobs": []})
+            await send("response.output_item.done", {"output_index": index, "item": item})
+        await send("response.completed", {"response": response})
+        return stream
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

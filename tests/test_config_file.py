@@ -194,7 +194,7 @@ keys:
 """
     status, out, err = run(capsys, monkeypatch, "--json", "apply", "-f", write(tmp_path, late))
     assert status == 2 and json.loads(out)["problems"] == [
-        "providers[1].type: no installed plugin offers 'nonesuch' (installed: anthropic, openai)",
+        "providers[1].type: no installed plugin offers 'nonesuch' (installed: anthropic, openai, openai-responses)",
         "assistants[2].provider: no provider named 'gone'",
         "keys[0].assistants[1]: no assistant named 'z'",
     ]

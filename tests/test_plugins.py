@@ -31,7 +31,7 @@ def test_default_plugins_are_registered_like_any_plugin():
     assert described["riceball_proxy.builtin.metrics"]["hooks"] == ["riceball_request_finished"]
     assert described["riceball_proxy.builtin.usage_recorder"]["hooks"] == [
         "riceball_request_finished", "riceball_shutdown", "riceball_startup"]
-    assert list(provider_types(pm)) == ["openai"]
+    assert list(provider_types(pm)) == ["openai", "openai-responses"]
 
 
 def test_installed_plugins_are_found_by_entry_point(installed_plugin):
@@ -45,7 +45,7 @@ def test_installed_plugins_are_found_by_entry_point(installed_plugin):
         "hooks": ["riceball_provider_types", "riceball_shutdown", "riceball_startup"],
     }
     types = provider_types(pm)
-    assert sorted(types) == ["openai", "recorder"]
+    assert sorted(types) == ["openai", "openai-responses", "recorder"]
     assert "recorder" in dict(make_plugin_manager(Settings()).list_name_plugin())  # no allowlist: all load
     assert types["openai"].label == "OpenAI (replaced by tests)"  # the installed plugin wins
 

@@ -234,3 +234,60 @@ async def test_the_api_over_a_websocket_one_call_per_frame(bridged, fake_openai)
             assert (await call({"model": "x", "input": "Hi"}))[-1]["type"] == "response.completed"  # still open
     rows = await bridged.usage_rows(4)
     assert [row["status"] for row in rows[-4:]] == [200, 200, 429, 200]
+
+
+@pytest.fixture
+async def native(start_gateway, settings, fake_openai):
+    """An assistant on a provider that speaks the Responses API itself (``openai-responses``)."""
+    gateway = await start_gateway(settings)
+    provider = await gateway.provider(fake_openai.base_url, type="openai-responses")
+    assistant = await gateway.assistant(provider, system_prompt="You are RiceBall's helper.",
+                                        parameters={"max_tokens": 300, "temperature": 0.2})
+    key = await gateway.key()
+    async with gateway.client(assistant.id, key) as client:
+        gateway.assistant_, gateway.key_, gateway.sdk, gateway.provider_ = assistant, key, client, provider
+        yield gateway
+
+
+async def test_a_provider_that_speaks_responses_gets_the_request_as_it_came(native, fake_openai):
+    response = await native.sdk.responses.create(
+        model="x", input="Hi", instructions="Be brief.", store=True, include=["reasoning.encrypted_content"],
+        tools=[{"type": "web_search"}, SHELL], max_output_tokens=5000, reasoning={"effort": "high"})
+    assert response.id == "resp_fake" and response.output_text == "Hello from the fake upstream"
+    sent = fake_openai.requests[-1]
+    assert sent["path"] == "/v1/responses"
+    body = sent["body"]
+    assert body["instructions"] == "You are RiceBall's helper.\n\nBe brief." and body["input"] == "Hi"
+    assert body["tools"] == [{"type": "web_search"}, SHELL] and body["include"] == ["reasoning.encrypted_content"]
+    assert (body["model"], body["store"], body["max_output_tokens"], body["temperature"]) == (
+        native.assistant_.model, False, 300, 0.2)  # nothing stored upstream either
+    assert body["reasoning"] == {"effort": "high"}
+    rows = await native.usage_rows(1)
+    assert (rows[-1]["prompt_tokens"], rows[-1]["cached_tokens"], rows[-1]["reasoning_tokens"]) == (9, 4, 2)
+
+
+async def test_a_native_stream_passes_the_providers_events_through(native, fake_openai):
+    events = await raw_events(native, {"model": "x", "input": "Hi"})
+    assert events[-1]["type"] == "response.completed" and events[-1]["response"]["id"] == "resp_fake"
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == \
+        "Hello from the fake upstream"
+    rows = await native.usage_rows(1)
+    assert rows[-1]["completion_tokens"] == 5 and rows[-1]["api"] == "responses"
+    fake_openai.fail_after_chunks = 2
+    events = await raw_events(native, {"model": "x", "input": "Hi"})
+    assert events[-1]["type"] == "response.failed"
+    rows = await native.usage_rows(2)
+    assert rows[-1]["status"] == 502
+
+
+async def test_a_native_primary_fails_over_to_a_bridged_fallback(native, fake_openai):
+    from riceball_proxy.db.assistants import Target
+
+    chat_provider = await native.provider(fake_openai.base_url)
+    assistant = await native.assistant(native.provider_, system_prompt="Be brief.",
+                                       fallbacks=[Target(chat_provider.id, "gpt-4o-mini")])
+    async with native.client(assistant.id, native.key_) as client:
+        fake_openai.error = (503, {"error": {"message": "busy", "type": "server_error"}})
+        with pytest.raises(openai.InternalServerError):  # every target on the one fake: both refuse
+            await client.responses.create(model="x", input="Hi")
+    assert [r["path"] for r in fake_openai.requests[-2:]] == ["/v1/responses", "/v1/chat/completions"]

@@ -1,6 +1,9 @@
-"""The OpenAI-compatible provider type: OpenAI, Azure OpenAI deployments, DeepSeek, vLLM, Ollama, OpenRouter...
+"""The OpenAI-compatible provider types: OpenAI, Azure OpenAI deployments, DeepSeek, vLLM, Ollama, OpenRouter...
 
-Requests and answers are already in OpenAI's format, so bodies go through untouched.
+Requests and answers are already in OpenAI's format, so bodies go through untouched. ``openai`` speaks
+Chat Completions; ``openai-responses`` (OpenAI itself, Azure, vLLM 0.21 and later) speaks the Responses
+API as well, so that calls that came in by it are passed through (``native_dialects``): hosted tools,
+encrypted reasoning and cache keys reach the provider as the client wrote them.
 """
 from __future__ import annotations
 
@@ -83,6 +86,52 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 raise bad_upstream_response("model list") from None
 
 
+class OpenAIResponsesAdapter(OpenAICompatibleAdapter):
+    """An OpenAI-compatible API that also serves ``{base_url}/responses``: Responses calls go there as
+    they came (the assistant injected), the others to Chat Completions."""
+
+    native_dialects = frozenset({"responses"})
+
+    @functools.cached_property
+    def _responses_url(self):
+        return join_url(self.provider.base_url, "/responses")
+
+    async def complete_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                              request_id: str | None = None) -> dict[str, Any]:
+        async with self.call("POST", self._responses_url, headers=self._headers(), body=body,
+                             request_id=request_id) as response:
+            try:
+                answer = orjson.loads(await response.read())
+            except orjson.JSONDecodeError:
+                raise bad_upstream_response("answer") from None
+        if type(answer) is not dict or answer.get("object") != "response":
+            raise bad_upstream_response("answer")
+        return answer
+
+    async def stream_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                            request_id: str | None = None) -> AsyncIterator[bytes]:
+        """The provider's events as they came, each read for a failure or the end: ``response.failed`` and
+        ``error`` raise APIError, and so does a stream that ends before its last event."""
+        ended = False
+        async with self.call("POST", self._responses_url, headers=self._headers(), body=body | {"stream": True},
+                             request_id=request_id) as response:
+            try:
+                async for data in sse.iter_data(response.content.iter_any()):
+                    kind = _json_object(data).get("type")
+                    if kind in ("response.failed", "error"):
+                        event = orjson.loads(data)
+                        error = event.get("error") or (event.get("response") or {}).get("error") or {}
+                        raise stream_error(error if isinstance(error, dict) else {}, self.redact)
+                    yield data
+                    if kind in ("response.completed", "response.incomplete"):
+                        ended = True
+                        break
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise connection_error(exc) from None
+        if not ended:
+            raise stream_ended_early()
+
+
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
         chunk = orjson.loads(data)
@@ -101,5 +150,11 @@ def riceball_provider_types():
             label="OpenAI-compatible",
             adapter=OpenAICompatibleAdapter,
             default_base_url="https://api.openai.com/v1",
-        )
+        ),
+        ProviderType(
+            name="openai-responses",
+            label="OpenAI-compatible, with the Responses API (OpenAI, Azure, vLLM 0.21+)",
+            adapter=OpenAIResponsesAdapter,
+            default_base_url="https://api.openai.com/v1",
+        ),
     ]

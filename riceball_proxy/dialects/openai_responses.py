@@ -300,6 +300,57 @@ def _response_format(form: Any) -> dict[str, Any] | None:
     return None
 
 
+# --- the assistant, injected in Responses' own terms (a provider that speaks it) ------------------------------
+
+
+def inject(body: dict[str, Any], assistant) -> None:
+    """Apply ``assistant`` to a Responses ``body`` in place: its model; its system prompt first in
+    ``instructions``, the client's after it (or dropped, with the client's system and developer input
+    messages, when the assistant does not allow them); its parameters as defaults, locked ones forced,
+    its ``max_tokens`` a ceiling on ``max_output_tokens``. Nothing is stored: ``store`` is false."""
+    body["model"] = assistant.model
+    body["store"] = False
+    instructions = body.get("instructions") if assistant.allow_client_system else None
+    if not assistant.allow_client_system and isinstance(body.get("input"), list):
+        body["input"] = [item for item in body["input"] if not (isinstance(item, dict) and item.get("type", "message")
+                                                              == "message" and item.get("role") in ("system", "developer"))]
+    joined = "\n\n".join(text for text in (assistant.system_prompt, instructions) if text)
+    if joined:
+        body["instructions"] = joined
+    else:
+        body.pop("instructions", None)
+    for name, value in assistant.extra_params.items():
+        body.setdefault(name, value)
+    apply_params(body, assistant.parameters, assistant.locked)
+
+
+def apply_params(body: dict[str, Any], params: dict[str, Any], locked) -> None:
+    """Parameters by their Chat Completions names on a Responses body (``max_tokens`` is
+    ``max_output_tokens``; those Responses has no place for are left out)."""
+    for name, value in params.items():
+        forced = locked is True or name in locked
+        if name in ("max_tokens", "max_completion_tokens"):
+            asked = body.get("max_output_tokens")
+            body["max_output_tokens"] = value if forced or asked is None else min(asked, value)
+        elif name in ("temperature", "top_p") and (forced or body.get(name) is None):
+            body[name] = value
+
+
+def usage_to_chat(usage: Any) -> Any:
+    """Responses usage as Chat usage (both count cached tokens among the input)."""
+    if not isinstance(usage, dict):
+        return usage
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    chat = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": usage.get("total_tokens")}
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens")
+    if cached is not None:
+        chat["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        chat["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return chat
+
+
 # --- Chat Completions -> Responses ---------------------------------------------------------------------------
 
 

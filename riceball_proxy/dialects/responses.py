@@ -1,7 +1,9 @@
 """OpenAI's Responses API, the third dialect (what Codex, the Agents SDK and Responses-first SDKs speak).
 
 Stateless like the rest of the API: nothing is stored; the client sends the whole conversation as
-``input`` every time. Every provider is bridged: the request is translated to Chat Completions (the
+``input`` every time. A provider that speaks Responses (the ``openai-responses`` type) is sent the
+client's body with the assistant injected in Responses' own terms, its answer and events passed back
+(read for usage); any other provider is bridged: the request is translated to Chat Completions (the
 internal form) and the answer rendered back as a ``response`` object or as Responses events
 (``dialects/openai_responses.py`` has the wire rules). Errors before the stream are OpenAI's shape; a
 failure after it began is ``response.failed``, never a bare cut.
@@ -11,9 +13,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from riceball_proxy.dialects import Dialect, openai_responses as wire
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimated_usage
+from riceball_proxy.upstream import bad_upstream_response
+from riceball_proxy.validation import parse_json
 
 
 class Responses(Dialect):
@@ -28,12 +34,55 @@ class Responses(Dialect):
             chat["stream_options"] = {"include_usage": True}
         ctx.body = chat
         ctx.derived_fields = frozenset(wire.DERIVED_FIELDS & chat.keys())
+        ctx.native_body = parse_json(raw)  # a copy of its own: it is injected
+        ctx.native_body.pop("generate", None)
+
+    def inject(self, ctx) -> None:
+        wire.inject(ctx.native_body, ctx.assistant)
+
+    def native_body_for(self, ctx, target) -> dict[str, Any]:
+        if target.provider_id == ctx.assistant.provider_id and target.model == ctx.assistant.model \
+                and not target.params:
+            return ctx.native_body
+        body = {**ctx.native_body, "model": target.model}
+        wire.apply_params(body, target.params, True)
+        return body
+
+    def native_usage(self, usage: Any) -> Any:
+        return wire.usage_to_chat(usage)
 
     async def answer(self, ctx, answer: dict[str, Any]) -> dict[str, Any]:
+        if ctx.served_natively:
+            return answer
         return wire.from_chat(answer, ctx.client_body, ctx.tool_names, wire.new_id("resp"),
                               answer.get("model") or ctx.assistant.model)
 
-    async def events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    def events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        return self._native_events(ctx, payloads) if ctx.served_natively else self._rendered_events(ctx, payloads)
+
+    async def _native_events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The provider's own events, each read for what it relays; the last one for the usage. Its
+        response id, numbering and finished items are followed, so that a failure (``error_event``)
+        ends the stream as the provider's own response, numbered on."""
+        state = ctx.stream_state = wire.StreamRenderer(ctx.client_body, ctx.tool_names, ctx.assistant.model)
+        async for payload in payloads:
+            data = orjson.loads(payload)
+            kind = data.get("type") if type(data) is dict else None
+            if not isinstance(kind, str):
+                raise bad_upstream_response("stream")
+            if type(data.get("sequence_number")) is int:
+                state.sequence = data["sequence_number"] + 1
+            if kind == "response.output_text.delta":
+                ctx.relayed_chars += len(data.get("delta") or "")
+            elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+                state.output.append(data["item"])
+            elif kind == "response.created" and isinstance((data.get("response") or {}).get("id"), str):
+                state.response_id = data["response"]["id"]
+            elif kind in ("response.completed", "response.incomplete"):
+                ctx.record_usage(wire.usage_to_chat((data.get("response") or {}).get("usage")))
+            yield b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
+
+    async def _rendered_events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         from riceball_proxy.api.streaming import stream_transformers, transformed_chunks
 
         renderer = ctx.stream_state = wire.StreamRenderer(ctx.client_body, ctx.tool_names, ctx.assistant.model)
