@@ -291,3 +291,22 @@ async def test_a_native_primary_fails_over_to_a_bridged_fallback(native, fake_op
         with pytest.raises(openai.InternalServerError):  # every target on the one fake: both refuse
             await client.responses.create(model="x", input="Hi")
     assert [r["path"] for r in fake_openai.requests[-2:]] == ["/v1/responses", "/v1/chat/completions"]
+
+
+async def test_the_sync_client_and_limits(start_gateway, settings, fake_openai):
+    import asyncio
+
+    gateway = await start_gateway(settings)
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key(rpm=1)
+
+    def two_calls():
+        with gateway.sync_client(assistant.id, key) as client:
+            first = client.responses.create(model="x", input="Hi")
+            with pytest.raises(openai.RateLimitError) as raised:
+                client.responses.create(model="x", input="Hi")
+            return first, raised.value
+
+    first, refused = await asyncio.to_thread(two_calls)  # the gateway serves on this loop
+    assert first.output_text == "Hello from the fake upstream"
+    assert refused.code == "rate_limit_exceeded" and int(refused.response.headers["retry-after"]) >= 1

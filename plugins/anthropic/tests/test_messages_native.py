@@ -129,3 +129,26 @@ async def test_an_anthropic_primary_fails_over_to_an_openai_fallback_translated(
     sent = fake_openai.last
     assert sent["model"] == "o4-mini" and sent["messages"][0] == {"role": "system", "content": "Be brief."}
     assert sent["reasoning_effort"] == "low"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_responses_api_is_bridged_to_anthropic(native, stream):
+    native.fake.tool_uses = [("toolu_01", "exec_command", {"cmd": "ls"})]
+    native.fake.reply = ""
+    tool = {"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {
+        "cmd": {"type": "string"}}}}
+    async with native.gateway.client(native.assistant.id, native.key) as client:
+        if stream:
+            async with client.responses.stream(model="x", input="List", tools=[tool], instructions="Be quick.") as s:
+                response = await s.get_final_response()
+        else:
+            response = await client.responses.create(model="x", input="List", tools=[tool], instructions="Be quick.")
+        call = response.output[-1]
+        assert (call.type, call.name, json.loads(call.arguments)) == ("function_call", "exec_command", {"cmd": "ls"})
+        assert native.fake.last["system"] == "Be brief.\n\nBe quick." and native.fake.last["max_tokens"] == 2000
+        native.fake.tool_uses, native.fake.reply = [], "a.txt"
+        answer = await client.responses.create(model="x", tools=[tool], input=[
+            {"role": "user", "content": "List"}, call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "a.txt"}])
+    assert answer.output_text == "a.txt"
+    assert native.fake.last["messages"][-1]["content"][0]["type"] == "tool_result"

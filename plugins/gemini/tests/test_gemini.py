@@ -149,3 +149,26 @@ async def test_upstream_errors(gemini, status, google_status, exception, expecte
 async def test_models_are_listed(gemini):
     models = await gemini.adapter.list_models()
     assert [m["id"] for m in models] == ["gemini-2.5-flash"]  # embedding models cannot chat
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_responses_api_is_bridged_to_gemini(gemini, stream):
+    fake, client = gemini.fake, gemini.client
+    fake.reply = ""
+    fake.function_calls = [("get_weather", {"city": "Paris"})]
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    if stream:
+        async with client.responses.stream(model="x", input="Weather in Paris?", tools=[tool]) as events:
+            response = await events.get_final_response()
+    else:
+        response = await client.responses.create(model="x", input="Weather in Paris?", tools=[tool])
+    call = response.output[-1]
+    assert (call.type, call.name, json.loads(call.arguments)) == ("function_call", "get_weather", {"city": "Paris"})
+    assert fake.last["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    fake.reply, fake.function_calls = "18 degrees", []
+    answer = await client.responses.create(model="x", tools=[tool], input=[
+        {"role": "user", "content": "Weather in Paris?"}, call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 18}'}])
+    assert answer.output_text == "18 degrees"
+    assert fake.last["contents"][-1] == {"role": "user", "parts": [
+        {"functionResponse": {"name": "get_weather", "response": {"celsius": 18}}}]}
