@@ -1,13 +1,14 @@
 """What each inbound API costs the gateway: Anthropic's Messages API and OpenAI's Responses API beside Chat
-Completions on the same assistant, translated (an OpenAI-compatible provider) and, for Messages, native
-(an Anthropic provider).
+Completions on the same assistant, translated (an OpenAI-compatible provider) and native (an Anthropic
+provider for Messages, an ``openai-responses`` one for Responses).
 
     python -m benchmarks.dialects [--seconds 8] [--runs 2]
 
 A one-worker gateway with the Anthropic plugin serves three kinds of call to the fake upstream
 (``benchmarks.fake_upstream``, which speaks both APIs), streamed (20 chunks or 20 text deltas) and not,
 loaded by ``wrk -t2 -c64``: Chat Completions, Messages translated to Chat Completions, Messages passed
-through to an Anthropic provider, Responses bridged to Chat Completions. Prints requests/s and the gateway's CPU per request (and per streamed
+through to an Anthropic provider, Responses bridged to Chat Completions, Responses passed through to a
+provider that speaks it. Prints requests/s and the gateway's CPU per request (and per streamed
 chunk), the mean of the runs, which alternate so that a machine that slows down does so for all.
 ``make bench`` adds the same rows to its table (``rows``).
 """
@@ -31,10 +32,12 @@ CALLS = (
     ("Messages, translated", "openai", "/v1/messages", False),
     ("Messages, native", "anthropic", "/v1/messages", False),
     ("Responses, bridged", "openai", "/v1/responses", False),
+    ("Responses, native", "responses", "/v1/responses", False),
     ("Chat Completions", "openai", "/v1/chat/completions", True),
     ("Messages, translated", "openai", "/v1/messages", True),
     ("Messages, native", "anthropic", "/v1/messages", True),
     ("Responses, bridged", "openai", "/v1/responses", True),
+    ("Responses, native", "responses", "/v1/responses", True),
 )
 
 
@@ -43,10 +46,12 @@ def measure(env: dict, workdir: Path, seconds: int, runs: int) -> dict[tuple[str
     env = env | {"RICEBALL_PLUGINS": "anthropic"}
     results: dict[tuple[str, bool], list] = {}
     with upstream_provider(env, workdir, "dialects-openai", log="upstream-dialects.log") as upstream_url:
-        riceball(env, "provider", "add", "--name", "dialects-anthropic", "--type", "anthropic", "--base-url",
-                 upstream_url)
+        for kind, provider_type in (("anthropic", "anthropic"), ("responses", "openai-responses")):
+            riceball(env, "provider", "add", "--name", f"dialects-{kind}", "--type", provider_type, "--base-url",
+                     upstream_url)
         assistants = {kind: riceball(env, "assistant", "add", "--name", f"dialects-{kind}", "--provider",
-                                     f"dialects-{kind}", "--model", "bench")["id"] for kind in ("openai", "anthropic")}
+                                     f"dialects-{kind}", "--model", "bench")["id"]
+                      for kind in ("openai", "anthropic", "responses")}
         key = riceball(env, "key", "create", "--name", "dialects")["key"]
         port = free_port()
         with running([str(BIN / "riceball"), "serve", "--port", str(port)], env,
@@ -67,7 +72,8 @@ def rows(results: dict[tuple[str, bool], list]) -> list[tuple[str, str, str, str
     for streamed in (False, True):
         chat = results[("Chat Completions", streamed)]
         chat_cpu = statistics.mean(load.cpu_us for load in chat)
-        for label in ("Chat Completions", "Messages, translated", "Messages, native", "Responses, bridged"):
+        for label in ("Chat Completions", "Messages, translated", "Messages, native", "Responses, bridged",
+                      "Responses, native"):
             loads = results[(label, streamed)]
             cpu = statistics.mean(load.cpu_us for load in loads)
             rps = statistics.mean(load.rps for load in loads)

@@ -6,7 +6,7 @@ POST /v1/chat/completions answers a fixed completion, or a stream of 20 chunks. 
 ``delay-<seconds>`` waits that long between chunks (for slow, long-lived streams); the model
 ``realistic`` answers as a model does: its first chunk after 200 ms, then 50 chunks 20 ms apart.
 POST /v1/messages answers as Anthropic's Messages API does: a fixed message, or a stream of 20 text
-deltas in Anthropic's events.
+deltas in Anthropic's events; POST /v1/responses as OpenAI's Responses API does, the same way.
 """
 from __future__ import annotations
 
@@ -69,6 +69,34 @@ EVENTS = b"".join([
 ])
 
 
+RESPONSE = {"id": "resp_bench", "object": "response", "created_at": 1700000000, "status": "completed", "model": "bench",
+            "output": [{"id": "msg_bench", "type": "message", "role": "assistant", "status": "completed", "content": [
+                {"type": "output_text", "text": "The quick brown fox jumps over the lazy dog.", "annotations": []}]}],
+            "usage": {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 10,
+                      "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 22}}
+RESPONSE_JSON = orjson.dumps(RESPONSE)
+RESPONSE_EVENTS = b"".join(
+    f"event: {kind}\ndata: ".encode() + orjson.dumps({"type": kind, **data, "sequence_number": n}) + b"\n\n"
+    for n, (kind, data) in enumerate([
+        ("response.created", {"response": {**RESPONSE, "status": "in_progress", "output": [], "usage": None}}),
+        ("response.output_item.added", {"output_index": 0, "item": {**RESPONSE["output"][0], "content": []}}),
+        *[("response.output_text.delta", {"item_id": "msg_bench", "output_index": 0, "content_index": 0,
+                                          "delta": f" word{n}"}) for n in range(CHUNKS)],
+        ("response.output_item.done", {"output_index": 0, "item": RESPONSE["output"][0]}),
+        ("response.completed", {"response": RESPONSE}),
+    ]))
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    if not body.get("stream"):
+        return web.Response(body=RESPONSE_JSON, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(RESPONSE_EVENTS)
+    return response
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
     if not body.get("stream"):
@@ -111,6 +139,7 @@ def serve(port: int, reuse_port: bool) -> None:
     app = web.Application(client_max_size=64 * 2**20)  # large prompts reach it (benchmarks.bodies)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/responses", responses)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, reuse_port=reuse_port,
                 loop=uvloop.new_event_loop(), backlog=4096)
 

@@ -310,3 +310,11 @@ async def test_the_sync_client_and_limits(start_gateway, settings, fake_openai):
     first, refused = await asyncio.to_thread(two_calls)  # the gateway serves on this loop
     assert first.output_text == "Hello from the fake upstream"
     assert refused.code == "rate_limit_exceeded" and int(refused.response.headers["retry-after"]) >= 1
+
+
+async def test_a_prompt_too_long_reads_as_context_length_exceeded(bridged, fake_openai):
+    fake_openai.error = (400, {"error": {"message": "This model's maximum context length is 128000 tokens.",
+                                        "type": "invalid_request_error", "param": "messages", "code": None}})
+    with pytest.raises(openai.BadRequestError) as raised:
+        await bridged.sdk.responses.create(model="x", input="Hi")
+    assert raised.value.code == "context_length_exceeded"

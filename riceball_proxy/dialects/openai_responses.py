@@ -604,12 +604,20 @@ class StreamRenderer:
             "code": failure_code(error), "message": message})})
 
 
+#: How providers say a prompt is longer than the model takes (OpenAI, Anthropic, Gemini, vLLM).
+CONTEXT_TOO_LONG = ("maximum context length", "context_length_exceeded", "prompt is too long", "context window",
+                    "input token count", "too many tokens")
+
+
 def failure_code(error: APIError) -> str:
     """The code clients (Codex) read in ``response.failed``: ``context_length_exceeded``,
     ``insufficient_quota``, ``rate_limit_exceeded`` (its message says when to try again), else ``server_error``
     (or ``invalid_prompt`` for a request refused as it is)."""
     if error.code in ("context_length_exceeded", "insufficient_quota", "rate_limit_exceeded"):
         return error.code
+    said = error.message.lower()
+    if error.status == 400 and any(words in said for words in CONTEXT_TOO_LONG):
+        return "context_length_exceeded"
     if error.status == 429:
         return "rate_limit_exceeded"
     if 400 <= error.status < 500 and error.status not in (408, 409):

@@ -97,6 +97,15 @@ class Responses(Dialect):
                                       "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0}}):
             yield event
 
+    def error_response(self, error: APIError, request_id: str | None):
+        """OpenAI's error shape, always with a code a Responses client reads (Codex:
+        ``context_length_exceeded``, ``rate_limit_exceeded``...)."""
+        if error.code is None or (error.code != "context_length_exceeded"
+                                  and wire.failure_code(error) == "context_length_exceeded"):
+            error = APIError(error.status, error.message, type=error.type, param=error.param,
+                             code=wire.failure_code(error), headers=error.headers, detail=error.detail)
+        return error.response()
+
     def error_event(self, ctx, error: APIError) -> bytes:
         renderer = ctx.stream_state
         if renderer is None:  # failed before the first event: a stream of one
