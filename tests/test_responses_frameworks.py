@@ -57,7 +57,14 @@ async def test_langchain_with_the_responses_api(assistant_url, fake_openai):
 
     base_url, key, gateway = assistant_url
     fake_openai.responder = weather_model
-    model = ChatOpenAI(model="gpt-4o", base_url=base_url, api_key=key, use_responses_api=True, max_retries=0)
+    import httpx
+
+    async with httpx.AsyncClient() as http:  # its own would be left open
+        await _langchain_calls(ChatOpenAI(model="gpt-4o", base_url=base_url, api_key=key, use_responses_api=True,
+                                          max_retries=0, http_async_client=http))
+
+
+async def _langchain_calls(model) -> None:
     answer = await model.ainvoke("Hi")
     assert answer.text == "Hello from LangChain's model"
     streamed = "".join([chunk.text async for chunk in model.astream("Hi")])
