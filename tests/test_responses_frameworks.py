@@ -53,12 +53,11 @@ async def test_the_agents_sdk_runs_a_tool_with_its_default_model(assistant_url, 
 
 
 async def test_langchain_with_the_responses_api(assistant_url, fake_openai):
+    import httpx
     from langchain_openai import ChatOpenAI
 
-    base_url, key, gateway = assistant_url
+    base_url, key, _ = assistant_url
     fake_openai.responder = weather_model
-    import httpx
-
     async with httpx.AsyncClient() as http:  # its own would be left open
         await _langchain_calls(ChatOpenAI(model="gpt-4o", base_url=base_url, api_key=key, use_responses_api=True,
                                           max_retries=0, http_async_client=http))
