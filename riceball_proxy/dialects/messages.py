@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
 from riceball_proxy.dialects import Dialect, anthropic_messages as wire
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimate_prompt_tokens, estimated_usage
@@ -100,8 +101,6 @@ class Messages(Dialect):
 
     async def _rendered_events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A Chat Completions stream rendered as Messages events (``anthropic_messages.StreamRenderer``)."""
-        from riceball_proxy.api.streaming import stream_transformers, transformed_chunks
-
         renderer = wire.StreamRenderer(ctx.tool_names, _message_id(), ctx.assistant.model)
         started = False
         async for chunk in transformed_chunks(ctx, payloads, stream_transformers(ctx)):

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
 from riceball_proxy.dialects import Dialect, openai_responses as wire
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimated_usage
@@ -83,8 +84,6 @@ class Responses(Dialect):
             yield b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
     async def _rendered_events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        from riceball_proxy.api.streaming import stream_transformers, transformed_chunks
-
         renderer = ctx.stream_state = wire.StreamRenderer(ctx.client_body, ctx.tool_names, ctx.assistant.model)
         for event in renderer.start():
             yield event
