@@ -2,8 +2,9 @@
 reference (named SSE events, content blocks, input_json_delta fragments, ping, error events, thinking
 blocks with signatures), and refusing what the real API refuses (``refusal``): a missing ``max_tokens``,
 an empty text block, a tool_result that answers no tool_use of the turn before, a thinking block whose
-signature it did not issue, a temperature other than 1 with thinking on, a system message inside
-``messages`` without the beta that allows it."""
+signature it did not issue, a temperature other than 1 with thinking on, a last assistant turn that
+calls a tool without its thinking while thinking is enabled (not adaptive), a system message inside ``messages`` without
+the beta that allows it."""
 from __future__ import annotations
 
 import asyncio
@@ -71,6 +72,14 @@ class FakeAnthropic:
         budget = (body.get("thinking") or {}).get("budget_tokens")
         if budget is not None and not counting and budget >= body["max_tokens"]:
             return "max_tokens must be greater than thinking.budget_tokens"
+        last_assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
+        enabled = (body.get("thinking") or {}).get("type") == "enabled"  # adaptive thinking may skip a turn
+        if enabled and last_assistant is not None and isinstance(last_assistant.get("content"), list):
+            blocks = last_assistant["content"]
+            if any(b.get("type") == "tool_use" for b in blocks) and blocks[0].get("type") not in (
+                    "thinking", "redacted_thinking"):
+                return ("messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` "
+                        "is enabled, a final `assistant` message must start with a thinking block.")
         previous: list[Any] = []
         for n, message in enumerate(messages):
             if message.get("role") == "system" and "mid-conversation-system" not in headers.get("anthropic-beta", ""):

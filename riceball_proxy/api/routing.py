@@ -140,6 +140,13 @@ def body_for(ctx: ChatContext, target: Target) -> dict[str, Any]:
     return body
 
 
+def without_reasoning(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without the signed reasoning a dialect restored on its assistant messages, for a provider
+    that would not read it (or would refuse the field)."""
+    return {**body, "messages": [{name: value for name, value in message.items() if name != "reasoning_details"}
+                                 for message in body["messages"]]}
+
+
 class RefusedFields:
     """Request fields each target refused although the gateway, not the client, put them in (a Messages
     call's thinking as ``reasoning_effort``, which a model that does not reason refuses): such a call is
@@ -202,6 +209,8 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
         native = None
         try:
             adapter = await select_provider(ctx, target.provider_id)
+            if "reasoning_details" in ctx.derived_fields and not adapter.reads_reasoning_details:
+                body = without_reasoning(body)
             if ctx.native_body is not None and ctx.dialect.name in adapter.native_dialects:
                 native = ctx.dialect.native_body_for(ctx, target)
             elif ctx.untranslatable is not None:  # the client's to fix, whichever provider would be asked

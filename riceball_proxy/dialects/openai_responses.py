@@ -13,6 +13,7 @@ What matters to clients (Codex above all):
 """
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
@@ -125,6 +126,32 @@ def check_request(body: Any) -> dict[str, Any]:
     return body
 
 
+# --- reasoning state, in and out ------------------------------------------------------------------------------
+
+#: What the gateway's ``encrypted_content`` begins with: the provider's signed reasoning
+#: (``reasoning_details``), as JSON, base64url; anything else is another server's, which only it can read.
+ENCRYPTED_PREFIX = "riceball.v1:"
+
+
+def encode_reasoning(details: list[dict[str, Any]]) -> str:
+    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(orjson.dumps(details)).decode()
+
+
+def decode_reasoning(text: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(text, str) or not text.startswith(ENCRYPTED_PREFIX):
+        return None
+    try:
+        details = orjson.loads(base64.urlsafe_b64decode(text[len(ENCRYPTED_PREFIX):]))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else None
+
+
+def wants_reasoning(body: dict[str, Any]) -> bool:
+    """True when the client asked for reasoning state to come back (``include``)."""
+    return "reasoning.encrypted_content" in (body.get("include") or ())
+
+
 # --- Responses -> Chat Completions ---------------------------------------------------------------------------
 
 
@@ -177,13 +204,18 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames]:
     items = body["input"]
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
+    reasoning: list[dict[str, Any]] = []  # signed reasoning, for the assistant turn that follows it
     for n, item in enumerate(items):
         kind = item.get("type", "message")
-        if kind == "message":
+        if kind == "reasoning":
+            reasoning += decode_reasoning(item.get("encrypted_content")) or []
+        elif kind == "message":
             role = "system" if item["role"] == "developer" else item["role"]
             content = _content_parts(item["content"], f"input[{n}].content")
             if role == "assistant":
                 messages.append({"role": "assistant", "content": _text(content)})
+                if reasoning:
+                    messages[-1]["reasoning_details"], reasoning = reasoning, []
             elif role == "system":
                 messages.append({"role": "system", "content": _text(content)})
             else:
@@ -199,6 +231,9 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames]:
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            if reasoning:
+                messages[-1].setdefault("reasoning_details", []).extend(reasoning)
+                reasoning = []
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _output_text(item.get("output"))})
             for message in reversed(messages):  # no more calls join the assistant turn being answered
@@ -416,9 +451,14 @@ def call_item(item_id: str, call_id: str, chat_name: str, arguments: str, names:
     return item
 
 
-def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning", "summary": [],
+def reasoning_item(item_id: str, text: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A reasoning item; with ``details`` (the provider's signed reasoning), ``encrypted_content`` carries
+    them for the next turn."""
+    item = {"id": item_id, "type": "reasoning", "summary": [],
             "content": [{"type": "reasoning_text", "text": text}] if text else []}
+    if details:
+        item["encrypted_content"] = encode_reasoning(details)
+    return item
 
 
 def _finish(reason: Any) -> tuple[str, str | None]:
@@ -437,8 +477,10 @@ def from_chat(answer: dict[str, Any], body: dict[str, Any], names: ToolNames, re
     message = choice.get("message") or {}
     output = []
     reasoning = message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
-        output.append(reasoning_item(new_id("rs"), reasoning))
+    details = message.get("reasoning_details") if wants_reasoning(body) else None
+    if (isinstance(reasoning, str) and reasoning) or details:
+        output.append(reasoning_item(new_id("rs"), reasoning if isinstance(reasoning, str) else "",
+                                     details if isinstance(details, list) else None))
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
@@ -479,6 +521,9 @@ class StreamRenderer:
         self.item: dict[str, Any] | None = None
         self.buffer: list[str] = []
         self.finish_reason: str | None = None
+        #: The provider's signed reasoning, when the client asked for it back (``include``).
+        self.wants_reasoning = wants_reasoning(body)
+        self.reasoning_details: list[dict[str, Any]] = []
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         self.sequence += 1
@@ -520,7 +565,8 @@ class StreamRenderer:
                        self._event("response.content_part.done", {"item_id": item["id"], "output_index": index,
                                                                   "content_index": 0, "part": done["content"][0]})]
         elif kind == "reasoning":
-            done = reasoning_item(item["id"], text)
+            done = reasoning_item(item["id"], text, self.reasoning_details if self.wants_reasoning else None)
+            self.reasoning_details = []
             events += [self._event("response.reasoning_text.done", {"item_id": item["id"], "output_index": index,
                                                                     "content_index": 0, "text": text}),
                        self._event("response.content_part.done", {"item_id": item["id"], "output_index": index,
@@ -556,6 +602,12 @@ class StreamRenderer:
                 events.append(self._event("response.reasoning_text.delta", {
                     "item_id": self.item["id"], "output_index": len(self.output), "content_index": 0,
                     "delta": reasoning}))
+            details = delta.get("reasoning_details")
+            if isinstance(details, list) and details:
+                if self.open != ("reasoning", None):
+                    events += self._open("reasoning", None, {"id": new_id("rs"), "type": "reasoning", "summary": [],
+                                                             "content": []})
+                self.reasoning_details += [detail for detail in details if isinstance(detail, dict)]
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self.open != ("text", None):

@@ -35,6 +35,8 @@ class Responses(Dialect):
             chat["stream_options"] = {"include_usage": True}
         ctx.body = chat
         ctx.derived_fields = frozenset(wire.DERIVED_FIELDS & chat.keys())
+        if any("reasoning_details" in message for message in chat["messages"]):
+            ctx.derived_fields |= {"reasoning_details"}
         ctx.native_body = parse_json(raw)  # a copy of its own: it is injected
         ctx.native_body.pop("generate", None)
 

@@ -28,6 +28,7 @@ class AnthropicAdapter(TranslatingAdapter):
     Chat Completions calls translated, Messages calls (Claude Code's) natively."""
 
     translator = StreamTranslator
+    reads_reasoning_details = True  # thinking blocks and their signatures (riceball_anthropic.translate)
     # 529 is Anthropic's "overloaded": a temporary refusal, passed on as 503 so that clients retry.
     error_parser = functools.partial(upstream_error, retryable=(OVERLOADED,))
 

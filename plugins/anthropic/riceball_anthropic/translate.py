@@ -13,6 +13,13 @@ from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
 DEFAULT_MAX_TOKENS = 4096
+#: The ``format`` of the signed reasoning Anthropic's answers carry in ``reasoning_details`` (the field
+#: OpenAI-compatible APIs that carry reasoning use), so that it comes back unchanged on the next turn.
+REASONING_FORMAT = "anthropic-claude-v1"
+#: The thinking budget (``thinking.budget_tokens``) each ``reasoning_effort`` asks for.
+EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
+#: The smallest budget Anthropic takes.
+MIN_THINKING_BUDGET = 1024
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -46,6 +53,47 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return result
 
 
+def thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The thinking blocks an assistant message's ``reasoning_details`` carry back (Anthropic's own, by
+    their format; any other provider's reasoning is left out: only its provider can read it)."""
+    blocks = []
+    for detail in message.get("reasoning_details") or ():
+        if not isinstance(detail, dict) or detail.get("format") != REASONING_FORMAT:
+            continue
+        if detail.get("type") == "reasoning.text" and isinstance(detail.get("signature"), str):
+            blocks.append({"type": "thinking", "thinking": detail.get("text") or "", "signature": detail["signature"]})
+        elif detail.get("type") == "reasoning.encrypted" and isinstance(detail.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": detail["data"]})
+    return blocks
+
+
+def reasoning_detail(block: dict[str, Any]) -> dict[str, Any] | None:
+    """A thinking block as one of ``reasoning_details``."""
+    if block.get("type") == "thinking":
+        return {"type": "reasoning.text", "text": block.get("thinking", ""), "signature": block.get("signature"),
+                "format": REASONING_FORMAT}
+    if block.get("type") == "redacted_thinking":
+        return {"type": "reasoning.encrypted", "data": block.get("data"), "format": REASONING_FORMAT}
+    return None
+
+
+def _thinking(body: dict[str, Any], max_tokens: int, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Anthropic's ``thinking`` for a ``reasoning_effort``: a budget below ``max_tokens``. None when no
+    effort is asked, the budget cannot fit, or the last assistant turn calls a tool without its thinking
+    (a history another provider wrote: Anthropic would refuse it; the call goes without thinking)."""
+    budget = EFFORT_BUDGETS.get(body.get("reasoning_effort"))
+    if budget is None:
+        return None
+    budget = min(budget, max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        return None
+    last = next((turn for turn in reversed(turns) if turn["role"] == "assistant"), None)
+    if last is not None and any(block.get("type") == "tool_use" for block in last["content"]) and \
+            last["content"][0].get("type") not in ("thinking", "redacted_thinking"):
+        return None
+    return {"type": "enabled", "budget_tokens": budget}
+
+
 def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI Chat Completions body as an Anthropic Messages body."""
     if (body.get("n") or 1) > 1:
@@ -57,7 +105,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         if role == "user":
             turns.add("user", _blocks(message.get("content")))
         elif role == "assistant":
-            blocks = _blocks(message.get("content"))
+            blocks = thinking_blocks(message) + _blocks(message.get("content"))
             for call in message.get("tool_calls") or []:
                 blocks.append({"type": "tool_use", "id": call.get("id"),
                                "name": (call.get("function") or {}).get("name"), "input": tool_arguments(call)})
@@ -74,9 +122,16 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     system = system_text(body["messages"])
     if system:
         anthropic["system"] = system
-    if body.get("temperature") is not None:
+    thinking = _thinking(body, anthropic["max_tokens"], turns.turns)
+    if thinking is not None:  # with thinking, Anthropic takes no temperature but 1, no top_k, no low top_p
+        anthropic["thinking"] = thinking
+    else:
+        for turn in turns.turns:  # thinking off: the blocks of earlier turns go (Anthropic would refuse them)
+            if turn["role"] == "assistant":
+                turn["content"] = [b for b in turn["content"] if b.get("type") not in ("thinking", "redacted_thinking")]
+    if body.get("temperature") is not None and thinking is None:
         anthropic["temperature"] = min(float(body["temperature"]), 1.0)  # Anthropic's scale ends at 1
-    if body.get("top_p") is not None:
+    if body.get("top_p") is not None and thinking is None:
         anthropic["top_p"] = body["top_p"]
     stop = body.get("stop")
     if stop:
@@ -92,7 +147,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         anthropic["tool_choice"] = choice
     if body.get("user"):
         anthropic["metadata"] = {"user_id": body["user"]}
-    if body.get("top_k") is not None:
+    if body.get("top_k") is not None and thinking is None:
         anthropic["top_k"] = body["top_k"]
     if body.get("stream"):
         anthropic["stream"] = True
@@ -101,9 +156,13 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
 
 def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic Messages answer as an OpenAI ``chat.completion``."""
-    texts, calls = [], []
+    texts, calls, reasoning, details = [], [], [], []
     for block in message.get("content", []):
-        if block.get("type") == "text":
+        detail = reasoning_detail(block)
+        if detail is not None:
+            details.append(detail)
+            reasoning.append(block.get("thinking") or "")
+        elif block.get("type") == "text":
             texts.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
             calls.append({"id": block["id"], "type": "function",
@@ -111,6 +170,9 @@ def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
     answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         answer["tool_calls"] = calls
+    if details:
+        answer["reasoning_content"] = "".join(reasoning)
+        answer["reasoning_details"] = details
     return {
         "id": f"chatcmpl-{message.get('id', '')}",
         "object": "chat.completion",
@@ -131,6 +193,8 @@ class StreamTranslator:
         self.usage: dict[str, Any] = {}
         #: Anthropic content-block index -> OpenAI tool-call index.
         self.tool_index: dict[int, int] = {}
+        #: Anthropic content-block index -> the thinking block being streamed there.
+        self.thinking: dict[int, dict[str, Any]] = {}
         self.done = False
 
     def feed(self, event: dict[str, Any]) -> list[bytes]:
@@ -153,11 +217,24 @@ class StreamTranslator:
                                                "function": {"name": block["name"], "arguments": ""}}]})]
             if block.get("type") == "text" and block.get("text"):
                 return [delta({"content": block["text"]})]
+            if block.get("type") == "thinking":
+                self.thinking[event.get("index")] = {"type": "thinking", "thinking": "", "signature": ""}
+            elif block.get("type") == "redacted_thinking":
+                return [delta({"reasoning_details": [reasoning_detail(block)]})]
             return []
+        if kind == "content_block_stop" and event.get("index") in self.thinking:
+            return [delta({"reasoning_details": [reasoning_detail(self.thinking.pop(event["index"]))]})]
         if kind == "content_block_delta":
             change = event.get("delta", {})
             if change.get("type") == "text_delta":
                 return [delta({"content": change.get("text", "")})]
+            thinking = self.thinking.get(event.get("index"))
+            if thinking is not None and change.get("type") == "thinking_delta":
+                thinking["thinking"] += change.get("thinking", "")
+                return [delta({"reasoning_content": change.get("thinking", "")})]
+            if thinking is not None and change.get("type") == "signature_delta":
+                thinking["signature"] += change.get("signature", "")
+                return []
             if change.get("type") == "input_json_delta" and event.get("index") in self.tool_index:
                 return [delta({"tool_calls": [{"index": self.tool_index[event["index"]],
                                                "function": {"arguments": change.get("partial_json", "")}}]})]

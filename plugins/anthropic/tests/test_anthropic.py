@@ -189,3 +189,20 @@ async def test_an_openai_assistant_falls_back_to_claude(aiohttp_server, start_ga
     sent = fake.last  # the assistant's prompt and parameters, in Anthropic's terms, for Claude's model
     assert (sent["model"], sent["system"], sent["max_tokens"]) == ("claude-haiku-4-5", "Be brief.", 64)
     assert len(fake_openai.requests) == 1
+
+
+async def test_thinking_comes_back_as_reasoning_details_and_goes_back_as_thinking(claude):
+    fake, client = claude.fake, claude.client
+    fake.tool_uses, fake.reply = [("toolu_1", "get_weather", {"city": "Paris"})], ""
+    first = await client.chat.completions.create(model="x", messages=MESSAGES, tools=[WEATHER], max_tokens=5000,
+                                                 reasoning_effort="medium", temperature=0.3)
+    assert fake.last["thinking"] == {"type": "enabled", "budget_tokens": 4999} and "temperature" not in fake.last
+    message = first.choices[0].message.model_dump(exclude_none=True)
+    assert message["reasoning_content"] == "Let me think."
+    assert message["reasoning_details"][0]["signature"] in fake.signatures
+    fake.tool_uses, fake.reply = [], "18 degrees"
+    history = [*MESSAGES, message, {"role": "tool", "tool_call_id": "toolu_1", "content": "18"}]
+    second = await client.chat.completions.create(model="x", messages=history, tools=[WEATHER], max_tokens=5000,
+                                                  reasoning_effort="medium")
+    assert second.choices[0].message.content == "18 degrees"
+    assert fake.last["messages"][1]["content"][0]["type"] == "thinking"

@@ -152,3 +152,35 @@ async def test_the_responses_api_is_bridged_to_anthropic(native, stream):
             {"type": "function_call_output", "call_id": call.call_id, "output": "a.txt"}])
     assert answer.output_text == "a.txt"
     assert native.fake.last["messages"][-1]["content"][0]["type"] == "tool_result"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thinking_signatures_round_trip_through_the_responses_api(native, stream):
+    """Codex's way: reasoning asked for, ``include: ["reasoning.encrypted_content"]``, the whole history
+    resent; Anthropic gets its signed thinking back before the tool call, or refuses the turn."""
+    native.fake.tool_uses, native.fake.reply = [("toolu_01", "exec_command", {"cmd": "ls"})], ""
+    tool = {"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {}}}
+    request = {"model": "x", "tools": [tool], "reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"],
+               "max_output_tokens": 1500}
+    async with native.gateway.client(native.assistant.id, native.key) as client:
+        async def create(**more):
+            if not stream:
+                return await client.responses.create(**request, **more)
+            async with client.responses.stream(**request, **more) as events:
+                return await events.get_final_response()
+
+        first = await create(input="List")
+        assert native.fake.last["thinking"] == {"type": "enabled", "budget_tokens": 1499}  # below max_tokens (1500)
+        reasoning, call = first.output[0], first.output[-1]
+        assert reasoning.type == "reasoning" and reasoning.encrypted_content and call.type == "function_call"
+        assert reasoning.content[0].text == "Let me think."
+        native.fake.tool_uses, native.fake.reply = [], "a.txt"
+        output = {"type": "function_call_output", "call_id": call.call_id, "output": "a.txt"}
+        second = await create(input=[{"role": "user", "content": "List"}, reasoning.model_dump(exclude_none=True),
+                                     call.model_dump(exclude_none=True), output])
+        assert second.output_text == "a.txt"
+        turn = native.fake.last["messages"][1]["content"]
+        assert turn[0]["type"] == "thinking" and turn[0]["signature"] in native.fake.signatures
+        # A history without its thinking (another provider wrote it): the turn goes without thinking, no 400.
+        third = await create(input=[{"role": "user", "content": "List"}, call.model_dump(exclude_none=True), output])
+        assert third.output_text == "a.txt" and "thinking" not in native.fake.last
