@@ -147,6 +147,15 @@ def decode_reasoning(text: Any) -> list[dict[str, Any]] | None:
     return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else None
 
 
+def call_signature(call: dict[str, Any], call_id: str) -> dict[str, Any] | None:
+    """A tool call's own reasoning state (Gemini's thought signature, on ``extra_content``) as one of
+    ``reasoning_details``, tied to the call's id: a Responses function call has no place for it."""
+    signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+    if not isinstance(signature, str):
+        return None
+    return {"type": "reasoning.encrypted", "data": signature, "format": "google-gemini-v1", "id": call_id}
+
+
 def wants_reasoning(body: dict[str, Any]) -> bool:
     """True when the client asked for reasoning state to come back (``include``)."""
     return "reasoning.encrypted_content" in (body.get("include") or ())
@@ -205,10 +214,15 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames]:
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
     reasoning: list[dict[str, Any]] = []  # signed reasoning, for the assistant turn that follows it
+    by_call: dict[str, list[dict[str, Any]]] = {}
     for n, item in enumerate(items):
         kind = item.get("type", "message")
         if kind == "reasoning":
-            reasoning += decode_reasoning(item.get("encrypted_content")) or []
+            for detail in decode_reasoning(item.get("encrypted_content")) or ():
+                if isinstance(detail.get("id"), str):  # a call's own (Gemini's), wherever its call is
+                    by_call.setdefault(detail["id"], []).append(detail)
+                else:
+                    reasoning.append(detail)
         elif kind == "message":
             role = "system" if item["role"] == "developer" else item["role"]
             content = _content_parts(item["content"], f"input[{n}].content")
@@ -244,6 +258,10 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames]:
             logger.debug("a %r input item is dropped for a provider that does not speak Responses", kind)
     for message in messages:
         message.pop("_answered", None)
+        for call in message.get("tool_calls") or () if by_call else ():
+            message.setdefault("reasoning_details", []).extend(by_call.get(call["id"], ()))
+        if message.get("reasoning_details") == []:
+            del message["reasoning_details"]
     chat: dict[str, Any] = {"model": body.get("model") or "", "messages": messages}
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
@@ -486,10 +504,17 @@ def from_chat(answer: dict[str, Any], body: dict[str, Any], names: ToolNames, re
         text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
     if text:
         output.append(message_item(new_id("msg"), text))
+    signatures = []
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
-        output.append(call_item(new_id("fc"), call.get("id") or new_id("call"), function.get("name") or "",
-                                function.get("arguments") or "", names))
+        call_id = call.get("id") or new_id("call")
+        output.append(call_item(new_id("fc"), call_id, function.get("name") or "", function.get("arguments") or "",
+                                names))
+        signature = call_signature(call, call_id)
+        if signature is not None:
+            signatures.append(signature)
+    if signatures and wants_reasoning(body):
+        output.append(reasoning_item(new_id("rs"), "", signatures))
     status, incomplete = _finish(choice.get("finish_reason"))
     return response_object(body, response_id, model, int(time.time()), status=status, output=output,
                            usage=usage_from_chat(answer.get("usage")), incomplete=incomplete)
@@ -524,6 +549,8 @@ class StreamRenderer:
         #: The provider's signed reasoning, when the client asked for it back (``include``).
         self.wants_reasoning = wants_reasoning(body)
         self.reasoning_details: list[dict[str, Any]] = []
+        #: Tool calls' own reasoning state (``call_signature``), given back in one reasoning item at the end.
+        self.call_signatures: list[dict[str, Any]] = []
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         self.sequence += 1
@@ -621,6 +648,9 @@ class StreamRenderer:
                     continue
                 function = call.get("function") or {}
                 index = call.get("index", 0)
+                signature = call_signature(call, call.get("id") or "")
+                if signature is not None and call.get("id"):
+                    self.call_signatures.append(signature)
                 if self.open != ("call", index):
                     chat_name = function.get("name") or ""
                     item = call_item(new_id("fc" if self.names.described(chat_name)[0] == "function" else "ctc"),
@@ -640,6 +670,11 @@ class StreamRenderer:
     def finish(self, usage: dict[str, Any]) -> list[bytes]:
         """The events that end a stream that came whole."""
         events = self._close()
+        if self.wants_reasoning and self.call_signatures:
+            events += self._open("reasoning", None, {"id": new_id("rs"), "type": "reasoning", "summary": [],
+                                                     "content": []})
+            self.reasoning_details = self.call_signatures
+            events += self._close()
         status, incomplete = _finish(self.finish_reason)
         response = self._response(status, usage=usage_from_chat(usage), incomplete=incomplete)
         return events + [self._event("response.completed" if status == "completed" else "response.incomplete",

@@ -19,6 +19,7 @@ class GeminiAdapter(TranslatingAdapter):
     """Talks to ``{base_url}/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``."""
 
     translator = StreamTranslator
+    reads_reasoning_details = True  # thought signatures by call id (riceball_gemini.translate.signature_of)
     # 503 UNAVAILABLE: overloaded for now, worth a retry (kept as 503).
     error_parser = functools.partial(upstream_error, retryable=(503,))
 

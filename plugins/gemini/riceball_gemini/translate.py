@@ -21,6 +21,11 @@ FINISH_REASONS = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
 }
+#: The ``format`` of Gemini's thought signatures among ``reasoning_details`` (each with the id of its call).
+REASONING_FORMAT = "google-gemini-v1"
+#: Google's documented stand-in for a function call's thought signature in a history Gemini did not
+#: write (another provider's, or a client's that lost it): accepted without validation.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 GENERATION_CONFIG = {
     "temperature": "temperature",
     "top_p": "topP",
@@ -59,6 +64,19 @@ def _tool_response(content: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"content": parsed}
 
 
+def signature_of(call: dict[str, Any], details: Any) -> str:
+    """A function call's thought signature: the convention of OpenAI-compatible APIs
+    (``extra_content.google.thought_signature``), or one of the message's ``reasoning_details`` for that
+    call's id; Google's stand-in when it has none."""
+    signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+    if isinstance(signature, str) and signature:
+        return signature
+    for detail in details or ():
+        if isinstance(detail, dict) and detail.get("format") == REASONING_FORMAT and detail.get("id") == call.get("id"):
+            return detail.get("data") or SKIP_SIGNATURE
+    return SKIP_SIGNATURE
+
+
 def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI Chat Completions body as a Gemini ``generateContent`` body (the model goes in the URL)."""
     turns = Turns("parts")
@@ -72,7 +90,8 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
             for call in message.get("tool_calls") or []:
                 name = call.get("function", {}).get("name", "")
                 call_names[call.get("id", "")] = name
-                parts.append({"functionCall": {"name": name, "args": _arguments(call)}})
+                parts.append({"functionCall": {"name": name, "args": _arguments(call)},
+                              "thoughtSignature": signature_of(call, message.get("reasoning_details"))})
             turns.add("model", parts)
         elif role in ("tool", "function"):
             name = call_names.get(message.get("tool_call_id", ""), message.get("name", ""))
@@ -140,6 +159,8 @@ def _split(parts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
             calls.append({"id": new_call_id(), "type": "function",
                           "function": {"name": call.get("name", ""),
                                        "arguments": orjson.dumps(call.get("args") or {}).decode()}})
+            if isinstance(part.get("thoughtSignature"), str):  # back to Gemini with the call, on the next turn
+                calls[-1]["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
         elif "text" in part and not part.get("thought"):
             text.append(part["text"])
     return "".join(text), calls

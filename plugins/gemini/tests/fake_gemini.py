@@ -1,5 +1,8 @@
 """A fake Gemini API: a real aiohttp server replaying generateContent and streamGenerateContent?alt=sse
-as Google's API reference describes them (parts, functionCall, finishReason, usageMetadata, errors)."""
+as Google's API reference describes them (parts, functionCall, finishReason, usageMetadata, errors),
+with Gemini 3's thought signatures: each functionCall it answers carries one, and it refuses (400) a
+history whose functionCall parts lack a signature it issued (or the documented
+``skip_thought_signature_validator``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,6 +22,8 @@ class FakeGemini:
         self.error_after_chunks: int | None = None
         self.usage = {"promptTokenCount": 9, "candidatesTokenCount": 4, "totalTokenCount": 13,
                       "cachedContentTokenCount": 2}
+        #: The thought signatures it answered with.
+        self.signatures: set[str] = set()
 
     @property
     def last(self) -> dict[str, Any]:
@@ -63,7 +68,18 @@ class FakeGemini:
                               "method": request.match_info["method"]})
         if self.error:
             return self._error()
-        calls = [{"functionCall": {"name": name, "args": args}} for name, args in self.function_calls]
+        for content in body.get("contents") or ():
+            for part in content.get("parts") or ():
+                if "functionCall" in part and part.get("thoughtSignature") not in (
+                        self.signatures | {"skip_thought_signature_validator"}):
+                    return web.json_response({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+                                              "Function call is missing a thought_signature in functionCall parts."}},
+                                             status=400)
+        calls = []
+        for name, args in self.function_calls:
+            signature = f"gsig-{len(self.signatures)}"
+            self.signatures.add(signature)
+            calls.append({"functionCall": {"name": name, "args": args}, "thoughtSignature": signature})
         if request.match_info["method"] == "generateContent":
             parts = ([{"text": "thinking...", "thought": True}, {"text": self.reply}] if self.reply else []) + calls
             return web.json_response(self._response(parts, "STOP", usage=True))

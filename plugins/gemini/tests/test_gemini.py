@@ -99,7 +99,9 @@ async def test_a_function_round_trip_is_translated(gemini):
     await client.chat.completions.create(model="x", messages=history, tools=[WEATHER])
     assert fake.last["contents"] == [
         {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
-        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                                     # a history Gemini did not write: Google's documented stand-in
+                                     "thoughtSignature": "skip_thought_signature_validator"}]},
         {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"celsius": 18}}}]},
     ]
 
@@ -172,3 +174,52 @@ async def test_the_responses_api_is_bridged_to_gemini(gemini, stream):
     assert answer.output_text == "18 degrees"
     assert fake.last["contents"][-1] == {"role": "user", "parts": [
         {"functionResponse": {"name": "get_weather", "response": {"celsius": 18}}}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thought_signatures_come_back_on_the_tool_calls_and_go_back_to_gemini(gemini, stream):
+    fake, client = gemini.fake, gemini.client
+    fake.reply, fake.function_calls = "", [("get_weather", {"city": "Paris"})]
+    if stream:
+        calls: dict[int, dict] = {}
+        async for chunk in await client.chat.completions.create(model="x", messages=MESSAGES, tools=[WEATHER],
+                                                                stream=True):
+            for call in chunk.choices[0].delta.tool_calls or []:
+                calls.setdefault(call.index, call.model_dump(exclude_none=True))
+        call = calls[0]
+    else:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES, tools=[WEATHER])
+        call = answer.choices[0].message.tool_calls[0].model_dump(exclude_none=True)
+    signature = call["extra_content"]["google"]["thought_signature"]
+    assert signature in fake.signatures
+    fake.reply, fake.function_calls = "18 degrees", []
+    history = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": call["id"], "content": "18"}]
+    again = await client.chat.completions.create(model="x", messages=history, tools=[WEATHER])
+    assert again.choices[0].message.content == "18 degrees"
+    assert fake.last["contents"][1]["parts"][0]["thoughtSignature"] == signature
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thought_signatures_round_trip_through_the_responses_api(gemini, stream):
+    fake, client = gemini.fake, gemini.client
+    fake.reply, fake.function_calls = "", [("get_weather", {"city": "Paris"})]
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    request = {"model": "x", "tools": [tool], "include": ["reasoning.encrypted_content"]}
+
+    async def create(**more):
+        if not stream:
+            return await client.responses.create(**request, **more)
+        async with client.responses.stream(**request, **more) as events:
+            return await events.get_final_response()
+
+    first = await create(input="Weather in Paris?")
+    call = next(item for item in first.output if item.type == "function_call")
+    reasoning = next(item for item in first.output if item.type == "reasoning")
+    assert reasoning.encrypted_content
+    fake.reply, fake.function_calls = "18 degrees", []
+    second = await create(input=[{"role": "user", "content": "Weather in Paris?"},
+                                 call.model_dump(exclude_none=True), reasoning.model_dump(exclude_none=True),
+                                 {"type": "function_call_output", "call_id": call.call_id, "output": "18"}])
+    assert second.output_text == "18 degrees"
+    assert fake.last["contents"][1]["parts"][0]["thoughtSignature"] in fake.signatures
