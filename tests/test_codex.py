@@ -111,8 +111,9 @@ async def test_codex_runs_a_command_through_an_openai_compatible_assistant(codex
         assert len({row["request_id"].rsplit("-", 1)[0] for row in rows}) == 1
 
 
+@pytest.mark.parametrize("websocket", [False, True], ids=["http", "websocket"])
 async def test_codex_runs_a_command_through_an_anthropic_assistant(codex, aiohttp_server, start_gateway, settings,
-                                                                  tmp_path):
+                                                                  tmp_path, websocket):
     from tests.fake_anthropic import FakeAnthropic
 
     def model(body):
@@ -129,7 +130,7 @@ async def test_codex_runs_a_command_through_an_anthropic_assistant(codex, aiohtt
     provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-upstream")
     assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt=SYSTEM_PROMPT)
     key = await gateway.key()
-    await run_codex(codex, gateway.base_url(assistant.id), key, tmp_path)
+    await run_codex(codex, gateway.base_url(assistant.id), key, tmp_path, websocket=websocket)
     for sent in fake.requests:
         if sent["body"] is not None:
             assert sent["body"]["system"].startswith(SYSTEM_PROMPT) and key not in json.dumps(sent)

@@ -318,3 +318,14 @@ async def test_a_prompt_too_long_reads_as_context_length_exceeded(bridged, fake_
     with pytest.raises(openai.BadRequestError) as raised:
         await bridged.sdk.responses.create(model="x", input="Hi")
     assert raised.value.code == "context_length_exceeded"
+
+
+async def test_a_budget_refuses_with_insufficient_quota(start_gateway, settings, fake_openai):
+    gateway = await start_gateway(settings)
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    key = await gateway.key(budget_tokens=12)
+    async with gateway.client(assistant.id, key) as client:
+        await client.responses.create(model="x", input="Hi", max_output_tokens=5)  # 6 of the 12 spent
+        with pytest.raises(openai.RateLimitError) as raised:  # may use 11: more than is left
+            await client.responses.create(model="x", input="Hi", max_output_tokens=5)
+    assert raised.value.code == "insufficient_quota"
