@@ -55,6 +55,10 @@ class Usage:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cached_tokens: int | None = None
+    #: Input tokens written to the provider's prompt cache (Anthropic charges them above the input
+    #: price), and of them those kept for an hour (charged more than the 5-minute ones).
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
     #: True when the upstream reported something that is not a token count (kept as None).
     invalid: bool = False
@@ -83,6 +87,8 @@ class Usage:
             completion_tokens=count(usage, "completion_tokens"),
             total_tokens=count(usage, "total_tokens"),
             cached_tokens=count(usage.get("prompt_tokens_details"), "cached_tokens"),
+            cache_write_tokens=count(usage.get("prompt_tokens_details"), "cache_write_tokens"),
+            cache_write_1h_tokens=count(usage.get("prompt_tokens_details"), "cache_write_1h_tokens"),
             reasoning_tokens=count(usage.get("completion_tokens_details"), "reasoning_tokens"),
             invalid=any(flags),
         )

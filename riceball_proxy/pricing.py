@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 MILLION = Decimal(1_000_000)
 #: Budgets in USD are counted in whole nano-dollars (exact integers, in every counter backend).
 NANO = Decimal(1_000_000_000)
+#: What a prompt-cache write costs, times the input price, kept 5 minutes and an hour (Anthropic's prices).
+CACHE_WRITE = Decimal("1.25")
+CACHE_WRITE_1H = Decimal(2)
 #: The provider types whose ``genai-prices`` provider has another name.
 GENAI_PROVIDER_IDS = {"gemini": "google"}
 
@@ -33,14 +36,23 @@ class Price:
     cached_input: Decimal
     #: ``assistant`` (the operator's) or ``genai-prices``.
     source: str
+    #: Input written to the prompt cache, for 5 minutes and for an hour (None: Anthropic's rule, 1.25 and
+    #: 2 times the input price).
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
 
     def cost(self, usage: Usage) -> Decimal | None:
-        """The cost of these token counts, None when the counts are not known."""
+        """The cost of these token counts, None when the counts are not known: input read from the cache
+        at its price, input written to it at the write prices, the rest at the input price."""
         if usage.prompt_tokens is None or usage.completion_tokens is None:
             return None
         cached = min(usage.cached_tokens or 0, usage.prompt_tokens)
-        return (self.input * (usage.prompt_tokens - cached) + self.cached_input * cached
-                + self.output * usage.completion_tokens) / MILLION
+        written = min(usage.cache_write_tokens or 0, usage.prompt_tokens - cached)
+        hour = min(usage.cache_write_1h_tokens or 0, written)
+        write = self.input * CACHE_WRITE if self.cache_write is None else self.cache_write
+        write_1h = self.input * CACHE_WRITE_1H if self.cache_write_1h is None else self.cache_write_1h
+        return (self.input * (usage.prompt_tokens - cached - written) + self.cached_input * cached
+                + write * (written - hour) + write_1h * hour + self.output * usage.completion_tokens) / MILLION
 
     def nano_usd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """The most that many tokens cost (cached input at the full price), in nano-dollars, rounded up."""
@@ -118,7 +130,8 @@ def library_price(provider_id: str, model: str) -> Price | None:
 
     try:
         return Price(input=per_million(input_tokens=1), output=per_million(output_tokens=1),
-                     cached_input=per_million(input_tokens=1, cache_read_tokens=1), source="genai-prices")
+                     cached_input=per_million(input_tokens=1, cache_read_tokens=1), source="genai-prices",
+                     cache_write=per_million(input_tokens=1, cache_write_tokens=1))
     except LookupError:
         return None
     except Exception:  # the library's data or rules went wrong: no price rather than a failed call

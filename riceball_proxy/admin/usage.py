@@ -21,7 +21,8 @@ CSV_FIELDS = ("created_at", "request_id", "api_key_id", "assistant_id", "provide
               "status", "error_type", "error_code", "error_message", "prompt_tokens", "completion_tokens",
               "total_tokens", "cached_tokens", "reasoning_tokens", "usage_invalid", "usage_estimated", "cost_usd",
               "attempts",
-              "latency_ms", "ttft_ms", "client_addr", "source", "admin_id", "api")
+              "latency_ms", "ttft_ms", "client_addr", "source", "admin_id", "api", "cache_write_tokens",
+              "cache_write_1h_tokens")
 #: Where calls come from: the API (keys) or the admin panel's playground.
 SOURCES = {"api": "API", "playground": "Playground"}
 #: The inbound APIs by their names on usage rows (a plugin's dialect shows under its own name).

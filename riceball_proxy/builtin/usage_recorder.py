@@ -50,6 +50,8 @@ def riceball_request_finished(ctx, outcome):
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         usage_invalid=usage.invalid,
         usage_estimated=usage.estimated,

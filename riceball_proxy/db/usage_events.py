@@ -68,6 +68,9 @@ class UsageEvent:
     admin_id: int | None = None
     #: True when the gateway estimated the token counts (and so the cost): the upstream reported none.
     usage_estimated: bool = False
+    #: Input tokens written to the prompt cache, and the 1-hour ones among them.
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
     #: The inbound API the call came in by (``riceball_proxy.dialects``: ``chat``, ``messages``...).
     api: str = "chat"
     #: Last: ``insert_many`` replaces it with its ``inet`` form.

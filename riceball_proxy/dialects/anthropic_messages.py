@@ -367,18 +367,25 @@ def usage_from_chat(usage: dict[str, Any] | None) -> dict[str, Any]:
     """Chat usage in Anthropic's terms: ``input_tokens`` without the cached tokens, which are reads."""
     usage = usage if isinstance(usage, dict) else {}
     prompt = usage.get("prompt_tokens") or 0
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    return {"input_tokens": max(prompt - cached, 0), "output_tokens": usage.get("completion_tokens") or 0,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
+    details = usage.get("prompt_tokens_details") or {}
+    cached, written = details.get("cached_tokens") or 0, details.get("cache_write_tokens") or 0
+    return {"input_tokens": max(prompt - cached - written, 0), "output_tokens": usage.get("completion_tokens") or 0,
+            "cache_creation_input_tokens": written, "cache_read_input_tokens": cached}
 
 
 def usage_to_chat(usage: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic usage as Chat usage: cache reads and writes are prompt tokens too."""
+    """Anthropic usage as Chat usage: cache reads and writes are prompt tokens too; the writes (and the
+    1-hour ones among them, from ``cache_creation``) are kept apart, since they cost more than input."""
     cache_read = usage.get("cache_read_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + cache_read + (usage.get("cache_creation_input_tokens") or 0)
+    written = usage.get("cache_creation_input_tokens") or 0
+    hour = (usage.get("cache_creation") or {}).get("ephemeral_1h_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + cache_read + written
     completion = usage.get("output_tokens") or 0
+    details = {"cached_tokens": cache_read}
+    if written:
+        details |= {"cache_write_tokens": written, "cache_write_1h_tokens": min(hour, written)}
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cache_read}}
+            "prompt_tokens_details": details}
 
 
 def tool_input(arguments: Any) -> Any:

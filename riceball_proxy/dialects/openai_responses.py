@@ -417,7 +417,8 @@ def usage_from_chat(usage: Any) -> dict[str, Any]:
     prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     return {"input_tokens": prompt,
             "input_tokens_details": {"cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-                                     or 0, "cache_write_tokens": 0},
+                                     or 0, "cache_write_tokens": (usage.get("prompt_tokens_details") or {}).get(
+                                         "cache_write_tokens") or 0},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": (usage.get("completion_tokens_details") or {}).get(
                 "reasoning_tokens") or 0},

@@ -23,7 +23,7 @@ async def claude(aiohttp_server, start_gateway, settings):
     assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt="Be brief.")
     _, adapter = await gateway.cache.provider(provider.id)
     async with gateway.client(assistant.id, await gateway.key()) as client:
-        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter)
+        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter, gateway=gateway)
 
 
 async def test_plain_text_with_usage(claude):
@@ -206,3 +206,26 @@ async def test_thinking_comes_back_as_reasoning_details_and_goes_back_as_thinkin
                                                   reasoning_effort="medium")
     assert second.choices[0].message.content == "18 degrees"
     assert fake.last["messages"][1]["content"][0]["type"] == "thinking"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_cache_writes_are_counted_apart_and_priced_as_anthropic_charges_them(claude, stream):
+    """claude-sonnet-4-5 (genai-prices): input $3, output $15, cache reads $0.30, 5-minute writes $3.75 and
+    1-hour writes $6 per million tokens."""
+    from decimal import Decimal
+
+    claude.fake.usage = {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 1000,
+                         "cache_creation_input_tokens": 2000,
+                         "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500}}
+    if stream:
+        chunks = [c async for c in await claude.client.chat.completions.create(
+            model="x", messages=MESSAGES, stream=True, stream_options={"include_usage": True})]
+        usage = chunks[-1].usage
+    else:
+        usage = (await claude.client.chat.completions.create(model="x", messages=MESSAGES)).usage
+    assert usage.prompt_tokens == 3100 and usage.prompt_tokens_details.cached_tokens == 1000
+    row = (await claude.gateway.usage_rows(1))[-1]
+    assert (row["prompt_tokens"], row["cached_tokens"], row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (
+        3100, 1000, 2000, 500)
+    by_hand = (3 * 100 + Decimal("0.3") * 1000 + Decimal("3.75") * 1500 + 6 * 500 + 15 * 50) / 1_000_000
+    assert row["cost_usd"] == by_hand
