@@ -42,10 +42,11 @@ def split_data_url(url: str) -> tuple[str, str] | None:
 
 
 def content_parts(content: Any, *, text: Callable[[str], Any], inline_image: Callable[[str, str], Any],
-                  linked_image: Callable[[str], Any]) -> list[Any]:
+                  linked_image: Callable[[str], Any], keep: tuple[str, ...] = ()) -> list[Any]:
     """A message's content as a provider's parts: ``text(string)`` for each text,
     ``inline_image(media_type, base64_data)`` for each image given as a data URL, ``linked_image(url)``
-    for each other image (other part types are left out)."""
+    for each other image (other part types are left out); the fields named in ``keep`` (such as
+    ``cache_control``) are copied from each part onto the part made of it."""
     if isinstance(content, str):
         return [text(content)] if content else []
     parts = []
@@ -55,6 +56,11 @@ def content_parts(content: Any, *, text: Callable[[str], Any], inline_image: Cal
         elif part.get("type") == "image_url" and (url := image_url_of(part)) is not None:
             data_url = split_data_url(url)
             parts.append(linked_image(url) if data_url is None else inline_image(*data_url))
+        else:
+            continue
+        for name in keep:
+            if part.get(name) is not None:
+                parts[-1][name] = part[name]
     return parts
 
 

@@ -66,6 +66,11 @@ class FakeAnthropic:
         messages = body.get("messages") or []
         if not messages:
             return "messages: at least one message is required"
+        marked = sum("cache_control" in block for block in [
+            *(body.get("tools") or ()), *(body.get("system") if isinstance(body.get("system"), list) else ()),
+            *(block for m in messages if isinstance(m.get("content"), list) for block in m["content"])])
+        if marked > 4:
+            return f"A maximum of 4 blocks with cache_control may be provided. Found {marked}."
         thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
         if thinking and body.get("temperature") not in (None, 1, 1.0):
             return "temperature may only be set to 1 when thinking is enabled"

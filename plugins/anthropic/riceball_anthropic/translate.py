@@ -1,18 +1,23 @@
 """OpenAI Chat Completions <-> Anthropic Messages: requests, answers and streaming events."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import Turns, content_parts, system_text, text_of, tool_arguments
+from riceball_proxy.content import SYSTEM_ROLES, Turns, content_parts, system_text, text_of, tool_arguments
 from riceball_proxy.dialects.anthropic_messages import usage_to_chat as usage_of  # one meaning of usage
 from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_TOKENS = 4096
+#: The most blocks with ``cache_control`` (prompt-cache breakpoints) Anthropic takes in one request.
+MAX_BREAKPOINTS = 4
 #: The ``format`` of the signed reasoning Anthropic's answers carry in ``reasoning_details`` (the field
 #: OpenAI-compatible APIs that carry reasoning use), so that it comes back unchanged on the next turn.
 REASONING_FORMAT = "anthropic-claude-v1"
@@ -31,14 +36,39 @@ FINISH_REASONS = {
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI content as Anthropic content blocks."""
+    """OpenAI content as Anthropic content blocks (a part's ``cache_control`` kept on its block)."""
     return content_parts(
         content,
         text=lambda text: {"type": "text", "text": text},
         inline_image=lambda media_type, data: {"type": "image", "source": {"type": "base64",
                                                                            "media_type": media_type, "data": data}},
         linked_image=lambda url: {"type": "image", "source": {"type": "url", "url": url}},
+        keep=("cache_control",),
     )
+
+
+def _system(messages: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The system and developer messages as Anthropic's ``system``: their text, or text blocks when a part
+    of theirs carries ``cache_control`` (which then stays on its block)."""
+    system = [m for m in messages if m.get("role") in SYSTEM_ROLES]
+    if not any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("cache_control")
+                                                          for p in m["content"]) for m in system):
+        return system_text(messages)
+    return [block for m in system for block in _blocks(m.get("content")) if block.get("type") == "text"]
+
+
+def _limit_breakpoints(anthropic: dict[str, Any]) -> None:
+    """At most ``MAX_BREAKPOINTS`` blocks with ``cache_control``, as Anthropic takes: the oldest ones
+    (tools, then system, then the conversation from its start) lose theirs first."""
+    marked = [tool for tool in anthropic.get("tools") or () if "cache_control" in tool]
+    if isinstance(anthropic.get("system"), list):
+        marked += [block for block in anthropic["system"] if "cache_control" in block]
+    marked += [block for turn in anthropic["messages"] for block in turn["content"] if "cache_control" in block]
+    if len(marked) > MAX_BREAKPOINTS:
+        logger.info("%d cache breakpoints asked, Anthropic takes %d: the %d oldest dropped", len(marked),
+                    MAX_BREAKPOINTS, len(marked) - MAX_BREAKPOINTS)
+        for block in marked[:len(marked) - MAX_BREAKPOINTS]:
+            del block["cache_control"]
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
@@ -119,7 +149,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         "messages": turns.turns,
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
     }
-    system = system_text(body["messages"])
+    system = _system(body["messages"])
     if system:
         anthropic["system"] = system
     thinking = _thinking(body, anthropic["max_tokens"], turns.turns)
@@ -139,7 +169,9 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("tools"):
         anthropic["tools"] = [
             {"name": tool["function"]["name"], "description": tool["function"].get("description", ""),
-             "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}}}
+             "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}},
+             **({"cache_control": tool.get("cache_control") or tool["function"].get("cache_control")}
+                if tool.get("cache_control") or tool["function"].get("cache_control") else {})}
             for tool in body["tools"] if tool.get("type") == "function"
         ]
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
@@ -151,6 +183,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         anthropic["top_k"] = body["top_k"]
     if body.get("stream"):
         anthropic["stream"] = True
+    _limit_breakpoints(anthropic)
     return anthropic
 
 

@@ -229,3 +229,24 @@ async def test_cache_writes_are_counted_apart_and_priced_as_anthropic_charges_th
         3100, 1000, 2000, 500)
     by_hand = (3 * 100 + Decimal("0.3") * 1000 + Decimal("3.75") * 1500 + 6 * 500 + 15 * 50) / 1_000_000
     assert row["cost_usd"] == by_hand
+
+
+async def test_cache_control_reaches_anthropic_on_the_same_blocks_four_at_most(claude):
+    fake, client = claude.fake, claude.client
+    ephemeral = {"type": "ephemeral"}
+    tool = {**WEATHER, "cache_control": ephemeral}
+    messages = [{"role": "system", "content": [{"type": "text", "text": "A long, stable prompt.",
+                                                "cache_control": ephemeral}]},
+                *[{"role": role, "content": [{"type": "text", "text": f"turn {n}", "cache_control": ephemeral}]}
+                  for n, role in enumerate(["user", "assistant", "user", "assistant", "user"])]]
+    await client.chat.completions.create(model="x", messages=messages, tools=[tool])  # 7 asked: 4 kept
+    sent = fake.last
+    assert sent["system"] == [{"type": "text", "text": "Be brief."},
+                              {"type": "text", "text": "A long, stable prompt."}]  # the oldest lost theirs
+    assert "cache_control" not in sent["tools"][0]
+    marked = [block["text"] for turn in sent["messages"] for block in turn["content"] if "cache_control" in block]
+    assert marked == ["turn 1", "turn 2", "turn 3", "turn 4"]
+    await client.chat.completions.create(model="x", messages=messages[:2], tools=[tool])
+    assert fake.last["tools"][0]["cache_control"] == ephemeral
+    assert fake.last["system"][1]["cache_control"] == ephemeral
+    assert fake.last["messages"][0]["content"][0]["cache_control"] == ephemeral
