@@ -260,3 +260,11 @@ async def test_the_base_url_probe_and_the_models_list_in_anthropics_shape(transl
     assert models.data[0].type == "model" and models.data[0].display_name == translated.assistant_.name
     async with translated.client(translated.assistant_.id, translated.key_) as openai_client:  # OpenAI's shape
         assert (await openai_client.models.list()).data[0].object == "model"
+
+
+async def test_claude_codes_session_fills_the_prompt_cache_key(translated, fake_openai):
+    await translated.sdk.messages.create(model="x", max_tokens=10, messages=USER,
+                                         extra_headers={"X-Claude-Code-Session-Id": "session-1234"})
+    assert fake_openai.last["prompt_cache_key"] == "session-1234"
+    await translated.sdk.messages.create(model="x", max_tokens=10, messages=USER)
+    assert "prompt_cache_key" not in fake_openai.last

@@ -329,3 +329,11 @@ async def test_a_budget_refuses_with_insufficient_quota(start_gateway, settings,
         with pytest.raises(openai.RateLimitError) as raised:  # may use 11: more than is left
             await client.responses.create(model="x", input="Hi", max_output_tokens=5)
     assert raised.value.code == "insufficient_quota"
+
+
+async def test_codexs_session_fills_the_prompt_cache_key_unless_it_sent_one(bridged, fake_openai):
+    await bridged.sdk.responses.create(model="x", input="Hi", extra_headers={"session-id": "thread-9"})
+    assert fake_openai.last["prompt_cache_key"] == "thread-9"
+    await bridged.sdk.responses.create(model="x", input="Hi", prompt_cache_key="own",
+                                       extra_headers={"session-id": "thread-9"})
+    assert fake_openai.last["prompt_cache_key"] == "own"

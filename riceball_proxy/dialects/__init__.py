@@ -77,6 +77,24 @@ class Dialect:
         raise NotImplementedError
 
 
+#: Headers that name a client's session (Claude Code's, Codex's): a translated call's ``prompt_cache_key``
+#: when the client gave none, so that an OpenAI upstream routes the session's calls to one cache.
+SESSION_HEADERS = ("x-claude-code-session-id", "session-id")
+
+
+def session_cache_key(ctx: ChatContext, request: web.Request) -> None:
+    """Fill the internal form's ``prompt_cache_key`` from the client's session header, when it has none
+    (a derived field: left out for a target that refuses it)."""
+    if ctx.body.get("prompt_cache_key"):
+        return
+    for name in SESSION_HEADERS:
+        value = request.headers.get(name)
+        if value and len(value) <= 256:
+            ctx.body["prompt_cache_key"] = value
+            ctx.derived_fields |= {"prompt_cache_key"}
+            return
+
+
 def dialects(pm: pluggy.PluginManager) -> dict[str, Dialect]:
     """Every dialect the registered plugins offer, by name; earlier-called plugins win."""
     found: dict[str, Dialect] = {}

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
-from riceball_proxy.dialects import Dialect, anthropic_messages as wire
+from riceball_proxy.dialects import Dialect, anthropic_messages as wire, session_cache_key
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimate_prompt_tokens, estimated_usage
 from riceball_proxy.upstream import bad_upstream_response
@@ -58,6 +58,7 @@ class Messages(Dialect):
         ctx.body = chat
         ctx.derived_fields = frozenset(wire.DERIVED_FIELDS & chat.keys())
         ctx.native_headers = {name: request.headers[name] for name in NATIVE_HEADERS if name in request.headers}
+        session_cache_key(ctx, request)
 
     def inject(self, ctx) -> None:
         wire.inject(ctx.native_body, ctx.assistant)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
-from riceball_proxy.dialects import Dialect, openai_responses as wire
+from riceball_proxy.dialects import Dialect, openai_responses as wire, session_cache_key
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimated_usage
 from riceball_proxy.upstream import bad_upstream_response
@@ -37,6 +37,7 @@ class Responses(Dialect):
         ctx.derived_fields = frozenset(wire.DERIVED_FIELDS & chat.keys())
         if any("reasoning_details" in message for message in chat["messages"]):
             ctx.derived_fields |= {"reasoning_details"}
+        session_cache_key(ctx, request)
         ctx.native_body = parse_json(raw)  # a copy of its own: it is injected
         ctx.native_body.pop("generate", None)
 
