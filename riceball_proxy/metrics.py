@@ -33,7 +33,8 @@ class Metrics:
                                              buckets=LATENCY_BUCKETS, registry=registry)
         self.upstream_errors = Counter("riceball_upstream_errors", "Failed upstream calls, by provider and status",
                                        ["provider", "status"], registry=registry)
-        self.tokens = Counter("riceball_tokens", "Tokens, by assistant and kind (prompt or completion)",
+        self.tokens = Counter("riceball_tokens", "Tokens, by assistant and kind (prompt, completion; of the prompt "
+                              "cache_read and cache_write; of the completion reasoning)",
                               ["assistant", "kind"], registry=registry)
         self.usage_dead_letter_rows = Counter(
             "riceball_usage_dead_letter_rows", "Usage rows the database cannot take, kept in the dead-letter folder",
@@ -87,10 +88,12 @@ class Metrics:
             self._child(self.upstream_errors, ctx.provider.name, str(ctx.upstream_error.status)).inc()
         if outcome.usage.invalid:
             self._child(self.invalid_usage, ctx.provider.name if ctx.provider else "-").inc()
-        if outcome.usage.prompt_tokens:
-            self._child(self.tokens, assistant, "prompt").inc(outcome.usage.prompt_tokens)
-        if outcome.usage.completion_tokens:
-            self._child(self.tokens, assistant, "completion").inc(outcome.usage.completion_tokens)
+        usage = outcome.usage
+        for kind, count in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens),
+                            ("cache_read", usage.cached_tokens), ("cache_write", usage.cache_write_tokens),
+                            ("reasoning", usage.reasoning_tokens)):
+            if count:
+                self._child(self.tokens, assistant, kind).inc(count)
         if outcome.cost_usd:
             self._child(self.cost, assistant).inc(float(outcome.cost_usd))
 

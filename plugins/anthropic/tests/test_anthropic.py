@@ -23,7 +23,7 @@ async def claude(aiohttp_server, start_gateway, settings):
     assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt="Be brief.")
     _, adapter = await gateway.cache.provider(provider.id)
     async with gateway.client(assistant.id, await gateway.key()) as client:
-        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter, gateway=gateway)
+        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter, gateway=gateway, assistant=assistant)
 
 
 async def test_plain_text_with_usage(claude):
@@ -229,6 +229,13 @@ async def test_cache_writes_are_counted_apart_and_priced_as_anthropic_charges_th
         3100, 1000, 2000, 500)
     by_hand = (3 * 100 + Decimal("0.3") * 1000 + Decimal("3.75") * 1500 + 6 * 500 + 15 * 50) / 1_000_000
     assert row["cost_usd"] == by_hand
+    from riceball_proxy import appkeys
+
+    registry = claude.gateway.app[appkeys.METRICS].registry
+    counted = {kind: registry.get_sample_value("riceball_tokens_total", {"assistant": str(claude.assistant.id),
+                                                                        "kind": kind})
+               for kind in ("prompt", "completion", "cache_read", "cache_write")}
+    assert counted == {"prompt": 3100, "completion": 50, "cache_read": 1000, "cache_write": 2000}
 
 
 async def test_cache_control_reaches_anthropic_on_the_same_blocks_four_at_most(claude):
