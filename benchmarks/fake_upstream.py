@@ -87,24 +87,22 @@ RESPONSE_EVENTS = b"".join(
     ]))
 
 
-async def responses(request: web.Request) -> web.StreamResponse:
-    body = orjson.loads(await request.read())
-    if not body.get("stream"):
-        return web.Response(body=RESPONSE_JSON, content_type="application/json")
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    await response.write(RESPONSE_EVENTS)
-    return response
+def fixed_answer(whole: bytes, events: bytes):
+    """A handler that answers ``whole``, or ``events`` at once when the request asks for a stream."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if not orjson.loads(await request.read()).get("stream"):
+            return web.Response(body=whole, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events)
+        return response
+
+    return answer
 
 
-async def messages(request: web.Request) -> web.StreamResponse:
-    body = orjson.loads(await request.read())
-    if not body.get("stream"):
-        return web.Response(body=MESSAGE, content_type="application/json")
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    await response.write(EVENTS)
-    return response
+responses = fixed_answer(RESPONSE_JSON, RESPONSE_EVENTS)
+messages = fixed_answer(MESSAGE, EVENTS)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -189,6 +189,20 @@ def install_plugin(tmp_path, monkeypatch):
         sys.modules.pop(module_name, None)
 
 
+#: Where ``scripts/install-agents`` puts what the end-to-end tests run from npm.
+AGENTS = Path(__file__).resolve().parent.parent / "var" / "agents" / "node_modules"
+
+
+def installed_agent(path: str, what: str) -> Path:
+    """``AGENTS / path`` when ``scripts/install-agents`` installed it; else the test is skipped (failed in
+    CI, which always installs it)."""
+    found = AGENTS / path
+    if not found.exists():
+        assert not os.environ.get("CI"), f"{what} is not installed (scripts/install-agents installs it)"
+        pytest.skip(f"{what} is not installed (scripts/install-agents installs it)")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

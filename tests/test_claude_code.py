@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.fake_openai import refusal_of
+from tests.support import installed_agent
 
 pytestmark = pytest.mark.agents
 
-CLAUDE = Path(__file__).resolve().parent.parent / "var" / "agents" / "node_modules" / ".bin" / "claude"
 PROMPT = "Write the word riceball into proof.txt with your Bash tool, then tell me you are done."
 COMMAND = "echo riceball > proof.txt"
 FINAL = "Done: proof.txt holds the word."
@@ -22,10 +22,7 @@ SYSTEM_PROMPT = "You are the RiceBall test assistant."
 
 @pytest.fixture
 def claude_code():
-    if not CLAUDE.exists():
-        assert not os.environ.get("CI"), "Claude Code is not installed (scripts/install-agents installs it)"
-        pytest.skip("Claude Code is not installed (scripts/install-agents installs it)")
-    return CLAUDE
+    return installed_agent(".bin/claude", "Claude Code")
 
 
 async def run_claude(claude: Path, gateway, assistant, tmp_path: Path) -> tuple[str, str]:

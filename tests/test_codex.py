@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import installed_agent
+
 pytestmark = pytest.mark.agents
 
-CODEX = Path(__file__).resolve().parent.parent / "var" / "agents" / "node_modules" / ".bin" / "codex"
 PROMPT = "Write the word riceball into proof.txt with a shell command, then tell me you are done."
 COMMAND = "echo riceball > proof.txt"
 FINAL = "Done: proof.txt holds the word."
@@ -21,10 +22,7 @@ SHELL_TOOLS = ("exec_command", "shell", "local_shell", "shell_command")
 
 @pytest.fixture
 def codex():
-    if not CODEX.exists():
-        assert not os.environ.get("CI"), "Codex is not installed (scripts/install-agents installs it)"
-        pytest.skip("Codex is not installed (scripts/install-agents installs it)")
-    return CODEX
+    return installed_agent(".bin/codex", "Codex")
 
 
 def shell_call(tool_names) -> tuple[str, dict]:

@@ -94,13 +94,11 @@ console.log(JSON.stringify({ text, streamed }));
 async def test_vercels_ai_sdk_with_openai_models(assistant_url, fake_openai, tmp_path):
     import asyncio
     import os
-    from pathlib import Path
 
-    modules = Path(__file__).resolve().parent.parent / "var" / "agents" / "node_modules"
-    if not (modules / "@ai-sdk" / "openai").exists():
-        assert not os.environ.get("CI"), "the AI SDK is not installed (scripts/install-agents installs it)"
-        pytest.skip("the AI SDK is not installed (scripts/install-agents installs it)")
-    (tmp_path / "node_modules").symlink_to(modules)  # where the script's imports are found
+    from tests.support import AGENTS, installed_agent
+
+    installed_agent("@ai-sdk/openai", "the AI SDK")
+    (tmp_path / "node_modules").symlink_to(AGENTS)  # where the script's imports are found
     (tmp_path / "probe.mjs").write_text(VERCEL_SCRIPT)
     base_url, key, gateway = assistant_url
     process = await asyncio.create_subprocess_exec(

@@ -129,8 +129,8 @@ def ordered_targets(targets: tuple[Target, ...]) -> list[Target]:
 def body_for(ctx: ChatContext, target: Target) -> dict[str, Any]:
     """The prepared upstream body with the target's model and parameter overrides, without the fields the
     gateway derived that the target is known to refuse (``RefusedFields``)."""
-    if target.provider_id == ctx.assistant.provider_id and target.model == ctx.assistant.model and not target.params:
-        body = ctx.body  # the primary
+    if ctx.assistant.as_prepared(target):
+        body = ctx.body
     else:
         body = {**ctx.body, **target.params, "model": target.model}
     if ctx.derived_fields:

@@ -91,6 +91,11 @@ class Assistant:
         """The primary, then the fallbacks."""
         return (Target(self.provider_id, self.model, priority=0), *self.fallbacks)
 
+    def as_prepared(self, target: Target) -> bool:
+        """True for the target that takes a call as it was prepared: the assistant's own provider and model,
+        without parameters of its own."""
+        return target.provider_id == self.provider_id and target.model == self.model and not target.params
+
     def fields(self) -> dict[str, Any]:
         """The configuration as the keyword arguments :func:`create` and :func:`update` take."""
         return {

@@ -51,7 +51,16 @@ class Dialect:
         injected by the ``riceball_prepare_request`` built-in). Nothing to do without a native body."""
 
     def native_body_for(self, ctx: ChatContext, target) -> dict[str, Any]:
-        """``ctx.native_body`` for one of the assistant's targets (its model, its parameters)."""
+        """``ctx.native_body`` for one of the assistant's targets (its model, its parameters, forced)."""
+        if ctx.assistant.as_prepared(target):
+            return ctx.native_body
+        body = {**ctx.native_body, "model": target.model}
+        self.apply_params(body, target.params, True)
+        return body
+
+    def apply_params(self, body: dict[str, Any], params: dict[str, Any], locked) -> None:
+        """Parameters, by their Chat Completions names, on a native body (``locked``: the names forced, or
+        True for all of them)."""
         raise NotImplementedError
 
     def native_usage(self, usage: Any) -> Any:

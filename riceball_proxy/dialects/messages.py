@@ -63,13 +63,8 @@ class Messages(Dialect):
     def inject(self, ctx) -> None:
         wire.inject(ctx.native_body, ctx.assistant)
 
-    def native_body_for(self, ctx, target) -> dict[str, Any]:
-        if target.provider_id == ctx.assistant.provider_id and target.model == ctx.assistant.model \
-                and not target.params:
-            return ctx.native_body
-        body = {**ctx.native_body, "model": target.model}
-        wire.apply_params(body, target.params, True)
-        return body
+    def apply_params(self, body: dict[str, Any], params: dict[str, Any], locked) -> None:
+        wire.apply_params(body, params, locked)
 
     def native_usage(self, usage: Any) -> Any:
         return wire.usage_to_chat(usage) if isinstance(usage, dict) else usage
