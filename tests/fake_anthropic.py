@@ -4,14 +4,22 @@ blocks with signatures), and refusing what the real API refuses (``refusal``): a
 an empty text block, a tool_result that answers no tool_use of the turn before, a thinking block whose
 signature it did not issue, a temperature other than 1 with thinking on, a last assistant turn that
 calls a tool without its thinking while thinking is enabled (not adaptive), a system message inside ``messages`` without
-the beta that allows it."""
+the beta that allows it, adaptive thinking before Claude 4.6, a thinking budget (or thinking disabled) from
+Claude 4.7 on, ``output_config.effort`` before Claude 4.5."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+
+def claude_version(model: str) -> tuple[int, int]:
+    """A Claude model's generation, ``claude-opus-4-6`` -> (4, 6); (0, 0) for older names."""
+    match = re.match(r"claude-[a-z]+-(\d+)(?:-(\d{1,2})(?!\d))?", model)
+    return (int(match[1]), int(match[2] or 0)) if match else (0, 0)
 
 
 class FakeAnthropic:
@@ -71,7 +79,15 @@ class FakeAnthropic:
             *(block for m in messages if isinstance(m.get("content"), list) for block in m["content"])])
         if marked > 4:
             return f"A maximum of 4 blocks with cache_control may be provided. Found {marked}."
-        thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+        kind = (body.get("thinking") or {}).get("type")
+        version = claude_version(body.get("model") or "")
+        if kind == "adaptive" and version < (4, 6):
+            return "adaptive thinking is not supported on this model"
+        if kind in ("enabled", "disabled") and version >= (4, 7):
+            return f"thinking.type.{kind} is not supported for this model. Use thinking.type.adaptive instead."
+        if "effort" in (body.get("output_config") or {}) and version < (4, 5):
+            return "output_config.effort: this model does not support the effort parameter"
+        thinking = kind in ("enabled", "adaptive")
         if thinking and body.get("temperature") not in (None, 1, 1.0):
             return "temperature may only be set to 1 when thinking is enabled"
         budget = (body.get("thinking") or {}).get("budget_tokens")

@@ -312,7 +312,8 @@ def _unsupported(path: str, kind: str) -> APIError:
 
 def _effort(body: dict[str, Any]) -> str | None:
     """The ``reasoning_effort`` a request's thinking asks for: ``output_config.effort`` when given, else a
-    thinking budget's nearest effort; None when thinking is off (or not asked about)."""
+    thinking budget's nearest effort (adaptive thinking's default is ``high``); None when thinking is off
+    (or not asked about)."""
     thinking = body.get("thinking") or {}
     if thinking.get("type") not in ("enabled", "adaptive"):
         return None
@@ -325,7 +326,7 @@ def _effort(body: dict[str, Any]) -> str | None:
             if budget <= tokens:
                 return name
         return "high"
-    return None
+    return "high" if thinking.get("type") == "adaptive" else None  # Anthropic's default effort
 
 
 def _image(block: dict[str, Any]) -> dict[str, Any] | None:

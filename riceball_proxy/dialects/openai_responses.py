@@ -282,7 +282,7 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames]:
     if response_format is not None:
         chat["response_format"] = response_format
     effort = (body.get("reasoning") or {}).get("effort")
-    if isinstance(effort, str) and effort in ("minimal", "low", "medium", "high"):
+    if isinstance(effort, str) and effort in ("none", "minimal", "low", "medium", "high"):
         chat["reasoning_effort"] = effort
     elif effort == "xhigh":
         chat["reasoning_effort"] = "high"

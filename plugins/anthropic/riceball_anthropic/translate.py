@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -22,9 +23,21 @@ MAX_BREAKPOINTS = 4
 #: OpenAI-compatible APIs that carry reasoning use), so that it comes back unchanged on the next turn.
 REASONING_FORMAT = "anthropic-claude-v1"
 #: The thinking budget (``thinking.budget_tokens``) each ``reasoning_effort`` asks for.
-EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
+EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
 #: The smallest budget Anthropic takes.
 MIN_THINKING_BUDGET = 1024
+#: The ``output_config.effort`` of adaptive thinking (Claude 4.6 on) for each ``reasoning_effort``.
+ADAPTIVE_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "max"}
+#: The first Claude generation that thinks adaptively, and the first that thinks no other way.
+ADAPTIVE_SINCE = (4, 6)
+ADAPTIVE_ONLY_SINCE = (4, 7)
+
+
+def claude_version(model: str) -> tuple[int, int]:
+    """A Claude model's generation (``claude-sonnet-4-6`` -> (4, 6), ``claude-opus-5`` -> (5, 0)); (0, 0) for
+    the older names (``claude-3-7-sonnet-...``) and other models."""
+    match = re.match(r"(?:[a-z]+\.)?(?:anthropic\.)?claude-[a-z]+-(\d+)(?:-(\d{1,2})(?!\d))?", model)
+    return (int(match[1]), int(match[2] or 0)) if match else (0, 0)
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -108,10 +121,20 @@ def reasoning_detail(block: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _thinking(body: dict[str, Any], max_tokens: int, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Anthropic's ``thinking`` for a ``reasoning_effort``: a budget below ``max_tokens``. None when no
-    effort is asked, the budget cannot fit, or the last assistant turn calls a tool without its thinking
-    (a history another provider wrote: Anthropic would refuse it; the call goes without thinking)."""
-    budget = EFFORT_BUDGETS.get(body.get("reasoning_effort"))
+    """Anthropic's ``thinking`` (and ``output_config``) for a ``reasoning_effort``: adaptive thinking at
+    that effort from Claude 4.6 on, else a budget below ``max_tokens``. None when no effort (or
+    ``none``) is asked, the budget cannot fit, or the last assistant turn calls a tool without its
+    thinking (a history another provider wrote: Anthropic would refuse it; the call goes without
+    thinking; adaptive thinking takes such a turn)."""
+    effort = body.get("reasoning_effort")
+    if claude_version(body["model"]) >= ADAPTIVE_SINCE:
+        if effort not in ADAPTIVE_EFFORTS:
+            return None
+        level = ADAPTIVE_EFFORTS[effort]
+        if level == "max" and "opus" not in body["model"]:  # only Opus thinks at "max"
+            level = "high"
+        return {"thinking": {"type": "adaptive"}, "output_config": {"effort": level}}
+    budget = EFFORT_BUDGETS.get(effort)
     if budget is None:
         return None
     budget = min(budget, max_tokens - 1)
@@ -121,7 +144,7 @@ def _thinking(body: dict[str, Any], max_tokens: int, turns: list[dict[str, Any]]
     if last is not None and any(block.get("type") == "tool_use" for block in last["content"]) and \
             last["content"][0].get("type") not in ("thinking", "redacted_thinking"):
         return None
-    return {"type": "enabled", "budget_tokens": budget}
+    return {"thinking": {"type": "enabled", "budget_tokens": budget}}
 
 
 def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +177,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         anthropic["system"] = system
     thinking = _thinking(body, anthropic["max_tokens"], turns.turns)
     if thinking is not None:  # with thinking, Anthropic takes no temperature but 1, no top_k, no low top_p
-        anthropic["thinking"] = thinking
+        anthropic.update(thinking)
     else:
         for turn in turns.turns:  # thinking off: the blocks of earlier turns go (Anthropic would refuse them)
             if turn["role"] == "assistant":

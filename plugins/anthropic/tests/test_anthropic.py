@@ -208,6 +208,34 @@ async def test_thinking_comes_back_as_reasoning_details_and_goes_back_as_thinkin
     assert fake.last["messages"][1]["content"][0]["type"] == "thinking"
 
 
+@pytest.mark.parametrize(("model", "effort", "sent"), [
+    ("claude-sonnet-4-5", "low", {"thinking": {"type": "enabled", "budget_tokens": 2048}}),
+    ("claude-sonnet-4-5", "xhigh", {"thinking": {"type": "enabled", "budget_tokens": 4095}}),  # below max_tokens
+    ("claude-sonnet-4-6", "medium", {"thinking": {"type": "adaptive"}, "output_config": {"effort": "medium"}}),
+    ("claude-sonnet-4-6", "xhigh", {"thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}}),
+    ("claude-opus-4-6", "xhigh", {"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}}),
+    ("claude-opus-4-7", "minimal", {"thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}}),
+    ("claude-opus-4-7", "none", {}),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_reasoning_effort_is_each_claude_s_own_thinking(claude, model, effort, sent, stream):
+    """A budget below max_tokens before Claude 4.6, adaptive thinking at an effort from then on (the fake
+    refuses each form where the real API does); temperature left out with thinking on."""
+    assistant = await claude.gateway.assistant(types.SimpleNamespace(id=claude.assistant.provider_id), model=model)
+    async with claude.gateway.client(assistant.id, await claude.gateway.key()) as client:
+        options = dict(model="x", messages=MESSAGES, reasoning_effort=effort, temperature=0.2)
+        if stream:
+            deltas = [chunk.choices[0].delta async for chunk in await client.chat.completions.create(
+                stream=True, **options) if chunk.choices]
+            reasoning = "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas)
+        else:
+            message = (await client.chat.completions.create(**options)).choices[0].message
+            reasoning = getattr(message, "reasoning_content", None) or ""
+    assert {name: claude.fake.last[name] for name in ("thinking", "output_config") if name in claude.fake.last} == sent
+    assert ("temperature" in claude.fake.last) == (not sent)
+    assert reasoning == ("Let me think." if sent else "")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_cache_writes_are_counted_apart_and_priced_as_anthropic_charges_them(claude, stream):
     """claude-sonnet-4-5 (genai-prices): input $3, output $15, cache reads $0.30, 5-minute writes $3.75 and

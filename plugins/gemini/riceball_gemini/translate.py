@@ -26,6 +26,12 @@ REASONING_FORMAT = "google-gemini-v1"
 #: Google's documented stand-in for a function call's thought signature in a history Gemini did not
 #: write (another provider's, or a client's that lost it): accepted without validation.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
+#: Gemini 3's ``thinkingLevel`` for each ``reasoning_effort`` (its Pro models take "low" and "high" only).
+THINKING_LEVELS = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
+                   "xhigh": "high"}
+PRO_THINKING_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high", "xhigh": "high"}
+#: Gemini 2.5's ``thinkingBudget`` for each ``reasoning_effort`` (0 turns thinking off where the model allows it).
+THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
 GENERATION_CONFIG = {
     "temperature": "temperature",
     "top_p": "topP",
@@ -77,6 +83,33 @@ def signature_of(call: dict[str, Any], details: Any) -> str:
     return SKIP_SIGNATURE
 
 
+def thinking_config(model: str, effort: Any) -> dict[str, Any] | None:
+    """Gemini's ``thinkingConfig`` for a ``reasoning_effort``: a thinking level for Gemini 3, a budget for
+    Gemini 2.5 (Pro cannot stop thinking: its least is 128), with the thoughts included. None for another
+    model, or no effort."""
+    if effort not in THINKING_BUDGETS:
+        return None
+    name = model.removeprefix("models/")
+    if name.startswith("gemini-3"):
+        levels = PRO_THINKING_LEVELS if "-pro" in name else THINKING_LEVELS
+        return {"thinkingLevel": levels[effort], "includeThoughts": True}
+    if name.startswith("gemini-2.5"):
+        budget = THINKING_BUDGETS[effort]
+        if "-pro" in name:
+            budget = max(budget, 128)
+        return {"thinkingBudget": budget, "includeThoughts": budget > 0}
+    return None
+
+
+def text_signature(details: Any) -> str | None:
+    """The thought signature of an answer's text (one of ``reasoning_details`` with no call id), if any."""
+    for detail in details or ():
+        if isinstance(detail, dict) and detail.get("format") == REASONING_FORMAT and not detail.get("id") \
+                and isinstance(detail.get("data"), str):
+            return detail["data"]
+    return None
+
+
 def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI Chat Completions body as a Gemini ``generateContent`` body (the model goes in the URL)."""
     turns = Turns("parts")
@@ -87,6 +120,9 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
             turns.add("user", _parts(message.get("content")))
         elif role == "assistant":
             parts = _parts(message.get("content"))
+            signature = text_signature(message.get("reasoning_details"))
+            if signature is not None and parts and "text" in parts[-1]:
+                parts[-1]["thoughtSignature"] = signature
             for call in message.get("tool_calls") or []:
                 name = call.get("function", {}).get("name", "")
                 call_names[call.get("id", "")] = name
@@ -109,6 +145,9 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop:
         config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    thinking = thinking_config(body["model"], body.get("reasoning_effort"))
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     response_format = body.get("response_format") or {}
     if response_format.get("type") in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
@@ -150,10 +189,16 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _split(parts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """The visible text and the function calls among a candidate's parts (thoughts left out)."""
-    text, calls = [], []
+def _split(parts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str, list[dict[str, Any]]]:
+    """The visible text, the function calls, the thoughts (when asked for) and the signatures of text
+    parts (as ``reasoning_details``) among a candidate's parts."""
+    text, calls, thoughts, details = [], [], [], []
     for part in parts:
+        if "functionCall" not in part and isinstance(part.get("thoughtSignature"), str):
+            details.append({"type": "reasoning.encrypted", "data": part["thoughtSignature"],
+                            "format": REASONING_FORMAT})
+        if part.get("thought") and isinstance(part.get("text"), str):
+            thoughts.append(part["text"])
         if "functionCall" in part:
             call = part["functionCall"]
             calls.append({"id": new_call_id(), "type": "function",
@@ -163,7 +208,7 @@ def _split(parts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
                 calls[-1]["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
         elif "text" in part and not part.get("thought"):
             text.append(part["text"])
-    return "".join(text), calls
+    return "".join(text), calls, "".join(thoughts), details
 
 
 def _finish(reason: str | None, has_calls: bool) -> str:
@@ -176,10 +221,14 @@ def from_gemini(response: dict[str, Any], model: str) -> dict[str, Any]:
     """A Gemini ``GenerateContentResponse`` as an OpenAI ``chat.completion``."""
     choices = []
     for index, candidate in enumerate(response.get("candidates") or []):
-        text, calls = _split((candidate.get("content") or {}).get("parts") or [])
+        text, calls, thoughts, details = _split((candidate.get("content") or {}).get("parts") or [])
         message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
         if calls:
             message["tool_calls"] = calls
+        if thoughts:
+            message["reasoning_content"] = thoughts
+        if details:
+            message["reasoning_details"] = details
         choices.append({"index": candidate.get("index", index), "message": message, "logprobs": None,
                         "finish_reason": _finish(candidate.get("finishReason"), bool(calls))})
     if not choices:  # the prompt itself was blocked
@@ -228,7 +277,11 @@ class StreamTranslator:
         if response.get("usageMetadata"):
             self.usage = response["usageMetadata"]
         for candidate in (response.get("candidates") or [])[:1]:
-            text, calls = _split((candidate.get("content") or {}).get("parts") or [])
+            text, calls, thoughts, details = _split((candidate.get("content") or {}).get("parts") or [])
+            if thoughts:
+                payloads.append(delta({"reasoning_content": thoughts}))
+            if details:
+                payloads.append(delta({"reasoning_details": details}))
             if text:
                 payloads.append(delta({"content": text}))
             if calls:

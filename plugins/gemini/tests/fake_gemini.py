@@ -2,7 +2,9 @@
 as Google's API reference describes them (parts, functionCall, finishReason, usageMetadata, errors),
 with Gemini 3's thought signatures: each functionCall it answers carries one, and it refuses (400) a
 history whose functionCall parts lack a signature it issued (or the documented
-``skip_thought_signature_validator``)."""
+``skip_thought_signature_validator``). Its thinking follows ``generationConfig.thinkingConfig`` as the API
+does: thoughts only when ``includeThoughts``, a ``thinkingLevel`` only for Gemini 3 (never beside a
+``thinkingBudget``), no budget of 0 for a Pro model; a Gemini 3 text answer's last part is signed too."""
 from __future__ import annotations
 
 from typing import Any
@@ -68,6 +70,19 @@ class FakeGemini:
                               "method": request.match_info["method"]})
         if self.error:
             return self._error()
+        thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+        model = request.match_info["model"]
+        refusal = None
+        if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
+            refusal = "You can only set only one of thinking budget and thinking level."
+        elif "thinkingLevel" in thinking and not model.startswith("gemini-3"):
+            refusal = "Thinking level is not supported for this model."
+        elif thinking.get("thinkingBudget") == 0 and "-pro" in model:
+            refusal = "Budget 0 is invalid. This model only works in thinking mode."
+        if refusal:
+            return web.json_response({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": refusal}},
+                                     status=400)
+        thoughts = [{"text": "thinking...", "thought": True}] if thinking.get("includeThoughts") else []
         for content in body.get("contents") or ():
             for part in content.get("parts") or ():
                 if "functionCall" in part and part.get("thoughtSignature") not in (
@@ -80,13 +95,23 @@ class FakeGemini:
             signature = f"gsig-{len(self.signatures)}"
             self.signatures.add(signature)
             calls.append({"functionCall": {"name": name, "args": args}, "thoughtSignature": signature})
+        signed_text = model.startswith("gemini-3") and not calls and self.reply
+        if signed_text:
+            signature = f"gsig-{len(self.signatures)}"
+            self.signatures.add(signature)
         if request.match_info["method"] == "generateContent":
-            parts = ([{"text": "thinking...", "thought": True}, {"text": self.reply}] if self.reply else []) + calls
+            parts = thoughts + ([{"text": self.reply}] if self.reply else []) + calls
+            if signed_text:
+                parts[-1]["thoughtSignature"] = signature
             return web.json_response(self._response(parts, "STOP", usage=True))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         words = self.reply.split(" ") if self.reply else []
         chunks = [[{"text": w if n == 0 else " " + w}] for n, w in enumerate(words)]
+        if signed_text:
+            chunks[-1][-1]["thoughtSignature"] = signature
+        if thoughts:
+            chunks.insert(0, thoughts)
         if calls:
             chunks.append(calls)  # Gemini sends whole function calls, never fragments
         for n, parts in enumerate(chunks):

@@ -21,7 +21,7 @@ async def gemini(aiohttp_server, start_gateway, settings):
     assistant = await gateway.assistant(provider, model="gemini-2.5-flash", system_prompt="Be brief.")
     _, adapter = await gateway.cache.provider(provider.id)
     async with gateway.client(assistant.id, await gateway.key()) as client:
-        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter)
+        yield types.SimpleNamespace(fake=fake, client=client, adapter=adapter, gateway=gateway, provider=provider)
 
 
 async def test_plain_text_with_usage(gemini):
@@ -29,7 +29,8 @@ async def test_plain_text_with_usage(gemini):
     completion = await client.chat.completions.create(
         model="x", messages=MESSAGES, max_tokens=64, temperature=0.4, top_p=0.9, stop=["END"], seed=5, n=1,
         response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}})
-    assert completion.choices[0].message.content == "Hello from Gemini"  # the thought part is left out
+    assert completion.choices[0].message.content == "Hello from Gemini"
+    assert getattr(completion.choices[0].message, "reasoning_content", None) is None  # no thoughts asked
     assert completion.choices[0].finish_reason == "stop"
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (9, 4, 13)
     assert completion.usage.prompt_tokens_details.cached_tokens == 2
@@ -223,3 +224,53 @@ async def test_thought_signatures_round_trip_through_the_responses_api(gemini, s
                                  {"type": "function_call_output", "call_id": call.call_id, "output": "18"}])
     assert second.output_text == "18 degrees"
     assert fake.last["contents"][1]["parts"][0]["thoughtSignature"] in fake.signatures
+
+
+@pytest.mark.parametrize(("model", "effort", "config"), [
+    ("gemini-3-pro-preview", "low", {"thinkingLevel": "low", "includeThoughts": True}),
+    ("gemini-3-pro-preview", "medium", {"thinkingLevel": "high", "includeThoughts": True}),  # Pro: low or high
+    ("gemini-3-flash-preview", "minimal", {"thinkingLevel": "minimal", "includeThoughts": True}),
+    ("gemini-3-flash-preview", "medium", {"thinkingLevel": "medium", "includeThoughts": True}),
+    ("gemini-2.5-flash", "high", {"thinkingBudget": 24576, "includeThoughts": True}),
+    ("gemini-2.5-flash", "none", {"thinkingBudget": 0, "includeThoughts": False}),
+    ("gemini-2.5-pro", "none", {"thinkingBudget": 128, "includeThoughts": True}),  # Pro always thinks
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_reasoning_effort_is_gemini_thinking_config(gemini, model, effort, config, stream):
+    """Each model family gets the control it takes (the fake refuses the others); the thoughts come back
+    as reasoning_content when there are any."""
+    assistant = await gemini.gateway.assistant(gemini.provider, model=model)
+    async with gemini.gateway.client(assistant.id, await gemini.gateway.key()) as client:
+        options = dict(model="x", messages=MESSAGES, reasoning_effort=effort)
+        if stream:
+            chunks = [chunk async for chunk in await client.chat.completions.create(stream=True, **options)]
+            deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+            content = "".join(delta.content or "" for delta in deltas)
+            reasoning = "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas)
+        else:
+            message = (await client.chat.completions.create(**options)).choices[0].message
+            content, reasoning = message.content, getattr(message, "reasoning_content", None) or ""
+    assert gemini.fake.last["generationConfig"]["thinkingConfig"] == config
+    assert content == "Hello from Gemini"
+    assert reasoning == ("thinking..." if config["includeThoughts"] else "")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gemini_3_text_signature_goes_back_on_its_text_part(gemini, stream):
+    """Gemini 3 signs the last part of a text answer: it comes back as reasoning_details and goes back
+    on the text part of that turn (a history without it is still taken, as Google's API does)."""
+    assistant = await gemini.gateway.assistant(gemini.provider, model="gemini-3-flash-preview")
+    async with gemini.gateway.client(assistant.id, await gemini.gateway.key()) as client:
+        if stream:
+            details = []
+            async for chunk in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True):
+                details += (chunk.choices[0].delta.model_extra or {}).get("reasoning_details") or [] if chunk.choices else []
+        else:
+            answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+            details = answer.choices[0].message.model_extra["reasoning_details"]
+        assert [(d["format"], d["data"] in gemini.fake.signatures) for d in details] == [("google-gemini-v1", True)]
+        history = [*MESSAGES, {"role": "assistant", "content": "Hello from Gemini", "reasoning_details": details},
+                   {"role": "user", "content": "And then?"}]
+        await client.chat.completions.create(model="x", messages=history)
+    assert gemini.fake.last["contents"][1] == {"role": "model", "parts": [
+        {"text": "Hello from Gemini", "thoughtSignature": details[0]["data"]}]}
