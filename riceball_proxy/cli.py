@@ -44,6 +44,7 @@ from riceball_proxy.commands import (
     cmd_serve,
 )
 from riceball_proxy.db import providers
+from riceball_proxy.db.assistants import EFFORTS
 from riceball_proxy.declared.commands import cmd_apply, cmd_export
 from riceball_proxy.limits import PERIODS
 from riceball_proxy.logs import configure_logging
@@ -222,6 +223,8 @@ def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None
     parser.add_argument("--temperature", type=_between(0, 2))
     parser.add_argument("--top-p", type=_between(0, 1))
     parser.add_argument("--max-tokens", type=_between(1, 2**31 - 1, integer=True))
+    parser.add_argument("--reasoning-effort", choices=EFFORTS,
+                        help="the default reasoning effort (each provider's thinking control; docs/providers.md)")
     parser.add_argument("--lock", action="append", default=None if update else [], metavar="PARAMETER",
                         help="make the assistant's value of a parameter win over the client's (repeatable"
                              + ("; given, it replaces the locks)" if update else ")"))
@@ -240,11 +243,17 @@ def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None
     parser.add_argument("--expose-target", action="store_true", default=None if update else False,
                         help="answers name the provider and model that served them (x-riceball-provider, "
                              "x-riceball-model); off by default: they reveal the configuration")
+    parser.add_argument("--auto-cache", action="store_true", default=None if update else False,
+                        help="prompt-cache breakpoints on the system prompt and the last turn of calls that set "
+                             "none (providers with explicit caching, such as Anthropic)")
     if update:
+        parser.add_argument("--no-auto-cache", dest="auto_cache", action="store_false", default=None,
+                            help="no automatic prompt-cache breakpoints")
         parser.add_argument("--hide-target", dest="expose_target", action="store_false", default=None,
                             help="answers do not name the provider and model that served them")
     _limit_options(parser, update=update)
-    for name, what in (("input", "prompt"), ("output", "answer"), ("cached-input", "cached prompt")):
+    for name, what in (("input", "prompt"), ("output", "answer"), ("cached-input", "cached prompt (cache read)"),
+                       ("cache-write", "prompt written to the cache (default 1.25 times the input price)")):
         parser.add_argument(f"--price-{name}", type=_price, metavar="USD_PER_M",
                             help=f"USD per million {what} tokens" + (" ('none' removes it)" if update else "")
                             + ("; without a price, genai-prices' for the model" if name == "input" else ""))

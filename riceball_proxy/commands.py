@@ -436,9 +436,10 @@ async def fallbacks_from(pool, args: argparse.Namespace, current: assistants.Ass
 
 
 def prices_from(args: argparse.Namespace, current: assistants.Assistant | None = None) -> assistants.Prices:
-    """(input, output, cached input) from the options (``none`` removes one), on top of ``current``."""
+    """(input, output, cache read, cache write) from the options (``none`` removes one), on top of
+    ``current``."""
     prices = []
-    for name in ("price_input", "price_output", "price_cached_input"):
+    for name in ("price_input", "price_output", "price_cached_input", "price_cache_write"):
         given = getattr(args, name)
         prices.append(getattr(current, name, None) if given is None else None if given == "none" else given)
     return tuple(prices)
@@ -460,7 +461,8 @@ async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices
 def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
     parameters = {
         name: value
-        for name, value in (("temperature", args.temperature), ("top_p", args.top_p), ("max_tokens", args.max_tokens))
+        for name, value in (("temperature", args.temperature), ("top_p", args.top_p), ("max_tokens", args.max_tokens),
+                            ("reasoning_effort", args.reasoning_effort))
         if value is not None
     }
     unknown = set(args.lock) - set(assistants.PARAMETERS)
@@ -476,7 +478,8 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
         fallbacks = await fallbacks_from(pool, args)
         await check_assistant_budget(pool, limits, prices, provider, args.model, fallbacks)
         routing = {"fallbacks": fallbacks, "deadline": args.deadline or DEFAULT_DEADLINE,
-                   "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS, "expose_target": args.expose_target}
+                   "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS, "expose_target": args.expose_target,
+                   "auto_cache": args.auto_cache}
         try:
             assistant = await assistants.create(
                 pool,
@@ -516,7 +519,8 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
             provider = await providers.get_by_name(pool, args.provider)
             if provider is None:
                 raise CommandError(f"no provider named {args.provider!r}")
-        given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+        given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
+                 "reasoning_effort": args.reasoning_effort}
         parameters = dict(current.parameters) | {name: value for name, value in given.items() if value is not None}
         limits, prices = limits_from(args, current.limits), prices_from(args, current)
         fallbacks = await fallbacks_from(pool, args, current)
@@ -525,7 +529,8 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
         routing = {"fallbacks": fallbacks,
                    "deadline": current.deadline if args.deadline is None else args.deadline,
                    "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts,
-                   "expose_target": current.expose_target if args.expose_target is None else args.expose_target}
+                   "expose_target": current.expose_target if args.expose_target is None else args.expose_target,
+                   "auto_cache": current.auto_cache if args.auto_cache is None else args.auto_cache}
         try:
             assistant = await assistants.update(
                 pool,
@@ -585,12 +590,15 @@ def cmd_assistant_show(args: argparse.Namespace, settings: Settings) -> int:
     shown = data | {"fallbacks": ", ".join(f"{names.get(t.provider_id, t.provider_id)}:{t.model}"
                                           for t in assistant.fallbacks) or "none",
                     "deadline": f"{assistant.deadline:g} s, at most {assistant.max_attempts} attempts","limits": limits_text(assistant.limits), "price": "-" if assistant.price_input is None else
-                    f"${assistant.price_input} in, ${assistant.price_output} out per million tokens"}
+                    f"${assistant.price_input} in, ${assistant.price_output} out"
+                    + (f", ${assistant.price_cached_input} cache read" if assistant.price_cached_input is not None else "")
+                    + (f", ${assistant.price_cache_write} cache write" if assistant.price_cache_write is not None else "")
+                    + " per million tokens"}
     data["health"] = target_health(settings, assistant, names)
     shown["health"] = "; ".join(data["health"]) if isinstance(data["health"], list) else data["health"]
     lines = [f"{name + ':':<20} {_cell(shown[name])}" for name in (
         "id", "name", "provider", "model", "enabled", "allow_client_system", "parameters", "locked",
-        "extra_params", "fallbacks", "deadline", "health", "limits", "price", "base_url")]
+        "extra_params", "auto_cache", "fallbacks", "deadline", "health", "limits", "price", "base_url")]
     emit(args, data, "\n".join(lines) + f"\nsystem prompt:\n{data['system_prompt'] or '(none)'}")
     return 0
 

@@ -59,21 +59,25 @@ class Price:
         return math.ceil((self.input * prompt_tokens + self.output * completion_tokens) * 1000)
 
 
-def price_of(assistant, provider_type: str | None) -> Price | None:
-    """The price of an assistant's calls served by its own model on a provider of this type, None when
-    nobody knows it."""
-    return target_price(assistant, assistant.model, provider_type)
+def operator_price(prices) -> Price | None:
+    """The operator's prices (input, output, cache read, cache write) as a Price; None without input and
+    output prices. Cache reads default to the input price, 5-minute cache writes to 1.25 times it, and
+    1-hour writes are twice the input price."""
+    price_input, price_output, cache_read, cache_write = prices
+    if price_input is None or price_output is None:
+        return None
+    return Price(price_input, price_output, price_input if cache_read is None else cache_read, "assistant",
+                 cache_write=cache_write)
 
 
-def target_price(assistant, model: str, provider_type: str | None) -> Price | None:
-    """What a call of ``assistant`` costs when ``model`` on a provider of ``provider_type`` serves it (the
-    primary or a fallback target): the operator's price, which is the price of the assistant's own model,
-    when that model serves; else the price genai-prices knows for that provider type and model; else None."""
-    if model == assistant.model and assistant.price_input is not None and assistant.price_output is not None:
-        return Price(assistant.price_input, assistant.price_output,
-                     assistant.price_input if assistant.price_cached_input is None else assistant.price_cached_input,
-                     "assistant")
-    return model_price(provider_type, model)
+def target_price(assistant, target, provider_type: str | None) -> Price | None:
+    """What a call of ``assistant`` costs when ``target`` (the primary or a fallback, on a provider of
+    ``provider_type``) serves it: the target's own prices when the operator set them; else the
+    assistant's, which are its own model's, when that model serves; else the price genai-prices knows
+    for that provider type and model; else None."""
+    return (operator_price(target.prices)
+            or (operator_price(assistant.prices) if target.model == assistant.model else None)
+            or model_price(provider_type, target.model))
 
 
 def call_price(ctx) -> Price | None:
@@ -81,8 +85,8 @@ def call_price(ctx) -> Price | None:
     answer, the one being tried), on its provider."""
     if ctx.assistant is None:
         return None
-    model = ctx.target.model if ctx.target is not None else ctx.assistant.model
-    return target_price(ctx.assistant, model, ctx.provider.type if ctx.provider else None)
+    target = ctx.target if ctx.target is not None else ctx.assistant.targets[0]
+    return target_price(ctx.assistant, target, ctx.provider.type if ctx.provider else None)
 
 
 async def unpriced_targets(db, model: str, prices, provider, fallbacks) -> list[str]:
@@ -90,20 +94,20 @@ async def unpriced_targets(db, model: str, prices, provider, fallbacks) -> list[
     the rule every front end applies to an assistant's USD budget, which needs a price for every target
     a call may reach.
 
-    ``prices`` are the assistant's (input, output, cached input), ``provider`` its primary's row,
-    ``fallbacks`` its fallback targets.
+    ``prices`` are the assistant's (input, output, cache read, cache write), ``provider`` its primary's
+    row, ``fallbacks`` its fallback targets.
     """
     from riceball_proxy.db import providers
 
-    operator_priced = prices[0] is not None and prices[1] is not None
     known = {provider.id: provider} if provider is not None else {}
     missing = []
-    for provider_id, target_model in [(provider.id if provider else None, model),
-                                      *((target.provider_id, target.model) for target in fallbacks)]:
+    for provider_id, target_model, own in [(provider.id if provider else None, model, prices),
+                                           *((t.provider_id, t.model, t.prices) for t in fallbacks)]:
         if provider_id is not None and provider_id not in known:
             known[provider_id] = await providers.get(db, provider_id)
         row = known.get(provider_id)
-        if (operator_priced and target_model == model) or model_price(row.type if row else None, target_model):
+        if operator_price(own) or (target_model == model and operator_price(prices)) \
+                or model_price(row.type if row else None, target_model):
             continue
         missing.append(f"{target_model!r} on {row.name if row else provider_id!r}")
     return missing
@@ -148,7 +152,7 @@ async def unpriced(db, assistant_ids=None) -> tuple[list[str], list[str]]:
     priced, unknown = [], []
     for assistant in await assistants.list_all(db):
         if assistant_ids is None or assistant.id in assistant_ids:
-            known = all(target_price(assistant, target.model, types.get(target.provider_id)) is not None
+            known = all(target_price(assistant, target, types.get(target.provider_id)) is not None
                         for target in assistant.targets)
             (priced if known else unknown).append(assistant.name)
     return priced, unknown

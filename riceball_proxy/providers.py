@@ -59,6 +59,10 @@ class ProviderAdapter:
     #: True for an adapter that sends an assistant message's ``reasoning_details`` (signed reasoning a
     #: dialect restored from its own form) back to its provider; for the others the gateway leaves them out.
     reads_reasoning_details: bool = False
+    #: True for a provider that caches a prompt's prefix up to the blocks a request marks with
+    #: ``cache_control`` (Anthropic): an assistant with automatic prompt caching places such marks on
+    #: calls that set none (``riceball_proxy.caching``).
+    cache_breakpoints: bool = False
     #: The dialects (``riceball_proxy.dialects``: ``"messages"``...) the provider's API speaks itself. A
     #: call that came in by one of them is sent as its client wrote it, the assistant injected in that
     #: dialect's terms, through :meth:`complete_native` and :meth:`stream_native`; any other call is

@@ -9,6 +9,7 @@ Claude 4.7 on, ``output_config.effort`` before Claude 4.5."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from typing import Any
 
@@ -40,6 +41,50 @@ class FakeAnthropic:
         #: When set, called with each request's body before it is answered: returns (reply, tool_uses),
         #: which replace ``reply`` and ``tool_uses``.
         self.responder: Any = None
+        #: Prompt caching as Anthropic does it: the input counted (a token a word), prefixes ending at a
+        #: ``cache_control`` block of ``MIN_CACHED`` tokens or more written to the cache, and read back by
+        #: a later request with the same prefix; the usage then reports reads, writes and the rest.
+        self.caching = False
+        self.cache: dict[bytes, int] = {}
+        #: What a structured answer (output_config.format, or a forced tool call) holds.
+        self.structured: dict[str, Any] = {"city": "Paris", "celsius": 18}
+
+    #: The shortest prefix Anthropic caches (Claude Sonnet's 1024 tokens).
+    MIN_CACHED = 1024
+
+    def cache_usage(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The input usage of a request under prompt caching (and the cache written by it)."""
+        system = body.get("system")
+        blocks = [*(body.get("tools") or ()),
+                  *([{"type": "text", "text": system}] if isinstance(system, str) else system or ())]
+        for message in body["messages"]:
+            content = message["content"]
+            blocks += [{"type": "text", "text": content}] if isinstance(content, str) else content
+        digest, total, boundaries, prefixes = hashlib.sha256(), 0, [], []
+        for block in blocks:
+            plain = orjson.dumps({k: v for k, v in block.items() if k != "cache_control"},
+                                 option=orjson.OPT_SORT_KEYS)
+            digest.update(plain)
+            total += len(plain.split())
+            boundaries.append((digest.copy().digest(), total))
+            if "cache_control" in block:
+                prefixes.append((len(boundaries) - 1, block["cache_control"].get("ttl", "5m")))
+        # A hit is looked for at every block boundary up to 20 blocks before a breakpoint, as Anthropic does.
+        read = max((boundaries[n][1] for end, _ in prefixes for n in range(max(0, end - 19), end + 1)
+                    if boundaries[n][0] in self.cache), default=0)
+        written = {"5m": 0, "1h": 0}
+        for end, _ in prefixes:
+            key, tokens = boundaries[end]
+            if tokens >= self.MIN_CACHED:
+                self.cache[key] = tokens
+        last = next(((boundaries[end][1], ttl) for end, ttl in reversed(prefixes)
+                     if boundaries[end][1] >= self.MIN_CACHED), None)
+        if last is not None and last[0] > read:
+            written[last[1]] = last[0] - read
+        return {"input_tokens": total - read - sum(written.values()), "cache_read_input_tokens": read,
+                "cache_creation_input_tokens": sum(written.values()),
+                "cache_creation": {"ephemeral_5m_input_tokens": written["5m"],
+                                   "ephemeral_1h_input_tokens": written["1h"]}}
 
     @property
     def last(self) -> dict[str, Any]:
@@ -87,6 +132,13 @@ class FakeAnthropic:
             return f"thinking.type.{kind} is not supported for this model. Use thinking.type.adaptive instead."
         if "effort" in (body.get("output_config") or {}) and version < (4, 5):
             return "output_config.effort: this model does not support the effort parameter"
+        if "format" in (body.get("output_config") or {}) and version < (4, 5):
+            return "output_config.format: structured outputs are not supported for this model"
+        if kind in ("enabled", "adaptive") and (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+            return "Thinking may not be enabled when tool_choice forces tool use."
+        choice = body.get("tool_choice") or {}
+        if choice.get("type") == "tool" and choice.get("name") not in {t.get("name") for t in body.get("tools") or ()}:
+            return f"tool_choice: tool {choice.get('name')!r} not found in tools"
         thinking = kind in ("enabled", "adaptive")
         if thinking and body.get("temperature") not in (None, 1, 1.0):
             return "temperature may only be set to 1 when thinking is enabled"
@@ -138,6 +190,12 @@ class FakeAnthropic:
             signature = f"sig-{len(self.signatures)}-{len(orjson.dumps(body))}"
             self.signatures.add(signature)
             blocks.append({"type": "thinking", "thinking": self.thinking, "signature": signature})
+        choice = (body or {}).get("tool_choice") or {}
+        if "format" in ((body or {}).get("output_config") or {}):  # structured output: the JSON is the text
+            return blocks + [{"type": "text", "text": orjson.dumps(self.structured).decode()}]
+        if choice.get("type") in ("tool", "any") and not self.tool_uses:  # a forced call of the tool asked for
+            name = choice.get("name") or body["tools"][-1]["name"]
+            return blocks + [{"type": "tool_use", "id": "toolu_forced", "name": name, "input": self.structured}]
         blocks += [{"type": "text", "text": self.reply}] if self.reply else []
         blocks += [{"type": "tool_use", "id": id_, "name": name, "input": input_}
                    for id_, name, input_ in self.tool_uses]
@@ -153,12 +211,13 @@ class FakeAnthropic:
             return self._refuse(refusal)
         if self.responder is not None:
             self.reply, self.tool_uses = self.responder(body)
-        stop_reason = "tool_use" if self.tool_uses else "end_turn"
         content = self._content(body)
+        stop_reason = "tool_use" if any(block["type"] == "tool_use" for block in content) else "end_turn"
+        usage = {**self.usage, **self.cache_usage(body)} if self.caching else self.usage
         if not body.get("stream"):
             return web.json_response({
                 "id": "msg_01Fake", "type": "message", "role": "assistant", "model": body["model"],
-                "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": self.usage,
+                "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
             })
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -169,7 +228,7 @@ class FakeAnthropic:
         await send("message_start", {"type": "message_start", "message": {
             "id": "msg_01Fake", "type": "message", "role": "assistant", "model": body["model"], "content": [],
             "stop_reason": None, "stop_sequence": None,
-            "usage": {**self.usage, "output_tokens": 1}}})
+            "usage": {**usage, "output_tokens": 1}}})
         await send("ping", {"type": "ping"})
         deltas = 0
         for index, block in enumerate(content):

@@ -587,6 +587,35 @@ async def test_assistants_get_limits_and_prices(panel):
     assert 'value="0.5"' in form and 'value="1.5"' in form and 'value="20000"' in form
 
 
+async def test_the_assistant_form_sets_reasoning_effort_prompt_caching_and_cache_and_target_prices(panel):
+    from decimal import Decimal
+
+    await provider_via_form(panel)
+    await provider_via_form(panel, name="backup")
+    primary, backup = sorted(await providers.list_all(panel.pool), key=lambda p: p.name != "up")
+    fields = dict(model="claude-sonnet-4-5", reasoning_effort="medium", lock_reasoning_effort="on", auto_cache="on",
+                  price_input="3", price_output="15", price_cached_input="0.3", price_cache_write="3.75",
+                  fallback_provider_0=str(backup.id), fallback_model_0="in-house-7b", fallback_prices_0="0.2, 0.8")
+    response, text = await assistant_via_form(panel, primary.id, **(fields | {"fallback_prices_0": "0.2"}))
+    assert response.status == 400 and "optionally cache read and cache write prices" in text
+    response, text = await assistant_via_form(panel, primary.id, **(fields | {"reasoning_effort": "extreme"}))
+    assert response.status == 400 and "Choose one of the options." in text
+    response, text = await assistant_via_form(panel, primary.id, **(fields | {"price_input": "", "price_output": ""}))
+    assert response.status == 400 and "A cache price needs the input and output prices." in text
+    assert await assistants.list_all(panel.pool) == []
+    response, _ = await assistant_via_form(panel, primary.id, **fields)
+    assert response.status == 200
+    assistant = (await assistants.list_all(panel.pool))[0]
+    assert (assistant.parameters["reasoning_effort"], assistant.locked, assistant.auto_cache) == (
+        "medium", {"reasoning_effort"}, True)
+    assert assistant.prices == (Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"))
+    assert assistant.fallbacks[0].prices == (Decimal("0.2"), Decimal("0.8"), None, None)
+    _, form = await panel.get(f"/admin/assistants/{assistant.id}/edit")
+    assert "<option selected>medium</option>" in form and 'name="lock_reasoning_effort" checked' in form
+    assert 'name="auto_cache" aria-describedby="auto_cache-help" checked' in form
+    assert 'name="price_cache_write" value="3.75"' in form and 'value="0.2, 0.8"' in form
+
+
 async def test_the_assistant_form_edits_fallbacks_deadline_and_the_target_headers_option(panel):
     from riceball_proxy.db.assistants import Target
 

@@ -319,6 +319,18 @@ def test_limits_and_prices_on_keys_and_assistants(cli_env, capsys, monkeypatch):
     own = run_json(capsys, monkeypatch, "assistant", "add", "--name", "own", "--provider", "up", "--model",
                    "in-house-7b", "--price-input", "0.2", "--price-output", "0.6", "--budget-usd", "5")
     assert (own["price_input"], own["price_output"], own["price_cached_input"]) == ("0.200000", "0.600000", None)
+    cached = run_json(capsys, monkeypatch, "assistant", "add", "--name", "cached", "--provider", "up", "--model",
+                      "claude-sonnet-4-5", "--price-input", "3", "--price-output", "15", "--price-cached-input", "0.3",
+                      "--price-cache-write", "3.75", "--reasoning-effort", "high", "--lock", "reasoning_effort",
+                      "--auto-cache")
+    assert (cached["price_cache_write"], cached["auto_cache"], cached["parameters"], cached["locked"]) == (
+        "3.750000", True, {"reasoning_effort": "high"}, ["reasoning_effort"])
+    cached = run_json(capsys, monkeypatch, "assistant", "update", cached["id"], "--no-auto-cache",
+                      "--reasoning-effort", "low", "--price-cache-write", "none")
+    assert (cached["price_cache_write"], cached["auto_cache"], cached["parameters"]) == (
+        None, False, {"reasoning_effort": "low"})
+    status, _, err = run(capsys, monkeypatch, "assistant", "update", cached["id"], "--reasoning-effort", "extreme")
+    assert status == 2 and "invalid choice" in err
     updated = run_json(capsys, monkeypatch, "assistant", "update", own["id"], "--max-parallel", "4",
                        "--budget-usd", "none", "--price-input", "none", "--price-output", "none")
     assert updated["limits"]["max_parallel"] == 4 and updated["limits"]["budget_usd"] is None

@@ -94,11 +94,14 @@ def test_the_documented_example_applies_and_reapplies_unchanged(apply_env, capsy
     assert (openai_key, anthropic_key) == ("sk-openai-upstream", "sk-ant-upstream")
     assert support.system_prompt.startswith("You are the support assistant of ACME.\n")
     assert dict(support.parameters) == {"temperature": 0.3, "top_p": 0.9, "max_tokens": 800, "presence_penalty": 0,
-                                        "frequency_penalty": 0.5, "seed": 42, "stop": ["END"]}
+                                        "frequency_penalty": 0.5, "seed": 42, "stop": ["END"],
+                                        "reasoning_effort": "low"}
     assert support.locked == {"temperature", "max_tokens"}
     assert (support.limits.rpm, support.limits.budget_usd, support.price_cached_input) == (600, 100, Decimal("0.075"))
-    assert [(t.provider_id, t.model, t.priority, dict(t.params)) for t in support.fallbacks] == [
-        (anthropic_id, "claude-3-5-haiku-latest", 1, {"max_tokens": 600})]
+    assert (support.price_cache_write, support.auto_cache) == (Decimal("0.15"), False)
+    assert [(t.provider_id, t.model, t.priority, dict(t.params), t.prices) for t in support.fallbacks] == [
+        (anthropic_id, "claude-3-5-haiku-latest", 1, {"max_tokens": 600},
+         (Decimal("0.8"), Decimal(4), Decimal("0.08"), Decimal(1)))]
     assert website.assistant_ids == (support.id,) and website.limits.max_parallel == 5
     assert {name: crypto.hash_api_key(secret) for name, secret in secrets.items()} == hashes
 
@@ -120,7 +123,11 @@ def test_the_documented_example_applies_and_reapplies_unchanged(apply_env, capsy
     assert len(round_trip["unchanged"]) == 6
     as_json = run_json(capsys, monkeypatch, "export")  # the same, as JSON (exact amounts as text)
     support_json = next(a for a in as_json["assistants"] if a["name"] == "support")
-    assert support_json["prices"] == {"input": "0.15", "output": "0.6", "cached_input": "0.075"}
+    assert support_json["prices"] == {"input": "0.15", "output": "0.6", "cached_input": "0.075",
+                                      "cache_write": "0.15"}
+    assert support_json["fallbacks"][0]["prices"] == {"input": "0.8", "output": "4", "cached_input": "0.08",
+                                                      "cache_write": "1"}
+    assert next(a for a in as_json["assistants"] if a["name"] == "translator")["auto_cache"] is True
 
 
 def test_an_update_changes_only_what_differs_and_says_what(apply_env, capsys, monkeypatch, tmp_path):

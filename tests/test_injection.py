@@ -104,3 +104,12 @@ async def test_everything_else_is_untouched(make):
     assert sent["tools"] == tools and sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
     assert sent["response_format"] == {"type": "json_object"} and sent["logit_bias"] == {"50256": -100}
     assert sent["metadata"] == {"team": "a"}
+
+
+@pytest.mark.parametrize(("locked", "asked", "sent"), [(False, None, "high"), (False, "low", "low"),
+                                                        (True, "low", "high")])
+async def test_the_assistant_s_reasoning_effort_is_a_default_or_locked(make, locked, asked, sent):
+    fields = {"model": "gpt-5", "parameters": {"reasoning_effort": "high"},
+              "locked": {"reasoning_effort"} if locked else set()}
+    body = {} if asked is None else {"reasoning_effort": asked}
+    assert (await make(fields, **body))["reasoning_effort"] == sent

@@ -180,7 +180,7 @@ async def test_calls_ending_together_on_postgresql_free_every_slot_and_spend_exa
                                                                                      fake_openai):
     gateway = await start_gateway(settings.replace(limits_backend="postgres", usage_flush_interval=0.05))
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 50},
-                                        prices=(Decimal(1_000), Decimal(1_000), None))
+                                        prices=(Decimal(1_000), Decimal(1_000), None, None))
     key = await gateway.key(max_parallel=3, budget_usd=Decimal(100), budget_period="total")
     url = gateway.base_url(assistant.id) + "/chat/completions"
     async with aiohttp.ClientSession() as session:

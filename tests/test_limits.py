@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from riceball_proxy import appkeys
-from riceball_proxy.db import usage_events
+from riceball_proxy.db import assistants, usage_events
 from tests.tcp_proxy import TcpProxy
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -147,7 +147,7 @@ async def test_a_usd_budget_holds_under_20_concurrent_calls(start_gateway, backe
     gateway = await start_gateway(backend_settings(backend).replace(usage_flush_interval=0.05))
     # $0.10 a token in and out; each call reports 40 + 10 tokens: $5.00. The ceiling is 10 answer tokens.
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), parameters={"max_tokens": 10},
-                                        prices=(Decimal(100_000), Decimal(100_000), None))
+                                        prices=(Decimal(100_000), Decimal(100_000), None, None))
     key = await gateway.key(budget_usd=Decimal(50), budget_period="day")
     fake_openai.usage = {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
     messages = [{"role": "user", "content": "tell me " * 15}]  # ~40 tokens, estimated high
@@ -259,7 +259,7 @@ async def test_cost_comes_from_the_operator_then_genai_prices_else_unknown(start
     provider = await gateway.provider(fake_openai.base_url)
     known = await gateway.assistant(provider, model="gpt-4o-mini")
     priced = await gateway.assistant(provider, model="gpt-4o-mini",
-                                     prices=(Decimal("1.5"), Decimal(3), Decimal("0.5")))
+                                     prices=(Decimal("1.5"), Decimal(3), Decimal("0.5"), None))
     unknown = await gateway.assistant(provider, model="no-such-model-anywhere")
     fake_openai.usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
                          "prompt_tokens_details": {"cached_tokens": 200}}
@@ -280,6 +280,20 @@ async def test_cost_comes_from_the_operator_then_genai_prices_else_unknown(start
         since=rows[known.id]["created_at"], until=rows[unknown.id]["created_at"] + __import__("datetime").timedelta(1)))
     assert summary["cost_usd"] == rows[known.id]["cost_usd"] + rows[priced.id]["cost_usd"]
     assert summary["unpriced"] == 1
+
+
+async def test_openai_cached_input_is_priced_by_hand(start_gateway, settings, fake_openai):
+    """gpt-4o-mini (genai-prices): input $0.15, cached input $0.075, output $0.60 per million tokens; OpenAI's
+    prompt_tokens include the cached ones."""
+    gateway = await start_gateway(settings)
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url), model="gpt-4o-mini")
+    fake_openai.usage = {"prompt_tokens": 10_000, "completion_tokens": 400, "total_tokens": 10_400,
+                         "prompt_tokens_details": {"cached_tokens": 6_000}}
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    row = (await gateway.usage_rows(1))[-1]
+    assert (row["prompt_tokens"], row["cached_tokens"]) == (10_000, 6_000)
+    assert row["cost_usd"] == (Decimal("0.15") * 4_000 + Decimal("0.075") * 6_000 + Decimal("0.6") * 400) / 1_000_000
 
 
 async def configure(database_url: str, upstream: str, **key_limits) -> tuple:
@@ -395,6 +409,28 @@ async def test_a_call_served_by_a_fallback_costs_the_fallbacks_price_in_the_row_
     assert Decimal(int(counter)) / 1_000_000_000 == pytest.approx(3 * each, abs=Decimal("0.000000003"))
 
 
+async def test_a_fallback_with_its_own_prices_costs_them_and_may_serve_under_a_usd_budget(priced_failover):
+    """A self-hosted fallback genai-prices does not know, priced by the operator: its calls cost its
+    prices (cache reads among them), and a key with a USD budget may reach it."""
+    from riceball_proxy.db.assistants import Target
+
+    gateway, assistant, second = await priced_failover("selfhosted", "llama-local")
+    target = assistant.fallbacks[0]
+    assistant = await assistants.update(gateway.pool, assistant.id, **(assistant.fields() | {"fallbacks": [
+        Target(target.provider_id, target.model, prices=(Decimal("0.2"), Decimal("0.8"), Decimal("0.05"), None))]}))
+    second.usage = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050,
+                    "prompt_tokens_details": {"cached_tokens": 600}}
+    key = await gateway.key(budget_usd=Decimal(1), budget_period="total")
+    await asyncio.sleep(0.1)  # the configuration cache hears of the change
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert answer.choices[0].message.content == "Hello from the fallback"
+    row = (await gateway.usage_rows(1))[-1]
+    assert row["cost_usd"] == (Decimal("0.2") * 400 + Decimal("0.05") * 600 + Decimal("0.8") * 50) / 1_000_000
+    assert (await assistants.get(gateway.pool, assistant.id)).fallbacks[0].prices == (
+        Decimal("0.2"), Decimal("0.8"), Decimal("0.05"), None)
+
+
 async def test_under_a_usd_budget_a_call_never_reaches_a_target_of_unknown_price(priced_failover):
     gateway, assistant, second = await priced_failover("selfhosted", "llama-local")
     budgeted = await gateway.key(budget_usd=Decimal("0.00002"), budget_period="total")
@@ -450,7 +486,7 @@ async def test_a_silent_upstream_is_charged_an_estimate_flagged_on_the_row(start
     gateway = await start_gateway(backend_settings("postgres").replace(usage_flush_interval=0.05))
     # $1 per token in and out: every estimated token shows in the cost.
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url),
-                                        prices=(Decimal(1_000_000), Decimal(1_000_000), None))
+                                        prices=(Decimal(1_000_000), Decimal(1_000_000), None, None))
     key = await gateway.key(budget_usd=Decimal(10_000), budget_period="total")
     fake_openai.reports_usage = False
     fake_openai.reply = "twelve chars " * 10  # 130 characters: 44 tokens at 3 a token
@@ -476,7 +512,7 @@ async def test_a_client_gone_before_the_usage_chunk_is_charged_what_it_was_sent(
                                                                                fake_openai):
     gateway = await start_gateway(backend_settings("postgres").replace(usage_flush_interval=0.05))
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url),
-                                        prices=(Decimal(1_000_000), Decimal(1_000_000), None))
+                                        prices=(Decimal(1_000_000), Decimal(1_000_000), None, None))
     key = await gateway.key(budget_usd=Decimal(10_000), budget_period="total")
     fake_openai.reply = " ".join(["word"] * 200)
     fake_openai.chunk_delay = 0.01

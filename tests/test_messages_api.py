@@ -268,3 +268,13 @@ async def test_claude_codes_session_fills_the_prompt_cache_key(translated, fake_
     assert fake_openai.last["prompt_cache_key"] == "session-1234"
     await translated.sdk.messages.create(model="x", max_tokens=10, messages=USER)
     assert "prompt_cache_key" not in fake_openai.last
+
+
+async def test_structured_output_reaches_an_openai_provider_as_response_format(translated, fake_openai):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    await translated.sdk.messages.create(model="x", max_tokens=100, messages=USER,
+                                         extra_body={"output_config": {"format": {"type": "json_schema",
+                                                                                  "schema": schema}}})
+    assert fake_openai.last["response_format"] == {"type": "json_schema",
+                                                   "json_schema": {"name": "output", "schema": schema}}

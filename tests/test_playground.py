@@ -21,7 +21,7 @@ async def playground(panel, fake_openai):
     provider = await providers.create(panel.pool, name="fake", type="openai", base_url=fake_openai.base_url)
     assistant = await assistants.create(panel.pool, name="helper", provider_id=provider.id, model="gpt-4o",
                                         system_prompt="You are the playground's test.", parameters={"temperature": 0.2},
-                                        prices=(Decimal(1), Decimal(2), None))
+                                        prices=(Decimal(1), Decimal(2), None, None))
     response, _ = await panel.post(f"/admin/assistants/{assistant.id}/conversations", csrf_from="/admin/")
     assert response.status == 200 and "/admin/conversations/" in response.url.path
     panel.assistant = assistant

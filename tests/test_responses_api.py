@@ -337,3 +337,19 @@ async def test_codexs_session_fills_the_prompt_cache_key_unless_it_sent_one(brid
     await bridged.sdk.responses.create(model="x", input="Hi", prompt_cache_key="own",
                                        extra_headers={"session-id": "thread-9"})
     assert fake_openai.last["prompt_cache_key"] == "own"
+
+
+@pytest.mark.parametrize("speaks_responses", [True, False])
+@pytest.mark.parametrize(("locked", "asked", "sent"), [(False, None, "high"), (False, "low", "low"),
+                                                        (True, "low", "high")])
+async def test_the_assistant_s_reasoning_effort_is_reasoning_effort_in_either_form(
+        start_gateway, settings, fake_openai, speaks_responses, locked, asked, sent):
+    gateway = await start_gateway(settings)
+    provider = await gateway.provider(fake_openai.base_url,
+                                      **({"type": "openai-responses"} if speaks_responses else {}))
+    assistant = await gateway.assistant(provider, model="gpt-5", parameters={"reasoning_effort": "high"},
+                                        locked={"reasoning_effort"} if locked else set())
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.responses.create(model="x", input="Hi", **({} if asked is None else {"reasoning": {"effort": asked}}))
+    body = fake_openai.requests[-1]["body"]
+    assert (body["reasoning"]["effort"] if speaks_responses else body["reasoning_effort"]) == sent

@@ -30,6 +30,10 @@ NUMERIC_PARAMETERS = {
 }
 
 
+#: The assistant's price fields: input, output, cache read, cache write (USD per million tokens).
+PRICE_FIELDS = ("price_input", "price_output", "price_cached_input", "price_cache_write")
+
+
 def setup_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/assistants", assistant_list, name="assistants")
     router.add_get("/assistants/new", assistant_form, name="assistant_new")
@@ -86,10 +90,16 @@ def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
     for n, target in enumerate(assistant.fallbacks):
         values |= {f"fallback_provider_{n}": str(target.provider_id), f"fallback_model_{n}": target.model,
                    f"fallback_weight_{n}": str(target.weight), f"fallback_priority_{n}": str(target.priority),
-                   f"fallback_params_{n}": orjson.dumps(dict(target.params)).decode() if target.params else ""}
+                   f"fallback_params_{n}": orjson.dumps(dict(target.params)).decode() if target.params else "",
+                   f"fallback_prices_{n}": ", ".join(f"{price.normalize():f}" if price is not None else ""
+                                                     for price in target.prices).rstrip(", ")}
     values["deadline"] = f"{assistant.deadline:g}"
     values["max_attempts"] = str(assistant.max_attempts)
-    for name in ("price_input", "price_output", "price_cached_input"):
+    if assistant.auto_cache:
+        values["auto_cache"] = "on"
+    if "reasoning_effort" in assistant.parameters:
+        values["reasoning_effort"] = assistant.parameters["reasoning_effort"]
+    for name in PRICE_FIELDS:
         if getattr(assistant, name) is not None:
             values[name] = f"{getattr(assistant, name).normalize():f}"
     return values | limit_values(assistant.limits)
@@ -112,7 +122,7 @@ async def _render_form(request, assistant, values, errors, *, status=200) -> web
     return await render(request, "admin/assistant_form.html", {
         "assistant": assistant, "values": values | {"provider_id": provider_id}, "errors": errors,
         "providers": all_providers, "models": models, "models_error": models_error,
-        "numeric_parameters": NUMERIC_PARAMETERS,
+        "numeric_parameters": NUMERIC_PARAMETERS, "efforts": assistants.EFFORTS,
         # The targets there are, and two empty rows to add more (more after saving).
         "fallback_rows": range(min(MAX_FALLBACKS, (max(filled) + 1 if filled else 0) + 2)),
     }, status=status)
@@ -133,10 +143,11 @@ def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
         weight = form.number(f"fallback_weight_{n}", minimum=1, maximum=1000, integer=True)
         priority = form.number(f"fallback_priority_{n}", minimum=0, maximum=100, integer=True)
         params = form.json_object(f"fallback_params_{n}")
+        prices = form.prices(f"fallback_prices_{n}")
         if provider in provider_ids:
             targets.append(Target(provider_ids[provider], model, weight=weight or 1,
                                   priority=n + 1 if priority is None else priority,
-                                  params=params))
+                                  params=params, prices=prices))
     return targets
 
 
@@ -170,6 +181,9 @@ async def assistant_save(request: web.Request) -> web.Response:
         form.errors["stop"] = "At most 4 stop sequences."
     elif stop:
         parameters["stop"] = stop
+    effort = form.choice("reasoning_effort", ("", *assistants.EFFORTS))
+    if effort:
+        parameters["reasoning_effort"] = effort
     locked = {parameter for parameter in assistants.PARAMETERS if form.flag(f"lock_{parameter}")}
     for parameter in locked - set(parameters):
         form.errors[parameter] = "A locked parameter needs a value."
@@ -178,11 +192,12 @@ async def assistant_save(request: web.Request) -> web.Response:
     fallbacks = read_fallbacks(form, provider_ids)
     deadline = form.number("deadline", minimum=0.1, maximum=3600)
     max_attempts = form.number("max_attempts", minimum=1, maximum=20, integer=True)
-    prices = tuple(form.amount(name) for name in ("price_input", "price_output", "price_cached_input"))
+    prices = tuple(form.amount(field) for field in PRICE_FIELDS)
     if (prices[0] is None) != (prices[1] is None):
         form.errors["price_input" if prices[0] is None else "price_output"] = "Set both prices, or neither."
-    elif prices[2] is not None and prices[0] is None:
-        form.errors["price_cached_input"] = "A cached-input price needs the input and output prices."
+    for field, price in zip(PRICE_FIELDS[2:], prices[2:]):
+        if price is not None and prices[0] is None:
+            form.errors[field] = "A cache price needs the input and output prices."
     if form.valid and limits.budget_usd is not None:
         provider = await providers.get(pool, provider_ids[provider_id])
         missing = await unpriced_targets(pool, model, prices, provider, fallbacks)
@@ -195,6 +210,7 @@ async def assistant_save(request: web.Request) -> web.Response:
                       parameters=parameters, locked=locked, extra_params=extra_params,
                       allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"),
                       limits=limits, prices=prices, expose_target=form.flag("expose_target"),
+                      auto_cache=form.flag("auto_cache"),
                       fallbacks=fallbacks, deadline=deadline or DEFAULT_DEADLINE,
                       max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS)
         try:

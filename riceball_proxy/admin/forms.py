@@ -104,6 +104,27 @@ class Form:
             return None
         return amount
 
+    def prices(self, name: str):
+        """Prices written ``input, output[, cache read[, cache write]]`` (USD per million tokens), as the
+        four an assistant or target takes; empty: none set."""
+        value = self.raw(name).strip()
+        if not value:
+            return (None, None, None, None)
+        amounts = []
+        for part in value.replace("$", "").split(","):
+            try:
+                amount = Decimal(part.strip()) if part.strip() else None
+            except InvalidOperation:
+                amount = Decimal(-1)
+            if amount is not None and (not amount.is_finite() or amount < 0 or amount >= 10**9):
+                self.errors[name] = "Enter input, output and optionally cache read and cache write prices, like 3, 15."
+                return (None, None, None, None)
+            amounts.append(amount)
+        if not 2 <= len(amounts) <= 4 or None in amounts[:2]:
+            self.errors[name] = "Enter input, output and optionally cache read and cache write prices, like 3, 15."
+            return (None, None, None, None)
+        return tuple(amounts + [None] * (4 - len(amounts)))
+
     def limits(self) -> Limits:
         """The limit fields (``rpm``... ``budget_period``, as ``limit_fields`` in _forms.html renders them)."""
         values = {name: self.number(name, minimum=1, maximum=2**31 - 1, integer=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from riceball_proxy import appkeys
 from riceball_proxy.api.stages import select_provider
+from riceball_proxy.caching import chat_with_breakpoints
 from riceball_proxy.context import ChatContext
 from riceball_proxy.db.assistants import Target
 from riceball_proxy.errors import APIError
@@ -218,6 +219,11 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                 ctx.target = None
                 error = ctx.untranslatable
                 continue
+            if assistant.auto_cache and adapter.cache_breakpoints:
+                if native is None:
+                    body = chat_with_breakpoints(body)
+                else:
+                    native = ctx.dialect.with_breakpoints(native)
             async with asyncio.timeout(remaining):
                 if stream:
                     upstream: AsyncIterator[bytes] = (

@@ -15,23 +15,37 @@ import asyncpg
 from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
 
 #: The model parameters an assistant can set, each with a lock flag (column ``<name>_locked``).
-PARAMETERS = ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop")
+PARAMETERS = ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop",
+              "reasoning_effort")
+#: The values of ``reasoning_effort`` (each provider's adapter maps it to its own control).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 _COLUMNS = """
     id, name, provider_id, model, system_prompt,
     temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
     presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
-    seed, seed_locked, stop, stop_locked,
+    seed, seed_locked, stop, stop_locked, reasoning_effort, reasoning_effort_locked,
     extra_params, allow_client_system, enabled, created_at, updated_at,
     rpm, tpm, max_parallel, budget_usd, budget_tokens, budget_period,
-    price_input, price_output, price_cached_input, deadline, max_attempts, expose_target,
+    price_input, price_output, price_cached_input, price_cache_write, deadline, max_attempts, expose_target,
+    auto_cache,
     (SELECT coalesce(jsonb_agg(jsonb_build_object('provider_id', t.provider_id, 'model', t.model,
-                                                  'weight', t.weight, 'priority', t.priority, 'params', t.params)
+                                                  'weight', t.weight, 'priority', t.priority, 'params', t.params,
+                                                  'prices', jsonb_build_array(t.price_input::text,
+                                                                              t.price_output::text,
+                                                                              t.price_cached_input::text,
+                                                                              t.price_cache_write::text))
                                ORDER BY t.position), '[]')
      FROM assistant_targets t WHERE t.assistant_id = assistants.id) AS fallbacks
 """
+_COLUMNS = " ".join(_COLUMNS.split())  # one line: what pg_stat_activity shows of a query is its first 1 kB
 #: The columns after the parameters that ``create`` and ``update`` write, in order.
-_POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input")
+_POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input", "price_cache_write")
+
+#: (input, output, cache read, cache write): USD per million tokens, each None when not set (cache reads
+#: then cost the input price, cache writes Anthropic's 1.25 times it).
+Prices = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]
+NO_PRICES: Prices = (None, None, None, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,17 +53,27 @@ class Target:
     """Where an assistant's calls can go: a provider's model. The primary is the assistant's own
     ``provider_id``/``model`` (priority 0, weight 1); fallbacks come after it by ``priority`` (0: beside
     the primary), and targets of equal priority share the calls by ``weight``. ``params`` override the
-    request's parameters."""
+    request's parameters; ``prices``, when set, are what its calls cost (a fallback's own price)."""
 
     provider_id: int
     model: str
     weight: int = 1
     priority: int = 1
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    prices: Prices = NO_PRICES
 
     def as_dict(self) -> dict[str, Any]:
         return {"provider_id": self.provider_id, "model": self.model, "weight": self.weight,
-                "priority": self.priority, "params": dict(self.params)}
+                "priority": self.priority, "params": dict(self.params),
+                **({"prices": [None if p is None else str(p) for p in self.prices]} if self.prices != NO_PRICES
+                   else {})}
+
+    @classmethod
+    def from_json(cls, target: Mapping[str, Any]) -> Target:
+        """A target as the assistant query reads it (prices as text, for exact decimals)."""
+        prices = tuple(None if p is None else Decimal(p) for p in target.get("prices") or NO_PRICES)
+        return cls(target["provider_id"], target["model"], weight=target["weight"], priority=target["priority"],
+                   params=target["params"], prices=prices)
 
 
 #: The default bounds on one call's attempts: total seconds, and upstream calls.
@@ -78,6 +102,10 @@ class Assistant:
     price_input: Decimal | None = None
     price_output: Decimal | None = None
     price_cached_input: Decimal | None = None
+    #: USD per million input tokens written to a prompt cache (None: 1.25 times the input price).
+    price_cache_write: Decimal | None = None
+    #: Prompt-cache breakpoints placed on the system prompt and the last turn of calls that set none.
+    auto_cache: bool = False
     #: Tried in order of priority when the primary fails before answering (see Target).
     fallbacks: tuple[Target, ...] = ()
     #: Seconds for all attempts of one call together, and the most upstream calls one call makes.
@@ -103,10 +131,14 @@ class Assistant:
             "system_prompt": self.system_prompt, "parameters": dict(self.parameters), "locked": self.locked,
             "extra_params": dict(self.extra_params), "allow_client_system": self.allow_client_system,
             "enabled": self.enabled, "limits": self.limits,
-            "prices": (self.price_input, self.price_output, self.price_cached_input),
+            "prices": self.prices,
             "fallbacks": self.fallbacks, "deadline": self.deadline, "max_attempts": self.max_attempts,
-            "expose_target": self.expose_target,
+            "expose_target": self.expose_target, "auto_cache": self.auto_cache,
         }
+
+    @property
+    def prices(self) -> Prices:
+        return self.price_input, self.price_output, self.price_cached_input, self.price_cache_write
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Assistant:
@@ -127,7 +159,9 @@ class Assistant:
             price_input=row["price_input"],
             price_output=row["price_output"],
             price_cached_input=row["price_cached_input"],
-            fallbacks=tuple(Target(**target) for target in row["fallbacks"]),
+            price_cache_write=row["price_cache_write"],
+            auto_cache=row["auto_cache"],
+            fallbacks=tuple(Target.from_json(target) for target in row["fallbacks"]),
             deadline=row["deadline"],
             max_attempts=row["max_attempts"],
             expose_target=row["expose_target"],
@@ -145,25 +179,31 @@ def _values(parameters: Mapping[str, Any] | None, locked: Iterable[str]) -> list
     unknown = (set(parameters) | locked) - set(PARAMETERS)
     if unknown:
         raise InvalidAssistant(f"unknown parameters: {', '.join(sorted(unknown))}")
+    if parameters.get("reasoning_effort") not in (None, *EFFORTS):
+        raise InvalidAssistant(f"reasoning_effort is one of {', '.join(EFFORTS)}")
     values = []
     for parameter in PARAMETERS:
         values += [parameters.get(parameter), parameter in locked]
     return values
 
 
-#: (price_input, price_output, price_cached_input), USD per million tokens.
-Prices = tuple[Decimal | None, Decimal | None, Decimal | None]
+def check_prices(prices: Prices) -> Prices:
+    """``prices`` when they can be (both input and output or neither; cache prices only beside them;
+    USD per million, 0 or more); InvalidAssistant saying why otherwise."""
+    if len(prices) != len(NO_PRICES):
+        raise InvalidAssistant("prices are (input, output, cache read, cache write)")
+    if (prices[0] is None) != (prices[1] is None):
+        raise InvalidAssistant("set both an input and an output price, or neither")
+    if prices[0] is None and (prices[2] is not None or prices[3] is not None):
+        raise InvalidAssistant("a cache price needs an input and an output price")
+    if any(price is not None and (not price.is_finite() or price < 0 or price >= 10**9) for price in prices):
+        raise InvalidAssistant("prices are USD per million tokens, 0 or more")
+    return prices
 
 
 def _policy(limits: Limits, prices: Prices) -> list[Any]:
     """The limit and price columns in order."""
-    if (prices[0] is None) != (prices[1] is None):
-        raise InvalidAssistant("set both an input and an output price, or neither")
-    if prices[0] is None and prices[2] is not None:
-        raise InvalidAssistant("a cached-input price needs an input and an output price")
-    if any(price is not None and (not price.is_finite() or price < 0 or price >= 10**9) for price in prices):
-        raise InvalidAssistant("prices are USD per million tokens, 0 or more")
-    return [getattr(limits, name) for name in LIMIT_FIELDS] + list(prices)
+    return [getattr(limits, name) for name in LIMIT_FIELDS] + list(check_prices(prices))
 
 
 async def _check_targets(db, provider_id: int, model: str, fallbacks: Sequence[Target]) -> None:
@@ -181,6 +221,10 @@ async def _check_targets(db, provider_id: int, model: str, fallbacks: Sequence[T
                                  f"not {target.priority!r}")
         if not target.model or len(target.model) > 300:
             raise InvalidTargets("a target's model must be 1 to 300 characters")
+        try:
+            check_prices(target.prices)
+        except InvalidAssistant as exc:
+            raise InvalidTargets(f"the prices of target {target.model!r}: {exc}") from None
     wanted = {target.provider_id for target in fallbacks}
     if wanted:
         known = {row["id"] for row in await db.fetch("SELECT id FROM providers WHERE id = ANY($1::bigint[])",
@@ -194,9 +238,10 @@ async def _set_targets(conn, assistant_id: uuid.UUID, fallbacks: Sequence[Target
     await conn.execute("DELETE FROM assistant_targets WHERE assistant_id = $1", assistant_id)
     if fallbacks:
         await conn.executemany(
-            "INSERT INTO assistant_targets (assistant_id, position, provider_id, model, weight, priority, params) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [(assistant_id, n, t.provider_id, t.model, t.weight, t.priority, dict(t.params))
+            "INSERT INTO assistant_targets (assistant_id, position, provider_id, model, weight, priority, params, "
+            "price_input, price_output, price_cached_input, price_cache_write) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [(assistant_id, n, t.provider_id, t.model, t.weight, t.priority, dict(t.params), *t.prices)
              for n, t in enumerate(fallbacks)])
 
 
@@ -251,11 +296,12 @@ async def create(
     allow_client_system: bool = True,
     enabled: bool = True,
     limits: Limits = Limits(),
-    prices: Prices = (None, None, None),
+    prices: Prices = NO_PRICES,
     fallbacks: Sequence[Target] = (),
     deadline: float = DEFAULT_DEADLINE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     expose_target: bool = False,
+    auto_cache: bool = False,
 ) -> Assistant:
     """Add an assistant; raises InvalidAssistant for values the schema refuses."""
     await _check_targets(db, provider_id, model, fallbacks)
@@ -268,11 +314,12 @@ async def create(
             name, provider_id, model, system_prompt,
             temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
             presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
-            seed, seed_locked, stop, stop_locked,
+            seed, seed_locked, stop, stop_locked, reasoning_effort, reasoning_effort_locked,
             extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)},
-            deadline, max_attempts, expose_target
+            deadline, max_attempts, expose_target, auto_cache
         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)
+                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36,
+                  $37)
         RETURNING id
         """,
         name,
@@ -287,6 +334,7 @@ async def create(
         deadline,
         max_attempts,
         expose_target,
+        auto_cache,
     )
     return Assistant.from_row(row)
 
@@ -305,11 +353,12 @@ async def update(
     allow_client_system: bool = True,
     enabled: bool = True,
     limits: Limits = Limits(),
-    prices: Prices = (None, None, None),
+    prices: Prices = NO_PRICES,
     fallbacks: Sequence[Target] = (),
     deadline: float = DEFAULT_DEADLINE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     expose_target: bool = False,
+    auto_cache: bool = False,
 ) -> Assistant | None:
     """Replace an assistant's configuration; None when it does not exist."""
     await _check_targets(db, provider_id, model, fallbacks)
@@ -323,10 +372,12 @@ async def update(
             temperature = $6, temperature_locked = $7, top_p = $8, top_p_locked = $9,
             max_tokens = $10, max_tokens_locked = $11, presence_penalty = $12, presence_penalty_locked = $13,
             frequency_penalty = $14, frequency_penalty_locked = $15, seed = $16, seed_locked = $17,
-            stop = $18, stop_locked = $19, extra_params = $20, allow_client_system = $21, enabled = $22,
-            rpm = $23, tpm = $24, max_parallel = $25, budget_usd = $26, budget_tokens = $27,
-            budget_period = $28, price_input = $29, price_output = $30, price_cached_input = $31,
-            deadline = $32, max_attempts = $33, expose_target = $34, updated_at = now()
+            stop = $18, stop_locked = $19, reasoning_effort = $20, reasoning_effort_locked = $21,
+            extra_params = $22, allow_client_system = $23, enabled = $24,
+            rpm = $25, tpm = $26, max_parallel = $27, budget_usd = $28, budget_tokens = $29,
+            budget_period = $30, price_input = $31, price_output = $32, price_cached_input = $33,
+            price_cache_write = $34, deadline = $35, max_attempts = $36, expose_target = $37, auto_cache = $38,
+            updated_at = now()
         WHERE id = $1
         RETURNING id
         """,
@@ -343,6 +394,7 @@ async def update(
         deadline,
         max_attempts,
         expose_target,
+        auto_cache,
     )
     return None if row is None else Assistant.from_row(row)
 

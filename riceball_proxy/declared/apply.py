@@ -19,7 +19,7 @@ import asyncpg
 from riceball_proxy import crypto
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import api_keys, assistants, providers
-from riceball_proxy.db.assistants import Target
+from riceball_proxy.db.assistants import NO_PRICES, Target
 from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError, KeySpec, LimitsSpec
 from riceball_proxy.limits import Limits, check_limits
@@ -213,16 +213,17 @@ class _Sync:
             provider = self.providers[spec.provider]
             fallbacks = tuple(
                 Target(self.providers[target.provider].id, target.model, weight=target.weight,
-                       priority=n + 1 if target.priority is None else target.priority, params=target.params)
+                       priority=n + 1 if target.priority is None else target.priority, params=target.params,
+                       prices=NO_PRICES if target.prices is None else target.prices.as_tuple())
                 for n, target in enumerate(spec.fallbacks))
-            prices = (None, None, None) if spec.prices is None else (
-                spec.prices.input, spec.prices.output, spec.prices.cached_input)
+            prices = NO_PRICES if spec.prices is None else spec.prices.as_tuple()
             wanted = {
                 "name": spec.name, "provider_id": provider.id, "model": spec.model,
                 "system_prompt": spec.system_prompt, "parameters": spec.parameters, "locked": frozenset(spec.locked),
                 "extra_params": dict(spec.extra_params), "allow_client_system": spec.allow_client_system,
                 "enabled": spec.enabled, "limits": _limits(spec.limits), "prices": prices, "fallbacks": fallbacks,
                 "deadline": spec.deadline, "max_attempts": spec.max_attempts, "expose_target": spec.expose_target,
+                "auto_cache": spec.auto_cache,
             }
             if wanted["limits"].budget_usd is not None:
                 missing = await unpriced_targets(self.conn, spec.model, prices, provider, fallbacks)

@@ -85,9 +85,7 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
         if limits:
             item["limits"] = limits
         if assistant.price_input is not None:
-            item["prices"] = {"input": _amount(assistant.price_input), "output": _amount(assistant.price_output)}
-            if assistant.price_cached_input is not None:
-                item["prices"]["cached_input"] = _amount(assistant.price_cached_input)
+            item["prices"] = _prices(assistant.prices)
         if assistant.fallbacks:
             item["fallbacks"] = [
                 {"provider": provider_names[target.provider_id], "model": target.model}
@@ -95,10 +93,11 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
                     dict(target.params), secret_params(target.params), f"{assistant.name} {target.model}",
                     variables)})
                 | {"priority": target.priority}
+                | ({"prices": _prices(target.prices)} if target.prices[0] is not None else {})
                 for target in assistant.fallbacks]
         item |= _without_defaults(AssistantSpec, {
             "deadline": assistant.deadline, "max_attempts": assistant.max_attempts,
-            "expose_target": assistant.expose_target})
+            "expose_target": assistant.expose_target, "auto_cache": assistant.auto_cache})
         data["assistants"].append(item)
     for key in reversed(await api_keys.list_all(db)):  # oldest first, as they were made
         if key.revoked_at is not None:
@@ -127,6 +126,12 @@ def _limits(limits) -> dict[str, Any]:
         values["budget_usd"] = _amount(values["budget_usd"])
     return {name: value for name, value in values.items()
             if value is not None and not (name == "budget_period" and value == "month")}
+
+
+def _prices(prices) -> dict[str, Any]:
+    """Prices (input, output, cache read, cache write) as a ``prices`` entry, those not set left out."""
+    return {name: _amount(price) for name, price in zip(("input", "output", "cached_input", "cache_write"), prices)
+            if price is not None}
 
 
 def _amount(value: Decimal) -> Decimal:

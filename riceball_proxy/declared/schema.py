@@ -24,7 +24,7 @@ import orjson
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, PARAMETERS
+from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, EFFORTS, PARAMETERS
 from riceball_proxy.db.providers import DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_TIMEOUT
 from riceball_proxy.limits import MAX_BUDGET_USD, PERIODS
 
@@ -107,7 +107,13 @@ class PricesSpec(Strict):
 
     input: Amount
     output: Amount
+    #: Input read from the prompt cache (default: the input price).
     cached_input: Amount | None = None
+    #: Input written to the prompt cache (default: 1.25 times the input price).
+    cache_write: Amount | None = None
+
+    def as_tuple(self):
+        return self.input, self.output, self.cached_input, self.cache_write
 
 
 class ProviderSpec(Strict):
@@ -137,6 +143,8 @@ class TargetSpec(Strict):
     priority: Annotated[int, between(0, 100)] | None = None
     weight: Annotated[int, between(1, 1000)] = 1
     params: JsonObject = {}
+    #: What this target's calls cost, when neither the assistant's prices (same model) nor genai-prices say.
+    prices: PricesSpec | None = None
 
 
 class AssistantSpec(Strict):
@@ -152,6 +160,7 @@ class AssistantSpec(Strict):
     seed: Annotated[int, between(-(2**63), 2**63 - 1)] | None = None
     stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_stop),
                     Field(min_length=1, max_length=4)] | None = None
+    reasoning_effort: Literal[EFFORTS] | None = None
     #: Parameters whose value here wins over the client's.
     locked: list[Parameter] = []
     extra_params: JsonObject = {}
@@ -163,6 +172,8 @@ class AssistantSpec(Strict):
     deadline: Annotated[float, between(0.1, 3600)] = DEFAULT_DEADLINE
     max_attempts: Annotated[int, between(1, 20)] = DEFAULT_MAX_ATTEMPTS
     expose_target: bool = False
+    #: Prompt-cache breakpoints on the system prompt and the last turn of calls that set none.
+    auto_cache: bool = False
 
     @model_validator(mode="after")
     def _locks_have_values(self):

@@ -58,6 +58,11 @@ class Dialect:
         self.apply_params(body, target.params, True)
         return body
 
+    def with_breakpoints(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A native body with automatic prompt-cache breakpoints (``riceball_proxy.caching``), for a
+        provider that caches at breakpoints; as it is for a dialect that has no place for them."""
+        return body
+
     def apply_params(self, body: dict[str, Any], params: dict[str, Any], locked) -> None:
         """Parameters, by their Chat Completions names, on a native body (``locked``: the names forced, or
         True for all of them)."""

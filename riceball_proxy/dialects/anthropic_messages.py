@@ -13,6 +13,7 @@ come from Anthropic's API reference and from what Claude Code sends (docs/claude
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -35,6 +36,12 @@ CHAT_EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": 
 DERIVED_FIELDS = frozenset({"reasoning_effort"})
 #: The smallest thinking budget Anthropic accepts.
 MIN_THINKING_BUDGET = 1024
+#: The thinking budget (``thinking.budget_tokens``) asked of Claude before 4.6 for each ``reasoning_effort``.
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+#: The ``output_config.effort`` of adaptive thinking (Claude 4.6 on) for each ``reasoning_effort``.
+ADAPTIVE_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "max"}
+#: The first Claude generation that thinks adaptively.
+ADAPTIVE_SINCE = (4, 6)
 #: The billing line Claude Code puts first in its system prompt: it changes with every conversation,
 #: so it is left out of a translated prompt, whose prefix an upstream's cache can then reuse.
 BILLING_LINE = "x-anthropic-billing-header:"
@@ -42,6 +49,30 @@ BILLING_LINE = "x-anthropic-billing-header:"
 USER_BLOCKS = frozenset({"text", "image", "tool_result", "document"})
 ASSISTANT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking", "server_tool_use",
                               "web_search_tool_result"})
+
+
+def claude_version(model: str) -> tuple[int, int]:
+    """A Claude model's generation (``claude-sonnet-4-6`` -> (4, 6), ``claude-opus-5`` -> (5, 0)); (0, 0) for
+    the older names (``claude-3-7-sonnet-...``) and other models."""
+    match = re.match(r"(?:[a-z]+\.)?(?:anthropic\.)?claude-[a-z]+-(\d+)(?:-(\d{1,2})(?!\d))?", model)
+    return (int(match[1]), int(match[2] or 0)) if match else (0, 0)
+
+
+def thinking_for(model: str, effort: Any, max_tokens: int) -> dict[str, Any] | None:
+    """The fields that ask ``model`` to think at a ``reasoning_effort``: adaptive thinking at an
+    ``output_config.effort`` from Claude 4.6 on (``max`` for Opus only), else a ``thinking`` budget below
+    ``max_tokens``. None for no effort, ``none``, or a budget that cannot fit."""
+    if claude_version(model) >= ADAPTIVE_SINCE:
+        if effort not in ADAPTIVE_EFFORTS:
+            return None
+        level = ADAPTIVE_EFFORTS[effort]
+        if level == "max" and "opus" not in model:
+            level = "high"
+        return {"thinking": {"type": "adaptive"}, "output_config": {"effort": level}}
+    if effort not in THINKING_BUDGETS:
+        return None
+    budget = min(THINKING_BUDGETS[effort], max_tokens - 1)
+    return {"thinking": {"type": "enabled", "budget_tokens": budget}} if budget >= MIN_THINKING_BUDGET else None
 
 
 def invalid(path: str, message: str, code: str = "invalid_value") -> APIError:
@@ -167,7 +198,11 @@ def inject(body: dict[str, Any], assistant) -> None:
 
 def apply_params(body: dict[str, Any], params: dict[str, Any], locked) -> None:
     """The parameters of an assistant (or a target: all ``locked``) on a Messages body, by their Chat
-    Completions names (``stop`` is ``stop_sequences``; those Messages has no place for are left out)."""
+    Completions names (``stop`` is ``stop_sequences``; ``reasoning_effort`` is ``thinking``, adaptive or
+    a budget as the model takes it; those Messages has no place for are left out)."""
+    effort = params.get("reasoning_effort")
+    if effort is not None and (locked is True or "reasoning_effort" in locked or "thinking" not in body):
+        _think(body, effort)
     thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
     for name, value in params.items():
         forced = locked is True or name in locked
@@ -189,6 +224,26 @@ def apply_params(body: dict[str, Any], params: dict[str, Any], locked) -> None:
             body["thinking"] = {**body["thinking"], "budget_tokens": body["max_tokens"] - 1}
         else:
             body.pop("thinking")
+
+
+def _think(body: dict[str, Any], effort: str) -> None:
+    """Replace a Messages body's thinking (and ``output_config.effort``) with what ``effort`` asks of its
+    model (its budget kept below ``max_tokens`` by ``apply_params``). Thinking on, the client's sampling
+    fields that Anthropic refuses with it go (a ``temperature`` or ``top_k``, a ``top_p`` below 0.95)."""
+    body.pop("thinking", None)
+    config = {name: value for name, value in (body.get("output_config") or {}).items() if name != "effort"}
+    fields = thinking_for(body["model"], effort, body["max_tokens"]) or {}
+    config.update(fields.get("output_config") or {})
+    if config:
+        body["output_config"] = config
+    else:
+        body.pop("output_config", None)
+    if "thinking" in fields:
+        body["thinking"] = fields["thinking"]
+        body.pop("temperature", None)
+        body.pop("top_k", None)
+        if isinstance(body.get("top_p"), (int, float)) and body["top_p"] < 0.95:
+            del body["top_p"]
 
 
 # --- Messages -> Chat Completions (a provider that does not speak it) ----------------------------------------
@@ -293,6 +348,11 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError |
     effort = _effort(body)
     if effort is not None:
         chat["reasoning_effort"] = effort
+    output_format = (body.get("output_config") or {}).get("format") or body.get("output_format") or {}
+    if isinstance(output_format, dict) and output_format.get("type") == "json_schema" and \
+            isinstance(output_format.get("schema"), dict):  # structured output, GA and beta forms
+        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output",
+                                                                         "schema": output_format["schema"]}}
     dropped = sorted(set(body) - TRANSLATED_FIELDS)
     if dropped:
         logger.debug("fields dropped for a provider that does not speak Messages: %s", ", ".join(dropped))
@@ -302,7 +362,8 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError |
 #: The request fields ``to_chat`` carries over (every other is Anthropic's alone: cache_control sits on
 #: blocks and goes with them; output_config and context_management, betas, service tiers, containers...).
 TRANSLATED_FIELDS = frozenset({"model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences",
-                               "stream", "metadata", "tools", "tool_choice", "thinking", "output_config"})
+                               "stream", "metadata", "tools", "tool_choice", "thinking", "output_config",
+                               "output_format"})
 
 
 def _unsupported(path: str, kind: str) -> APIError:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from riceball_proxy.caching import messages_with_breakpoints
 from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
 from riceball_proxy.dialects import Dialect, anthropic_messages as wire, session_cache_key
 from riceball_proxy.errors import APIError
@@ -65,6 +66,9 @@ class Messages(Dialect):
 
     def apply_params(self, body: dict[str, Any], params: dict[str, Any], locked) -> None:
         wire.apply_params(body, params, locked)
+
+    def with_breakpoints(self, body: dict[str, Any]) -> dict[str, Any]:
+        return messages_with_breakpoints(body)
 
     def native_usage(self, usage: Any) -> Any:
         return wire.usage_to_chat(usage) if isinstance(usage, dict) else usage

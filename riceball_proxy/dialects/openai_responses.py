@@ -379,9 +379,12 @@ def inject(body: dict[str, Any], assistant) -> None:
 
 def apply_params(body: dict[str, Any], params: dict[str, Any], locked) -> None:
     """Parameters by their Chat Completions names on a Responses body (``max_tokens`` is
-    ``max_output_tokens``; those Responses has no place for are left out)."""
+    ``max_output_tokens``, ``reasoning_effort`` is ``reasoning.effort``; those Responses has no place for
+    are left out)."""
     for name, value in params.items():
         forced = locked is True or name in locked
+        if name == "reasoning_effort" and (forced or not (body.get("reasoning") or {}).get("effort")):
+            body["reasoning"] = {**(body.get("reasoning") or {}), "effort": value}
         if name in ("max_tokens", "max_completion_tokens"):
             asked = body.get("max_output_tokens")
             body["max_output_tokens"] = value if forced or asked is None else min(asked, value)

@@ -197,7 +197,7 @@ class Limiter:
                     provider_type = (await cache.provider(target.provider_id))[0].type
                 except (LookupError, ProviderNotInstalled):
                     provider_type = None  # the call cannot go there anyway
-            price = target_price(assistant, target.model, provider_type)
+            price = target_price(assistant, target, provider_type)
             if price is None:
                 barred.add((target.provider_id, target.model))
             else:

@@ -29,6 +29,7 @@ class AnthropicAdapter(TranslatingAdapter):
 
     translator = StreamTranslator
     reads_reasoning_details = True  # thinking blocks and their signatures (riceball_anthropic.translate)
+    cache_breakpoints = True  # content parts' cache_control become its blocks'
     # 529 is Anthropic's "overloaded": a temporary refusal, passed on as 503 so that clients retry.
     error_parser = functools.partial(upstream_error, retryable=(OVERLOADED,))
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -10,6 +9,7 @@ import orjson
 
 from riceball_proxy.chunks import ChunkBuilder
 from riceball_proxy.content import SYSTEM_ROLES, Turns, content_parts, system_text, text_of, tool_arguments
+from riceball_proxy.dialects.anthropic_messages import ADAPTIVE_SINCE, claude_version, thinking_for
 from riceball_proxy.dialects.anthropic_messages import usage_to_chat as usage_of  # one meaning of usage
 from riceball_proxy.errors import APIError
 from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
@@ -22,22 +22,11 @@ MAX_BREAKPOINTS = 4
 #: The ``format`` of the signed reasoning Anthropic's answers carry in ``reasoning_details`` (the field
 #: OpenAI-compatible APIs that carry reasoning use), so that it comes back unchanged on the next turn.
 REASONING_FORMAT = "anthropic-claude-v1"
-#: The thinking budget (``thinking.budget_tokens``) each ``reasoning_effort`` asks for.
-EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
-#: The smallest budget Anthropic takes.
-MIN_THINKING_BUDGET = 1024
-#: The ``output_config.effort`` of adaptive thinking (Claude 4.6 on) for each ``reasoning_effort``.
-ADAPTIVE_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "max"}
-#: The first Claude generation that thinks adaptively, and the first that thinks no other way.
-ADAPTIVE_SINCE = (4, 6)
-ADAPTIVE_ONLY_SINCE = (4, 7)
-
-
-def claude_version(model: str) -> tuple[int, int]:
-    """A Claude model's generation (``claude-sonnet-4-6`` -> (4, 6), ``claude-opus-5`` -> (5, 0)); (0, 0) for
-    the older names (``claude-3-7-sonnet-...``) and other models."""
-    match = re.match(r"(?:[a-z]+\.)?(?:anthropic\.)?claude-[a-z]+-(\d+)(?:-(\d{1,2})(?!\d))?", model)
-    return (int(match[1]), int(match[2] or 0)) if match else (0, 0)
+#: The tool an answer in a JSON schema is asked of (as its input) from a Claude older than 4.5, which has no
+#: structured output of its own; its call comes back as the answer's text.
+ANSWER_TOOL = "structured_answer"
+#: The first Claude generation with structured output (``output_config.format``).
+STRUCTURED_SINCE = (4, 5)
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -121,30 +110,48 @@ def reasoning_detail(block: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _thinking(body: dict[str, Any], max_tokens: int, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Anthropic's ``thinking`` (and ``output_config``) for a ``reasoning_effort``: adaptive thinking at
-    that effort from Claude 4.6 on, else a budget below ``max_tokens``. None when no effort (or
-    ``none``) is asked, the budget cannot fit, or the last assistant turn calls a tool without its
-    thinking (a history another provider wrote: Anthropic would refuse it; the call goes without
-    thinking; adaptive thinking takes such a turn)."""
-    effort = body.get("reasoning_effort")
-    if claude_version(body["model"]) >= ADAPTIVE_SINCE:
-        if effort not in ADAPTIVE_EFFORTS:
-            return None
-        level = ADAPTIVE_EFFORTS[effort]
-        if level == "max" and "opus" not in body["model"]:  # only Opus thinks at "max"
-            level = "high"
-        return {"thinking": {"type": "adaptive"}, "output_config": {"effort": level}}
-    budget = EFFORT_BUDGETS.get(effort)
-    if budget is None:
-        return None
-    budget = min(budget, max_tokens - 1)
-    if budget < MIN_THINKING_BUDGET:
-        return None
+    """Anthropic's ``thinking`` (and ``output_config``) for a ``reasoning_effort`` (``thinking_for``).
+    None when none is asked, or when the last assistant turn calls a tool without its thinking while
+    the model thinks on a budget (a history another provider wrote: Anthropic would refuse it; the call
+    goes without thinking; adaptive thinking takes such a turn)."""
+    thinking = thinking_for(body["model"], body.get("reasoning_effort"), max_tokens)
+    if thinking is None or claude_version(body["model"]) >= ADAPTIVE_SINCE:
+        return thinking
     last = next((turn for turn in reversed(turns) if turn["role"] == "assistant"), None)
     if last is not None and any(block.get("type") == "tool_use" for block in last["content"]) and \
             last["content"][0].get("type") not in ("thinking", "redacted_thinking"):
         return None
-    return {"thinking": {"type": "enabled", "budget_tokens": budget}}
+    return thinking
+
+
+def _structured(anthropic: dict[str, Any], response_format: Any) -> None:
+    """``response_format`` (a JSON schema, or any JSON object) in Anthropic's terms: structured output
+    (``output_config.format``) from Claude 4.5 on for a schema, else a tool whose input is the answer,
+    which the model must call (or, beside the client's tools, may call instead of them). Anthropic forces
+    no tool while thinking: thinking then goes."""
+    if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_object"):
+        return
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if response_format["type"] == "json_schema" and isinstance(schema, dict) and \
+            claude_version(anthropic["model"]) >= STRUCTURED_SINCE:
+        anthropic["output_config"] = {**anthropic.get("output_config", {}),
+                                      "format": {"type": "json_schema", "schema": schema}}
+        return
+    tool = {"name": ANSWER_TOOL, "description": "Give the answer as this tool's input.",
+            "input_schema": schema if isinstance(schema, dict) else {"type": "object"}}
+    anthropic["tools"] = [*anthropic.get("tools", ()), tool]
+    choice = anthropic.get("tool_choice") or {}
+    if choice.get("type") not in ("tool", "none"):  # a client's own choice of one tool, or of none, stands
+        forced = {"type": "any"} if len(anthropic["tools"]) > 1 else {"type": "tool", "name": ANSWER_TOOL}
+        anthropic["tool_choice"] = {**choice, **forced}
+    if "thinking" in anthropic:
+        del anthropic["thinking"]
+        anthropic.get("output_config", {}).pop("effort", None)
+        if not anthropic.get("output_config"):
+            anthropic.pop("output_config", None)
+        for turn in anthropic["messages"]:
+            if turn["role"] == "assistant":
+                turn["content"] = [b for b in turn["content"] if b.get("type") not in ("thinking", "redacted_thinking")]
 
 
 def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
@@ -164,8 +171,14 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
                                "name": (call.get("function") or {}).get("name"), "input": tool_arguments(call)})
             turns.add("assistant", blocks)
         elif role in ("tool", "function"):
-            turns.add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
-                                "content": text_of(message.get("content"))}])
+            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+                      "content": text_of(message.get("content"))}
+            content = message.get("content")
+            marks = [part["cache_control"] for part in (content if isinstance(content, list) else ())
+                     if isinstance(part, dict) and part.get("cache_control")]
+            if marks:  # a breakpoint on the result's text is one on the result
+                result["cache_control"] = marks[-1]
+            turns.add("user", [result])
 
     anthropic: dict[str, Any] = {
         "model": body["model"],
@@ -206,6 +219,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         anthropic["top_k"] = body["top_k"]
     if body.get("stream"):
         anthropic["stream"] = True
+    _structured(anthropic, body.get("response_format"))
     _limit_breakpoints(anthropic)
     return anthropic
 
@@ -220,10 +234,15 @@ def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
             reasoning.append(block.get("thinking") or "")
         elif block.get("type") == "text":
             texts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL:
+            texts.append(orjson.dumps(block.get("input", {})).decode())
         elif block.get("type") == "tool_use":
             calls.append({"id": block["id"], "type": "function",
                           "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input", {})).decode()}})
     answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    reason = message.get("stop_reason")
+    if reason == "tool_use" and not calls:  # the structured answer's tool, called
+        reason = "end_turn"
     if calls:
         answer["tool_calls"] = calls
     if details:
@@ -235,7 +254,7 @@ def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": message.get("model", ""),
         "choices": [{"index": 0, "message": answer, "logprobs": None,
-                     "finish_reason": FINISH_REASONS.get(message.get("stop_reason"), "stop")}],
+                     "finish_reason": FINISH_REASONS.get(reason, "stop")}],
         "usage": usage_of(message.get("usage", {})),
     }
 
@@ -251,6 +270,8 @@ class StreamTranslator:
         self.tool_index: dict[int, int] = {}
         #: Anthropic content-block index -> the thinking block being streamed there.
         self.thinking: dict[int, dict[str, Any]] = {}
+        #: The content-block index of the structured answer's tool call, whose input is the answer's text.
+        self.answer_index: int | None = None
         self.done = False
 
     def feed(self, event: dict[str, Any]) -> list[bytes]:
@@ -267,6 +288,9 @@ class StreamTranslator:
             return [delta({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block", {})
+            if block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL:
+                self.answer_index = event.get("index")
+                return []
             if block.get("type") == "tool_use":
                 index = self.tool_index[event["index"]] = len(self.tool_index)
                 return [delta({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
@@ -291,6 +315,8 @@ class StreamTranslator:
             if thinking is not None and change.get("type") == "signature_delta":
                 thinking["signature"] += change.get("signature", "")
                 return []
+            if change.get("type") == "input_json_delta" and event.get("index") == self.answer_index:
+                return [delta({"content": change.get("partial_json", "")})] if change.get("partial_json") else []
             if change.get("type") == "input_json_delta" and event.get("index") in self.tool_index:
                 return [delta({"tool_calls": [{"index": self.tool_index[event["index"]],
                                                "function": {"arguments": change.get("partial_json", "")}}]})]
@@ -298,6 +324,8 @@ class StreamTranslator:
         if kind == "message_delta":
             self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
             reason = (event.get("delta") or {}).get("stop_reason")
+            if reason == "tool_use" and not self.tool_index:  # the structured answer's tool, called
+                reason = "end_turn"
             return [delta({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
         if kind == "message_stop":
             self.done = True

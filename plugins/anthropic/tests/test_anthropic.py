@@ -191,6 +191,72 @@ async def test_an_openai_assistant_falls_back_to_claude(aiohttp_server, start_ga
     assert len(fake_openai.requests) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_thinking_tool_loop_survives_a_failover_to_openai_and_back(aiohttp_server, start_gateway, settings,
+                                                                          fake_openai, stream):
+    """Claude thinks and calls a tool; the next turn fails over to an OpenAI-compatible model (Anthropic
+    overloaded), which calls another tool; the turn after goes to Claude again. Claude's signed thinking
+    round-trips where it is Claude's; the turn OpenAI wrote has none, so that call goes without thinking
+    (the fake, as Anthropic, refuses a thinking request whose last tool turn lacks it): never a 400."""
+    from riceball_proxy.db.assistants import Target
+
+    fake = FakeAnthropic()
+    server = await aiohttp_server(fake.app())
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
+    claude_provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    openai_provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(claude_provider, model="claude-sonnet-4-5", parameters={"max_tokens": 5000},
+                                        fallbacks=[Target(openai_provider.id, "gpt-5")])
+
+    async def turn(client, history) -> dict:
+        options = dict(model="x", messages=history, tools=[WEATHER], reasoning_effort="medium")
+        if not stream:
+            return (await client.chat.completions.create(**options)).choices[0].message.model_dump(exclude_none=True)
+        message: dict = {"role": "assistant", "content": ""}
+        async for chunk in await client.chat.completions.create(stream=True, **options):
+            delta = chunk.choices[0].delta if chunk.choices else None
+            if delta is None:
+                continue
+            message["content"] += delta.content or ""
+            message.setdefault("reasoning_details", []).extend((delta.model_extra or {}).get("reasoning_details") or [])
+            for call in delta.tool_calls or ():
+                entry = message.setdefault("tool_calls", {}).setdefault(call.index, {
+                    "id": call.id, "type": "function", "function": {"name": "", "arguments": ""}})
+                entry["function"]["name"] += call.function.name or ""
+                entry["function"]["arguments"] += call.function.arguments or ""
+        message["tool_calls"] = list(message.get("tool_calls", {}).values())
+        return {name: value for name, value in message.items() if value}
+
+    history = [{"role": "user", "content": "Weather in Paris, then Rome?"}]
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        fake.tool_uses, fake.reply = [("toolu_1", "get_weather", {"city": "Paris"})], ""
+        first = await turn(client, history)
+        assert first["reasoning_details"][0]["signature"] in fake.signatures
+        history += [first, {"role": "tool", "tool_call_id": "toolu_1", "content": "18"}]
+
+        fake.error = (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        fake_openai.reply, fake_openai.tool_calls = "", [("get_weather", '{"city": "Rome"}')]
+        second = await turn(client, history)  # served by the fallback
+        assert second["tool_calls"][0]["function"]["name"] == "get_weather" and "reasoning_details" not in second
+        assert fake_openai.last["reasoning_effort"] == "medium"
+        history += [second, {"role": "tool", "tool_call_id": second["tool_calls"][0]["id"], "content": "21"}]
+
+        fake.error, fake.tool_uses, fake.reply = None, [], "Paris 18, Rome 21."
+        third = await turn(client, history)
+    assert third["content"] == "Paris 18, Rome 21."
+    sent = fake.last
+    assert "thinking" not in sent  # the last tool turn is OpenAI's: no thinking of Claude's to send with it
+    assert all(block["type"] != "thinking" for m in sent["messages"] for block in m["content"])
+    # A later turn after a text answer thinks again, with the first turn's signed thinking accepted.
+    history += [{"role": "assistant", "content": third["content"]}, {"role": "user", "content": "Thanks"}]
+    fake.tool_uses, fake.reply = [], "You are welcome."
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        fourth = await turn(client, history)
+    assert fourth["content"] == "You are welcome." and fake.last["thinking"]["type"] == "enabled"
+    assert fake.last["messages"][1]["content"][0] == {"type": "thinking", "thinking": "Let me think.",
+                                                      "signature": first["reasoning_details"][0]["signature"]}
+
+
 async def test_thinking_comes_back_as_reasoning_details_and_goes_back_as_thinking(claude):
     fake, client = claude.fake, claude.client
     fake.tool_uses, fake.reply = [("toolu_1", "get_weather", {"city": "Paris"})], ""
@@ -285,3 +351,69 @@ async def test_cache_control_reaches_anthropic_on_the_same_blocks_four_at_most(c
     assert fake.last["tools"][0]["cache_control"] == ephemeral
     assert fake.last["system"][1]["cache_control"] == ephemeral
     assert fake.last["messages"][0]["content"][0]["cache_control"] == ephemeral
+
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "celsius": {"type": "integer"}},
+                  "required": ["city", "celsius"], "additionalProperties": False}
+
+
+async def structured_answer(client, stream: bool, **options) -> tuple[str, str]:
+    """The text and finish reason of a chat answer, streamed or not."""
+    options = dict(model="x", messages=MESSAGES) | options
+    if not stream:
+        choice = (await client.chat.completions.create(**options)).choices[0]
+        assert not choice.message.tool_calls
+        return choice.message.content, choice.finish_reason
+    chunks = [chunk async for chunk in await client.chat.completions.create(stream=True, **options) if chunk.choices]
+    assert not any(chunk.choices[0].delta.tool_calls for chunk in chunks)
+    return "".join(c.choices[0].delta.content or "" for c in chunks), [c.choices[0].finish_reason for c in chunks][-1]
+
+
+@pytest.mark.parametrize(("model", "form", "sent"), [
+    ("claude-sonnet-4-5", "json_schema", "output_config"),   # Claude's own structured output
+    ("claude-3-5-haiku-latest", "json_schema", "tool"),      # before 4.5: a tool it must call
+    ("claude-sonnet-4-5", "json_object", "tool"),            # any JSON object: a tool of open input
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_response_format_reaches_claude_in_its_own_form_and_comes_back_as_text(claude, model, form, sent,
+                                                                                   stream):
+    assistant = await claude.gateway.assistant(types.SimpleNamespace(id=claude.assistant.provider_id), model=model)
+    response_format = {"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER_SCHEMA}} \
+        if form == "json_schema" else {"type": "json_object"}
+    async with claude.gateway.client(assistant.id, await claude.gateway.key()) as client:
+        text, finish = await structured_answer(client, stream, response_format=response_format)
+    assert json.loads(text) == {"city": "Paris", "celsius": 18} and finish == "stop"
+    body = claude.fake.last
+    if sent == "output_config":
+        assert body["output_config"] == {"format": {"type": "json_schema", "schema": WEATHER_SCHEMA}}
+        assert "tools" not in body
+    else:
+        assert body["tools"] == [{"name": "structured_answer", "description": "Give the answer as this tool's input.",
+                                  "input_schema": WEATHER_SCHEMA if form == "json_schema" else {"type": "object"}}]
+        assert body["tool_choice"] == {"type": "tool", "name": "structured_answer"} and "output_config" not in body
+
+
+async def test_a_structured_answer_beside_the_client_s_tools_lets_the_model_choose(claude):
+    assistant = await claude.gateway.assistant(types.SimpleNamespace(id=claude.assistant.provider_id),
+                                               model="claude-3-5-haiku-latest")
+    async with claude.gateway.client(assistant.id, await claude.gateway.key()) as client:
+        text, _ = await structured_answer(client, False, tools=[WEATHER], reasoning_effort="low",
+                                          response_format={"type": "json_schema", "json_schema": {
+                                              "name": "weather", "schema": WEATHER_SCHEMA}})
+    assert json.loads(text) == {"city": "Paris", "celsius": 18}
+    body = claude.fake.last
+    assert [tool["name"] for tool in body["tools"]] == ["get_weather", "structured_answer"]
+    assert body["tool_choice"] == {"type": "any"} and "thinking" not in body  # no forced tool while thinking
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_responses_api_s_text_format_reaches_claude_as_structured_output(claude, stream):
+    request = dict(model="x", input="Weather in Paris?", text={"format": {
+        "type": "json_schema", "name": "weather", "schema": WEATHER_SCHEMA, "strict": True}})
+    if stream:
+        async with claude.client.responses.stream(**request) as events:
+            response = await events.get_final_response()
+    else:
+        response = await claude.client.responses.create(**request)
+    assert json.loads(response.output_text) == {"city": "Paris", "celsius": 18}
+    assert claude.fake.last["output_config"] == {"format": {"type": "json_schema", "schema": WEATHER_SCHEMA}}

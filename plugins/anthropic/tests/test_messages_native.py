@@ -184,3 +184,30 @@ async def test_thinking_signatures_round_trip_through_the_responses_api(native, 
         # A history without its thinking (another provider wrote it): the turn goes without thinking, no 400.
         third = await create(input=[{"role": "user", "content": "List"}, call.model_dump(exclude_none=True), output])
         assert third.output_text == "a.txt" and "thinking" not in native.fake.last
+
+
+@pytest.mark.parametrize(("model", "locked", "client_thinking", "sent"), [
+    # The assistant's default asks for thinking when the client asked nothing...
+    ("claude-sonnet-4-5", False, None, {"thinking": {"type": "enabled", "budget_tokens": 1999}}),
+    ("claude-sonnet-4-6", False, None, {"thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}}),
+    # ...leaves the client's own thinking alone...
+    ("claude-sonnet-4-6", False, {"type": "adaptive"}, {"thinking": {"type": "adaptive"},
+                                                        "output_config": {"effort": "low"}}),
+    # ...and, locked, replaces it.
+    ("claude-sonnet-4-6", True, {"type": "adaptive"}, {"thinking": {"type": "adaptive"},
+                                                       "output_config": {"effort": "high"}}),
+])
+async def test_an_assistant_s_reasoning_effort_is_thinking_in_messages_own_terms(
+        native, model, locked, client_thinking, sent):
+    assistant = await native.gateway.assistant(native.provider, model=model,
+                                               parameters={"max_tokens": 2000, "reasoning_effort": "high"},
+                                               locked={"reasoning_effort"} if locked else set())
+    # A client that does not think may set a temperature; thinking on, the gateway's doing, it goes.
+    asked = {"temperature": 0.5} if client_thinking is None else {"thinking": client_thinking,
+                                                                  "output_config": {"effort": "low"}}
+    async with native.gateway.anthropic(assistant.id, native.key) as sdk:
+        message = await sdk.messages.create(model="x", max_tokens=4000, messages=USER,
+                                            extra_body=asked)
+    assert message.content[0].type == "thinking"  # the fake refuses a thinking request it could not take
+    assert {name: native.fake.last[name] for name in ("thinking", "output_config") if name in native.fake.last} == sent
+    assert "temperature" not in native.fake.last

@@ -274,3 +274,18 @@ async def test_a_gemini_3_text_signature_goes_back_on_its_text_part(gemini, stre
         await client.chat.completions.create(model="x", messages=history)
     assert gemini.fake.last["contents"][1] == {"role": "model", "parts": [
         {"text": "Hello from Gemini", "thoughtSignature": details[0]["data"]}]}
+
+
+async def test_cached_content_is_priced_by_hand(gemini):
+    """gemini-2.5-flash (genai-prices): input $0.30, cached input $0.03, output (thinking included) $2.50 per
+    million tokens; Gemini's promptTokenCount includes the cached tokens, its output excludes the thoughts."""
+    from decimal import Decimal
+
+    gemini.fake.usage = {"promptTokenCount": 10_000, "cachedContentTokenCount": 8_000, "candidatesTokenCount": 300,
+                         "thoughtsTokenCount": 200, "totalTokenCount": 10_500}
+    usage = (await gemini.client.chat.completions.create(model="x", messages=MESSAGES)).usage
+    assert (usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens, usage.completion_tokens) == (10_000, 8_000, 500)
+    assert usage.completion_tokens_details.reasoning_tokens == 200
+    row = (await gemini.gateway.usage_rows(1))[-1]
+    assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (10_000, 8_000, 500)
+    assert row["cost_usd"] == (Decimal("0.3") * 2_000 + Decimal("0.03") * 8_000 + Decimal("2.5") * 500) / 1_000_000
