@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.dialects.names import ToolNames
+from riceball_proxy.dialects.reasoning import call_signature, decode_reasoning, encode_reasoning
 from riceball_proxy.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,29 @@ def inject(body: dict[str, Any], assistant) -> None:
     for name, value in assistant.extra_params.items():
         body.setdefault(name, value)
     apply_params(body, assistant.parameters, assistant.locked)
+    _without_foreign_thinking(body)
+
+
+def _without_foreign_thinking(body: dict[str, Any]) -> None:
+    """Leave out the thinking blocks the gateway made of another provider's reasoning (a translated
+    answer's, signed ``riceball.v1:``), which Anthropic cannot verify; and thinking on a budget when the
+    last tool turn is then without thinking (one another model wrote), which Anthropic refuses."""
+    last_tool_turn_thinks = True
+    for message in body["messages"]:
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        kept = [block for block in content if not (block.get("type") == "thinking"
+                                                   and decode_reasoning(block.get("signature")) is not None)]
+        if kept and len(kept) != len(content):
+            message["content"] = kept
+        if any(block.get("type") == "tool_use" for block in message["content"]):
+            last_tool_turn_thinks = message["content"][0].get("type") in ("thinking", "redacted_thinking")
+        else:
+            last_tool_turn_thinks = True
+    if (body.get("thinking") or {}).get("type") == "enabled" and not last_tool_turn_thinks:
+        logger.info("thinking left out: the last tool turn has none of Anthropic's")
+        del body["thinking"]
 
 
 def apply_params(body: dict[str, Any], params: dict[str, Any], locked) -> None:
@@ -271,11 +295,13 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError |
             messages.append({"role": role, "content": content})
             continue
         if role == "assistant":
-            texts, calls = [], []
+            texts, calls, details = [], [], []
             for m, block in enumerate(content):
                 kind = block["type"]
                 if kind == "text":
                     texts.append(block["text"])
+                elif kind == "thinking" and decode_reasoning(block.get("signature")) is not None:
+                    details += decode_reasoning(block["signature"])  # the gateway's: another provider's state
                 elif kind == "tool_use":
                     calls.append({"id": block["id"], "type": "function",
                                   "function": {"name": names.to_chat(block["name"]),
@@ -287,6 +313,8 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError |
             answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
             if calls:
                 answer["tool_calls"] = calls
+            if details:
+                answer["reasoning_details"] = details
             messages.append(answer)
             continue
         parts: list[dict[str, Any]] = []
@@ -467,6 +495,12 @@ def from_chat(answer: dict[str, Any], names: ToolNames, message_id: str, model: 
     choice = (answer.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    details = [detail for detail in message.get("reasoning_details") or () if isinstance(detail, dict)]
+    details += filter(None, (call_signature(call, call.get("id") or "") for call in message.get("tool_calls") or ()))
+    reasoning = message.get("reasoning_content")
+    if details or (isinstance(reasoning, str) and reasoning):
+        content.append({"type": "thinking", "thinking": reasoning if isinstance(reasoning, str) else "",
+                        "signature": encode_reasoning(details)})
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
@@ -493,7 +527,10 @@ class StreamRenderer:
     One content block per kind and per tool call, each opened by its first delta and closed when
     another kind starts (a tool call's arguments are complete at its ``content_block_stop``, which
     Claude Code parses them on); ``message_delta`` (stop reason and usage) is held until the stream
-    ends, since the usage chunk comes after the finish reason.
+    ends, since the usage chunk comes after the finish reason. Reasoning is a ``thinking`` block, its
+    ``signature`` the provider's reasoning state as the gateway reads it back (``reasoning_details``
+    and tool calls' signatures so far); state that comes after that block closed gets a thinking block
+    of its own at the end.
     """
 
     def __init__(self, names: ToolNames, message_id: str, model: str):
@@ -501,9 +538,12 @@ class StreamRenderer:
         self.message_id = message_id
         self.model = model
         self.index = -1
-        #: The open block: "text", or a tool call's index in the chunks; None when none is open.
+        #: The open block: "text", "thinking", or a tool call's index in the chunks; None when none is open.
         self.open: Any = None
         self.finish_reason: str | None = None
+        #: The reasoning state given so far, and how much of it a thinking block's signature carries.
+        self.details: list[dict[str, Any]] = []
+        self.signed = 0
 
     def start(self, input_tokens: int) -> bytes:
         """``message_start``, with the prompt's tokens as far as they are known before the answer."""
@@ -524,8 +564,13 @@ class StreamRenderer:
     def _close(self) -> list[bytes]:
         if self.open is None:
             return []
+        events = []
+        if self.open == "thinking":
+            events.append(self._delta({"type": "signature_delta",
+                                       "signature": encode_reasoning(self.details[self.signed:])}))
+            self.signed = len(self.details)
         self.open = None
-        return [event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+        return events + [event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
@@ -537,6 +582,12 @@ class StreamRenderer:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            self.details += [detail for detail in delta.get("reasoning_details") or () if isinstance(detail, dict)]
+            reasoning = delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                if self.open != "thinking":
+                    events += self._switch("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                events.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self.open != "text":
@@ -547,9 +598,13 @@ class StreamRenderer:
                     continue
                 function = call.get("function") or {}
                 index = call.get("index", 0)
+                call_id = call.get("id") or f"toolu_{self.message_id}_{index}"
+                signature = call_signature(call, call_id)
+                if signature is not None:
+                    self.details.append(signature)
                 if self.open != ("tool", index):
                     events += self._switch(("tool", index), {
-                        "type": "tool_use", "id": call.get("id") or f"toolu_{self.message_id}_{index}",
+                        "type": "tool_use", "id": call_id,
                         "name": self.names.original(function.get("name") or ""), "input": {}})
                 if function.get("arguments"):
                     events.append(self._delta({"type": "input_json_delta", "partial_json": function["arguments"]}))
@@ -558,8 +613,12 @@ class StreamRenderer:
         return events
 
     def finish(self, usage: dict[str, Any] | None) -> list[bytes]:
-        """The events that end the message: the last block's stop, ``message_delta``, ``message_stop``."""
+        """The events that end the message: the last block's stop, the reasoning state not given yet,
+        ``message_delta``, ``message_stop``."""
         events = self._close()
+        if len(self.details) > self.signed:
+            events += self._switch("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            events += self._close()
         events.append(event("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": STOP_REASONS.get(self.finish_reason, "end_turn"), "stop_sequence": None},

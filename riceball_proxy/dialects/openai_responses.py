@@ -13,7 +13,6 @@ What matters to clients (Codex above all):
 """
 from __future__ import annotations
 
-import base64
 import logging
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 
 from riceball_proxy.dialects.names import ToolNames
+from riceball_proxy.dialects.reasoning import call_signature, decode_reasoning, encode_reasoning
 from riceball_proxy.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -127,34 +127,6 @@ def check_request(body: Any) -> dict[str, Any]:
 
 
 # --- reasoning state, in and out ------------------------------------------------------------------------------
-
-#: What the gateway's ``encrypted_content`` begins with: the provider's signed reasoning
-#: (``reasoning_details``), as JSON, base64url; anything else is another server's, which only it can read.
-ENCRYPTED_PREFIX = "riceball.v1:"
-
-
-def encode_reasoning(details: list[dict[str, Any]]) -> str:
-    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(orjson.dumps(details)).decode()
-
-
-def decode_reasoning(text: Any) -> list[dict[str, Any]] | None:
-    if not isinstance(text, str) or not text.startswith(ENCRYPTED_PREFIX):
-        return None
-    try:
-        details = orjson.loads(base64.urlsafe_b64decode(text[len(ENCRYPTED_PREFIX):]))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else None
-
-
-def call_signature(call: dict[str, Any], call_id: str) -> dict[str, Any] | None:
-    """A tool call's own reasoning state (Gemini's thought signature, on ``extra_content``) as one of
-    ``reasoning_details``, tied to the call's id: a Responses function call has no place for it."""
-    signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-    if not isinstance(signature, str):
-        return None
-    return {"type": "reasoning.encrypted", "data": signature, "format": "google-gemini-v1", "id": call_id}
-
 
 def wants_reasoning(body: dict[str, Any]) -> bool:
     """True when the client asked for reasoning state to come back (``include``)."""

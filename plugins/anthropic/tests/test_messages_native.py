@@ -211,3 +211,23 @@ async def test_an_assistant_s_reasoning_effort_is_thinking_in_messages_own_terms
     assert message.content[0].type == "thinking"  # the fake refuses a thinking request it could not take
     assert {name: native.fake.last[name] for name in ("thinking", "output_config") if name in native.fake.last} == sent
     assert "temperature" not in native.fake.last
+
+
+async def test_thinking_another_provider_wrote_is_left_out_for_anthropic(native):
+    """A Messages history carrying a translated answer's thinking (signed by the gateway, from a Gemini or
+    OpenAI turn after a failover) reaches Anthropic without it, and, that last tool turn then being
+    without Anthropic's thinking, without a thinking budget (which Anthropic would refuse)."""
+    from riceball_proxy.dialects.reasoning import encode_reasoning
+
+    foreign = {"type": "thinking", "thinking": "hmm", "signature": encode_reasoning(
+        [{"type": "reasoning.encrypted", "data": "gsig-0", "format": "google-gemini-v1", "id": "toolu_9"}])}
+    history = [*USER, {"role": "assistant", "content": [foreign, {"type": "tool_use", "id": "toolu_9",
+                                                                  "name": "get_weather", "input": {}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": "18"}]}]
+    message = await native.sdk.messages.create(model="x", max_tokens=4000, messages=history,
+                                               thinking={"type": "enabled", "budget_tokens": 1024},
+                                               tools=[{"name": "get_weather", "input_schema": {"type": "object"}}])
+    assert message.content[-1].text == "Hello from Claude"
+    sent = native.fake.last
+    assert "thinking" not in sent
+    assert [block["type"] for block in sent["messages"][1]["content"]] == ["tool_use"]

@@ -289,3 +289,35 @@ async def test_cached_content_is_priced_by_hand(gemini):
     row = (await gemini.gateway.usage_rows(1))[-1]
     assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (10_000, 8_000, 500)
     assert row["cost_usd"] == (Decimal("0.3") * 2_000 + Decimal("0.03") * 8_000 + Decimal("2.5") * 500) / 1_000_000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thought_signatures_round_trip_through_the_messages_api(gemini, stream):
+    """A Messages client (Claude Code's SDK) on Gemini 3: the signature comes back in a thinking block's
+    signature, which the client sends back with the turn as it does Anthropic's, and goes back to Gemini
+    on the function call."""
+    fake = gemini.fake
+    assistant = await gemini.gateway.assistant(gemini.provider, model="gemini-3-flash-preview")
+    tool = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}
+    fake.reply, fake.function_calls = "", [("get_weather", {"city": "Paris"})]
+    async with gemini.gateway.anthropic(assistant.id, await gemini.gateway.key()) as client:
+        async def turn(messages):
+            request = dict(model="x", max_tokens=500, tools=[tool], messages=messages,
+                           thinking={"type": "enabled", "budget_tokens": 1024})
+            if not stream:
+                return await client.messages.create(**request)
+            async with client.messages.stream(**request) as events:
+                return await events.get_final_message()
+
+        first = await turn([{"role": "user", "content": "Weather in Paris?"}])
+        blocks = [block.model_dump(exclude_none=True) for block in first.content]
+        assert [block["type"] for block in blocks] == ["thinking", "tool_use"]
+        assert blocks[0]["thinking"] == "thinking..." and blocks[0]["signature"].startswith("riceball.v1:")
+        assert fake.last["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "low", "includeThoughts": True}
+        call = next(block for block in blocks if block["type"] == "tool_use")
+        fake.reply, fake.function_calls = "18 degrees", []
+        second = await turn([{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": blocks},
+                             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"],
+                                                           "content": "18"}]}])
+    assert next(block.text for block in second.content if block.type == "text") == "18 degrees"
+    assert fake.last["contents"][1]["parts"][-1]["thoughtSignature"] in fake.signatures
