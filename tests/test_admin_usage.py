@@ -68,6 +68,21 @@ async def test_calls_whose_usage_the_gateway_estimated_are_shown_and_exported_as
     assert {row["request_id"]: row["usage_estimated"] for row in rows}["req_estimated"] == "True"
 
 
+async def test_cache_reads_writes_and_reasoning_are_shown_and_exported(panel):
+    a, _, key = await seed(panel.pool)
+    await usage_events.insert_many(panel.pool, [UsageEvent(
+        created_at=NOW, request_id="req_cached", status=200, api_key_id=key.id, assistant_id=a.id,
+        prompt_tokens=3000, cached_tokens=2000, cache_write_tokens=900, cache_write_1h_tokens=100,
+        completion_tokens=70, reasoning_tokens=40, total_tokens=3070, cost_usd=Decimal("0.005"))])
+    _, text = await panel.get("/admin/usage")
+    assert ("3050 prompt (2000 read from the provider cache, 900 written to it), 170 completion (40 reasoning)"
+            in text)
+    response = await panel.client.get("/admin/usage.csv")
+    row = next(row for row in csv.DictReader(io.StringIO(await response.text())) if row["request_id"] == "req_cached")
+    assert (row["cached_tokens"], row["cache_write_tokens"], row["cache_write_1h_tokens"], row["reasoning_tokens"]) == (
+        "2000", "900", "100", "40")
+
+
 async def test_calls_are_told_apart_by_the_api_they_came_in_by(panel):
     a, _, key = await seed(panel.pool)
     await usage_events.insert_many(panel.pool, [UsageEvent(

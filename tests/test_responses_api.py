@@ -353,3 +353,15 @@ async def test_the_assistant_s_reasoning_effort_is_reasoning_effort_in_either_fo
         await client.responses.create(model="x", input="Hi", **({} if asked is None else {"reasoning": {"effort": asked}}))
     body = fake_openai.requests[-1]["body"]
     assert (body["reasoning"]["effort"] if speaks_responses else body["reasoning_effort"]) == sent
+
+
+async def test_reasoning_the_gateway_carried_for_another_provider_is_left_out_natively(native, fake_openai):
+    from riceball_proxy.dialects.reasoning import encode_reasoning
+
+    foreign = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": encode_reasoning(
+        [{"type": "reasoning.text", "text": "hmm", "signature": "sig-1", "format": "anthropic-claude-v1"}])}
+    own = {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAAA-openai-own"}
+    await native.sdk.responses.create(model="x", input=[{"role": "user", "content": "Hi"}, foreign, own,
+                                                        {"role": "user", "content": "Again"}])
+    sent = fake_openai.requests[-1]["body"]["input"]
+    assert [item.get("id") for item in sent if item.get("type") == "reasoning"] == ["rs_2"]

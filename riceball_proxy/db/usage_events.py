@@ -171,6 +171,9 @@ _TOTALS = """
     count(*) FILTER (WHERE status >= 400) AS errors,
     coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
     coalesce(sum(completion_tokens), 0) AS completion_tokens,
+    coalesce(sum(cached_tokens), 0) AS cached_tokens,
+    coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
+    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
     sum(cost_usd) AS cost_usd,
     count(*) FILTER (WHERE cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)) AS unpriced,
     count(*) FILTER (WHERE usage_estimated) AS estimated,
@@ -182,7 +185,8 @@ BUCKETS = ("hour", "day")
 
 
 async def summary(db, where: UsageFilter) -> dict:
-    """Totals over the filter: requests, errors, tokens, latency p50 and p95."""
+    """Totals over the filter: requests, errors, tokens (the prompt's read from and written to the
+    provider's cache, and the completion's reasoning, among them), cost, latency p50 and p95."""
     return dict(await db.fetchrow(f"SELECT {_TOTALS} FROM usage_events WHERE {_WHERE}", *where.args()))
 
 

@@ -332,13 +332,19 @@ def inject(body: dict[str, Any], assistant) -> None:
     """Apply ``assistant`` to a Responses ``body`` in place: its model; its system prompt first in
     ``instructions``, the client's after it (or dropped, with the client's system and developer input
     messages, when the assistant does not allow them); its parameters as defaults, locked ones forced,
-    its ``max_tokens`` a ceiling on ``max_output_tokens``. Nothing is stored: ``store`` is false."""
+    its ``max_tokens`` a ceiling on ``max_output_tokens``. Nothing is stored: ``store`` is false.
+    ``reasoning`` items the gateway made of another provider's reasoning state are left out: only that
+    provider could read them."""
     body["model"] = assistant.model
     body["store"] = False
     instructions = body.get("instructions") if assistant.allow_client_system else None
     if not assistant.allow_client_system and isinstance(body.get("input"), list):
         body["input"] = [item for item in body["input"] if not (isinstance(item, dict) and item.get("type", "message")
                                                               == "message" and item.get("role") in ("system", "developer"))]
+    if isinstance(body.get("input"), list):  # reasoning the gateway carried for another provider: not this one's
+        body["input"] = [item for item in body["input"] if not (isinstance(item, dict) and item.get("type") == "reasoning"
+                                                                and decode_reasoning(item.get("encrypted_content"))
+                                                                is not None)]
     joined = "\n\n".join(text for text in (assistant.system_prompt, instructions) if text)
     if joined:
         body["instructions"] = joined
