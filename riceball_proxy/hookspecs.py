@@ -63,18 +63,18 @@ def riceball_startup(app):
     """Called once the application has opened its resources (database pool, HTTP client).
 
     ``app`` is the ``aiohttp.web.Application``; its shared objects are under the keys of
-    ``riceball_proxy.appkeys``. *Awaited*: return None or an awaitable. An exception stops the
-    start-up.
+    ``riceball_proxy.appkeys`` (``from riceball_proxy.plugin import appkeys``). *Awaited*: return None
+    or an awaitable. An exception stops the start.
     """
 
 
 @hookspec
 @runs("all", isolated=True)
 def riceball_shutdown(app):
-    """Called when the application stops, before its resources are closed.
+    """Called when the application stops, before its resources close.
 
     *Awaited*: return None or an awaitable. *Isolated*: an exception is logged, and every other
-    implementation (the built-in usage writer's included) still runs.
+    implementation (the built-in usage writer's included) still runs; the shutdown goes on.
     """
 
 
@@ -84,14 +84,16 @@ def riceball_shutdown(app):
 @hookspec
 @runs("first")
 def riceball_authenticate(request, assistant_id):
-    """Identify the caller of an API request.
+    """Identifies the caller of an API request.
 
-    ``request`` is the ``aiohttp.web.Request``; ``assistant_id`` the ``uuid.UUID`` from its path.
-    Return a ``riceball_proxy.context.Principal`` (or an awaitable of one) for a caller you know,
-    None when the request is not yours to judge. *Awaited*, in call order; the first Principal wins.
-    Raise ``riceball_proxy.errors.APIError`` to refuse the request outright, or return a Principal
-    with ``refused`` set for a caller you know but refuse (a revoked key): it is answered 401 and
-    still recorded as that caller's call. With no Principal from any plugin the request is answered 401.
+    ``request`` is the ``aiohttp.web.Request``, ``assistant_id`` the ``uuid.UUID`` from its path.
+    Return a ``Principal`` (or an awaitable of one) for a caller you know, None when the request is
+    not yours to judge. *Awaited*, in call order; the first Principal wins. Raise ``APIError`` to
+    refuse the request outright, or return a Principal with ``refused`` set for a caller you know but
+    refuse: it is answered 401 and still recorded as that caller's call. With no Principal from any
+    plugin the request is answered 401. The built-in plugin checks ``Authorization: Bearer sk-...``
+    keys: 401 for a missing or unknown key, a refused Principal for a revoked or expired one ("This
+    API key is revoked."). A Principal whose ``assistant_ids`` excludes the assistant gets 403.
     """
 
 
@@ -101,14 +103,13 @@ def riceball_authenticate(request, assistant_id):
 @hookspec
 @runs("all")
 def riceball_prepare_request(ctx):
-    """Change the request that will be sent upstream.
+    """Changes the request that will be sent upstream: change ``ctx.body`` in place.
 
-    ``ctx`` is the ``riceball_proxy.context.ChatContext``: ``ctx.body`` is the upstream request body
-    (a dict in OpenAI's Chat Completions format), ``ctx.assistant`` the assistant, ``ctx.principal``
-    the caller. Change ``ctx.body`` in place. The built-in assistant-config injection runs first
-    (``tryfirst``) and synchronously, so policy plugins and wrappers see the injected body. *Awaited*:
-    return None or an awaitable.
-    Raise ``riceball_proxy.errors.APIError`` to refuse the request.
+    ``ctx`` is the ``ChatContext``: ``ctx.body`` is the upstream request body (a dict in OpenAI's Chat
+    Completions format), ``ctx.assistant`` the assistant, ``ctx.principal`` the caller. The built-in
+    injection runs first (``tryfirst``; see [api.md](api.md#what-the-assistant-does-to-a-request)), so
+    you see the assistant's model, system prompt and parameters already in place. *Awaited*: return
+    None or an awaitable. Raise ``APIError`` to refuse the request.
     """
 
 
@@ -118,39 +119,46 @@ def riceball_prepare_request(ctx):
 @hookspec
 @runs("all")
 def riceball_admit_caller(ctx):
-    """Admit the caller, or refuse it, before its request's body is read: what can be judged from who
-    calls and which assistant alone, so that a caller over such a limit never has its body read and
-    parsed (the built-in limits take ``max_parallel``'s slot here).
+    """Admits the caller, or refuses it, before its request's body is read.
 
-    ``ctx`` is the ``riceball_proxy.context.ChatContext`` with ``principal`` and ``assistant`` set;
-    ``ctx.body`` is still empty. Raise ``riceball_proxy.errors.APIError`` to refuse (429 for a limit).
-    What an implementation takes here it gives back in ``riceball_settle``, which is called for every
-    call that reached this hook. *Awaited*, in call order; the built-in limits are ``trylast``.
+    What can be judged from who calls (``ctx.principal``) and which assistant (``ctx.assistant``)
+    alone: a caller refused here never has its body read and parsed, which matters for a gateway's
+    memory when bodies are large. ``ctx.body`` is still empty. Raise ``APIError`` to refuse (429 for
+    a limit); whatever you take here, give back in ``riceball_settle``, which is called for every call
+    that reached this hook. *Awaited*, in call order. The built-in limits are ``trylast``: they take
+    ``max_parallel``'s slot here, and the rest in ``riceball_admit``.
     """
 
 
 @hookspec
 @runs("all")
 def riceball_admit(ctx):
-    """Admit the call, or refuse it, just before it goes upstream (limits, budgets, quotas).
+    """Admits the call, or refuses it, just before it goes upstream: rate limits, budgets, quotas.
 
-    ``ctx`` is the ``riceball_proxy.context.ChatContext``, its upstream body prepared (so an
-    implementation sees the injected system prompt and the ``max_tokens`` ceiling). Raise
-    ``riceball_proxy.errors.APIError`` to refuse (429 for a limit). Whatever an implementation takes
-    here (a slot, a reservation) it gives back in ``riceball_settle``, which is called for every call
-    that reached this hook, admitted or not. Headers for the answer go in ``ctx.response_headers``.
-    *Awaited*, in call order; the built-in limits (``riceball_proxy.builtin.limits``) are ``trylast``.
+    ``ctx.body`` is the prepared upstream body (the system prompt injected, the ``max_tokens`` ceiling
+    applied) and ``ctx.provider`` its provider. Raise ``APIError`` to refuse (429 for a limit); put
+    headers for the answer (whatever it turns out to be) in ``ctx.response_headers``. Whatever you take
+    here (a slot, a reservation), give back in ``riceball_settle``, which is called for every call that
+    reached this hook, admitted or not. *Awaited*, in call order. The built-in limits
+    ([limits.md](limits.md)) are ``trylast``; disable them
+    (``RICEBALL_DISABLE_PLUGINS=riceball_proxy.builtin.limits``) to put a policy of your own in their
+    place.
     """
 
 
 @hookspec
 @runs("all", isolated=True)
 def riceball_settle(ctx, outcome):
-    """Give back what ``riceball_admit`` took, now that the call is over: ``outcome`` says how it
-    ended, ``outcome.usage`` and ``outcome.cost_usd`` what it really used.
+    """Gives back what ``riceball_admit`` took, once the call has ended.
 
-    Called as the call ends, after its answer has been sent and before the observers, so that a
-    client's next call finds its slot free. *Awaited*. *Isolated*: an exception is logged.
+    Called after its answer has been sent and before the observers, so that a client's next call finds
+    its slot free: ``outcome.usage`` and ``outcome.cost_usd`` are what the call really used (priced at
+    the target that served it; estimated, ``outcome.usage.estimated``, when the upstream reported
+    nothing but worked on the call), ``outcome.status`` how it ended. Keep what admission took in
+    ``ctx.stash`` under your plugin's name. *Awaited* (the client's next call on the same connection
+    waits for it: keep it short). *Isolated*: an exception is logged. A client that goes away can
+    cancel the call while it is being settled: shield what must finish (the built-in limits settle
+    shared counters in a task of their own).
     """
 
 
@@ -160,12 +168,14 @@ def riceball_settle(ctx, outcome):
 @hookspec
 @runs("select")
 def riceball_provider_types():
-    """Offer provider types: return an iterable of ``riceball_proxy.providers.ProviderType``.
+    """Offers provider types: return an iterable of ``ProviderType(name, label, adapter, default_base_url="")``.
 
-    A provider's ``type`` (stored with the provider) selects the ``ProviderType`` of that name, whose
-    ``adapter`` builds the ``ProviderAdapter`` that talks to the upstream. When two plugins offer the
-    same name, the one called first (the later-registered one) wins, so an installed plugin can
-    replace a built-in type. *Selector*: return the types themselves, not an awaitable.
+    A provider's ``type`` selects the ``ProviderType`` of that name; its ``adapter`` is called as
+    ``adapter(provider, api_key, session)`` once per provider and must return a ``ProviderAdapter``,
+    whose async ``complete(body)``, ``stream(body)`` and ``list_models()`` talk to the upstream (see
+    [writing-a-provider.md](writing-a-provider.md)). When two plugins offer the same name, the one
+    called first (the later-registered one: an installed plugin) wins over the built-in. *Selector*:
+    return the types themselves, not an awaitable.
     """
 
 
@@ -175,13 +185,20 @@ def riceball_provider_types():
 @hookspec
 @runs("select")
 def riceball_dialects():
-    """Offer dialects: return an iterable of ``riceball_proxy.dialects.Dialect``.
+    """Offers dialects: return an iterable of ``Dialect``.
 
-    Each dialect is an inbound API, served under every assistant's base URL at its ``path``
-    (``/api/v1/assistants/{id}/v1{path}``) through the same pipeline as Chat Completions: it reads its
-    wire format into the internal form (Chat Completions) and renders answers, stream events and
-    errors back in its own. When two plugins offer the same name, the one called first (the
-    later-registered one) wins. Read when the app is built. *Selector*: return the dialects themselves.
+    A dialect is an inbound API, served under every assistant's base URL at its ``path``
+    (``/api/v1/assistants/{id}/v1{path}``) through the same pipeline as the built-in ones (keys,
+    limits, injection, failover, usage, metrics). It reads its wire format into the internal form,
+    Chat Completions (``take``), and renders answers (``answer``), stream events (``events``) and errors
+    (``error_response``, ``error_event``) back in its own; a dialect that a provider can speak natively
+    also keeps the client's body in its own form (``ctx.native_body``, injected by ``inject``) for the
+    adapters that declare it in ``native_dialects``. Its ``name`` is recorded on each usage row
+    (``api``) and as a metric label. The built-ins are ``chat`` (Chat Completions), ``messages``
+    (Anthropic Messages) and ``responses`` (OpenAI Responses); see
+    [architecture.md](architecture.md#dialects). When two plugins offer the same name, the one called
+    first (an installed plugin) wins over the built-in. Read once, when the app is built. *Selector*:
+    return the dialects themselves.
     """
 
 
@@ -191,22 +208,22 @@ def riceball_dialects():
 @hookspec
 @runs("select")
 def riceball_transform_stream(ctx):
-    """Wrap the stream of chunks sent to the client.
+    """Wraps the stream of chunks sent to the client.
 
     Return None, or a function that takes an async iterator of chunks (dicts in OpenAI's
-    ``chat.completion.chunk`` format) and returns an async iterator of chunks. The gateway folds the
-    returned functions in call order. When no plugin returns one, upstream bytes are forwarded
-    untouched. *Selector*: return the function itself, not an awaitable.
+    ``chat.completion.chunk`` format) and returns one. The gateway folds the returned functions in call
+    order. When no plugin returns one, upstream bytes are forwarded as they are (the fast path).
+    *Selector*: return the function itself, not an awaitable.
     """
 
 
 @hookspec
 @runs("fold", fold="response")
 def riceball_transform_response(ctx, response):
-    """Change a non-streamed answer before it is sent.
+    """Changes a non-streamed answer (the ``chat.completion`` dict) before it is sent.
 
-    ``response`` is the ``chat.completion`` dict. Return a new dict, or None to leave it as it is.
-    *Awaited*, in call order: each implementation sees the previous one's result.
+    Return a new dict, or None to leave it as it is. *Awaited*, in call order: each implementation sees
+    the previous one's result.
     """
 
 
@@ -216,11 +233,20 @@ def riceball_transform_response(ctx, response):
 @hookspec
 @runs("all", isolated=True)
 def riceball_request_finished(ctx, outcome):
-    """Observe a finished API call, after the response has been sent.
+    """Observes a finished API call, after the response has been sent.
 
-    ``outcome`` is a ``riceball_proxy.context.Outcome``: HTTP status, error type, latency, time to
-    first token and token usage. *Awaited*. *Isolated*: an exception is logged, never reaches the
-    client, and does not keep the other observers (usage, metrics) from this call.
+    Every call, refused ones included (then ``ctx.principal`` or ``ctx.assistant`` may be None).
+    ``outcome`` is an ``Outcome``: HTTP status, error type, latency, time to first token and token
+    usage; a client that went away mid-stream gives ``outcome.client_disconnected`` and status 499.
+    Observers run off the request path, one outcome after another, and are awaited at shutdown. By
+    then ``ctx.body`` and ``ctx.client_body`` no longer hold the request's bulk (``messages``,
+    ``tools``, ``functions``, ``response_format``, ``prediction``, ``logit_bias``, ``metadata``): a
+    queue of outcomes never holds prompts; read what you need in an earlier hook. The queue holds at
+    most ``RICEBALL_OBSERVER_QUEUE_SIZE`` outcomes (10,000); when slow observers let it fill up, a
+    finishing request waits for room before its handler returns (back-pressure, counted by
+    ``riceball_observer_backpressure_total``), so no outcome, and no usage row, is ever dropped.
+    *Awaited*. *Isolated*: an exception is logged, never reaches the client, and does not keep the
+    other observers (usage, metrics) from this call.
     """
 
 
@@ -230,9 +256,18 @@ def riceball_request_finished(ctx, outcome):
 @hookspec
 @runs("select")
 def riceball_admin_setup(admin_app):
-    """Extend the admin panel when its sub-application is built.
+    """Extends the admin panel when its sub-application is built.
 
     ``admin_app`` is the ``aiohttp.web.Application`` mounted at ``/admin/``: add routes with
     ``admin_app.router``. Routes added here are behind the admin session and CSRF checks.
     Synchronous: the return value is ignored.
     """
+
+
+def reference(hook: str) -> str:
+    """A hook's docstring as the Markdown of its section in docs/plugins.md (``scripts/hook-reference``
+    writes them there; a test keeps them equal)."""
+    import inspect
+    import re
+
+    return re.sub(r"``(.+?)``", r"`\1`", inspect.getdoc(globals()[hook]))

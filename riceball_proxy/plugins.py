@@ -165,7 +165,54 @@ def make_plugin_manager(settings: Settings, *, entry_points: bool = True) -> Plu
             pm.register(importlib.import_module(module_name), name=module_name)
     if entry_points:
         load_entry_point_plugins(pm, settings.plugins)
+    if settings.trace_plugins:
+        trace_hook_calls(pm)
     return pm
+
+
+#: How much of each argument and result a hook-call trace shows.
+TRACE_WIDTH = 300
+
+
+def _shown(value: Any) -> str:
+    if hasattr(value, "request_id") and hasattr(value, "body"):  # a ChatContext: its request, not its all
+        return f"<{type(value).__name__} {value.request_id}>"
+    text = repr(value)
+    return text if len(text) <= TRACE_WIDTH else text[:TRACE_WIDTH] + "..."
+
+
+def trace_hook_calls(pm: PluginManager) -> None:
+    """Log every hook call (logger ``riceball_proxy.plugins.trace``): the hook, the plugins that
+    implement it in calling order, its arguments, then its result or exception; a result the gateway
+    awaits (an implementation's coroutine) is logged when it is awaited, with what it gave."""
+    trace = logging.getLogger(f"{__name__}.trace")
+
+    async def awaited(hook_name: str, coroutine):
+        try:
+            result = await coroutine
+        except BaseException as exc:
+            trace.info("%s (awaited) raised %s", hook_name, _shown(exc))
+            raise
+        trace.info("%s (awaited) gave %s", hook_name, _shown(result))
+        return result
+
+    def before(hook_name, implementations, kwargs):
+        trace.info("%s(%s) -> %s", hook_name, ", ".join(f"{k}={_shown(v)}" for k, v in kwargs.items()),
+                   ", ".join(impl.plugin_name for impl in reversed(implementations)) or "(no implementation)")
+
+    def after(outcome, hook_name, implementations, kwargs):
+        if outcome.exception is not None:
+            trace.info("%s raised %s", hook_name, _shown(outcome.exception))
+            return
+        result = outcome.get_result()
+        if inspect.iscoroutine(result):
+            outcome.force_result(awaited(hook_name, result))
+        elif isinstance(result, list) and any(inspect.iscoroutine(item) for item in result):
+            outcome.force_result([awaited(hook_name, item) if inspect.iscoroutine(item) else item
+                                  for item in result])
+        trace.info("%s returned %s", hook_name, _shown(result))
+
+    pm.add_hookcall_monitoring(before, after)
 
 
 def load_entry_point_plugins(pm: PluginManager, allowed: Iterable[str] | None = None) -> None:

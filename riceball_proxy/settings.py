@@ -73,6 +73,8 @@ class Settings:
     #: A configuration file applied at start-up (``riceball apply``), and whether that prunes.
     config_file: Path | None = None
     config_prune: bool = False
+    #: Every hook call logged with its arguments and results (``RICEBALL_TRACE_PLUGINS=1``): for debugging.
+    trace_plugins: bool = False
     #: Networks of the proxies whose X-Forwarded-For names the client (none: the peer is the client).
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
@@ -153,6 +155,7 @@ class Settings:
             cache_ttl=_number(env, "RICEBALL_CACHE_TTL", 2.0, 0.1, 3600),
             config_file=None if config_file is None else Path(config_file),
             config_prune=config_prune == "on",
+            trace_plugins=(get("RICEBALL_TRACE_PLUGINS") or "0").lower() in ("1", "on", "true", "yes"),
             trusted_proxies=_networks(get("RICEBALL_TRUSTED_PROXIES") or ""),
         )
 

@@ -64,7 +64,7 @@ async def test_disabling_an_assistant_is_seen_by_another_instance_within_a_secon
 
 
 async def test_a_provider_change_is_seen_at_once(configured, aiohttp_server):
-    from tests.fake_openai import FakeOpenAI
+    from riceball_proxy.testing.fake_openai import FakeOpenAI
 
     await configured.client.chat.completions.create(model="x", messages=MESSAGES)
     second = FakeOpenAI()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_openai import refusal_of
+from riceball_proxy.testing.fake_openai import refusal_of
 from tests.support import installed_agent
 
 pytestmark = pytest.mark.agents
@@ -83,7 +83,7 @@ async def test_claude_code_runs_a_tool_through_an_openai_compatible_assistant(cl
 
 async def test_claude_code_runs_a_tool_through_an_anthropic_assistant(claude_code, aiohttp_server, start_gateway,
                                                                      settings, tmp_path):
-    from tests.fake_anthropic import FakeAnthropic
+    from riceball_proxy.testing.fake_anthropic import FakeAnthropic
 
     def model(body):
         last = body["messages"][-1]

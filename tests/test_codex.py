@@ -112,7 +112,7 @@ async def test_codex_runs_a_command_through_an_openai_compatible_assistant(codex
 @pytest.mark.parametrize("websocket", [False, True], ids=["http", "websocket"])
 async def test_codex_runs_a_command_through_an_anthropic_assistant(codex, aiohttp_server, start_gateway, settings,
                                                                   tmp_path, websocket):
-    from tests.fake_anthropic import FakeAnthropic
+    from riceball_proxy.testing.fake_anthropic import FakeAnthropic
 
     def model(body):
         last = body["messages"][-1]["content"]

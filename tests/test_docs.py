@@ -52,6 +52,27 @@ def test_every_hook_example_runs(hook):
         pm.register(type("Example", (), {hook: staticmethod(implementation)})(), name="example")
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_s_reference_is_its_docstring(hook):
+    """The hookspecs' docstrings are the one text: scripts/hook-reference writes them into the docs."""
+    signature = f"{hook}({', '.join(inspect.signature(getattr(hookspecs, hook)).parameters)})"
+    prose = sections((DOCS / "plugins.md").read_text())[signature].split("```python")[0].strip()
+    assert prose == hookspecs.reference(hook), "run scripts/hook-reference"
+
+
+def test_documented_plugin_code_imports_only_the_supported_api():
+    """Examples for plugin authors import from ``riceball_proxy.plugin`` (and tests from
+    ``riceball_proxy.testing``): nothing that may change without notice."""
+    import riceball_proxy.plugin as supported
+
+    for page in ("plugins.md", "writing-a-provider.md"):
+        for block in python_blocks((DOCS / page).read_text()):
+            for module in re.findall(r"^\s*(?:from|import) (riceball_proxy[\w.]*)", block, flags=re.M):
+                assert module in ("riceball_proxy.plugin", "riceball_proxy.testing"), f"{page} imports {module}"
+    assert all(hasattr(supported, name) for name in supported.__all__)
+    assert (Path(supported.__file__).parent / "py.typed").exists()
+
+
 def test_every_hook_has_a_test():
     tests = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
     missing = [hook for hook in HOOKS if f"def test_hook_{hook}(" not in tests]

@@ -9,7 +9,7 @@ import pytest
 from riceball_proxy import appkeys
 from riceball_proxy.db import assistants
 from riceball_proxy.db.assistants import Target
-from tests.fake_openai import FakeOpenAI
+from riceball_proxy.testing.fake_openai import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -158,8 +158,8 @@ async def test_hook_riceball_settle(with_plugin, fake_openai):
 
 async def test_hook_riceball_provider_types(with_plugin, fake_openai):
     class TaggingAdapter(OpenAICompatibleAdapter):
-        def _headers(self):
-            return super()._headers() | {"X-Tagged": "yes"}
+        def headers(self):
+            return super().headers() | {"X-Tagged": "yes"}
 
     class Tagging:
         @hookimpl

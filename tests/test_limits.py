@@ -359,7 +359,7 @@ async def priced_failover(start_gateway, backend_settings, fake_openai, aiohttp_
     back to ``fallback_model`` on a second fake upstream of provider type ``fallback_type``."""
     from riceball_proxy.plugins import make_plugin_manager
     from riceball_proxy.db.assistants import Target
-    from tests.fake_openai import FakeOpenAI
+    from riceball_proxy.testing.fake_openai import FakeOpenAI
     from tests.plugins import more_types
 
     second = FakeOpenAI()

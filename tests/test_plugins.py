@@ -279,3 +279,23 @@ async def test_a_hook_is_called_the_same_with_or_without_pluggy_in_the_way():
     order.clear()
     await pm.run("riceball_prepare_request", ctx=None)
     assert order == ["wrapped", "early"]
+
+
+async def test_riceball_trace_plugins_logs_every_hook_call_with_its_arguments_and_result(
+        start_gateway, settings, fake_openai, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setenv("RICEBALL_TRACE_PLUGINS", "1")
+    traced = Settings.from_env().trace_plugins
+    assert traced and not Settings().trace_plugins
+    gateway = await start_gateway(settings.replace(trace_plugins=True))
+    provider = await gateway.provider(fake_openai.base_url)
+    assistant = await gateway.assistant(provider, model="traced-model")
+    caplog.set_level(logging.INFO, logger="riceball_proxy.plugins.trace")
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+    lines = [record.getMessage() for record in caplog.records if record.name == "riceball_proxy.plugins.trace"]
+    calls = [line for line in lines if line.startswith("riceball_prepare_request(")]
+    assert calls and "ctx=<ChatContext req_" in calls[0] and "riceball_proxy.builtin.injection" in calls[0]
+    assert any(line.startswith("riceball_prepare_request returned") for line in lines)
+    assert any(line.startswith("riceball_authenticate (awaited) gave Principal(") for line in lines)

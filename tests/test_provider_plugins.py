@@ -21,8 +21,7 @@ import time
 
 import orjson
 
-from riceball_proxy import hookimpl
-from riceball_proxy.providers import ProviderAdapter, ProviderType
+from riceball_proxy.plugin import ProviderAdapter, ProviderType, hookimpl
 
 
 def _reply(body):
@@ -51,6 +50,20 @@ def riceball_provider_types():
 '''
 
 
+#: The scratch plugin's own test, written as its author would after ``pip install riceball-proxy[testing]``:
+#: the gateway's pytest plugin gives it a gateway on a real database, and an SDK client.
+SCRATCH_TEST = '''
+async def test_the_reverse_provider_answers_backwards(start_gateway, settings):
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"reverse"})))
+    provider = await gateway.provider("http://unused.invalid", type="reverse", api_key=None)
+    assistant = await gateway.assistant(provider, model="reverse-1")
+    async with gateway.client(assistant.id, await gateway.key()) as client:
+        completion = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "live"}])
+    assert completion.choices[0].message.content == "evil"
+    assert [row["status"] for row in await gateway.usage_rows(1)] == [200]
+'''
+
+
 @pytest.fixture(scope="module")
 def scratch_site(tmp_path_factory):
     """The scratch plugin built and installed by pip (into a folder of its own), as an operator would."""
@@ -71,7 +84,13 @@ def scratch_site(tmp_path_factory):
         [options.entry_points]
         riceball =
             reverse = riceball_reverse
+
+        [tool:pytest]
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = function
     """))
+    (source / "tests").mkdir()
+    (source / "tests" / "test_reverse.py").write_text(SCRATCH_TEST)
     site = root / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(source)], check=True, timeout=300)
@@ -106,6 +125,18 @@ async def test_a_third_party_provider_serves_requests(scratch_plugin, start_gate
         stream = await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "abc"}],
                                                       stream=True)
         assert [c.choices[0].delta.content async for c in stream] == ["c", "b", "a"]
+
+
+def test_a_plugin_s_own_tests_run_on_the_gateway_s_pytest_plugin(scratch_site, postgres_server):
+    """The author's suite, in the plugin's own folder, with nothing of this repository's but the installed
+    gateway: its fixtures come from the ``pytest11`` entry point."""
+    source = scratch_site.parent / "riceball-reverse"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
+    env |= {"PYTHONPATH": str(scratch_site), "RICEBALL_TEST_DATABASE_URL": postgres_server}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=source,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
 
 
 def test_the_first_party_plugins_are_installed_and_listed():

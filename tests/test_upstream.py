@@ -4,7 +4,7 @@ import asyncio
 import openai
 import pytest
 
-from tests.fake_openai import FakeOpenAI
+from riceball_proxy.testing.fake_openai import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -33,7 +33,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     def _chat_url(self):  # made once: an adapter lives as long as its provider is unchanged
         return join_url(self.provider.base_url, "/chat/completions")
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -41,7 +41,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         return headers
 
     async def complete(self, body: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
-        async with self.call("POST", self._chat_url, headers=self._headers(), body=body,
+        async with self.call("POST", self._chat_url, headers=self.headers(), body=body,
                              request_id=request_id) as response:
             try:
                 return orjson.loads(await response.read())
@@ -56,7 +56,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         (the only way to know it is JSON), and nothing else is done to it.
         """
         finished = False
-        async with self.call("POST", self._chat_url, headers=self._headers(), body=body,
+        async with self.call("POST", self._chat_url, headers=self.headers(), body=body,
                              request_id=request_id) as response:
             try:
                 async for data in sse.iter_data(response.content.iter_any()):
@@ -79,7 +79,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             raise stream_ended_early()
 
     async def list_models(self) -> list[dict[str, Any]]:
-        async with self.call("GET", join_url(self.provider.base_url, "/models"), headers=self._headers()) as response:
+        async with self.call("GET", join_url(self.provider.base_url, "/models"), headers=self.headers()) as response:
             try:
                 return list(orjson.loads(await response.read())["data"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -98,7 +98,7 @@ class OpenAIResponsesAdapter(OpenAICompatibleAdapter):
 
     async def complete_native(self, dialect: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
                               request_id: str | None = None) -> dict[str, Any]:
-        async with self.call("POST", self._responses_url, headers=self._headers(), body=body,
+        async with self.call("POST", self._responses_url, headers=self.headers(), body=body,
                              request_id=request_id) as response:
             try:
                 answer = orjson.loads(await response.read())
@@ -113,7 +113,7 @@ class OpenAIResponsesAdapter(OpenAICompatibleAdapter):
         """The provider's events as they came, each read for a failure or the end: ``response.failed`` and
         ``error`` raise APIError, and so does a stream that ends before its last event."""
         ended = False
-        async with self.call("POST", self._responses_url, headers=self._headers(), body=body | {"stream": True},
+        async with self.call("POST", self._responses_url, headers=self.headers(), body=body | {"stream": True},
                              request_id=request_id) as response:
             try:
                 async for data in sse.iter_data(response.content.iter_any()):

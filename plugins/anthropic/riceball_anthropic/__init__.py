@@ -10,10 +10,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from riceball_proxy import hookimpl, sse
-from riceball_proxy.providers import ProviderType, TranslatingAdapter
-from riceball_proxy.upstream import (bad_upstream_response, connection_error, join_url, stream_ended_early,
-                                     stream_error, upstream_error)
+from riceball_proxy.plugin import (ProviderType, TranslatingAdapter, bad_upstream_response, connection_error, hookimpl,
+                                   iter_data, join_url, stream_ended_early, stream_error, upstream_error)
 
 from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_anthropic
 
@@ -80,7 +78,7 @@ class AnthropicAdapter(TranslatingAdapter):
                              headers=self._native_headers(headers), body=body | {"stream": True},
                              request_id=request_id) as response:
             try:
-                async for data in sse.iter_data(response.content.iter_any()):
+                async for data in iter_data(response.content.iter_any()):
                     try:
                         event = orjson.loads(data)
                     except orjson.JSONDecodeError:

@@ -7,12 +7,10 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import SYSTEM_ROLES, Turns, content_parts, system_text, text_of, tool_arguments
+from riceball_proxy.plugin import (SYSTEM_ROLES, APIError, ChunkBuilder, Turns, bad_upstream_response, content_parts,
+                                   stream_ended_early, stream_error, system_text, text_of, tool_arguments)
 from riceball_proxy.dialects.anthropic_messages import ADAPTIVE_SINCE, claude_version, thinking_for
 from riceball_proxy.dialects.anthropic_messages import usage_to_chat as usage_of  # one meaning of usage
-from riceball_proxy.errors import APIError
-from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
 
 logger = logging.getLogger(__name__)
 

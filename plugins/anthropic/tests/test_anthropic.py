@@ -4,7 +4,6 @@ import types
 
 import openai
 import pytest
-from tests.fake_anthropic import FakeAnthropic
 
 from riceball_anthropic.translate import to_anthropic
 
@@ -14,12 +13,11 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 
 
 @pytest.fixture
-async def claude(aiohttp_server, start_gateway, settings):
+async def claude(fake_anthropic, start_gateway, settings):
     """The fake Anthropic API, an SDK client of an assistant on it, and the provider's adapter."""
-    fake = FakeAnthropic()
-    server = await aiohttp_server(fake.app())
+    fake = fake_anthropic
     gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
-    provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    provider = await gateway.provider(fake.base_url, type="anthropic", api_key="sk-ant-secret")
     assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt="Be brief.")
     _, adapter = await gateway.cache.provider(provider.id)
     async with gateway.client(assistant.id, await gateway.key()) as client:
@@ -167,14 +165,13 @@ def test_more_than_one_choice_is_refused():
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_an_openai_assistant_falls_back_to_claude(aiohttp_server, start_gateway, settings, fake_openai, stream):
+async def test_an_openai_assistant_falls_back_to_claude(fake_anthropic, start_gateway, settings, fake_openai, stream):
     from riceball_proxy.db.assistants import Target
 
-    fake = FakeAnthropic()
-    server = await aiohttp_server(fake.app())
+    fake = fake_anthropic
     gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
     openai_provider = await gateway.provider(fake_openai.base_url)
-    claude_provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    claude_provider = await gateway.provider(fake.base_url, type="anthropic", api_key="sk-ant-secret")
     assistant = await gateway.assistant(openai_provider, model="gpt-4o-mini", system_prompt="Be brief.",
                                         parameters={"max_tokens": 64},
                                         fallbacks=[Target(claude_provider.id, "claude-haiku-4-5")])
@@ -192,7 +189,7 @@ async def test_an_openai_assistant_falls_back_to_claude(aiohttp_server, start_ga
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_thinking_tool_loop_survives_a_failover_to_openai_and_back(aiohttp_server, start_gateway, settings,
+async def test_a_thinking_tool_loop_survives_a_failover_to_openai_and_back(fake_anthropic, start_gateway, settings,
                                                                           fake_openai, stream):
     """Claude thinks and calls a tool; the next turn fails over to an OpenAI-compatible model (Anthropic
     overloaded), which calls another tool; the turn after goes to Claude again. Claude's signed thinking
@@ -200,10 +197,9 @@ async def test_a_thinking_tool_loop_survives_a_failover_to_openai_and_back(aioht
     (the fake, as Anthropic, refuses a thinking request whose last tool turn lacks it): never a 400."""
     from riceball_proxy.db.assistants import Target
 
-    fake = FakeAnthropic()
-    server = await aiohttp_server(fake.app())
+    fake = fake_anthropic
     gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
-    claude_provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    claude_provider = await gateway.provider(fake.base_url, type="anthropic", api_key="sk-ant-secret")
     openai_provider = await gateway.provider(fake_openai.base_url)
     assistant = await gateway.assistant(claude_provider, model="claude-sonnet-4-5", parameters={"max_tokens": 5000},
                                         fallbacks=[Target(openai_provider.id, "gpt-5")])

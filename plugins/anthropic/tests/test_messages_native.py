@@ -6,25 +6,23 @@ import types
 
 import anthropic
 import pytest
-from tests.fake_anthropic import FakeAnthropic
 
 USER = [{"role": "user", "content": "Hi Claude"}]
 BETAS = "claude-code-20250219,interleaved-thinking-2025-05-14,mid-conversation-system-2026-01-01"
 
 
 @pytest.fixture
-async def native(aiohttp_server, start_gateway, settings):
+async def native(fake_anthropic, start_gateway, settings):
     """The fake Anthropic API, an assistant on it and an Anthropic SDK client of that assistant."""
-    fake = FakeAnthropic()
-    server = await aiohttp_server(fake.app())
+    fake = fake_anthropic
     gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
-    provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    provider = await gateway.provider(fake.base_url, type="anthropic", api_key="sk-ant-secret")
     assistant = await gateway.assistant(provider, model="claude-sonnet-4-5", system_prompt="Be brief.",
                                         parameters={"max_tokens": 2000, "temperature": 0.2})
     key = await gateway.key()
     async with gateway.anthropic(assistant.id, key, default_headers={"anthropic-beta": BETAS}) as sdk:
         yield types.SimpleNamespace(fake=fake, gateway=gateway, assistant=assistant, key=key, sdk=sdk,
-                                    provider=provider, server=server)
+                                    provider=provider)
 
 
 async def test_the_body_is_passed_through_with_the_assistant_first_and_the_cache_prefix_intact(native):

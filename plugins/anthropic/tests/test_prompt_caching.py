@@ -6,7 +6,6 @@ import types
 from decimal import Decimal
 
 import pytest
-from tests.fake_anthropic import FakeAnthropic
 
 #: A long, stable system prompt: 2,250 tokens for the fake.
 SYSTEM_PROMPT = " ".join(["Answer as the support desk of the example shop."] * 250)
@@ -15,12 +14,11 @@ EPHEMERAL = {"type": "ephemeral"}
 
 
 @pytest.fixture
-async def claude(aiohttp_server, start_gateway, settings):
-    fake = FakeAnthropic()
+async def claude(fake_anthropic, start_gateway, settings):
+    fake = fake_anthropic
     fake.caching = True
-    server = await aiohttp_server(fake.app())
     gateway = await start_gateway(settings.replace(plugins=frozenset({"anthropic"})))
-    provider = await gateway.provider(str(server.make_url("/v1")), type="anthropic", api_key="sk-ant-secret")
+    provider = await gateway.provider(fake.base_url, type="anthropic", api_key="sk-ant-secret")
     return types.SimpleNamespace(fake=fake, gateway=gateway, provider=provider)
 
 

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 
-from riceball_proxy import appkeys, hookimpl
-from riceball_proxy.chunks import ChunkBuilder
+from riceball_proxy import appkeys
 from riceball_proxy.db import providers
-from riceball_proxy.providers import ProviderAdapter, ProviderType
+from riceball_proxy.plugin import ChunkBuilder, ProviderAdapter, ProviderType, hookimpl
 
 __version__ = "0.1.0"
 

@@ -6,9 +6,7 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy import hookimpl
-from riceball_proxy.providers import ProviderType, TranslatingAdapter
-from riceball_proxy.upstream import bad_upstream_response, join_url, upstream_error
+from riceball_proxy.plugin import ProviderType, TranslatingAdapter, bad_upstream_response, hookimpl, join_url, upstream_error
 
 from riceball_gemini.translate import StreamTranslator, from_gemini, to_gemini
 

@@ -7,9 +7,8 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import Turns, content_parts, system_text, text_of, tool_arguments
-from riceball_proxy.upstream import bad_upstream_response, stream_ended_early, stream_error
+from riceball_proxy.plugin import (ChunkBuilder, Turns, bad_upstream_response, content_parts, stream_ended_early,
+                                   stream_error, system_text, text_of, tool_arguments)
 
 FINISH_REASONS = {
     "STOP": "stop",
