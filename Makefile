@@ -24,6 +24,7 @@ run: install
 	$(BIN)/riceball serve
 
 test: install
+	$(BIN)/ruff check riceball_proxy plugins tests benchmarks scripts/hook-reference
 	@bash scripts/install-browser
 	@bash scripts/install-agents
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -24,8 +24,19 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.run import (BENCH_REDIS, BIN, MESSAGES, ROOT, bench_database, free_port, process_tree_cpu,
-                            riceball, running, upstream_provider, wrk_output)
+from benchmarks.run import (
+    BENCH_REDIS,
+    BIN,
+    MESSAGES,
+    ROOT,
+    bench_database,
+    free_port,
+    process_tree_cpu,
+    riceball,
+    running,
+    upstream_provider,
+    wrk_output,
+)
 
 LIMITS = ("--rpm", "1000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens",
           "1000000000000000")

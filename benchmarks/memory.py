@@ -15,8 +15,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmarks.run import (BIN, MESSAGES, bench_database, free_port, riceball, rss_kib, running,
-                            upstream_provider, wrk_output)
+from benchmarks.run import (
+    BIN,
+    MESSAGES,
+    bench_database,
+    free_port,
+    riceball,
+    rss_kib,
+    running,
+    upstream_provider,
+    wrk_output,
+)
 
 ROUND_SECONDS = 5
 

@@ -22,12 +22,12 @@ import asyncpg
 from cachetools import LRUCache
 
 from riceball_proxy.crypto import SecretBox
-from riceball_proxy.faults import FailureLog, database_away
 from riceball_proxy.db import api_keys, assistants, providers
 from riceball_proxy.db.api_keys import ApiKey
 from riceball_proxy.db.assistants import Assistant
 from riceball_proxy.db.providers import Provider
 from riceball_proxy.errors import APIError
+from riceball_proxy.faults import FailureLog, database_away
 from riceball_proxy.providers import ProviderAdapter, ProviderType
 from riceball_proxy.upstream import ConnectionGate
 
@@ -245,7 +245,7 @@ class ConfigCache:
             try:
                 conn = await asyncpg.connect(url, server_settings={"application_name": LISTENER_APPLICATION_NAME})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn: lost.set())
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())  # this connection's event
                 await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: self.invalidate(payload))
                 self.flush()
                 self.listening = True

@@ -14,6 +14,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+
 import asyncpg
 import orjson
 

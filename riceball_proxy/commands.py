@@ -17,11 +17,11 @@ from riceball_proxy import crypto
 from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admins, api_keys, assistants, open_database, providers, usage_events
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS
-from riceball_proxy.limits import (FIELDS as LIMIT_FIELDS, InvalidLimits, Limits, check_limits,
-                                   current_period_start)
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS
+from riceball_proxy.limits import InvalidLimits, Limits, check_limits, current_period_start
 from riceball_proxy.masking import mask_params, mask_url
-from riceball_proxy.pricing import unpriced, unpriced_targets
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
+from riceball_proxy.pricing import unpriced, unpriced_targets
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 

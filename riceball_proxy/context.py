@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from decimal import Decimal
 import time
 import uuid
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-
 
 from riceball_proxy.db.assistants import Assistant, Target
 from riceball_proxy.db.providers import Provider

@@ -10,8 +10,8 @@ import logging
 import re
 
 import orjson
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from riceball_proxy import appkeys
 from riceball_proxy.api.stages import CHAT_CONTEXT

@@ -13,16 +13,31 @@ docs/writing-a-provider.md; testing one with the gateway's pytest plugin in ``ri
 from riceball_proxy import appkeys, hookimpl
 from riceball_proxy.builtin.openai_compat import OpenAICompatibleAdapter
 from riceball_proxy.chunks import ChunkBuilder
-from riceball_proxy.content import (SYSTEM_ROLES, Turns, content_parts, image_url_of, split_data_url, system_text,
-                                    text_of, tool_arguments)
+from riceball_proxy.content import (
+                                    SYSTEM_ROLES,
+                                    Turns,
+                                    content_parts,
+                                    image_url_of,
+                                    split_data_url,
+                                    system_text,
+                                    text_of,
+                                    tool_arguments,
+)
 from riceball_proxy.context import ChatContext, Principal, Usage
 from riceball_proxy.dialects import Dialect
 from riceball_proxy.dialects.chat import ChatCompletions
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import ProviderAdapter, ProviderType, TranslatingAdapter
 from riceball_proxy.sse import iter_data
-from riceball_proxy.upstream import (bad_upstream_response, connection_error, join_url, json_events,
-                                     stream_ended_early, stream_error, upstream_error)
+from riceball_proxy.upstream import (
+                                    bad_upstream_response,
+                                    connection_error,
+                                    join_url,
+                                    json_events,
+                                    stream_ended_early,
+                                    stream_error,
+                                    upstream_error,
+)
 
 __all__ = [
     # hooks

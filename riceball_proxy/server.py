@@ -17,9 +17,9 @@ from prometheus_client import multiprocess
 from riceball_proxy import connections
 from riceball_proxy.admin.auth import ANNOUNCE_LATER, SETUP_NOTICE
 from riceball_proxy.app import create_app
+from riceball_proxy.db.embedded import EmbeddedPostgres
 from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 from riceball_proxy.metrics import MULTIPROCESS_ENV
-from riceball_proxy.db.embedded import EmbeddedPostgres
 from riceball_proxy.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import decimal
 import datetime
+import decimal
 import logging
 import os
 import uuid

@@ -11,7 +11,6 @@ from riceball_proxy.admin.auth import setup_token
 from riceball_proxy.app import create_app
 from riceball_proxy.db import admins, api_keys, assistants, providers
 from riceball_proxy.plugins import make_plugin_manager
-
 from tests.support import ADMIN_PASSWORD, Panel
 
 HOSTILE = "<script>alert('x')</script>"

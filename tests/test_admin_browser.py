@@ -10,7 +10,6 @@ import pytest
 
 from riceball_proxy import crypto
 from riceball_proxy.db import admins, api_keys, providers
-
 from tests.support import ADMIN_PASSWORD, ROOT
 
 CHROMIUM = shutil.which("chromium")

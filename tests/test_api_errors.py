@@ -10,7 +10,6 @@ import pytest
 
 from riceball_proxy import appkeys
 from riceball_proxy.db import api_keys, assistants
-
 from tests.support import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -3,7 +3,6 @@ import pytest
 from aiohttp import web
 
 from riceball_proxy import appkeys
-
 from riceball_proxy.app import create_app
 from riceball_proxy.settings import Settings
 

@@ -209,10 +209,8 @@ async def test_a_key_over_max_parallel_is_refused_before_its_body_is_read(start_
         head = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {10 * 2**20}\r\n\r\n").encode()
         reader, writer = await holding(gateway.server.port, head)  # 10 MiB declared, not a byte sent
-        started = time.monotonic()
-        status, error = await answer_of(reader)
+        status, error = await answer_of(reader)  # so the body was never waited for (that would be a 408)
         assert status == 429 and error["error"]["code"] == "rate_limit_exceeded"
-        assert time.monotonic() - started < 2  # at once: the body was never waited for
         writer.close()
         fake_openai.hold.set()
         await first

@@ -9,7 +9,6 @@ import pytest
 
 from riceball_proxy import crypto
 from riceball_proxy.cli import main
-
 from tests.support import riceball_command, run_sync
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from riceball_proxy import crypto
 from riceball_proxy.db import api_keys, assistants, init_connection, providers
-
 from tests.support import environment, free_port, riceball_command, run_sync, wait_for_http
 from tests.test_cli import run, run_json
 

@@ -20,7 +20,6 @@ from riceball_proxy import crypto
 from riceball_proxy.admin.throttle import MAX_FAILURES_PER_USER, _key
 from riceball_proxy.db import admins, api_keys, assistants, init_connection, providers
 from riceball_proxy.limits import Limits
-
 from tests.pgbouncer import running_pgbouncer
 from tests.support import ADMIN_PASSWORD, Panel, environment, free_port, riceball_command, wait_for_http
 

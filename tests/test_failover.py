@@ -98,12 +98,22 @@ async def test_a_400_is_the_answer_without_failover(failing_over, fake_openai, s
     assert raised.value.code == "invalid_value" and second_openai.requests == []
 
 
+class Clock:
+    """The circuits' wall clock, moved by the test instead of waited for."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_three_failures_open_the_circuit_and_a_success_after_the_cooldown_closes_it(
-        failing_over, fake_openai, second_openai, monkeypatch):
+        failing_over, fake_openai, second_openai):
     from riceball_proxy.api import routing
 
-    monkeypatch.setattr(routing, "CIRCUIT_COOLDOWN", 0.5)
     gateway, assistant, key = await failing_over()
+    clock = gateway.app[appkeys.CIRCUITS].clock = Clock()
     fake_openai.error = (503, {"error": {"message": "overloaded", "type": "server_error"}})
     async with gateway.client(assistant.id, key) as client:
         for _ in range(3):
@@ -112,7 +122,10 @@ async def test_three_failures_open_the_circuit_and_a_success_after_the_cooldown_
         for _ in range(3):  # open: the primary is not called during the cooldown
             await client.chat.completions.create(model="x", messages=MESSAGES)
         assert len(fake_openai.requests) == 3 and len(second_openai.requests) == 6
-        await asyncio.sleep(0.6)
+        clock.now += routing.CIRCUIT_COOLDOWN - 0.1
+        await client.chat.completions.create(model="x", messages=MESSAGES)  # still resting
+        assert len(fake_openai.requests) == 3
+        clock.now += 0.2
         fake_openai.error = None  # one trial call after the cooldown succeeds: closed again
         answer = await client.chat.completions.create(model="x", messages=MESSAGES)
         assert answer.choices[0].message.content == "Hello from the fake upstream"
@@ -153,14 +166,15 @@ async def test_a_rest_is_capped_whatever_retry_after_says(start_gateway, setting
     fallback = await gateway.provider(second_openai.base_url, name="fallback")
     assistant = await gateway.assistant(primary, fallbacks=[Target(fallback.id, "backup-model")])
     key = await gateway.key()
+    clock = gateway.app[appkeys.CIRCUITS].clock = Clock()
     fake_openai.error = (429, {"error": {"message": "slow down", "type": "requests"}})
     fake_openai.error_headers = {"Retry-After": "3600"}
     async with gateway.client(assistant.id, key) as client:
         await client.chat.completions.create(model="x", messages=MESSAGES)
-        resting = gateway.app[appkeys.CIRCUITS].open_targets(__import__("time").time())
-        assert list(resting.values()) and max(resting.values()) <= 1.0
+        resting = gateway.app[appkeys.CIRCUITS].open_targets(clock.now)
+        assert list(resting.values()) == [1.0]
         fake_openai.error = None
-        await asyncio.sleep(1.1)
+        clock.now += 1.0
         answer = await client.chat.completions.create(model="x", messages=MESSAGES)
     assert answer.choices[0].message.content == "Hello from the fake upstream"
 
@@ -252,15 +266,15 @@ async def test_a_target_of_priority_0_shares_the_calls_with_the_primary(start_ga
 
 
 async def test_the_deadline_bounds_all_attempts(failing_over, fake_openai, second_openai):
+    """Both targets hang; the primary's read timeout (2 s) would hand the call to the fallback, but the
+    deadline (1 s) ends it first: 504, and the fallback never called."""
     gateway, assistant, key = await failing_over(deadline=1.0)
     fake_openai.delay = second_openai.delay = 10
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     async with gateway.client(assistant.id, key) as client:
         with pytest.raises(openai.APIStatusError) as raised:
             await client.chat.completions.create(model="x", messages=MESSAGES)
     assert raised.value.status_code == 504 and raised.value.code == "upstream_timeout"
-    assert loop.time() - started < 3
+    assert len(fake_openai.requests) == 1 and second_openai.requests == []
 
 
 async def test_a_client_that_leaves_stops_the_chain(failing_over, fake_openai, second_openai):
@@ -274,8 +288,10 @@ async def test_a_client_that_leaves_stops_the_chain(failing_over, fake_openai, s
                                     json={"messages": MESSAGES}, headers={"Authorization": f"Bearer {key}"},
                                     timeout=aiohttp.ClientTimeout(total=0.5)):
                 pass
-    await asyncio.sleep(2.5)  # past the primary's read timeout: a chain still running would call the fallback
-    assert second_openai.requests == []
+    in_flight = gateway.app[appkeys.IN_FLIGHT]
+    while len(in_flight):  # a chain still running would call the fallback after the primary's read timeout
+        await asyncio.sleep(0.01)
+    assert second_openai.requests == [] and len(fake_openai.requests) == 1
 
 
 async def test_bad_targets_are_refused_and_nothing_saved(start_gateway, settings, fake_openai):

@@ -357,8 +357,8 @@ async def test_thirty_concurrent_calls_across_processes_get_exactly_the_rpm(
 async def priced_failover(start_gateway, backend_settings, fake_openai, aiohttp_server):
     """A gateway on PostgreSQL counters whose assistant (primary ``gpt-4o-mini`` on ``fake_openai``) falls
     back to ``fallback_model`` on a second fake upstream of provider type ``fallback_type``."""
-    from riceball_proxy.plugins import make_plugin_manager
     from riceball_proxy.db.assistants import Target
+    from riceball_proxy.plugins import make_plugin_manager
     from riceball_proxy.testing.fake_openai import FakeOpenAI
     from tests.plugins import more_types
 

@@ -6,7 +6,6 @@ import json
 import anthropic
 import pytest
 
-
 USER = [{"role": "user", "content": "Hi"}]
 BASH = {"name": "Bash", "description": "Run a command",
         "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"],

@@ -11,7 +11,6 @@ import pytest
 from riceball_proxy import crypto
 from riceball_proxy.db import admins, assistants, conversations, providers
 from riceball_proxy.limits import Limits
-
 from tests.support import ADMIN_PASSWORD, Panel, usage_rows_of
 
 
@@ -270,7 +269,6 @@ async def test_the_playground_fails_over_and_its_answers_are_transformed(
     from riceball_proxy import appkeys
     from riceball_proxy.app import create_app
     from riceball_proxy.db.assistants import Target
-
     from tests.support import free_port
 
     install_plugin("shout", "shout", "riceball-shout")

@@ -7,6 +7,7 @@ from riceball_proxy.plugins import DEFAULT_PLUGINS, await_me_maybe, describe_plu
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 
+
 @pytest.fixture
 def installed_plugin(install_plugin):
     """``tests/plugins/lifecycle_recorder.py`` installed as distribution ``riceball-recorder`` 1.2.3."""

@@ -10,7 +10,6 @@ import pytest
 from riceball_proxy.plugins import describe_plugins, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
-
 from tests.support import Panel, riceball_command
 
 FIRST_PARTY = {"echo": "riceball-echo", "anthropic": "riceball-anthropic", "gemini": "riceball-gemini"}
@@ -151,7 +150,6 @@ async def test_the_admin_panel_offers_every_installed_provider_type(aiohttp_clie
     from riceball_proxy import appkeys, crypto
     from riceball_proxy.app import create_app
     from riceball_proxy.db import admins
-
     from tests.support import ADMIN_PASSWORD
 
     app = create_app(settings.replace(plugins=None))

@@ -2,12 +2,11 @@
 upstream), with the official ``openai`` SDK as the client; every streamed event is checked against the
 SDK's event types (generated from the OpenAPI spec)."""
 import json
+import typing
 
 import aiohttp
 import openai
 import pytest
-import typing
-
 from openai.types.responses import ResponseStreamEvent
 
 #: The SDK's model of each event type (the union the SDK generates from the OpenAPI spec).

@@ -8,7 +8,6 @@ from pathlib import Path
 import asyncpg
 
 from riceball_proxy.db.migrate import available_migrations
-
 from tests.support import environment, free_port, riceball_command, run_sync, wait_for_http
 
 

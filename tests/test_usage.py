@@ -8,7 +8,6 @@ import pytest
 
 from riceball_proxy import appkeys
 from riceball_proxy.db import api_keys
-
 from tests.tcp_proxy import TcpProxy
 
 MESSAGES = [{"role": "user", "content": "count my tokens"}]

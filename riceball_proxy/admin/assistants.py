@@ -1,15 +1,14 @@
 """Assistants: list, create, edit, enable or disable, delete, and a page with ready-to-use snippets."""
 from __future__ import annotations
 
-import time
 import uuid
 
 import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form, limit_values
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, Target
@@ -237,7 +236,7 @@ async def assistant_detail(request: web.Request) -> web.Response:
     return await render(request, "admin/assistant.html", {
         "assistant": assistant, "provider": provider, "base_url": base_url, "targets": assistant.targets,
         "provider_names": {p.id: p.name for p in await providers.list_all(db_pool(request))},
-        "circuits": request.config_dict[appkeys.CIRCUITS].health(time.time()),
+        "circuits": request.config_dict[appkeys.CIRCUITS].health(request.config_dict[appkeys.CIRCUITS].clock()),
     })
 
 

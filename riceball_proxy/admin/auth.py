@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 
 from riceball_proxy import appkeys, crypto
-from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.admin.pages import ADMIN, SESSION_ID, db_pool, flash, redirect, render
 from riceball_proxy.admin.sessions import MAX_AGE
 from riceball_proxy.admin.throttle import LoginThrottle
+from riceball_proxy.crypto import MIN_PASSWORD_LENGTH
 from riceball_proxy.db import admin_sessions, admins
 from riceball_proxy.proxies import client_address
 

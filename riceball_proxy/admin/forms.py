@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
 import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson

@@ -8,8 +8,8 @@ import uuid
 from aiohttp import web
 
 from riceball_proxy import crypto
-from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form, limit_values
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.db import api_keys, assistants, usage_events
 from riceball_proxy.limits import current_period_start, period_bounds
 from riceball_proxy.pricing import unpriced

@@ -163,7 +163,7 @@ async def message_send(request: web.Request) -> web.StreamResponse:
         if stream:
             return web.json_response({"error": str(exc)}, status=400)
         await flash(request, "error", str(exc))
-        raise redirect(request, "conversation", id=conversation.id)
+        raise redirect(request, "conversation", id=conversation.id) from None
     request[CALL] = (conversation, messages)
     try:
         if stream:

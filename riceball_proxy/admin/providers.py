@@ -6,8 +6,8 @@ import asyncio
 from aiohttp import web
 
 from riceball_proxy import appkeys
-from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.forms import Form
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.db import assistants, provider_alerts, providers
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import provider_types

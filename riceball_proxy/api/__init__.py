@@ -19,8 +19,8 @@ from aiohttp import web
 from riceball_proxy import appkeys
 from riceball_proxy.api.anthropic import assistant_base, count_tokens, speaks_anthropic
 from riceball_proxy.api.calls import call_handler
-from riceball_proxy.api.responses import input_tokens, not_stored, responses_socket
 from riceball_proxy.api.models import list_models, retrieve_model
+from riceball_proxy.api.responses import input_tokens, not_stored, responses_socket
 from riceball_proxy.api.stages import CLIENT_CLOSED_REQUEST
 from riceball_proxy.bodies import answered_and_closed
 from riceball_proxy.dialects import dialects

@@ -16,8 +16,15 @@ from aiohttp import web
 
 from riceball_proxy import appkeys
 from riceball_proxy.api.routing import call_upstream
-from riceball_proxy.api.stages import (admit, admit_caller, authenticate, observed, read_json_request,
-                                       resolve_assistant, select_provider)
+from riceball_proxy.api.stages import (
+    admit,
+    admit_caller,
+    authenticate,
+    observed,
+    read_json_request,
+    resolve_assistant,
+    select_provider,
+)
 from riceball_proxy.api.streaming import answer_stream
 from riceball_proxy.context import ChatContext
 from riceball_proxy.dialects import Dialect

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from riceball_proxy import appkeys
@@ -54,6 +54,8 @@ class Circuits:
         self.max_rest = max_rest
         #: Called with a target's key whenever its rest starts or ends (to tell the other processes).
         self.on_change: Any = None
+        #: The wall clock rests are counted on (a test moves its own instead of waiting).
+        self.clock: Callable[[], float] = time.time
 
     def closed(self, target: Target, now: float) -> bool:
         state = self.state.get((target.provider_id, target.model))
@@ -65,7 +67,7 @@ class Circuits:
             return False
         state = self.state.setdefault((target.provider_id, target.model), [0, 0.0, 0.0, None, None])
         state[0] += 1
-        state[3], state[4] = (error.detail or error.message)[:300], time.time()  # for the operator: the whole
+        state[3], state[4] = (error.detail or error.message)[:300], self.clock()  # for the operator: the whole
         retry_after = _seconds((error.headers or {}).get("Retry-After"))
         if retry_after:
             retry_after = min(retry_after, self.max_rest)
@@ -191,7 +193,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
     queue = collections.deque(targets)
     while queue:
         target = queue.popleft()
-        now = time.time()
+        now = circuits.clock()
         if len(targets) > 1 and not circuits.closed(target, now):
             continue
         if (target.provider_id, target.model) in ctx.barred_targets:
@@ -271,7 +273,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                        exc.code, (exc.detail or exc.message)[:500])
             if exc.status not in FAILS_OVER:
                 break
-            if circuits.failed(target, exc, time.time()):
+            if circuits.failed(target, exc, circuits.clock()):
                 metrics.circuit(ctx.provider.name if ctx.provider else "-", target.model, True)
             continue
         if circuits.succeeded(target):
@@ -287,7 +289,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                                     "x-riceball-model": target.model}
         return answer
     if error is None:  # every target skipped: their circuits are open
-        wait = min(circuits.open_targets(time.time()).values(), default=1.0)
+        wait = min(circuits.open_targets(circuits.clock()).values(), default=1.0)
         error = APIError(503, "Every provider of this assistant is failing; they are given a rest before they are "
                               "tried again.", type="api_error", code="upstream_unavailable",
                          headers={"Retry-After": str(max(1, round(wait)))})

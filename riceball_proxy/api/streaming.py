@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+
 from aiohttp import web
 
 from riceball_proxy import appkeys

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-
-import asyncpg
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
+import asyncpg
+
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS
+from riceball_proxy.limits import Limits
 
 _COLUMNS = ("id, name, prefix, assistant_ids, created_at, expires_at, revoked_at, last_used_at, "
             + ", ".join(LIMIT_FIELDS))

@@ -12,7 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS
+from riceball_proxy.limits import Limits
 
 #: The model parameters an assistant can set, each with a lock flag (column ``<name>_locked``).
 PARAMETERS = ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop",

@@ -169,7 +169,7 @@ class _Sync:
     # --- providers -----------------------------------------------------------------------------------
 
     async def _providers(self) -> None:
-        for index, spec in enumerate(self.config.providers):
+        for spec in self.config.providers:
             wanted = {"type": spec.type, "base_url": spec.base_url, "connect_timeout": spec.connect_timeout,
                       "read_timeout": spec.read_timeout, "max_connections": spec.max_connections,
                       "queue_timeout": spec.queue_timeout}

@@ -16,8 +16,9 @@ import orjson
 from aiohttp import web
 
 from riceball_proxy.caching import messages_with_breakpoints
+from riceball_proxy.dialects import Dialect, session_cache_key
+from riceball_proxy.dialects import anthropic_messages as wire
 from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
-from riceball_proxy.dialects import Dialect, anthropic_messages as wire, session_cache_key
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimate_prompt_tokens, estimated_usage
 from riceball_proxy.upstream import bad_upstream_response

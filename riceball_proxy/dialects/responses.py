@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
+from riceball_proxy.dialects import Dialect, session_cache_key
+from riceball_proxy.dialects import openai_responses as wire
 from riceball_proxy.dialects.internal import stream_transformers, transformed_chunks
-from riceball_proxy.dialects import Dialect, openai_responses as wire, session_cache_key
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimated_usage
 from riceball_proxy.upstream import bad_upstream_response

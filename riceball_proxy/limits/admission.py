@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 import math
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -35,7 +35,7 @@ from riceball_proxy.context import ChatContext, Outcome
 from riceball_proxy.errors import APIError
 from riceball_proxy.estimates import estimate_prompt_tokens
 from riceball_proxy.limits import Limits, period_bounds
-from riceball_proxy.limits.counters import (Bucket, Budget, Busy, Counters, Decision, Settlement, Slots, Unavailable)
+from riceball_proxy.limits.counters import Bucket, Budget, Busy, Counters, Decision, Settlement, Slots, Unavailable
 from riceball_proxy.pricing import NANO, target_price
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,19 @@ from typing import Any
 
 import asyncpg
 
-from riceball_proxy.limits.counters import (Budget, Busy, Check, Counters, Decision, Loader, Settlement, Unavailable,
-                                            decide, expiry_ms, settle_values)
+from riceball_proxy.limits.counters import (
+    Budget,
+    Busy,
+    Check,
+    Counters,
+    Decision,
+    Loader,
+    Settlement,
+    Unavailable,
+    decide,
+    expiry_ms,
+    settle_values,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,19 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from riceball_proxy.limits.counters import (SLOT_LEASE_MS, Bucket, Budget, Busy, Check, Counters, Decision,
-                                            Loader, Settlement, Slots, Unavailable)
+from riceball_proxy.limits.counters import (
+    SLOT_LEASE_MS,
+    Bucket,
+    Budget,
+    Busy,
+    Check,
+    Counters,
+    Decision,
+    Loader,
+    Settlement,
+    Slots,
+    Unavailable,
+)
 
 #: One call applies the queued settlements, then admits a call (or none). Few arguments and one string
 #: back, because the client's cost is per argument and per value more than per call:

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 

@@ -36,7 +36,8 @@ from cryptography.fernet import Fernet
 from riceball_proxy.db import init_connection
 from riceball_proxy.db.embedded import EmbeddedPostgres
 from riceball_proxy.db.migrate import apply_migrations
-from riceball_proxy.limits import FIELDS as LIMIT_FIELDS, Limits
+from riceball_proxy.limits import FIELDS as LIMIT_FIELDS
+from riceball_proxy.limits import Limits
 from riceball_proxy.settings import Settings
 
 DEFAULT_TEST_SERVER = "postgresql://postgres@127.0.0.1:5432/test"

@@ -10,10 +10,19 @@ from typing import Any
 import aiohttp
 import orjson
 
-from riceball_proxy.plugin import (ProviderType, TranslatingAdapter, bad_upstream_response, connection_error, hookimpl,
-                                   iter_data, join_url, stream_ended_early, stream_error, upstream_error)
-
 from riceball_anthropic.translate import StreamTranslator, from_anthropic, to_anthropic
+from riceball_proxy.plugin import (
+    ProviderType,
+    TranslatingAdapter,
+    bad_upstream_response,
+    connection_error,
+    hookimpl,
+    iter_data,
+    join_url,
+    stream_ended_early,
+    stream_error,
+    upstream_error,
+)
 
 __version__ = "0.1.0"
 

@@ -7,10 +7,21 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy.plugin import (SYSTEM_ROLES, APIError, ChunkBuilder, Turns, bad_upstream_response, content_parts,
-                                   stream_ended_early, stream_error, system_text, text_of, tool_arguments)
 from riceball_proxy.dialects.anthropic_messages import ADAPTIVE_SINCE, claude_version, thinking_for
 from riceball_proxy.dialects.anthropic_messages import usage_to_chat as usage_of  # one meaning of usage
+from riceball_proxy.plugin import (
+    SYSTEM_ROLES,
+    APIError,
+    ChunkBuilder,
+    Turns,
+    bad_upstream_response,
+    content_parts,
+    stream_ended_early,
+    stream_error,
+    system_text,
+    text_of,
+    tool_arguments,
+)
 
 logger = logging.getLogger(__name__)
 

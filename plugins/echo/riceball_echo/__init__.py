@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-
 from riceball_proxy import appkeys
 from riceball_proxy.db import providers
 from riceball_proxy.plugin import ChunkBuilder, ProviderAdapter, ProviderType, hookimpl

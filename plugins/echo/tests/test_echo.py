@@ -1,7 +1,7 @@
 """The echo provider through the gateway and the OpenAI SDK."""
 import pytest
-import riceball_echo
 
+import riceball_echo
 from riceball_proxy.db import providers
 
 MESSAGES = [{"role": "user", "content": "Hello there, echo"}]

@@ -6,9 +6,15 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy.plugin import ProviderType, TranslatingAdapter, bad_upstream_response, hookimpl, join_url, upstream_error
-
 from riceball_gemini.translate import StreamTranslator, from_gemini, to_gemini
+from riceball_proxy.plugin import (
+    ProviderType,
+    TranslatingAdapter,
+    bad_upstream_response,
+    hookimpl,
+    join_url,
+    upstream_error,
+)
 
 __version__ = "0.1.0"
 

@@ -7,8 +7,17 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy.plugin import (ChunkBuilder, Turns, bad_upstream_response, content_parts, stream_ended_early,
-                                   stream_error, system_text, text_of, tool_arguments)
+from riceball_proxy.plugin import (
+    ChunkBuilder,
+    Turns,
+    bad_upstream_response,
+    content_parts,
+    stream_ended_early,
+    stream_error,
+    system_text,
+    text_of,
+    tool_arguments,
+)
 
 FINISH_REASONS = {
     "STOP": "stop",
