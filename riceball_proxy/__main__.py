@@ -1,4 +1,4 @@
 """``python -m riceball_proxy`` runs the ``riceball`` command."""
-from riceball_proxy.cli import main
+from riceball_proxy.cli.main import main
 
 raise SystemExit(main())

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from riceball_proxy import crypto
-from riceball_proxy.cli import main
+from riceball_proxy.cli.main import main
 from tests.support import riceball_command, run_sync
 
 
@@ -141,11 +141,12 @@ async def _start_session(url):
         (["assistant", "add", "--name", "a", "--provider", "missing", "--model", "m"], "", "no provider named 'missing'"),
         (["assistant", "add", "--name", "a", "--provider", "p", "--model", "m", "--lock", "colour"], "",
          "--lock takes one of"),
-        (["key", "create", "--name", "k", "--assistant", "not-a-uuid"], "", "is not an assistant id"),
+        (["key", "create", "--name", "k", "--assistant", "nobody"], "",
+         "no assistant with id or name 'nobody'; there are none yet"),
         (["key", "create", "--name", "k", "--assistant", "00000000-0000-0000-0000-000000000001"], "",
-         "no assistant with id 00000000-0000-0000-0000-000000000001"),
+         "no assistant with id or name '00000000-0000-0000-0000-000000000001'"),
         (["key", "create", "--name", "k", "--expires-in", "soon"], "", "is not a duration"),
-        (["key", "revoke", "sk-unknown"], "", "no key with id or prefix 'sk-unknown'"),
+        (["key", "revoke", "sk-unknown"], "", "no key with id, prefix or name 'sk-unknown'"),
         (["admin", "create", "--username", "u", "--password-stdin"], "short\n", "at least 8 characters"),
         (["serve", "--port", "0"], "", "must be at least 1"),
         (["frobnicate"], "", "invalid choice"),
@@ -226,12 +227,13 @@ def test_show_and_delete_assistants_and_providers_and_show_keys(cli_env, capsys,
                                 "move or delete them first\n")
     assert run_json(capsys, monkeypatch, "assistant", "delete", assistant["id"])["deleted"] is True
     status, _, err = run(capsys, monkeypatch, "assistant", "show", assistant["id"])
-    assert (status, err) == (2, f"riceball: error: no assistant with id {assistant['id']}\n")
+    assert (status, err) == (2, f"riceball: error: no assistant with id or name '{assistant['id']}'; "
+                                "there are none yet\n")
     assert run_json(capsys, monkeypatch, "provider", "delete", "up")["deleted"] is True
     status, _, err = run(capsys, monkeypatch, "provider", "delete", "up")
-    assert (status, err) == (2, "riceball: error: no provider with name or id 'up'\n")
+    assert (status, err) == (2, "riceball: error: no provider with name or id 'up'; there are none yet\n")
     status, _, err = run(capsys, monkeypatch, "key", "show", "sk-nothing")
-    assert (status, err) == (2, "riceball: error: no key with id or prefix 'sk-nothing'\n")
+    assert (status, err) == (2, "riceball: error: no key with id, prefix or name 'sk-nothing'; there are: ci\n")
 
 
 async def test_provider_test_lists_the_upstreams_models_or_says_why_not(cli_env, fake_openai):
@@ -421,3 +423,24 @@ def test_reencrypt_moves_provider_keys_to_the_new_secret_key(cli_env, capsys, mo
     status, _, err = run(capsys, monkeypatch, "reencrypt")
     assert status == 2 and "opens the API key of up; nothing was changed" in err
     assert run_sync(_fetchval, cli_env.database_url, PROVIDER_KEY) == token
+
+
+def test_names_are_taken_wherever_an_id_is(cli_env, capsys, monkeypatch):
+    run_json(capsys, monkeypatch, "provider", "add", "--name", "up", "--type", "openai", "--base-url", "http://h/v1")
+    demo = run_json(capsys, monkeypatch, "assistant", "add", "--name", "demo", "--provider", "up", "--model", "m")
+    run_json(capsys, monkeypatch, "assistant", "add", "--name", "other", "--provider", "up", "--model", "m")
+    assert run_json(capsys, monkeypatch, "assistant", "show", "demo")["id"] == demo["id"]
+    assert run_json(capsys, monkeypatch, "assistant", "update", "demo", "--temperature", "0.5")["parameters"] == {
+        "temperature": 0.5}
+    laptop = run_json(capsys, monkeypatch, "key", "create", "--name", "laptop", "--assistant", "demo")
+    assert laptop["assistant_ids"] == [demo["id"]]
+    assert run_json(capsys, monkeypatch, "key", "show", "laptop")["id"] == laptop["id"]
+    other = run_json(capsys, monkeypatch, "assistant", "show", "other")
+    updated = run_json(capsys, monkeypatch, "key", "update", "laptop", "--assistant", "other", "--assistant", demo["id"])
+    assert sorted(updated["assistant_ids"]) == sorted([demo["id"], other["id"]])
+    status, _, err = run(capsys, monkeypatch, "assistant", "show", "dmeo")
+    assert (status, err) == (2, "riceball: error: no assistant with id or name 'dmeo'; there are: demo, other\n")
+    status, _, err = run(capsys, monkeypatch, "key", "revoke", "lapt0p")
+    assert (status, err) == (2, "riceball: error: no key with id, prefix or name 'lapt0p'; there are: laptop\n")
+    assert run_json(capsys, monkeypatch, "key", "revoke", "laptop")["status"] == "revoked"
+    assert run_json(capsys, monkeypatch, "assistant", "delete", "demo")["deleted"] is True

@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from tests.support import ROOT
 
@@ -42,3 +43,55 @@ def test_a_built_wheel_carries_templates_and_migrations(tmp_path):
     assert templates == str(target / "riceball_proxy" / "templates")
     assert (target / "riceball_proxy" / "templates" / "index.html").is_file()
     assert int(migrations) >= 1
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each module of riceball_proxy and the modules of riceball_proxy it imports at run time, in its
+    body or in a function (imports for type checkers only left out)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "riceball_proxy"
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("riceball_proxy"):
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    graph[name].add(target if target in modules else node.module)
+            elif isinstance(node, ast.Import):
+                graph[name] |= {alias.name for alias in node.names if alias.name in modules}
+    return graph
+
+
+def test_no_module_imports_another_that_imports_it_back():
+    graph = _imports()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("an import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        for target in sorted(graph.get(name, ())):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_a_command_line_noun_imports_no_other_noun():
+    shared = {"riceball_proxy.cli", "riceball_proxy.cli.output", "riceball_proxy.cli.options",
+              "riceball_proxy.cli.lookup"}
+    for name, targets in _imports().items():
+        if name.startswith("riceball_proxy.cli.") and name not in shared | {"riceball_proxy.cli.main"}:
+            assert {t for t in targets if t.startswith("riceball_proxy.cli")} <= shared, name

@@ -7,7 +7,6 @@ import uuid
 
 from aiohttp import web
 
-from riceball_proxy import crypto
 from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.db import api_keys, assistants, usage_events
@@ -92,13 +91,10 @@ async def _read_form(request: web.Request, key: api_keys.ApiKey | None):
 async def key_create(request: web.Request) -> web.Response:
     form, name, scope, limits, lifetime, chosen = await _read_form(request, None)
     if form.valid:
-        secret = crypto.generate_api_key()
         try:
-            key = await api_keys.create(
+            key, secret = await api_keys.issue(
                 db_pool(request),
                 name=name,
-                key_hash=crypto.hash_api_key(secret),
-                prefix=crypto.display_prefix(secret),
                 assistant_ids=scope,
                 expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
                 limits=limits,

@@ -85,6 +85,24 @@ async def create(
     return ApiKey.from_row(row)
 
 
+async def issue(
+    db,
+    *,
+    name: str,
+    assistant_ids: Iterable[uuid.UUID] | None = None,
+    expires_at: datetime | None = None,
+    limits: Limits = Limits(),
+) -> tuple[ApiKey, str]:
+    """A new key: its secret made, its hash and display prefix stored; returns the key and the secret,
+    which is shown once and kept nowhere. KeyNameTaken when a key in force has the name."""
+    from riceball_proxy import crypto
+
+    secret = crypto.generate_api_key()
+    key = await create(db, name=name, key_hash=crypto.hash_api_key(secret), prefix=crypto.display_prefix(secret),
+                       assistant_ids=assistant_ids, expires_at=expires_at, limits=limits)
+    return key, secret
+
+
 async def _write(db, name: str, sql: str, *args):
     """Run an INSERT or UPDATE whose first parameter is the key's ``name``; KeyNameTaken when a key in
     force has it."""

@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 
-from riceball_proxy import crypto
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import api_keys, assistants, providers
 from riceball_proxy.db.assistants import NO_PRICES, Target
@@ -266,9 +265,7 @@ class _Sync:
                                              "riceball apply -f FILE, which shows its secret once")
                 continue
             if current is None:
-                secret = crypto.generate_api_key()
-                created = await api_keys.create(self.conn, key_hash=crypto.hash_api_key(secret),
-                                                prefix=crypto.display_prefix(secret), **wanted)
+                created, secret = await api_keys.issue(self.conn, **wanted)
                 self._note("key", spec.name, created.id, "created", secret=secret)
                 continue
             known = set(ids.values())

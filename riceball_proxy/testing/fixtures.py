@@ -262,14 +262,11 @@ class Gateway:
         return await assistants.create(self.pool, provider_id=provider.id, **values)
 
     async def key(self, *, assistant_ids=None, expires_at=None, name=None, **limits) -> str:
-        from riceball_proxy import crypto
         from riceball_proxy.db import api_keys
 
-        secret = crypto.generate_api_key()
-        name = name or f"test key {secret[3:11]}"  # names of keys in force are unique
-        await api_keys.create(self.pool, name=name, key_hash=crypto.hash_api_key(secret),
-                              prefix=crypto.display_prefix(secret), assistant_ids=assistant_ids, expires_at=expires_at,
-                              limits=Limits(**limits))
+        name = name or f"test key {uuid.uuid4().hex[:8]}"  # names of keys in force are unique
+        _, secret = await api_keys.issue(self.pool, name=name, assistant_ids=assistant_ids, expires_at=expires_at,
+                                         limits=Limits(**limits))
         return secret
 
     def client(self, assistant_id, key: str, **options):

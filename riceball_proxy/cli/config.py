@@ -1,4 +1,4 @@
-"""``riceball apply`` and ``riceball export``."""
+"""``apply`` and ``export``: the configuration as a file (docs/configuration.md)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,12 @@ from typing import Any
 import orjson
 
 from riceball_proxy import crypto
-from riceball_proxy.commands import CommandError, emit, run_db
+from riceball_proxy.cli.output import (
+    CommandError,
+    emit,
+    file_error,
+    run_db,
+)
 from riceball_proxy.declared.apply import Outcome, apply
 from riceball_proxy.declared.export import dump, export
 from riceball_proxy.declared.schema import ConfigFileError, load, resolve_secrets
@@ -16,29 +21,17 @@ from riceball_proxy.plugins import make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
 
+
+def add_commands(cli) -> None:
+    apply_ = cli.command("apply", cmd_apply, "make the providers, assistants and API keys match a configuration file")
+    apply_.add_argument("-f", "--file", required=True, metavar="FILE", help="the file (YAML or JSON; - for stdin)")
+    apply_.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    apply_.add_argument("--prune", action="store_true", help="also delete what the file does not name (keys are revoked)")
+    apply_.add_argument("--yes", action="store_true", help="--prune without asking")
+    cli.command("export", cmd_export, "print the configuration as a file that apply accepts")
+
+
 _SIGNS = {"created": "+", "updated": "~", "deleted": "-"}
-
-
-def file_error(exc: ConfigFileError, path: Any) -> CommandError:
-    """The error that reports a file's problems, one a line, each with its path in the file."""
-    lines = "\n".join(f"  {problem}" for problem in exc.problems)
-    return CommandError(f"{path} cannot be applied:\n{lines}", {"problems": exc.problems})
-
-
-def check_start_up_file(settings: Settings) -> None:
-    """Before ``serve`` starts anything: RICEBALL_CONFIG_FILE read, checked and tried in a rolled-back
-    transaction, so that a file that cannot be applied stops the start with its problems."""
-    if settings.config_file is None:
-        return
-    try:
-        config = load(settings.config_file)
-        secrets, _ = resolve_secrets(config)
-        types = provider_types(make_plugin_manager(settings))
-        box = crypto.load_secret_box(settings)
-        run_db(settings, lambda pool: apply(pool, config, secrets=secrets, secret_box=box, provider_types=types,
-                                            prune=settings.config_prune, dry_run=True))
-    except ConfigFileError as exc:
-        raise file_error(exc, f"RICEBALL_CONFIG_FILE ({settings.config_file})") from None
 
 
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
