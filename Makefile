@@ -25,6 +25,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check riceball_proxy plugins tests benchmarks scripts/hook-reference
+	$(BIN)/mypy
 	@bash scripts/install-browser
 	@bash scripts/install-agents
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

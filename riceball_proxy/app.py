@@ -142,7 +142,7 @@ async def shared_circuits_ctx(app: web.Application) -> AsyncIterator[None]:
     """Fallback targets' circuits shared with every other process through Redis."""
     from riceball_proxy.circuits_shared import SharedCircuits
 
-    shared = SharedCircuits(app[appkeys.CIRCUITS], app[appkeys.SETTINGS].redis_url)
+    shared = SharedCircuits(app[appkeys.CIRCUITS], app[appkeys.SETTINGS].redis_url or "")  # set, or not called
     await shared.start()
     yield
     await shared.close()

@@ -36,7 +36,8 @@ def parse_field(text: str) -> tuple[int, str]:
 
 async def read_all(redis: aioredis.Redis) -> dict[tuple[int, str], list]:
     """Every shared circuit state: (provider id, model) -> [failures, resting until, cooldown, error, when]."""
-    return {parse_field(name.decode()): orjson.loads(value) for name, value in (await redis.hgetall(KEY)).items()}
+    return {parse_field(name.decode() if isinstance(name, bytes) else name): orjson.loads(value)
+            for name, value in (await redis.hgetall(KEY)).items()}
 
 
 class SharedCircuits:

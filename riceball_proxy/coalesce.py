@@ -23,7 +23,7 @@ async def write_coalesced(write: Callable[[bytes], Awaitable[None]], events: Asy
     pending: list[bytes] = []
     try:
         while True:
-            step = events.__anext__()
+            step: Any = events.__anext__()  # a coroutine, stepped by hand
             try:
                 signal = step.send(None)
             except StopIteration as ready:  # the next event was at hand: keep it with the others

@@ -172,6 +172,20 @@ class ChatContext:
     #: Tool names the dialect renamed for the internal form, and back (``dialects.anthropic_messages.ToolNames``).
     tool_names: Any = None
 
+    @property
+    def resolved_assistant(self) -> Assistant:
+        """``assistant``, in the stages after its resolution, where it is always set."""
+        if self.assistant is None:
+            raise RuntimeError("the assistant is read before it was resolved")
+        return self.assistant
+
+    @property
+    def selected_provider(self) -> Provider:
+        """``provider``, in the stages after a target's provider was selected."""
+        if self.provider is None:
+            raise RuntimeError("the provider is read before one was selected")
+        return self.provider
+
     def take_body(self, client_body: dict[str, Any], raw: bytes) -> None:
         """Take a validated request body, parsed from ``raw``, as the client's; the upstream body is
         ``raw`` parsed again, so the two share nothing (cheaper than a deep copy).

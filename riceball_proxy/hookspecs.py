@@ -48,7 +48,7 @@ def runs(how: str, *, isolated: bool = False, fold: str | None = None) -> Callab
         raise ValueError(f"not a policy: {how!r} (fold={fold!r})")
 
     def mark(spec: Spec) -> Spec:
-        spec.riceball_policy = Policy(how, isolated, fold)
+        spec.riceball_policy = Policy(how, isolated, fold)  # type: ignore[attr-defined]  # a mark on the function
         return spec
 
     return mark
@@ -270,4 +270,4 @@ def reference(hook: str) -> str:
     import inspect
     import re
 
-    return re.sub(r"``(.+?)``", r"`\1`", inspect.getdoc(globals()[hook]))
+    return re.sub(r"``(.+?)``", r"`\1`", inspect.getdoc(globals()[hook]) or "")

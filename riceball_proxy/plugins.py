@@ -64,7 +64,7 @@ class PluginManager(pluggy.PluginManager):
         hook = getattr(self.hook, name)
         policy = self._policies.get(name) or policy_of(hook)
         calls = self._call_list(name, hook)
-        if policy.how == "fold":
+        if policy.how == "fold" and policy.fold is not None:  # a fold names its argument (hookspecs.runs)
             if calls is not None:
                 return await _fold_calls(calls, policy.fold, kwargs)
             return await self._fold(hook, policy.fold, kwargs)
@@ -151,7 +151,7 @@ class PluginManager(pluggy.PluginManager):
                             plugin, f"{name}: {caller.name} is called one implementation at a time; "
                                     "a wrapper has nothing to wrap there")
                 elif policy.isolated:
-                    impl.function = _isolated(impl.function, caller.name, name)
+                    impl.function = _isolated(impl.function, caller.name, name)  # type: ignore[misc]  # pluggy calls it
         return name
 
 
@@ -277,7 +277,7 @@ async def await_me_maybe(value: Any) -> Any:
 
 def policy_of(hook: pluggy.HookCaller) -> Policy:
     """The calling policy declared on a hook's spec (``hookspecs.runs``)."""
-    return hook.spec.function.riceball_policy
+    return hook.spec.function.riceball_policy  # type: ignore[union-attr]  # every riceball hook has a spec
 
 
 def _isolated(function: Callable, hook_name: str, plugin_name: str) -> Callable:

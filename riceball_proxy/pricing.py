@@ -149,7 +149,8 @@ async def unpriced(db, assistant_ids=None) -> tuple[list[str], list[str]]:
     from riceball_proxy.db import assistants, providers
 
     types = {provider.id: provider.type for provider in await providers.list_all(db)}
-    priced, unknown = [], []
+    priced: list[str] = []
+    unknown: list[str] = []
     for assistant in await assistants.list_all(db):
         if assistant_ids is None or assistant.id in assistant_ids:
             known = all(target_price(assistant, target, types.get(target.provider_id)) is not None

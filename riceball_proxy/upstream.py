@@ -348,6 +348,6 @@ class UpstreamCall:
         self._release_gate()
 
     def _release_gate(self) -> None:
-        if self._holding:
+        if self._holding and self.gate is not None:
             self._holding = False
             self.gate.release()

@@ -23,5 +23,6 @@ def test_the_interpreter_probe_and_the_install_say_only_what_matters():
 
 def test_make_test_checks_the_code_before_it_tests_it():
     commands = dry_run("test").splitlines()
-    lint = next(n for n, command in enumerate(commands) if "ruff check" in command)
-    assert lint < next(n for n, command in enumerate(commands) if "-m pytest" in command)
+    tests = next(n for n, command in enumerate(commands) if "-m pytest" in command)
+    assert next(n for n, command in enumerate(commands) if "ruff check" in command) < tests
+    assert next(n for n, command in enumerate(commands) if command.endswith("/mypy")) < tests

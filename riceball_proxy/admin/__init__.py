@@ -13,6 +13,7 @@ Middleware order, outermost first (the API never pays for any of them):
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from aiohttp import web
 from aiohttp_session import get_session, session_middleware
@@ -115,7 +116,7 @@ async def csrf_protect(request: web.Request, handler) -> web.StreamResponse:
     if request.method in UNSAFE_METHODS:
         session = await get_session(request)
         expected = session.get(CSRF_FIELD)
-        sent = request.headers.get(CSRF_HEADER)
+        sent: Any = request.headers.get(CSRF_HEADER)
         if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             sent = (await request.post()).get(CSRF_FIELD)
         if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
@@ -136,7 +137,8 @@ async def require_admin(request: web.Request, handler) -> web.StreamResponse:
         admin = await admin_sessions.admin_for(db_pool(request), session[SESSION_ID])
         if admin is None:  # ended (logout, new password), expired, or its admin deleted
             session.invalidate()
-    request[ADMIN] = admin
+    if admin is not None:
+        request[ADMIN] = admin  # (public pages read it with request.get)
     if admin is None and _route_name(request) not in PUBLIC_ROUTES:
         target = request.rel_url if request.method == "GET" else None
         login = request.app.router["login"].url_for()

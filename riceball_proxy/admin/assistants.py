@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -49,10 +50,10 @@ def setup_routes(router: web.UrlDispatcher) -> None:
 async def assistant_or_404(request: web.Request, assistant_id: str | None = None) -> assistants.Assistant:
     """The assistant the path's ``id`` (or ``assistant_id``) names; 404 when there is none."""
     try:
-        assistant_id = uuid.UUID(request.match_info["id"] if assistant_id is None else assistant_id)
+        uid = uuid.UUID(request.match_info["id"] if assistant_id is None else assistant_id)
     except ValueError:
         raise web.HTTPNotFound(text="No such assistant.") from None
-    assistant = await assistants.get(db_pool(request), assistant_id)
+    assistant = await assistants.get(db_pool(request), uid)
     if assistant is None:
         raise web.HTTPNotFound(text="No such assistant.")
     return assistant
@@ -144,8 +145,8 @@ def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
         params = form.json_object(f"fallback_params_{n}")
         prices = form.prices(f"fallback_prices_{n}")
         if provider in provider_ids:
-            targets.append(Target(provider_ids[provider], model, weight=weight or 1,
-                                  priority=n + 1 if priority is None else priority,
+            targets.append(Target(provider_ids[provider], model, weight=int(weight or 1),
+                                  priority=n + 1 if priority is None else int(priority),
                                   params=params, prices=prices))
     return targets
 
@@ -170,7 +171,7 @@ async def assistant_save(request: web.Request) -> web.Response:
     provider_id = form.choice("provider_id", provider_ids)
     model = form.text("model", required=True, max_length=300)
     system_prompt = form.text("system_prompt", max_length=100_000, strip=False)
-    parameters = {}
+    parameters: dict[str, Any] = {}
     for parameter, (_, low, high, integer) in NUMERIC_PARAMETERS.items():
         value = form.number(parameter, minimum=low, maximum=high, integer=integer)
         if value is not None:
@@ -205,7 +206,8 @@ async def assistant_save(request: web.Request) -> web.Response:
                                          "every target. Set the prices below (for the assistant's model), choose "
                                          "fallbacks of known price, or use a budget in tokens.")
     if form.valid:
-        fields = dict(name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
+        fields: dict[str, Any] = dict(
+                      name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
                       parameters=parameters, locked=locked, extra_params=extra_params,
                       allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"),
                       limits=limits, prices=prices, expose_target=form.flag("expose_target"),
@@ -214,9 +216,11 @@ async def assistant_save(request: web.Request) -> web.Response:
                       max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS)
         try:
             if assistant is None:
-                saved = await assistants.create(pool, **fields)
+                saved: assistants.Assistant | None = await assistants.create(pool, **fields)
             else:
                 saved = await assistants.update(pool, assistant.id, **fields)
+                if saved is None:  # deleted while the form was open
+                    raise web.HTTPNotFound(text="No such assistant.")
         except assistants.AssistantNameTaken:
             form.errors["name"] = "Another assistant has this name."
         except assistants.InvalidTargets as exc:
@@ -224,8 +228,9 @@ async def assistant_save(request: web.Request) -> web.Response:
         except assistants.InvalidAssistant as exc:
             form.errors["name"] = str(exc)
         else:
-            await flash(request, "success", f"Assistant “{saved.name}” saved.")
-            raise redirect(request, "assistant", id=saved.id)
+            if saved is not None:
+                await flash(request, "success", f"Assistant “{saved.name}” saved.")
+                raise redirect(request, "assistant", id=saved.id)
     return await _render_form(request, assistant, form.values(), form.errors, status=400)
 
 

@@ -6,6 +6,7 @@ import datetime
 import functools
 import logging
 import secrets
+from typing import Any
 
 from aiohttp import web
 from aiohttp_session import get_session, new_session
@@ -69,9 +70,9 @@ async def announce_setup(app: web.Application) -> None:
             logger.warning(notice)
 
 
-def _safe_next(target: str | None) -> str | None:
+def _safe_next(target: Any) -> str | None:
     # Only paths inside the panel: never an open redirect to another site.
-    if target and target.startswith("/admin/") and not target.startswith("//"):
+    if isinstance(target, str) and target and target.startswith("/admin/") and not target.startswith("//"):
         return target
     return None
 

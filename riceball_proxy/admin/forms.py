@@ -127,8 +127,8 @@ class Form:
 
     def limits(self) -> Limits:
         """The limit fields (``rpm``... ``budget_period``, as ``limit_fields`` in _forms.html renders them)."""
-        values = {name: self.number(name, minimum=1, maximum=2**31 - 1, integer=True)
-                  for name in ("rpm", "tpm", "max_parallel")}
+        values: dict[str, Any] = {name: self.number(name, minimum=1, maximum=2**31 - 1, integer=True)
+                                  for name in ("rpm", "tpm", "max_parallel")}
         values["budget_tokens"] = self.number("budget_tokens", minimum=1, maximum=2**62, integer=True)
         values["budget_usd"] = self.amount("budget_usd", maximum=MAX_BUDGET_USD)
         if values["budget_usd"] == 0:

@@ -9,10 +9,11 @@ from aiohttp import web
 from aiohttp_session import get_session
 
 from riceball_proxy import appkeys
+from riceball_proxy.db.admins import Admin
 
 CSRF_FIELD = "csrf_token"
 #: The admin signed in on this request (None on public pages).
-ADMIN = web.RequestKey("admin", object)
+ADMIN = web.RequestKey("admin", Admin)
 #: The cookie's entry naming the server-side session.
 SESSION_ID = "sid"
 
@@ -62,7 +63,7 @@ def render_without_session(request: web.Request, template: str, context: dict[st
                            status: int) -> web.Response:
     """Render an admin page for a request that never reached the session (its body could not be read):
     nobody is signed in on it, and no form on it can be posted."""
-    base = {"admin": None, "csrf_token": "", "messages": [], "current": None,
+    base: dict[str, Any] = {"admin": None, "csrf_token": "", "messages": [], "current": None,
             "url": lambda name, **parts: url(request, name, **parts),
             "config_file": request.config_dict[appkeys.SETTINGS].config_file}
     return aiohttp_jinja2.render_template(template, request, base | context, status=status)

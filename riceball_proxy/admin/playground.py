@@ -205,7 +205,9 @@ async def _streamed(request: web.Request, ctx: ChatContext) -> web.StreamRespons
             # The admin pressed Stop (or left): the upstream call ends with this task; the text so far is kept.
             await asyncio.shield(_save(request, conversation, "".join(parts), panel.call_meta(ctx, stopped=True)))
             raise
-        asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the gateway is stopping: the stream ends with a last event
         error = shutting_down()
         ctx.error = error
         meta = panel.call_meta(ctx, error=error.message)
@@ -226,7 +228,9 @@ async def _streamed(request: web.Request, ctx: ChatContext) -> web.StreamRespons
         await response.write_eof()
         return response
     finally:
-        await deltas.aclose()
+        aclose = getattr(deltas, "aclose", None)  # an async generator's
+        if aclose is not None:
+            await aclose()
     if response is None:
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -270,7 +274,7 @@ async def compare_send(request: web.Request) -> web.Response:
     """Without JavaScript: the message to both sides, one after the other, each its own conversation."""
     form = await request.post()
     pool = db_pool(request)
-    query = {}
+    query: dict[str, str] = {}
     try:
         content = await _message_from(request)
         for side in ("a", "b"):

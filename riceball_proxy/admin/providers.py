@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
@@ -84,7 +85,7 @@ async def provider_save(request: web.Request) -> web.Response:
     clear_key = form.flag("clear_api_key")
     if form.valid:
         box = request.config_dict[appkeys.SECRET_BOX]
-        fields = {"name": name, "type": provider_type, "base_url": base_url,
+        fields: dict[str, Any] = {"name": name, "type": provider_type, "base_url": base_url,
                   "connect_timeout": float(connect_timeout), "read_timeout": float(read_timeout),
                   "max_connections": providers.DEFAULT_MAX_CONNECTIONS if max_connections is None
                   else max_connections,
@@ -97,7 +98,10 @@ async def provider_save(request: web.Request) -> web.Response:
             else:
                 # A blank key field keeps the stored key: the form never shows it.
                 key = box.encrypt(api_key) if api_key else (None if clear_key else providers.KEEP)
-                saved = await providers.update(db_pool(request), provider.id, api_key_encrypted=key, **fields)
+                updated = await providers.update(db_pool(request), provider.id, api_key_encrypted=key, **fields)
+                if updated is None:  # deleted while the form was open
+                    raise web.HTTPNotFound(text="No such provider.")
+                saved = updated
         except providers.ProviderNameTaken:
             form.errors["name"] = "Another provider has this name."
         else:

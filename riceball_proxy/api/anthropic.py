@@ -49,7 +49,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     adapter = await select_provider(ctx)
     counted = None
     if MESSAGES.name in adapter.native_dialects:
-        native = {name: value for name, value in ctx.native_body.items() if name not in NOT_COUNTED}
+        native = {name: value for name, value in (ctx.native_body or {}).items() if name not in NOT_COUNTED}
         try:
             counted = await adapter.count_tokens_native(MESSAGES.name, native, headers=ctx.native_headers,
                                                         request_id=ctx.request_id)

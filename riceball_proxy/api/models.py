@@ -12,16 +12,16 @@ from riceball_proxy.errors import APIError
 
 def _model_object(ctx: ChatContext) -> dict:
     return {
-        "id": ctx.assistant.model,
+        "id": ctx.resolved_assistant.model,
         "object": "model",
-        "created": int(ctx.assistant.created_at.timestamp()),
+        "created": int(ctx.resolved_assistant.created_at.timestamp()),
         "owned_by": ctx.provider.name if ctx.provider else "riceball",
     }
 
 
 def _anthropic_model(ctx: ChatContext) -> dict:
-    return {"type": "model", "id": ctx.assistant.model, "display_name": ctx.assistant.name,
-            "created_at": ctx.assistant.created_at.isoformat().replace("+00:00", "Z")}
+    return {"type": "model", "id": ctx.resolved_assistant.model, "display_name": ctx.resolved_assistant.name,
+            "created_at": ctx.resolved_assistant.created_at.isoformat().replace("+00:00", "Z")}
 
 
 @observed
@@ -45,7 +45,7 @@ async def retrieve_model(request: web.Request, ctx: ChatContext) -> web.Response
     await resolve_assistant(ctx)
     await select_provider(ctx)
     model = request.match_info["model"]
-    if model != ctx.assistant.model:
+    if model != ctx.resolved_assistant.model:
         raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                        code="model_not_found", param="model")
     return web.json_response(_anthropic_model(ctx) if speaks_anthropic(request) else _model_object(ctx),

@@ -120,7 +120,7 @@ async def responses_socket(request: web.Request) -> web.StreamResponse:
             body = conversation.whole({name: value for name, value in frame.items() if name != "type"})
             body["stream"] = True
             if body.pop("generate", True) is False:  # a warm-up: nothing to generate, nothing to ask upstream
-                final = await _prewarmed(socket, ctx.assistant.model, body)
+                final = await _prewarmed(socket, ctx.resolved_assistant.model, body)
             else:
                 final = await observe(request, _socket_call, socket, body, request_id=request_id)
             conversation.remember(body, final.get("response"))

@@ -132,7 +132,7 @@ def ordered_targets(targets: tuple[Target, ...]) -> list[Target]:
 def body_for(ctx: ChatContext, target: Target) -> dict[str, Any]:
     """The prepared upstream body with the target's model and parameter overrides, without the fields the
     gateway derived that the target is known to refuse (``RefusedFields``)."""
-    if ctx.assistant.as_prepared(target):
+    if ctx.resolved_assistant.as_prepared(target):
         body = ctx.body
     else:
         body = {**ctx.body, **target.params, "model": target.model}
@@ -183,7 +183,7 @@ def refused_derived_field(ctx: ChatContext, error: APIError, body: dict[str, Any
 async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
     """The first answer any target gives: a ``chat.completion`` dict, or for a stream (first payload,
     the rest of the stream). Raises the last target's error when none answered."""
-    assistant = ctx.assistant
+    assistant = ctx.resolved_assistant
     circuits = ctx.app[appkeys.CIRCUITS]
     metrics = ctx.app[appkeys.METRICS]
     loop = asyncio.get_running_loop()
@@ -237,7 +237,9 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                     except StopAsyncIteration:
                         first = None
                     except BaseException:
-                        await upstream.aclose()
+                        aclose = getattr(upstream, "aclose", None)  # an async generator, as adapters' are
+                        if aclose is not None:
+                            await aclose()
                         raise
                     answer: Any = (first, upstream)
                 elif native is None:
@@ -276,16 +278,17 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             if circuits.failed(target, exc, circuits.clock()):
                 metrics.circuit(ctx.provider.name if ctx.provider else "-", target.model, True)
             continue
+        provider = ctx.selected_provider
         if circuits.succeeded(target):
-            metrics.circuit(ctx.provider.name, target.model, False)
-        ctx.app[appkeys.PROVIDER_ALERTS].answered(ctx.provider.id)
-        metrics.attempt(ctx.provider.name, target.model, "answered")
+            metrics.circuit(provider.name, target.model, False)
+        ctx.app[appkeys.PROVIDER_ALERTS].answered(provider.id)
+        metrics.attempt(provider.name, target.model, "answered")
         ctx.body = body
         ctx.served_natively = native is not None
         if native is not None:
             ctx.native_body = native
         if assistant.expose_target:
-            ctx.response_headers = {**(ctx.response_headers or {}), "x-riceball-provider": ctx.provider.name,
+            ctx.response_headers = {**(ctx.response_headers or {}), "x-riceball-provider": provider.name,
                                     "x-riceball-model": target.model}
         return answer
     if error is None:  # every target skipped: their circuits are open

@@ -57,7 +57,8 @@ async def observe(request: web.Request, handler, *args, request_id: str | None =
     in_flight = app[appkeys.IN_FLIGHT]
     task = request.task
     in_flight.add(task, ctx)
-    status, error_type, disconnected = 500, "server_error", False
+    status, disconnected = 500, False
+    error_type: str | None = "server_error"
     error: APIError | None = None
     try:
         response = await handler(request, ctx, *args)
@@ -114,7 +115,7 @@ async def authenticate(request: web.Request, ctx: ChatContext) -> None:
 
 async def resolve_assistant(ctx: ChatContext) -> None:
     """The assistant the caller named (``ctx.assistant``); 404 when it does not exist or is disabled."""
-    assistant = await ctx.app[appkeys.CONFIG_CACHE].assistant(ctx.assistant_id)
+    assistant = None if ctx.assistant_id is None else await ctx.app[appkeys.CONFIG_CACHE].assistant(ctx.assistant_id)
     if assistant is None or not assistant.enabled:
         raise assistant_not_found(str(ctx.assistant_id))
     ctx.assistant = assistant
@@ -170,9 +171,9 @@ async def select_provider(ctx: ChatContext, provider_id: int | None = None) -> P
     """A provider of the assistant (its primary by default) into ``ctx``, and its adapter."""
     try:
         provider, adapter = await ctx.app[appkeys.CONFIG_CACHE].provider(
-            ctx.assistant.provider_id if provider_id is None else provider_id)
+            ctx.resolved_assistant.provider_id if provider_id is None else provider_id)
     except (ProviderNotInstalled, LookupError) as exc:  # a type no plugin offers; a provider gone meanwhile
-        logger.error("assistant %s: target skipped: %s", ctx.assistant.id, exc)
+        logger.error("assistant %s: target skipped: %s", ctx.resolved_assistant.id, exc)
         raise APIError(502, "The assistant's provider is not available on this gateway.", type="api_error",
                        code="provider_unavailable") from None
     ctx.provider = provider

@@ -74,7 +74,9 @@ async def relay(ctx: ChatContext, first: bytes | None, upstream: AsyncIterator[b
     except asyncio.CancelledError:
         if not ctx.shutting_down:
             raise
-        asyncio.current_task().uncancel()  # the gateway is stopping: the stream ends with a last event
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the gateway is stopping: the stream ends with a last event
         error = shutting_down()
         await write(dialect.error_event(ctx, error))
     except ConnectionResetError:

@@ -10,7 +10,7 @@ import logging
 from riceball_proxy import appkeys, hookimpl
 from riceball_proxy.db import usage_events
 from riceball_proxy.limits.admission import Limiter
-from riceball_proxy.limits.counters import MemoryCounters
+from riceball_proxy.limits.counters import Counters, MemoryCounters
 from riceball_proxy.pricing import NANO
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def riceball_startup(app):
     store = settings.limits_store
     if store == "redis":
         from riceball_proxy.limits.redis import RedisCounters
-        counters = RedisCounters(settings.redis_url)
+        counters: Counters = RedisCounters(settings.redis_url)
     elif store == "postgres":
         from riceball_proxy.limits.postgres import PostgresCounters
         counters = PostgresCounters(pool)

@@ -127,7 +127,7 @@ def prices_from(args: argparse.Namespace, current: assistants.Assistant | None =
     for name in ("price_input", "price_output", "price_cached_input", "price_cache_write"):
         given = getattr(args, name)
         prices.append(getattr(current, name, None) if given is None else None if given == "none" else given)
-    return tuple(prices)
+    return prices[0], prices[1], prices[2], prices[3]
 
 
 async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str,
@@ -204,11 +204,10 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(pool):
         current = await lookup.assistant(pool, args.id)
-        provider = await providers.get(pool, current.provider_id)
-        if args.provider is not None:
-            provider = await providers.get_by_name(pool, args.provider)
-            if provider is None:
-                raise CommandError(f"no provider named {args.provider!r}")
+        provider = await (providers.get(pool, current.provider_id) if args.provider is None
+                          else providers.get_by_name(pool, args.provider))
+        if provider is None:
+            raise CommandError(f"no provider named {args.provider!r}")
         given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
                  "reasoning_effort": args.reasoning_effort}
         parameters = dict(current.parameters) | {name: value for name, value in given.items() if value is not None}
@@ -290,12 +289,13 @@ def target_health(settings: Settings, assistant: assistants.Assistant, names: di
     """Each target's circuit as the gateways share it in Redis, or why it cannot be known here."""
     if not settings.redis_url:
         return "kept by each gateway process without RICEBALL_REDIS_URL: see the assistant's page in the admin panel"
+    url = settings.redis_url
     from riceball_proxy.circuits_shared import read_all
 
     async def read():
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         try:
             return await read_all(client)
         finally:

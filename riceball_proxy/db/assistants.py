@@ -72,7 +72,8 @@ class Target:
     @classmethod
     def from_json(cls, target: Mapping[str, Any]) -> Target:
         """A target as the assistant query reads it (prices as text, for exact decimals)."""
-        prices = tuple(None if p is None else Decimal(p) for p in target.get("prices") or NO_PRICES)
+        prices: Prices = tuple(None if p is None else Decimal(p)  # type: ignore[assignment]  # four, as read
+                               for p in target.get("prices") or NO_PRICES)
         return cls(target["provider_id"], target["model"], weight=target["weight"], priority=target["priority"],
                    params=target["params"], prices=prices)
 

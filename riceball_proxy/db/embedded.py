@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path):
         self.pgdata = Path(data_dir).resolve() / PGDATA_DIR
-        self._server = None
+        self._server: Any = None  # pgserver.PostgresServer, once started
 
     def start(self) -> str:
         """Start (or join) the server and return its connection URL."""

@@ -8,11 +8,15 @@ import itertools
 import operator
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
+
+#: This process's random prefix of usage row ids, and their numbers (made anew in a forked child).
+_event_prefix: int
+_event_numbers: Iterator[int]
 
 
 def _reseed() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -46,7 +46,7 @@ class Change:
     secret: str | None = dataclasses.field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"kind": self.kind, "name": self.name, "id": None if self.id is None else str(self.id)}
+        data: dict[str, Any] = {"kind": self.kind, "name": self.name, "id": None if self.id is None else str(self.id)}
         if self.fields:
             data["changes"] = [name for name, _, _ in self.fields]
         if self.secret is not None:
@@ -79,11 +79,11 @@ class _DryRun(Exception):
 
 async def apply(pool, config: ConfigFile, *, secrets: dict[str, str | None], secret_box: SecretBox,
                 provider_types: Collection[str] | None = None, prune: bool = False, dry_run: bool = False,
-                warnings: list[str] = ()) -> Outcome:
+                warnings: Sequence[str] = ()) -> Outcome:
     """Apply ``config`` in one transaction (rolled back when ``dry_run``); ConfigFileError names what the
     file asks that cannot be (an unknown provider, a price missing under a USD budget...)."""
     async with pool.acquire() as conn:
-        outcome = None
+        outcome = Outcome([], [])
         try:
             async with conn.transaction():
                 outcome = await sync(conn, config, secrets=secrets, secret_box=secret_box,
@@ -99,7 +99,7 @@ async def apply(pool, config: ConfigFile, *, secrets: dict[str, str | None], sec
 
 async def sync(conn: asyncpg.Connection, config: ConfigFile, *, secrets: dict[str, str | None],
                secret_box: SecretBox, provider_types: Collection[str] | None = None, prune: bool = False,
-               warnings: list[str] = (), create_keys: bool = True) -> Outcome:
+               warnings: Sequence[str] = (), create_keys: bool = True) -> Outcome:
     """Apply ``config`` on ``conn``, whose transaction the caller holds (and commits or rolls back).
     Without ``create_keys``, keys the database lacks are left out with a warning (their secret would have
     nowhere to go but a log)."""
@@ -190,6 +190,8 @@ class _Sync:
             updated = await providers.update(
                 self.conn, current.id, name=spec.name, **wanted,
                 api_key_encrypted=self._encrypt(secret) if key_changed else providers.KEEP)
+            if updated is None:  # deleted meanwhile: this transaction holds no lock on it
+                raise ConfigFileError([f"provider {spec.name!r} was deleted while the file was applied"])
             self.providers[spec.name] = updated
             self._note("provider", spec.name, current.id, "updated", fields=fields)
 
@@ -241,7 +243,10 @@ class _Sync:
                     if not fields:
                         self._note("assistant", spec.name, current.id, "unchanged")
                         continue
-                    saved = await assistants.update(self.conn, current.id, **wanted)
+                    updated_assistant = await assistants.update(self.conn, current.id, **wanted)
+                    if updated_assistant is None:  # deleted meanwhile
+                        raise ConfigFileError([f"assistant {spec.name!r} was deleted while the file was applied"])
+                    saved = updated_assistant
                     self._note("assistant", spec.name, current.id, "updated", fields=fields)
             except assistants.InvalidAssistant as exc:
                 raise ConfigFileError([f"{where}: {exc}"]) from None

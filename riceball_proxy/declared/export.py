@@ -9,6 +9,7 @@ that the caller can say which to set.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +20,7 @@ from riceball_proxy.declared.schema import VERSION, AssistantSpec, LimitsSpec, P
 from riceball_proxy.masking import secret_params, url_has_secret
 
 
-def secret_variable(provider_name: str, taken: set[str] = frozenset(), what: str = "API_KEY",
+def secret_variable(provider_name: str, taken: Collection[str] = frozenset(), what: str = "API_KEY",
                     kind: str = "PROVIDER") -> str:
     """The environment variable an exported file reads a secret from: the owner's name in capitals, other
     characters as ``_`` (``PROVIDER_`` before one that would start with a digit or be empty), a number
@@ -58,10 +59,10 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
     provider_names = {provider.id: provider.name for provider in all_providers}
     all_assistants = await assistants.list_all(db)
     assistant_names = {assistant.id: assistant.name for assistant in all_assistants}
-    variables = []
+    variables: list[str] = []
     data: dict[str, Any] = {"version": VERSION, "providers": [], "assistants": [], "keys": []}
     for provider in all_providers:
-        item = {"name": provider.name, "type": provider.type, "base_url": provider.base_url}
+        item: dict[str, Any] = {"name": provider.name, "type": provider.type, "base_url": provider.base_url}
         if url_has_secret(provider.base_url):  # a password or a key in the URL: never in the file
             variables.append(secret_variable(provider.name, set(variables), "BASE_URL"))
             item["base_url"] = "${%s}" % variables[-1]
@@ -73,7 +74,8 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
             "max_connections": provider.max_connections, "queue_timeout": provider.queue_timeout})
         data["providers"].append(item)
     for assistant in all_assistants:
-        item = {"name": assistant.name, "provider": provider_names[assistant.provider_id], "model": assistant.model}
+        item = {"name": assistant.name, "provider": provider_names[assistant.provider_id],
+                "model": assistant.model}
         item |= _without_defaults(AssistantSpec, {
             "system_prompt": assistant.system_prompt, **assistant.parameters,
             "locked": [name for name in assistants.PARAMETERS if name in assistant.locked],

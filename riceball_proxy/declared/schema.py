@@ -61,7 +61,8 @@ def _text(number: float) -> str:
 
 def _decimal_places(places: int):
     def check(value: Decimal | None) -> Decimal | None:
-        if value is not None and value.is_finite() and value.as_tuple().exponent < -places:
+        exponent = value.as_tuple().exponent if value is not None else 0
+        if isinstance(exponent, int) and exponent < -places:
             raise ValueError(f"must have at most {places} decimal places")
         return value
 
@@ -84,7 +85,7 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 Seconds = Annotated[float, between(0.001, 86_400)]
 Amount = Annotated[Decimal, between(0, 10**9 - 1), _decimal_places(6)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
-Parameter = Literal[PARAMETERS]
+Parameter = Literal[PARAMETERS]  # type: ignore[valid-type]  # the tuple, read at run time
 
 
 class Strict(BaseModel):
@@ -99,7 +100,7 @@ class LimitsSpec(Strict):
     max_parallel: Annotated[int, between(1, 2**31 - 1)] | None = None
     budget_usd: Annotated[Decimal, between(0.000001, MAX_BUDGET_USD), _decimal_places(6)] | None = None
     budget_tokens: Annotated[int, between(1, 2**62)] | None = None
-    budget_period: Literal[PERIODS] = "month"
+    budget_period: Literal[PERIODS] = "month"  # type: ignore[valid-type]  # the tuple, read at run time
 
 
 class PricesSpec(Strict):
@@ -160,7 +161,7 @@ class AssistantSpec(Strict):
     seed: Annotated[int, between(-(2**63), 2**63 - 1)] | None = None
     stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_stop),
                     Field(min_length=1, max_length=4)] | None = None
-    reasoning_effort: Literal[EFFORTS] | None = None
+    reasoning_effort: Literal[EFFORTS] | None = None  # type: ignore[valid-type]
     #: Parameters whose value here wins over the client's.
     locked: list[Parameter] = []
     extra_params: JsonObject = {}
@@ -202,7 +203,7 @@ class KeySpec(Strict):
 
 
 class ConfigFile(Strict):
-    version: Literal[VERSION] = VERSION
+    version: Literal[VERSION] = VERSION  # type: ignore[valid-type]
     providers: list[ProviderSpec] = []
     assistants: list[AssistantSpec] = []
     keys: list[KeySpec] = []
@@ -327,7 +328,7 @@ def parse(text: str, environ=None) -> ConfigFile:
     try:
         config = ConfigFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigFileError([_problem(error) for error in exc.errors()]) from None
+        raise ConfigFileError([_problem(dict(error)) for error in exc.errors()]) from None
     problems = []
     for kind in ("providers", "assistants", "keys"):
         seen: dict[str, int] = {}

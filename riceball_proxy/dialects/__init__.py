@@ -52,9 +52,10 @@ class Dialect:
 
     def native_body_for(self, ctx: ChatContext, target) -> dict[str, Any]:
         """``ctx.native_body`` for one of the assistant's targets (its model, its parameters, forced)."""
-        if ctx.assistant.as_prepared(target):
-            return ctx.native_body
-        body = {**ctx.native_body, "model": target.model}
+        native = ctx.native_body or {}  # called only for a call that has one
+        if ctx.resolved_assistant.as_prepared(target):
+            return native
+        body = {**native, "model": target.model}
         self.apply_params(body, target.params, True)
         return body
 

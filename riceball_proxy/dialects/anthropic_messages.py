@@ -295,13 +295,15 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError |
             messages.append({"role": role, "content": content})
             continue
         if role == "assistant":
-            texts, calls, details = [], [], []
+            texts: list[str] = []
+            calls: list[dict[str, Any]] = []
+            details: list[dict[str, Any]] = []
             for m, block in enumerate(content):
                 kind = block["type"]
                 if kind == "text":
                     texts.append(block["text"])
                 elif kind == "thinking" and decode_reasoning(block.get("signature")) is not None:
-                    details += decode_reasoning(block["signature"])  # the gateway's: another provider's state
+                    details += decode_reasoning(block["signature"]) or ()  # the gateway's: another provider's
                 elif kind == "tool_use":
                     calls.append({"id": block["id"], "type": "function",
                                   "function": {"name": names.to_chat(block["name"]),
@@ -330,8 +332,8 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], ToolNames, APIError |
                 parts.append({"type": "text", "text": block["text"]})
             elif kind == "image" and (part := _image(block)) is not None:
                 parts.append(part)
-            elif kind == "document" and (text := _document_text(block)) is not None:
-                parts.append({"type": "text", "text": text})
+            elif kind == "document" and (document := _document_text(block)) is not None:
+                parts.append({"type": "text", "text": document})
             else:
                 problem = problem or _unsupported(f"messages.{n}.content.{m}", kind)
         if parts:
@@ -419,7 +421,7 @@ def _effort(body: dict[str, Any]) -> str | None:
 
 
 def _image(block: dict[str, Any]) -> dict[str, Any] | None:
-    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    source: dict[str, Any] = block["source"] if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
         url = f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
     elif source.get("type") == "url" and isinstance(source.get("url"), str):
@@ -431,7 +433,7 @@ def _image(block: dict[str, Any]) -> dict[str, Any] | None:
 
 def _document_text(block: dict[str, Any]) -> str | None:
     """A plain-text document's text (a PDF's cannot be translated)."""
-    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    source: dict[str, Any] = block["source"] if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return source["data"]
     return None
@@ -547,7 +549,7 @@ class StreamRenderer:
 
     def start(self, input_tokens: int) -> bytes:
         """``message_start``, with the prompt's tokens as far as they are known before the answer."""
-        message = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+        message: dict[str, Any] = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
                    "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": input_tokens, "output_tokens": 1, "cache_creation_input_tokens": 0,
                              "cache_read_input_tokens": 0}}
@@ -621,7 +623,7 @@ class StreamRenderer:
             events += self._close()
         events.append(event("message_delta", {
             "type": "message_delta",
-            "delta": {"stop_reason": STOP_REASONS.get(self.finish_reason, "end_turn"), "stop_sequence": None},
+            "delta": {"stop_reason": STOP_REASONS.get(self.finish_reason or "stop", "end_turn"), "stop_sequence": None},
             "usage": usage_from_chat(usage)}))
         events.append(event("message_stop", {"type": "message_stop"}))
         return events

@@ -525,7 +525,7 @@ class StreamRenderer:
         self.output: list[dict[str, Any]] = []
         #: The open item: (kind, key) with kind "reasoning", "text" or "call" (key: the chat tool index).
         self.open: tuple[str, Any] | None = None
-        self.item: dict[str, Any] | None = None
+        self.item: dict[str, Any] = {}  # the open item ({} when none is)
         self.buffer: list[str] = []
         self.finish_reason: str | None = None
         #: The provider's signed reasoning, when the client asked for it back (``include``).
@@ -593,7 +593,7 @@ class StreamRenderer:
                     "item_id": item["id"], "output_index": index, "name": done["name"], "arguments": text}))
         events.append(self._event("response.output_item.done", {"output_index": index, "item": done}))
         self.output.append(done)
-        self.open = self.item = None
+        self.open, self.item = None, {}
         return events
 
     def chunk(self, chunk: dict[str, Any]) -> list[bytes]:

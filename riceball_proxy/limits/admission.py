@@ -24,6 +24,7 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,6 +54,11 @@ class Reservation:
     token_buckets: list[Bucket]
     budgets: list[Budget]
     slots: list[Slots]
+
+
+#: What this process's call ids begin with, and their numbers (made anew in a forked child).
+_CALLS_PREFIX: str
+_calls: Iterator[int]
 
 
 def _reseed() -> None:
@@ -127,17 +133,19 @@ class Limiter:
     def _scopes(self, ctx: ChatContext):
         return (("key", ctx.principal.limits if ctx.principal is not None else None,
                  ctx.principal and ctx.principal.key_id),
-                ("assistant", ctx.assistant.limits, ctx.assistant.id))
+                ("assistant", ctx.resolved_assistant.limits, ctx.resolved_assistant.id))
 
     async def _decide(self, ctx: ChatContext, checks: list) -> Decision | None:
         """Ask the counters about ``checks``: the decision when admitted, APIError when refused, None when
         the counters are away and calls are admitted meanwhile."""
         if time.monotonic() < self._down_until:
-            return self._unavailable(None)
+            self._unavailable(None)
+            return None
         try:
             decision = await self.counters.admit(checks, self._load)
-            if not decision.admitted and type(decision.refused) is not Bucket \
-                    and await self.counters.settle_first({decision.refused.key}):
+            refused = decision.refused
+            if not decision.admitted and refused is not None and not isinstance(refused, Bucket) \
+                    and await self.counters.settle_first({refused.key}):
                 # Calls that just ended here gave back to the counter that refused: ask again.
                 decision = await self.counters.admit(checks, self._load)
         except Busy as exc:  # the counters are there but overwhelmed: this call alone waits no longer
@@ -149,7 +157,8 @@ class Limiter:
                            headers={"Retry-After": "1"}) from None
         except Unavailable as exc:
             self._down_until = time.monotonic() + RETRY_UNAVAILABLE_AFTER
-            return self._unavailable(exc)
+            self._unavailable(exc)
+            return None
         headers = rate_headers(checks, decision)
         if headers:  # beside those another admission plugin may have set
             ctx.response_headers = {**(ctx.response_headers or {}), **headers}
@@ -161,7 +170,7 @@ class Limiter:
 
     async def admit(self, ctx: ChatContext) -> None:
         key_limits = ctx.principal.limits if ctx.principal is not None else None
-        assistant_limits = ctx.assistant.limits
+        assistant_limits = ctx.resolved_assistant.limits
         if not key_limits and not assistant_limits:
             return  # nothing to count: no round trip
         early = ctx.stash.get("limits")  # the slots admit_caller took, if it ran
@@ -187,7 +196,7 @@ class Limiter:
         """The most (nano-USD) this call can cost on any target it may reach, and the targets it may not
         reach because nobody knows their price (``ctx.barred_targets``): a USD budget is never spent
         uncounted. 403 when no target of the assistant has a known price."""
-        assistant, cache = ctx.assistant, ctx.app[appkeys.CONFIG_CACHE]
+        assistant, cache = ctx.resolved_assistant, ctx.app[appkeys.CONFIG_CACHE]
         dearest, barred = None, set()
         for target in assistant.targets:
             if ctx.provider is not None and target.provider_id == ctx.provider.id:
@@ -314,7 +323,7 @@ def rate_headers(checks: list, decision: Decision) -> dict[str, str] | None:
     for kind, suffix in (("rpm", "requests"), ("tpm", "tokens")):
         tightest = None
         for check in checks:
-            if type(check) is Bucket and check.key.endswith(kind) and check.key in decision.buckets:
+            if isinstance(check, Bucket) and check.key.endswith(kind) and check.key in decision.buckets:
                 remaining, reset_ms = decision.buckets[check.key]
                 if tightest is None or remaining < tightest[1]:
                     tightest = (check.per_minute, remaining, reset_ms)
@@ -328,9 +337,11 @@ def rate_headers(checks: list, decision: Decision) -> dict[str, str] | None:
 def refusal(decision: Decision) -> APIError:
     """The 429 for a refused call, in OpenAI's words: ``rate_limit_exceeded`` or ``insufficient_quota``."""
     check = decision.refused
+    if check is None:
+        raise ValueError("a decision that refused nothing")
     scope = "key" if check.key.startswith("k:") else "assistant"
     retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
-    if type(check) is Budget:
+    if isinstance(check, Budget):
         _, _, kind, _, end, period = check.source
 
         def worth(units: int) -> str:
@@ -348,7 +359,7 @@ def refusal(decision: Decision) -> APIError:
             message = f"This {_whose(scope)} has used its budget of {worth(check.limit)}{whole}; {renews}."
         return APIError(429, message, type="insufficient_quota", code="insufficient_quota",
                         headers={"x-should-retry": "false"})
-    if type(check) is Slots:
+    if isinstance(check, Slots):
         message = (f"This {_whose(scope)} already has {check.limit} calls in flight, its limit (max_parallel). "
                    "Try again when one of them has finished.")
         kind = "requests"

@@ -25,7 +25,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def decide(checks: Sequence[Check], state: dict[str, Any], now: float) -> tuple[
     new: dict[str, Any] = {}
     for check in checks:
         value = new.get(check.key, state.get(check.key))
-        if type(check) is Bucket:
+        if isinstance(check, Bucket):
             interval = MINUTE_MS / check.per_minute
             base = max(value or 0.0, now)
             tat = base + check.cost * interval
@@ -110,7 +110,7 @@ def decide(checks: Sequence[Check], state: dict[str, Any], now: float) -> tuple[
                 return _refuse(decision, check, ahead - MINUTE_MS), {}
             decision.buckets[check.key] = (int((MINUTE_MS - ahead) // interval), ahead)
             new[check.key] = tat
-        elif type(check) is Slots:
+        elif isinstance(check, Slots):
             holders = {member: until for member, until in (value or {}).items() if until > now}
             if len(holders) >= check.limit:
                 return _refuse(decision, check, 1000.0), {}
@@ -150,8 +150,8 @@ class Settlement:
 
     def touches(self, keys: Collection[str]) -> bool:
         """True when the settlement gives back to a counter of ``keys``."""
-        return any(check.key in keys for check, _ in (*self.buckets, *self.budgets)) \
-            or any(slots.key in keys for slots in self.slots)
+        return any(bucket.key in keys for bucket, _ in self.buckets) \
+            or any(budget.key in keys for budget, _ in self.budgets) or any(slots.key in keys for slots in self.slots)
 
 
 def settle_values(settlement: Settlement, state: dict[str, Any], now: float) -> dict[str, Any]:
@@ -175,9 +175,9 @@ def settle_values(settlement: Settlement, state: dict[str, Any], now: float) -> 
 
 def expiry_ms(check: Check, value: Any) -> float:
     """When a counter's value no longer matters (epoch ms): a full bucket, leases ended, a period over."""
-    if type(check) is Bucket:
+    if isinstance(check, Bucket):
         return value
-    if type(check) is Slots:
+    if isinstance(check, Slots):
         return max(value.values(), default=0.0)
     return check.ends_ms if check.ends_ms is not None else math.inf
 
@@ -284,6 +284,7 @@ class Counters:
             return self._sending(self._unsent.popleft())
         if not self._pending:
             return Settlement()
+        pending: Iterable[Settlement]
         if len(self._pending) <= MAX_BATCH:
             pending, self._pending = self._pending, collections.deque()
         else:
@@ -399,7 +400,7 @@ class MemoryCounters(Counters):
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
         state = self.state
         for check in checks:
-            if type(check) is Budget and check.key not in state:
+            if isinstance(check, Budget) and check.key not in state:
                 spent = await load(check)  # awaits: another call may have loaded it meanwhile
                 state.setdefault(check.key, spent)
                 self.expires[check.key] = expiry_ms(check, 0)
@@ -408,7 +409,7 @@ class MemoryCounters(Counters):
         if decision.admitted:
             state.update(new)
             for check in checks:
-                if type(check) is not Budget:
+                if not isinstance(check, Budget):
                     self.expires[check.key] = expiry_ms(check, new[check.key])
             self._admitted += 1
             if self._admitted % 1000 == 0:

@@ -107,7 +107,7 @@ class PostgresCounters(Counters):
                 state.update(settled)
                 loaded = {}
                 for check in checks:
-                    if type(check) is Budget and check.key not in state:
+                    if isinstance(check, Budget) and check.key not in state:
                         # On this connection: the pool's others may all be waiting for this lock.
                         state[check.key] = loaded[check.key] = await load(check, conn)
                 decision, new = decide(checks, state, now)

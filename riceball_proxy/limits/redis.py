@@ -184,9 +184,9 @@ class RedisCounters(Counters):
         keys = [self.prefix + check.key for check in checks]
         ops = []
         for check in checks:
-            if type(check) is Bucket:
+            if isinstance(check, Bucket):
                 ops.append(f"b {check.per_minute} {check.cost}")
-            elif type(check) is Slots:
+            elif isinstance(check, Slots):
                 ops.append(f"s {check.limit} {check.member}")
             else:
                 ops.append(f"g {check.limit} {check.amount} {0 if check.ends_ms is None else math.ceil(check.ends_ms)}")
@@ -199,17 +199,19 @@ class RedisCounters(Counters):
             if reply[0] != -1:
                 break
             budget = checks[reply[1] - 1]
+            if not isinstance(budget, Budget):
+                raise Unavailable(f"Redis asked to load a counter that is not a budget: {budget.key}")
             spent = await load(budget)
             await self._set_budget(keys[reply[1] - 1], spent, budget.ends_ms)
         decision = Decision(admitted=reply[0] == 1)
         if not decision.admitted:
             decision.refused = checks[reply[1] - 1]
             decision.retry_after_ms = float(reply[2])
-            if type(decision.refused) is Budget:
+            if isinstance(decision.refused, Budget):
                 decision.spent = int(reply[3])
                 return decision
         for i, check in enumerate(checks):
-            if type(check) is Bucket and 4 + 2 * i < len(reply) and (reply[3 + 2 * i] or reply[4 + 2 * i]):
+            if isinstance(check, Bucket) and 4 + 2 * i < len(reply) and (reply[3 + 2 * i] or reply[4 + 2 * i]):
                 decision.buckets[check.key] = (int(reply[3 + 2 * i]), float(reply[4 + 2 * i]))
         return decision
 

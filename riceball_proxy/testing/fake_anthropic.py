@@ -24,6 +24,9 @@ def claude_version(model: str) -> tuple[int, int]:
 
 
 class FakeAnthropic:
+    #: Its ``/v1`` URL, once a test server serves it (the ``fake_anthropic`` fixture sets it).
+    base_url: str = ""
+
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.reply = "Hello from Claude"
@@ -98,7 +101,7 @@ class FakeAnthropic:
         return app
 
     def _error(self) -> web.Response:
-        status, body = self.error
+        status, body = self.error or (500, {})
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
     async def models(self, request: web.Request) -> web.Response:
@@ -119,8 +122,9 @@ class FakeAnthropic:
         messages = body.get("messages") or []
         if not messages:
             return "messages: at least one message is required"
+        system = body.get("system")
         marked = sum("cache_control" in block for block in [
-            *(body.get("tools") or ()), *(body.get("system") if isinstance(body.get("system"), list) else ()),
+            *(body.get("tools") or ()), *(system if isinstance(system, list) else ()),
             *(block for m in messages if isinstance(m.get("content"), list) for block in m["content"])])
         if marked > 4:
             return f"A maximum of 4 blocks with cache_control may be provided. Found {marked}."
@@ -194,7 +198,7 @@ class FakeAnthropic:
         if "format" in ((body or {}).get("output_config") or {}):  # structured output: the JSON is the text
             return blocks + [{"type": "text", "text": orjson.dumps(self.structured).decode()}]
         if choice.get("type") in ("tool", "any") and not self.tool_uses:  # a forced call of the tool asked for
-            name = choice.get("name") or body["tools"][-1]["name"]
+            name = choice.get("name") or (body or {})["tools"][-1]["name"]
             return blocks + [{"type": "tool_use", "id": "toolu_forced", "name": name, "input": self.structured}]
         blocks += [{"type": "text", "text": self.reply}] if self.reply else []
         blocks += [{"type": "tool_use", "id": id_, "name": name, "input": input_}

@@ -46,6 +46,9 @@ def refusal_of(body: dict[str, Any]) -> tuple[str, str | None] | None:
 class FakeOpenAI:
     """State and behaviour of one fake upstream server."""
 
+    #: Its ``/v1`` URL, once a test server serves it (the ``fake_openai`` fixture sets it).
+    base_url: str = ""
+
     def __init__(self) -> None:
         #: Each request received: {"path", "headers", "body"}.
         self.requests: list[dict[str, Any]] = []
@@ -101,7 +104,7 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": data})
 
     def _error_response(self) -> web.Response:
-        status, body = self.error
+        status, body = self.error or (500, {})
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         return web.Response(status=status, body=raw, content_type="application/json", headers=self.error_headers)
 
@@ -254,7 +257,8 @@ class FakeOpenAI:
             for n, chunk in enumerate(self._chunks(body)):
                 if self.fail_after_chunks is not None and n == self.fail_after_chunks:
                     if self.failure == "drop":
-                        request.transport.close()
+                        if request.transport is not None:
+                            request.transport.close()
                         return response
                     if self.failure == "malformed":  # cut short
                         await response.write(b'data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n')

@@ -263,7 +263,7 @@ def from_anthropic(message: dict[str, Any]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": message.get("model", ""),
         "choices": [{"index": 0, "message": answer, "logprobs": None,
-                     "finish_reason": FINISH_REASONS.get(reason, "stop")}],
+                     "finish_reason": FINISH_REASONS.get(reason or "", "stop")}],
         "usage": usage_of(message.get("usage", {})),
     }
 
@@ -307,7 +307,7 @@ class StreamTranslator:
             if block.get("type") == "text" and block.get("text"):
                 return [delta({"content": block["text"]})]
             if block.get("type") == "thinking":
-                self.thinking[event.get("index")] = {"type": "thinking", "thinking": "", "signature": ""}
+                self.thinking[event.get("index", -1)] = {"type": "thinking", "thinking": "", "signature": ""}
             elif block.get("type") == "redacted_thinking":
                 return [delta({"reasoning_details": [reasoning_detail(block)]})]
             return []
@@ -317,7 +317,7 @@ class StreamTranslator:
             change = event.get("delta", {})
             if change.get("type") == "text_delta":
                 return [delta({"content": change.get("text", "")})]
-            thinking = self.thinking.get(event.get("index"))
+            thinking = self.thinking.get(event.get("index", -1))
             if thinking is not None and change.get("type") == "thinking_delta":
                 thinking["thinking"] += change.get("thinking", "")
                 return [delta({"reasoning_content": change.get("thinking", "")})]
@@ -340,7 +340,7 @@ class StreamTranslator:
             self.done = True
             return []
         if kind == "error":
-            error = event.get("error") if isinstance(event.get("error"), dict) else {}
+            error: dict[str, Any] = event["error"] if isinstance(event.get("error"), dict) else {}
             raise stream_error({"message": error.get("message"), "code": error.get("type")})
         return []  # ping, content_block_stop and event types added later
 
