@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from benchmarks.run import BIN, bench_database, free_port, riceball, rss_kib, running, upstream_provider
+from benchmarks.run import RICEBALL, bench_database, free_port, riceball, rss_kib, running, upstream_provider
 
 
 def body_of(mib: int) -> bytes:
@@ -74,7 +74,7 @@ def one_tree(tree: Path | None, args, workdir: Path) -> None:
             url = f"http://127.0.0.1:{port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
             body = body_of(args.mib)
             for label, key in (("rpm 1, max_parallel 1", limited), ("no limits", unlimited)):
-                with running([str(BIN / "riceball"), "serve", "--port", str(port)], env,
+                with running([*RICEBALL, "serve", "--port", str(port)], env,
                              f"http://127.0.0.1:{port}/readyz", workdir / "gateway.log") as gateway:
                     pid = worker_pid(gateway.pid)
                     before = rss_kib(pid, "VmRSS")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from benchmarks.run import (
     BENCH_REDIS,
-    BIN,
     MESSAGES,
+    RICEBALL,
     ROOT,
     bench_database,
     free_port,
@@ -87,7 +87,7 @@ def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path,
             url = f"http://127.0.0.1:{gateway_port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
             body = {"model": "bench", "messages": MESSAGES, "stream": stream}
             auth = {"Authorization": f"Bearer {key}"}
-            argv = [str(BIN / "riceball"), "serve", "--port", str(gateway_port), "--workers", str(workers)]
+            argv = [*RICEBALL, "serve", "--port", str(gateway_port), "--workers", str(workers)]
             with running(argv, env, f"http://127.0.0.1:{gateway_port}/healthz", workdir / "gateway.log") as gateway:
                 wrk_output(url, auth, body, 64, 2, workdir)  # warm up
                 before = process_tree_cpu(gateway.pid)

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.run import BIN, MESSAGES, bench_database, free_port, riceball, running, upstream_provider, wrk
+from benchmarks.run import MESSAGES, RICEBALL, bench_database, free_port, riceball, running, upstream_provider, wrk
 
 CHUNKS = 20
 PLAIN = {"model": "bench", "messages": MESSAGES, "max_tokens": 100}
@@ -54,7 +54,7 @@ def measure(env: dict, workdir: Path, seconds: int, runs: int) -> dict[tuple[str
                       for kind in ("openai", "anthropic", "responses")}
         key = riceball(env, "key", "create", "--name", "dialects")["key"]
         port = free_port()
-        with running([str(BIN / "riceball"), "serve", "--port", str(port)], env,
+        with running([*RICEBALL, "serve", "--port", str(port)], env,
                      f"http://127.0.0.1:{port}/healthz", workdir / "gateway-dialects.log") as gateway:
             for _ in range(runs):
                 for label, kind, path, streamed in CALLS:

@@ -36,7 +36,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from benchmarks.run import BIN, bench_database, free_port, percentile, riceball, running, upstream_provider
+from benchmarks.run import RICEBALL, bench_database, free_port, percentile, riceball, running, upstream_provider
 from tests.pgbouncer import pgbouncer_program, running_pgbouncer
 
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
@@ -74,7 +74,7 @@ async def propagation(env: dict, assistant_id: str, url_b: str, key: str, rounds
             await asyncio.sleep(pauses.uniform(0, 1))  # out of step with a TTL's flushes
             model = f"bench-v{n}"
             cli = await asyncio.create_subprocess_exec(
-                str(BIN / "riceball"), "assistant", "update", assistant_id, "--model", model, env=env,
+                *RICEBALL, "assistant", "update", assistant_id, "--model", model, env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await cli.wait()
             changed = time.perf_counter()
@@ -150,7 +150,7 @@ def main() -> None:
             ports = [free_port(), free_port()]
             with ExitStack() as servers:
                 for port in ports:
-                    servers.enter_context(running([str(BIN / "riceball"), "serve", "--port", str(port)], env | extra,
+                    servers.enter_context(running([*RICEBALL, "serve", "--port", str(port)], env | extra,
                                                   f"http://127.0.0.1:{port}/readyz", workdir / f"gateway-{port}.log"))
                 url_b = f"http://127.0.0.1:{ports[1]}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
                 times = asyncio.run(propagation(env | extra, assistant["id"], url_b, key, args.rounds))
@@ -162,14 +162,14 @@ def main() -> None:
                                                                "RICEBALL_LISTEN_DATABASE_URL": database_url})]
                 if pooled_url else []):
             port = free_port()
-            with running([str(BIN / "riceball"), "serve", "--port", str(port)], env | extra,
+            with running([*RICEBALL, "serve", "--port", str(port)], env | extra,
                          f"http://127.0.0.1:{port}/readyz", workdir / f"gateway-{port}.log"):
                 url = f"http://127.0.0.1:{port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
                 print(f"a limited key's call, {name}: {ms(asyncio.run(call_latencies(url, limited, args.calls)))}")
 
         path = workdir / "riceball.yaml"
         path.write_text(config_file(args.assistants, upstream))
-        command = [str(BIN / "riceball")]
+        command = [*RICEBALL]
         floor = min(timed([*command, "migrate"], env) for _ in range(3))
         first = timed([*command, "apply", "-f", str(path), "--json"], env)
         again = min(timed([*command, "apply", "-f", str(path), "--json"], env) for _ in range(3))

@@ -33,7 +33,7 @@ import aiohttp
 import asyncpg
 
 from benchmarks.instances import call_latencies
-from benchmarks.run import BIN, bench_database, free_port, percentile, riceball, running, upstream_provider
+from benchmarks.run import RICEBALL, bench_database, free_port, percentile, riceball, running, upstream_provider
 
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
 #: The fake upstream streams 20 chunks this many seconds apart: a call holds its slot about 0.2 s.
@@ -119,7 +119,7 @@ def measure(backend: str, env: dict, database_url: str, workdir: Path, args) -> 
                 for name, options in [("rpm", ["--rpm", str(RPM)]), ("parallel", ["--max-parallel", str(MAX_PARALLEL)]),
                                       ("budget", ["--budget-usd", str(BUDGET_USD), "--budget-period", "total"]),
                                       ("floor", []), ("latency", ["--rpm", "1000000000"])]}
-        with running([str(BIN / "riceball"), "serve", "--port", str(port), "--workers", str(args.workers)], env,
+        with running([*RICEBALL, "serve", "--port", str(port), "--workers", str(args.workers)], env,
                      f"http://127.0.0.1:{port}/readyz", workdir / f"gateway-{backend}.log"):
             time.sleep(2)  # every worker up
             url = f"http://127.0.0.1:{port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"

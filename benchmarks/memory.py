@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.run import (
-    BIN,
     MESSAGES,
+    RICEBALL,
     bench_database,
     free_port,
     riceball,
@@ -51,7 +51,7 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/api/v1/assistants/{assistant['id']}/v1/chat/completions"
             body = {"model": "bench", "messages": MESSAGES, "stream": args.stream}
             auth = {"Authorization": f"Bearer {key}"}
-            with running([str(BIN / "riceball"), "serve", "--port", str(port)], env,
+            with running([*RICEBALL, "serve", "--port", str(port)], env,
                          f"http://127.0.0.1:{port}/healthz", workdir / "gateway.log") as gateway:
                 served, first_rss = 0, None
                 print(f"RSS at start: {rss_kib(gateway.pid) / 1024:.1f} MB", flush=True)

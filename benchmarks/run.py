@@ -32,6 +32,9 @@ import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: The ``riceball`` command, run as a module so that a ``--tree`` on PYTHONPATH (another checkout) is the
+#: code that runs, whatever its console script's entry point was.
+RICEBALL = [sys.executable, "-m", "riceball_proxy"]
 MESSAGES = [{"role": "user", "content": "Tell me something."}]
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 #: The Redis that limit counters use in the benchmark (a database number of its own).
@@ -112,7 +115,7 @@ def bench_database():
 
 
 def riceball(env: dict, *argv: str, stdin: str | None = None) -> dict:
-    result = subprocess.run([str(BIN / "riceball"), "--json", *argv], env=env, input=stdin, capture_output=True,
+    result = subprocess.run([*RICEBALL, "--json", *argv], env=env, input=stdin, capture_output=True,
                             text=True, check=True)
     return json.loads(result.stdout)
 
@@ -389,7 +392,7 @@ def main() -> None:
             results = {}
             for workers in (1, 2):
                 port = free_port()
-                gateway_argv = [str(BIN / "riceball"), "serve", "--port", str(port), "--workers", str(workers)]
+                gateway_argv = [*RICEBALL, "serve", "--port", str(port), "--workers", str(workers)]
                 with running(gateway_argv, env, f"http://127.0.0.1:{port}/healthz",
                              workdir / f"gateway-{workers}.log") as gateway:
                     if workers == 1:
@@ -420,7 +423,7 @@ def main() -> None:
                         continue
                     backend_env["RICEBALL_REDIS_URL"] = BENCH_REDIS
                 port = free_port()
-                with running([str(BIN / "riceball"), "serve", "--port", str(port)], backend_env,
+                with running([*RICEBALL, "serve", "--port", str(port)], backend_env,
                              f"http://127.0.0.1:{port}/healthz", workdir / f"gateway-limits-{backend}.log"):
                     url = through(fast, port)
                     results[f"limits_{backend}"] = asyncio.run(paired_latencies(
