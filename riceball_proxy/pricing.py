@@ -143,6 +143,33 @@ def library_price(provider_id: str, model: str) -> Price | None:
         return None
 
 
+async def assistant_budget_problem(db, limits, model: str, prices, provider, fallbacks) -> str | None:
+    """Why an assistant-to-be cannot have its USD budget, in the words every front end shows (beside
+    the budget field); None when it can. The rule: a USD budget needs a known price for every target a
+    call may reach (``unpriced_targets``)."""
+    if limits.budget_usd is None:
+        return None
+    missing = await unpriced_targets(db, model, prices, provider, fallbacks)
+    if not missing:
+        return None
+    return (f"no price is known for {', '.join(missing)}: a USD budget needs one for every target; give the "
+            "assistant prices (for its model) or that fallback its own, choose fallbacks of known price, or use "
+            "a budget in tokens")
+
+
+async def key_budget_problem(db, limits, assistant_ids) -> tuple[str | None, list[str]]:
+    """Why a key-to-be cannot have its USD budget (no assistant it may call has a known price), in the
+    words every front end shows, or None; and the names of the assistants it may call whose calls have
+    no known price (under the budget they may not reach those targets)."""
+    if limits.budget_usd is None:
+        return None, []
+    priced, unknown = await unpriced(db, None if assistant_ids is None else set(assistant_ids))
+    if priced:
+        return None, unknown
+    return (f"no assistant this key may call has a known price ({', '.join(unknown) or 'none'}), so a USD "
+            "budget cannot be counted: give them prices, or use a budget in tokens"), unknown
+
+
 async def unpriced(db, assistant_ids=None) -> tuple[list[str], list[str]]:
     """The names of the assistants (those of ``assistant_ids``, or every one) whose every target's calls
     have a known price, and of those with a target whose have none."""

@@ -315,7 +315,8 @@ def test_limits_and_prices_on_keys_and_assistants(cli_env, capsys, monkeypatch):
     # A model nobody has a price for: a USD budget is refused, nothing saved, until the operator prices it.
     status, out, err = run(capsys, monkeypatch, "assistant", "add", "--name", "own", "--provider", "up",
                            "--model", "in-house-7b", "--budget-usd", "5")
-    assert status == 2 and "'in-house-7b' on 'up' has none" in err and len(err.strip().splitlines()) == 1
+    assert status == 2 and "--budget-usd: no price is known for 'in-house-7b' on 'up'" in err
+    assert len(err.strip().splitlines()) == 1
     assert run_json(capsys, monkeypatch, "assistant", "list")["assistants"][-1]["name"] == "known"
     own = run_json(capsys, monkeypatch, "assistant", "add", "--name", "own", "--provider", "up", "--model",
                    "in-house-7b", "--price-input", "0.2", "--price-output", "0.6", "--budget-usd", "5")
@@ -337,12 +338,12 @@ def test_limits_and_prices_on_keys_and_assistants(cli_env, capsys, monkeypatch):
     assert updated["limits"]["max_parallel"] == 4 and updated["limits"]["budget_usd"] is None
     assert updated["price_input"] is None
     status, out, err = run(capsys, monkeypatch, "assistant", "update", own["id"], "--budget-usd", "1")
-    assert status == 2 and "has none" in err
+    assert status == 2 and "no price is known for" in err
 
     # A key scoped to the unpriced assistant alone cannot have a USD budget; a token budget is fine.
     status, out, err = run(capsys, monkeypatch, "key", "create", "--name", "k", "--assistant", own["id"],
                            "--budget-usd", "10")
-    assert status == 2 and "no assistant this key may call has one (own)" in err
+    assert status == 2 and "--budget-usd: no assistant this key may call has a known price (own)" in err
     key = run_json(capsys, monkeypatch, "key", "create", "--name", "k", "--rpm", "5", "--tpm", "10000",
                    "--max-parallel", "2", "--budget-usd", "50", "--budget-tokens", "100000", "--budget-period", "week")
     assert key["limits"] == {"rpm": 5, "tpm": 10000, "max_parallel": 2, "budget_usd": "50.000000",

@@ -14,7 +14,7 @@ from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, Target
 from riceball_proxy.errors import APIError
-from riceball_proxy.pricing import unpriced_targets
+from riceball_proxy.pricing import assistant_budget_problem
 
 #: Seconds the form waits for the provider's model list before offering free text only.
 MODEL_LIST_TIMEOUT = 3
@@ -200,11 +200,9 @@ async def assistant_save(request: web.Request) -> web.Response:
             form.errors[field] = "A cache price needs the input and output prices."
     if form.valid and limits.budget_usd is not None:
         provider = await providers.get(pool, provider_ids[provider_id])
-        missing = await unpriced_targets(pool, model, prices, provider, fallbacks)
-        if missing:
-            form.errors["budget_usd"] = (f"No price is known for {', '.join(missing)}: a USD budget needs one for "
-                                         "every target. Set the prices below (for the assistant's model), choose "
-                                         "fallbacks of known price, or use a budget in tokens.")
+        problem = await assistant_budget_problem(pool, limits, model, prices, provider, fallbacks)
+        if problem:
+            form.errors["budget_usd"] = problem[0].upper() + problem[1:] + "."
     if form.valid:
         fields: dict[str, Any] = dict(
                       name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,

@@ -11,7 +11,7 @@ from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.db import api_keys, assistants, usage_events
 from riceball_proxy.limits import current_period_start, period_bounds
-from riceball_proxy.pricing import unpriced
+from riceball_proxy.pricing import key_budget_problem, unpriced
 
 #: The expiries offered: form value -> (label, lifetime).
 EXPIRIES = {
@@ -80,11 +80,10 @@ async def _read_form(request: web.Request, key: api_keys.ApiKey | None):
     if any(value not in known for value in chosen):
         form.errors["assistants"] = "Choose assistants from the list."
     scope = [known[value] for value in chosen if value in known] or None
-    if form.valid and limits.budget_usd is not None:
-        priced, unknown = await unpriced(pool, None if scope is None else set(scope))
-        if not priced:
-            form.errors["budget_usd"] = ("No assistant this key may call has a known price, so a USD budget "
-                                         "cannot be counted: price them, or use a budget in tokens.")
+    if form.valid:
+        problem, _ = await key_budget_problem(pool, limits, scope)
+        if problem:
+            form.errors["budget_usd"] = problem[0].upper() + problem[1:] + "."
     return form, name, scope, limits, EXPIRIES.get(expires, EXPIRIES[""])[1], set(chosen)
 
 

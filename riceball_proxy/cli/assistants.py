@@ -21,7 +21,7 @@ from riceball_proxy.db import assistants, providers
 from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, EFFORTS
 from riceball_proxy.limits import Limits
 from riceball_proxy.masking import mask_params
-from riceball_proxy.pricing import unpriced_targets
+from riceball_proxy.pricing import assistant_budget_problem
 from riceball_proxy.settings import Settings
 
 
@@ -132,15 +132,11 @@ def prices_from(args: argparse.Namespace, current: assistants.Assistant | None =
 
 async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str,
                                  fallbacks) -> None:
-    """A USD budget on an assistant needs the price of every target's calls: the assistant's own (for its
-    model), or the one genai-prices knows."""
-    if limits.budget_usd is None:
-        return
-    missing = await unpriced_targets(pool, model, prices, provider, fallbacks)
-    if missing:
-        raise CommandError(f"a USD budget needs a known price for every target, and {', '.join(missing)} has "
-                           "none: set --price-input and --price-output (for the assistant's model), choose "
-                           "fallbacks of known price, or use --budget-tokens")
+    """A USD budget on an assistant needs the price of every target's calls
+    (``pricing.assistant_budget_problem``)."""
+    problem = await assistant_budget_problem(pool, limits, model, prices, provider, fallbacks)
+    if problem:
+        raise CommandError(f"--budget-usd: {problem}")
 
 
 def assistant_base_url(settings: Settings, assistant_id: Any) -> str:

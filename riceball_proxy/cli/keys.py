@@ -18,7 +18,7 @@ from riceball_proxy.cli.output import (
 )
 from riceball_proxy.db import api_keys, assistants, usage_events
 from riceball_proxy.limits import Limits, current_period_start
-from riceball_proxy.pricing import unpriced
+from riceball_proxy.pricing import key_budget_problem
 from riceball_proxy.settings import Settings
 
 
@@ -69,14 +69,11 @@ def spent_text(key: api_keys.ApiKey, spent: tuple) -> str:
 
 
 async def check_usd_budget(pool, limits: Limits, assistant_ids) -> list[str]:
-    """A USD budget needs calls whose cost is known: CommandError when none of the assistants a key may
-    call has a price; else the names of those without one (their calls do not count)."""
-    if limits.budget_usd is None:
-        return []
-    priced, unknown = await unpriced(pool, None if assistant_ids is None else set(assistant_ids))
-    if unknown and not priced:
-        raise CommandError(f"a USD budget needs a known price, and no assistant this key may call has one "
-                           f"({', '.join(unknown)}): set --price-input/--price-output on them, or use --budget-tokens")
+    """A USD budget needs calls whose cost is known (``pricing.key_budget_problem``): CommandError when
+    none of the assistants a key may call has a price; else the names of those without one."""
+    problem, unknown = await key_budget_problem(pool, limits, assistant_ids)
+    if problem:
+        raise CommandError(f"--budget-usd: {problem}")
     return unknown
 
 

@@ -23,7 +23,7 @@ from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError, KeySpec, LimitsSpec
 from riceball_proxy.limits import Limits, check_limits
 from riceball_proxy.masking import mask_params, mask_url
-from riceball_proxy.pricing import unpriced, unpriced_targets
+from riceball_proxy.pricing import assistant_budget_problem, key_budget_problem
 
 logger = logging.getLogger(__name__)
 
@@ -226,13 +226,10 @@ class _Sync:
                 "deadline": spec.deadline, "max_attempts": spec.max_attempts, "expose_target": spec.expose_target,
                 "auto_cache": spec.auto_cache,
             }
-            if wanted["limits"].budget_usd is not None:
-                missing = await unpriced_targets(self.conn, spec.model, prices, provider, fallbacks)
-                if missing:
-                    raise ConfigFileError([f"{where}.limits.budget_usd: no price is known for {', '.join(missing)}: "
-                                           "a USD budget needs one for every target; give the assistant prices "
-                                           "(for its model), choose fallbacks of known price, or use "
-                                           "budget_tokens"])
+            problem = await assistant_budget_problem(self.conn, wanted["limits"], spec.model, prices, provider,
+                                                     fallbacks)
+            if problem:
+                raise ConfigFileError([f"{where}.limits.budget_usd: {problem}"])
             current = self.assistants.get(spec.name)
             try:
                 if current is None:
@@ -287,12 +284,9 @@ class _Sync:
             self._note("key", spec.name, current.id, "updated", fields=fields)
 
     async def _check_key_budget(self, index: int, spec: KeySpec, scope) -> None:
-        if spec.limits.budget_usd is None:
-            return
-        priced, _ = await unpriced(self.conn, None if scope is None else set(scope))  # as written so far
-        if not priced:
-            raise ConfigFileError([f"keys[{index}].limits.budget_usd: no assistant this key may call has a known "
-                                   "price: give them prices, or use budget_tokens"])
+        problem, _ = await key_budget_problem(self.conn, _limits(spec.limits), scope)  # as written so far
+        if problem:
+            raise ConfigFileError([f"keys[{index}].limits.budget_usd: {problem}"])
 
     # --- pruning -------------------------------------------------------------------------------------
 
