@@ -285,8 +285,18 @@ async def _write(db, name: str, fallbacks: Sequence[Target], sql: str, *args) ->
         raise InvalidAssistant(f"a value is out of range ({exc.constraint_name})") from None
 
 
-async def create(
-    db,
+#: The columns ``create`` and ``update`` write, in the order of ``_row``'s values.
+_WRITTEN = ("name", "provider_id", "model", "system_prompt",
+            *(column for parameter in PARAMETERS for column in (parameter, f"{parameter}_locked")),
+            "extra_params", "allow_client_system", "enabled", *_POLICY_COLUMNS,
+            "deadline", "max_attempts", "expose_target", "auto_cache")
+_INSERT = (f"INSERT INTO assistants ({', '.join(_WRITTEN)}) "
+           f"VALUES ({', '.join(f'${n}' for n in range(1, len(_WRITTEN) + 1))}) RETURNING id")
+_UPDATE = (f"UPDATE assistants SET {', '.join(f'{column} = ${n}' for n, column in enumerate(_WRITTEN, start=2))}, "
+           "updated_at = now() WHERE id = $1 RETURNING id")
+
+
+def _row(
     *,
     name: str,
     provider_id: int,
@@ -299,105 +309,30 @@ async def create(
     enabled: bool = True,
     limits: Limits = Limits(),
     prices: Prices = NO_PRICES,
-    fallbacks: Sequence[Target] = (),
     deadline: float = DEFAULT_DEADLINE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     expose_target: bool = False,
     auto_cache: bool = False,
-) -> Assistant:
-    """Add an assistant; raises InvalidAssistant for values the schema refuses."""
-    await _check_targets(db, provider_id, model, fallbacks)
-    row = await _write(
-        db,
-        name,
-        fallbacks,
-        f"""
-        INSERT INTO assistants (
-            name, provider_id, model, system_prompt,
-            temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
-            presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
-            seed, seed_locked, stop, stop_locked, reasoning_effort, reasoning_effort_locked,
-            extra_params, allow_client_system, enabled, {", ".join(_POLICY_COLUMNS)},
-            deadline, max_attempts, expose_target, auto_cache
-        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                  $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36,
-                  $37)
-        RETURNING id
-        """,
-        name,
-        provider_id,
-        model,
-        system_prompt,
-        *_values(parameters, locked),
-        dict(extra_params or {}),
-        allow_client_system,
-        enabled,
-        *_policy(limits, prices),
-        deadline,
-        max_attempts,
-        expose_target,
-        auto_cache,
-    )
+) -> list[Any]:
+    """An assistant's configuration as the values of ``_WRITTEN``, checked (InvalidAssistant)."""
+    return [name, provider_id, model, system_prompt, *_values(parameters, locked), dict(extra_params or {}),
+            allow_client_system, enabled, *_policy(limits, prices), deadline, max_attempts, expose_target,
+            auto_cache]
+
+
+async def create(db, *, fallbacks: Sequence[Target] = (), **fields: Any) -> Assistant:
+    """Add an assistant (the fields of ``_row``, and its fallback targets); raises InvalidAssistant for
+    values the schema refuses."""
+    await _check_targets(db, fields["provider_id"], fields["model"], fallbacks)
+    row = await _write(db, fields["name"], fallbacks, _INSERT, *_row(**fields))
+    assert row is not None  # an INSERT ... RETURNING returns its row
     return Assistant.from_row(row)
 
 
-async def update(
-    db,
-    assistant_id: uuid.UUID,
-    *,
-    name: str,
-    provider_id: int,
-    model: str,
-    system_prompt: str = "",
-    parameters: Mapping[str, Any] | None = None,
-    locked: Iterable[str] = (),
-    extra_params: Mapping[str, Any] | None = None,
-    allow_client_system: bool = True,
-    enabled: bool = True,
-    limits: Limits = Limits(),
-    prices: Prices = NO_PRICES,
-    fallbacks: Sequence[Target] = (),
-    deadline: float = DEFAULT_DEADLINE,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    expose_target: bool = False,
-    auto_cache: bool = False,
-) -> Assistant | None:
-    """Replace an assistant's configuration; None when it does not exist."""
-    await _check_targets(db, provider_id, model, fallbacks)
-    row = await _write(
-        db,
-        name,
-        fallbacks,
-        """
-        UPDATE assistants SET
-            name = $2, provider_id = $3, model = $4, system_prompt = $5,
-            temperature = $6, temperature_locked = $7, top_p = $8, top_p_locked = $9,
-            max_tokens = $10, max_tokens_locked = $11, presence_penalty = $12, presence_penalty_locked = $13,
-            frequency_penalty = $14, frequency_penalty_locked = $15, seed = $16, seed_locked = $17,
-            stop = $18, stop_locked = $19, reasoning_effort = $20, reasoning_effort_locked = $21,
-            extra_params = $22, allow_client_system = $23, enabled = $24,
-            rpm = $25, tpm = $26, max_parallel = $27, budget_usd = $28, budget_tokens = $29,
-            budget_period = $30, price_input = $31, price_output = $32, price_cached_input = $33,
-            price_cache_write = $34, deadline = $35, max_attempts = $36, expose_target = $37, auto_cache = $38,
-            updated_at = now()
-        WHERE id = $1
-        RETURNING id
-        """,
-        assistant_id,
-        name,
-        provider_id,
-        model,
-        system_prompt,
-        *_values(parameters, locked),
-        dict(extra_params or {}),
-        allow_client_system,
-        enabled,
-        *_policy(limits, prices),
-        deadline,
-        max_attempts,
-        expose_target,
-        auto_cache,
-    )
+async def update(db, assistant_id: uuid.UUID, *, fallbacks: Sequence[Target] = (), **fields: Any) -> Assistant | None:
+    """Replace an assistant's configuration (as ``create`` takes it); None when it does not exist."""
+    await _check_targets(db, fields["provider_id"], fields["model"], fallbacks)
+    row = await _write(db, fields["name"], fallbacks, _UPDATE, assistant_id, *_row(**fields))
     return None if row is None else Assistant.from_row(row)
 
 
