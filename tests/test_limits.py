@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from riceball_proxy import appkeys
 from riceball_proxy.db import assistants, usage_events
+from riceball_proxy.limits.admission import RETRY_UNAVAILABLE_AFTER
 from tests.tcp_proxy import TcpProxy
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -244,7 +245,9 @@ async def test_redis_away_admits_or_refuses_by_limits_fail(start_gateway, settin
                 assert raised.value.status_code == 503 and raised.value.code == "limits_unavailable"
             assert registry.get_sample_value("riceball_limits_unavailable_total", {"backend": "redis"}) >= 1
             proxy.unblock()
-            await asyncio.sleep(1.1)  # the counters are asked again a second after they failed
+            limiter = gateway.app[appkeys.LIMITER]
+            started = limiter.clock()
+            limiter.clock = lambda: started + RETRY_UNAVAILABLE_AFTER  # they are asked again a second after
             await client.chat.completions.create(model="x", messages=MESSAGES)  # the second of two
             with pytest.raises(openai.RateLimitError):
                 await client.chat.completions.create(model="x", messages=MESSAGES)

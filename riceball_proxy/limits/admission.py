@@ -24,7 +24,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -110,6 +110,8 @@ class Limiter:
         self.fail_open = fail_open
         self.metrics = metrics
         self._down_until = 0.0
+        #: The clock the counters' absence is timed on (a test moves its own instead of waiting).
+        self.clock: Callable[[], float] = time.monotonic
         #: (scope, owner, limits) -> its Plan; bounded, the least recently used go first.
         self._plans: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
         if metrics is not None:
@@ -138,7 +140,7 @@ class Limiter:
     async def _decide(self, ctx: ChatContext, checks: list) -> Decision | None:
         """Ask the counters about ``checks``: the decision when admitted, APIError when refused, None when
         the counters are away and calls are admitted meanwhile."""
-        if time.monotonic() < self._down_until:
+        if self.clock() < self._down_until:
             self._unavailable(None)
             return None
         try:
@@ -156,7 +158,7 @@ class Limiter:
                                 "shortly.", type="server_error", code="limits_busy",
                            headers={"Retry-After": "1"}) from None
         except Unavailable as exc:
-            self._down_until = time.monotonic() + RETRY_UNAVAILABLE_AFTER
+            self._down_until = self.clock() + RETRY_UNAVAILABLE_AFTER
             self._unavailable(exc)
             return None
         headers = rate_headers(checks, decision)
