@@ -16,7 +16,7 @@ from typing import Any
 
 from riceball_proxy.content import SYSTEM_ROLES
 
-#: The breakpoint placed: Anthropic's 5-minute cache, the cheaper write.
+#: The breakpoint placed (a copy each time: bodies are changed later): Anthropic's 5-minute cache, the cheaper write.
 BREAKPOINT = {"type": "ephemeral"}
 #: Blocks that cannot carry ``cache_control`` themselves.
 UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
@@ -29,7 +29,7 @@ def _marked(blocks: Any) -> bool:
 def _with_breakpoint(content: Any) -> Any:
     """Content (a string or blocks) with a breakpoint on its last markable block; None when it has none."""
     if isinstance(content, str):
-        return [{"type": "text", "text": content, "cache_control": BREAKPOINT}] if content else None
+        return [{"type": "text", "text": content, "cache_control": dict(BREAKPOINT)}] if content else None
     if not isinstance(content, list):
         return None
     blocks = list(content)
@@ -37,7 +37,7 @@ def _with_breakpoint(content: Any) -> Any:
         block = blocks[n]
         if isinstance(block, dict) and block.get("type") not in UNMARKABLE and (block.get("type") != "text"
                                                                                 or block.get("text")):
-            blocks[n] = {**block, "cache_control": BREAKPOINT}
+            blocks[n] = {**block, "cache_control": dict(BREAKPOINT)}
             return blocks
     return None
 
