@@ -166,8 +166,7 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
         routing = {"fallbacks": fallbacks, "deadline": args.deadline or DEFAULT_DEADLINE,
                    "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS, "expose_target": args.expose_target,
                    "auto_cache": args.auto_cache}
-        try:
-            assistant = await assistants.create(
+        assistant = await _saved(pool, args.name, assistants.create(
                 pool,
                 name=args.name,
                 provider_id=provider.id,
@@ -180,11 +179,7 @@ def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
                 limits=limits,
                 prices=prices,
                 **routing,
-            )
-        except assistants.AssistantNameTaken as exc:
-            raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
-        except assistants.InvalidAssistant as exc:
-            raise CommandError(str(exc)) from None
+            ))
         return assistant, provider
 
     assistant, provider = run_db(settings, work)
@@ -216,8 +211,7 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                    "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts,
                    "expose_target": current.expose_target if args.expose_target is None else args.expose_target,
                    "auto_cache": current.auto_cache if args.auto_cache is None else args.auto_cache}
-        try:
-            assistant = await assistants.update(
+        assistant = await _saved(pool, args.name, assistants.update(
                 pool,
                 current.id,
                 name=current.name if args.name is None else args.name,
@@ -233,16 +227,25 @@ def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
                 limits=limits,
                 prices=prices,
                 **routing,
-            )
-        except assistants.AssistantNameTaken as exc:
-            raise name_taken(exc, await assistants.get_by_name(pool, args.name)) from None
-        except assistants.InvalidAssistant as exc:
-            raise CommandError(str(exc)) from None
+            ))
         return assistant, provider
 
     assistant, provider = run_db(settings, work)
     emit(args, _assistant_dict(assistant, provider.name), f"assistant {assistant.name!r} updated")
     return 0
+
+
+async def _saved(pool, name: str | None, writing) -> assistants.Assistant:
+    """The assistant ``writing`` (a create or an update) saves; its refusal as a one-line error."""
+    try:
+        saved = await writing
+    except assistants.AssistantNameTaken as exc:
+        raise name_taken(exc, await assistants.get_by_name(pool, name or "")) from None
+    except assistants.InvalidAssistant as exc:
+        raise CommandError(str(exc)) from None
+    if saved is None:
+        raise CommandError("this assistant was deleted meanwhile")
+    return saved
 
 
 def cmd_assistant_list(args: argparse.Namespace, settings: Settings) -> int:
