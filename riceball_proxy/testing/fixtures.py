@@ -203,15 +203,19 @@ def install_plugin(tmp_path, monkeypatch):
 # --- the gateway and fake upstreams, all real servers ---------------------------------------------
 
 
+async def _served(fake, aiohttp_server):
+    """``fake`` served on a real port, its ``base_url`` set to the server's ``/v1``."""
+    server = await aiohttp_server(fake.app())
+    fake.base_url = str(server.make_url("/v1"))
+    return fake
+
+
 @pytest.fixture
 async def fake_openai(aiohttp_server):
     """A fake OpenAI upstream on a real port; ``fake_openai.base_url`` ends in ``/v1``."""
     from riceball_proxy.testing.fake_openai import FakeOpenAI
 
-    fake = FakeOpenAI()
-    server = await aiohttp_server(fake.app())
-    fake.base_url = str(server.make_url("/v1"))
-    return fake
+    return await _served(FakeOpenAI(), aiohttp_server)
 
 
 @pytest.fixture
@@ -219,10 +223,7 @@ async def fake_anthropic(aiohttp_server):
     """A fake Anthropic Messages API on a real port; ``fake_anthropic.base_url`` ends in ``/v1``."""
     from riceball_proxy.testing.fake_anthropic import FakeAnthropic
 
-    fake = FakeAnthropic()
-    server = await aiohttp_server(fake.app())
-    fake.base_url = str(server.make_url("/v1"))
-    return fake
+    return await _served(FakeAnthropic(), aiohttp_server)
 
 
 class Gateway:
