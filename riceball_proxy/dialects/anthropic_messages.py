@@ -198,11 +198,19 @@ def inject(body: dict[str, Any], assistant) -> None:
     _without_foreign_thinking(body)
 
 
+def tool_turn_without_thinking(messages: list[dict[str, Any]]) -> bool:
+    """True when the last assistant turn calls a tool without starting with its thinking (a turn another
+    model wrote): Anthropic refuses such a history while it thinks on a budget."""
+    last = next((message for message in reversed(messages) if message.get("role") == "assistant"), None)
+    content = last.get("content") if last is not None else None
+    return isinstance(content, list) and any(block.get("type") == "tool_use" for block in content) \
+        and content[0].get("type") not in ("thinking", "redacted_thinking")
+
+
 def _without_foreign_thinking(body: dict[str, Any]) -> None:
     """Leave out the thinking blocks the gateway made of another provider's reasoning (a translated
     answer's, signed ``riceball.v1:``), which Anthropic cannot verify; and thinking on a budget when the
     last tool turn is then without thinking (one another model wrote), which Anthropic refuses."""
-    last_tool_turn_thinks = True
     for message in body["messages"]:
         content = message.get("content")
         if message.get("role") != "assistant" or not isinstance(content, list):
@@ -211,11 +219,7 @@ def _without_foreign_thinking(body: dict[str, Any]) -> None:
                                                    and decode_reasoning(block.get("signature")) is not None)]
         if kept and len(kept) != len(content):
             message["content"] = kept
-        if any(block.get("type") == "tool_use" for block in message["content"]):
-            last_tool_turn_thinks = message["content"][0].get("type") in ("thinking", "redacted_thinking")
-        else:
-            last_tool_turn_thinks = True
-    if (body.get("thinking") or {}).get("type") == "enabled" and not last_tool_turn_thinks:
+    if (body.get("thinking") or {}).get("type") == "enabled" and tool_turn_without_thinking(body["messages"]):
         logger.info("thinking left out: the last tool turn has none of Anthropic's")
         del body["thinking"]
 

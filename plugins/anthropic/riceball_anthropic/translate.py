@@ -7,7 +7,12 @@ from typing import Any
 
 import orjson
 
-from riceball_proxy.dialects.anthropic_messages import ADAPTIVE_SINCE, claude_version, thinking_for
+from riceball_proxy.dialects.anthropic_messages import (
+    ADAPTIVE_SINCE,
+    claude_version,
+    thinking_for,
+    tool_turn_without_thinking,
+)
 from riceball_proxy.dialects.anthropic_messages import usage_to_chat as usage_of  # one meaning of usage
 from riceball_proxy.plugin import (
     SYSTEM_ROLES,
@@ -126,11 +131,7 @@ def _thinking(body: dict[str, Any], max_tokens: int, turns: list[dict[str, Any]]
     thinking = thinking_for(body["model"], body.get("reasoning_effort"), max_tokens)
     if thinking is None or claude_version(body["model"]) >= ADAPTIVE_SINCE:
         return thinking
-    last = next((turn for turn in reversed(turns) if turn["role"] == "assistant"), None)
-    if last is not None and any(block.get("type") == "tool_use" for block in last["content"]) and \
-            last["content"][0].get("type") not in ("thinking", "redacted_thinking"):
-        return None
-    return thinking
+    return None if tool_turn_without_thinking(turns) else thinking
 
 
 def _structured(anthropic: dict[str, Any], response_format: Any) -> None:
