@@ -8,6 +8,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from riceball_proxy.admin.forms import field_label
 from riceball_proxy.masking import mask_params, mask_url
 
 
@@ -27,3 +28,4 @@ def setup_templates(app: web.Application) -> None:
     )
     environment.filters["mask_url"] = mask_url
     environment.filters["mask_params"] = mask_params
+    environment.globals["field_label"] = field_label

@@ -331,7 +331,7 @@ async def test_assistant_form_errors_are_shown_next_to_their_field(panel):
                                               temperature="9", lock_top_p="on", system_prompt="typed prompt")
     assert response.status == 400
     assert re.search(r'id="extra_params-error" class="error">Not valid JSON', text)
-    assert re.search(r'id="temperature-error" class="error">Enter a value at least 0 and at most 2', text)
+    assert re.search(r'id="temperature-error" class="error">Must be between 0 and 2', text)
     assert re.search(r'id="top_p-error" class="error">A locked parameter needs a value', text)
     assert 'value="keep me"' in text and "typed prompt" in text and "{not json" in text
     assert await assistants.list_all(panel.pool) == []
@@ -343,7 +343,7 @@ async def test_numbers_past_what_the_database_holds_are_form_errors(panel, field
     await provider_via_form(panel)
     provider = (await providers.list_all(panel.pool))[0]
     response, text = await assistant_via_form(panel, provider.id, **{field: value})
-    assert response.status == 400 and f'id="{field}-error" class="error">Enter a value' in text
+    assert response.status == 400 and f'id="{field}-error" class="error">Must be between' in text
     assert await assistants.list_all(panel.pool) == []
 
 
@@ -572,7 +572,9 @@ async def test_assistants_get_limits_and_prices(panel):
                                               budget_period="month")
     assert response.status == 400 and "No price is known for" in text and "in-house-7b" in text
     response, text = await assistant_via_form(panel, provider.id, model="in-house-7b", price_input="0.5")
-    assert response.status == 400 and "Set both prices, or neither." in text
+    assert response.status == 400
+    assert re.search(r'id="price_output-error" class="error">Set an output price beside the input price, or neither',
+                     text)
     assert await assistants.list_all(panel.pool) == []
     response, _ = await assistant_via_form(panel, provider.id, model="in-house-7b", price_input="0.5",
                                            price_output="1.5", budget_usd="10", budget_period="day", tpm="20000")
@@ -596,9 +598,11 @@ async def test_the_assistant_form_sets_reasoning_effort_prompt_caching_and_cache
                   price_input="3", price_output="15", price_cached_input="0.3", price_cache_write="3.75",
                   fallback_provider_0=str(backup.id), fallback_model_0="in-house-7b", fallback_prices_0="0.2, 0.8")
     response, text = await assistant_via_form(panel, primary.id, **(fields | {"fallback_prices_0": "0.2"}))
+    assert response.status == 400 and "Set an output price beside the input price, or neither." in text
+    response, text = await assistant_via_form(panel, primary.id, **(fields | {"fallback_prices_0": "1, 2, 3, 4, 5"}))
     assert response.status == 400 and "optionally cache read and cache write prices" in text
     response, text = await assistant_via_form(panel, primary.id, **(fields | {"reasoning_effort": "extreme"}))
-    assert response.status == 400 and "Choose one of the options." in text
+    assert response.status == 400 and "Must be &#39;none&#39;, &#39;minimal&#39;, &#39;low&#39;" in text
     response, text = await assistant_via_form(panel, primary.id, **(fields | {"price_input": "", "price_output": ""}))
     assert response.status == 400 and "A cache price needs the input and output prices." in text
     assert await assistants.list_all(panel.pool) == []

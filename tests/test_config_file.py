@@ -180,13 +180,15 @@ assistants:
         "  providers[0].base_url: must be an http:// or https:// URL",
         "  providers[0].colour: is not a known field",
         "  assistants[1].temperature: must be between 0 and 2",
+        "  assistants[1].top_p: a locked parameter needs a value",
         "  assistants[1].limits.budget_period: must be 'day', 'week', 'month' or 'total'",
         "  assistants[2].model: is required",
     ]
     status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, "assistants: [\n"))
     assert status == 2 and "line 2" in err and "not valid YAML" in err
 
-    # Problems only the database shows: the first objects were written when the last failed; none stays.
+    # Problems only the database shows, all of them in one report: the first objects were written when
+    # the last failed; none stays.
     late = """
 providers:
   - {name: up, type: openai, base_url: "http://127.0.0.1:9/v1"}
@@ -201,6 +203,9 @@ keys:
     status, out, err = run(capsys, monkeypatch, "--json", "apply", "-f", write(tmp_path, late))
     assert status == 2 and json.loads(out)["problems"] == [
         "providers[1].type: no installed plugin offers 'nonesuch' (installed: anthropic, openai, openai-responses)",
+        "assistants[1].limits.budget_usd: no price is known for 'unknown-model' on 'up': a USD budget needs one "
+        "for every target; give the assistant prices (for its model) or that fallback its own, choose fallbacks "
+        "of known price, or use a budget in tokens",
         "assistants[2].provider: no provider named 'gone'",
         "keys[0].assistants[1]: no assistant named 'z'",
     ]

@@ -7,27 +7,29 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from riceball_proxy import appkeys
+from riceball_proxy import appkeys, services, specs
 from riceball_proxy.admin.forms import Form, limit_values
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
-from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, Target
+from riceball_proxy.db.assistants import PARAMETERS
 from riceball_proxy.errors import APIError
-from riceball_proxy.pricing import assistant_budget_problem
+from riceball_proxy.specs import MAX_FALLBACKS, RANGES, AssistantSpec, SpecError
 
 #: Seconds the form waits for the provider's model list before offering free text only.
 MODEL_LIST_TIMEOUT = 3
 
-#: Each parameter's label, bounds and whether it is an integer: (label, minimum, maximum, integer).
-NUMERIC_PARAMETERS = {
-    "temperature": ("Temperature", 0, 2, False),
-    "top_p": ("Top p", 0, 1, False),
-    "max_tokens": ("Max tokens (also a ceiling)", 1, 2**31 - 1, True),
-    "presence_penalty": ("Presence penalty", -2, 2, False),
-    "frequency_penalty": ("Frequency penalty", -2, 2, False),
-    "seed": ("Seed", -(2**63), 2**63 - 1, True),
+#: The numeric parameters' labels (their bounds are the spec's: ``specs.RANGES``).
+PARAMETER_LABELS = {
+    "temperature": "Temperature",
+    "top_p": "Top p",
+    "max_tokens": "Max tokens (also a ceiling)",
+    "presence_penalty": "Presence penalty",
+    "frequency_penalty": "Frequency penalty",
+    "seed": "Seed",
 }
+#: label, lowest, highest, whole number: what the form's number inputs say.
+NUMERIC_PARAMETERS = {name: (label, *RANGES[name]) for name, label in PARAMETER_LABELS.items()}
 
 
 #: The assistant's price fields: input, output, cache read, cache write (USD per million tokens).
@@ -128,27 +130,60 @@ async def _render_form(request, assistant, values, errors, *, status=200) -> web
     }, status=status)
 
 
-#: Fallback rows the form reads at most.
-MAX_FALLBACKS = 20
-
-
-def read_fallbacks(form: Form, provider_ids: dict[str, int]) -> list[Target]:
-    """The form's fallback rows (a model filled in, "remove" not ticked), each with its own errors."""
-    targets = []
+def _spec_data(form: Form, provider_names: dict[str, str]) -> tuple[dict[str, Any], list[int]]:
+    """The form's fields as an AssistantSpec's data, and the form row of each fallback it lists (rows
+    with a model, "remove" not ticked)."""
+    data: dict[str, Any] = {
+        "name": form.raw("name").strip(), "model": form.raw("model").strip(),
+        "provider": provider_names.get(form.raw("provider_id")), "system_prompt": form.raw("system_prompt"),
+        "stop": form.lines("stop") or None, "reasoning_effort": form.given("reasoning_effort"),
+        "locked": [name for name in PARAMETERS if form.flag(f"lock_{name}")],
+        "extra_params": form.json_object("extra_params"), "limits": form.limit_data(),
+        "deadline": form.given("deadline"), "max_attempts": form.given("max_attempts"),
+        **{name: form.flag(name) for name in ("allow_client_system", "enabled", "expose_target", "auto_cache")},
+        **{name: form.given(name) for name in NUMERIC_PARAMETERS},
+    }
+    prices = {name.removeprefix("price_"): form.amount_text(name) for name in PRICE_FIELDS}
+    data["prices"] = {name: value for name, value in prices.items() if value is not None} or None
+    if data["provider"] is None:
+        form.errors["provider_id"] = "Choose one of the options."
+    rows, targets = [], []
     for n in range(MAX_FALLBACKS):
-        model = form.text(f"fallback_model_{n}", max_length=300)
+        model = form.raw(f"fallback_model_{n}").strip()
         if not model or form.flag(f"fallback_remove_{n}"):
             continue
-        provider = form.choice(f"fallback_provider_{n}", provider_ids)
-        weight = form.number(f"fallback_weight_{n}", minimum=1, maximum=1000, integer=True)
-        priority = form.number(f"fallback_priority_{n}", minimum=0, maximum=100, integer=True)
-        params = form.json_object(f"fallback_params_{n}")
-        prices = form.prices(f"fallback_prices_{n}")
-        if provider in provider_ids:
-            targets.append(Target(provider_ids[provider], model, weight=int(weight or 1),
-                                  priority=n + 1 if priority is None else int(priority),
-                                  params=params, prices=prices))
-    return targets
+        provider = provider_names.get(form.raw(f"fallback_provider_{n}"))
+        if provider is None:
+            form.errors[f"fallback_provider_{n}"] = "Choose one of the options."
+        targets.append({"provider": provider, "model": model, "priority": form.given(f"fallback_priority_{n}"),
+                        "weight": form.given(f"fallback_weight_{n}") or 1,
+                        "params": form.json_object(f"fallback_params_{n}"),
+                        "prices": form.price_data(f"fallback_prices_{n}")})
+        rows.append(n)
+    data["fallbacks"] = targets
+    return {name: value for name, value in data.items() if value is not None}, rows
+
+
+def _field_of(rows: list[int]):
+    """The form field where the problem at a spec path is shown."""
+
+    def field(path: str) -> str:
+        head, _, rest = path.partition(".")
+        if path.startswith("fallbacks["):
+            index, _, part = path.removeprefix("fallbacks[").partition("]")
+            row = rows[int(index)] if index.isdigit() and int(index) < len(rows) else None
+            name = part.lstrip(".").split(".")[0]
+            if row is None:
+                return "fallbacks"
+            return f"fallback_{name}_{row}" if name in ("provider", "model", "priority", "weight", "params",
+                                                        "prices") else f"fallback_model_{row}"
+        if head == "limits":
+            return rest
+        if head == "prices":
+            return f"price_{rest or 'input'}"
+        return {"provider": "provider_id", "stop": "stop"}.get(head.split("[")[0], head.split("[")[0])
+
+    return field
 
 
 async def assistant_form(request: web.Request) -> web.Response:
@@ -166,69 +201,22 @@ async def assistant_save(request: web.Request) -> web.Response:
     assistant = await assistant_or_404(request) if "id" in request.match_info else None
     pool = db_pool(request)
     form = Form(await request.post())
-    name = form.text("name", required=True)
-    provider_ids = {str(p.id): p.id for p in await providers.list_all(pool)}
-    provider_id = form.choice("provider_id", provider_ids)
-    model = form.text("model", required=True, max_length=300)
-    system_prompt = form.text("system_prompt", max_length=100_000, strip=False)
-    parameters: dict[str, Any] = {}
-    for parameter, (_, low, high, integer) in NUMERIC_PARAMETERS.items():
-        value = form.number(parameter, minimum=low, maximum=high, integer=integer)
-        if value is not None:
-            parameters[parameter] = value
-    stop = form.lines("stop")
-    if len(stop) > 4:
-        form.errors["stop"] = "At most 4 stop sequences."
-    elif stop:
-        parameters["stop"] = stop
-    effort = form.choice("reasoning_effort", ("", *assistants.EFFORTS))
-    if effort:
-        parameters["reasoning_effort"] = effort
-    locked = {parameter for parameter in assistants.PARAMETERS if form.flag(f"lock_{parameter}")}
-    for parameter in locked - set(parameters):
-        form.errors[parameter] = "A locked parameter needs a value."
-    extra_params = form.json_object("extra_params")
-    limits = form.limits()
-    fallbacks = read_fallbacks(form, provider_ids)
-    deadline = form.number("deadline", minimum=0.1, maximum=3600)
-    max_attempts = form.number("max_attempts", minimum=1, maximum=20, integer=True)
-    prices = tuple(form.amount(field) for field in PRICE_FIELDS)
-    if (prices[0] is None) != (prices[1] is None):
-        form.errors["price_input" if prices[0] is None else "price_output"] = "Set both prices, or neither."
-    for field, price in zip(PRICE_FIELDS[2:], prices[2:]):
-        if price is not None and prices[0] is None:
-            form.errors[field] = "A cache price needs the input and output prices."
-    if form.valid and limits.budget_usd is not None:
-        provider = await providers.get(pool, provider_ids[provider_id])
-        problem = await assistant_budget_problem(pool, limits, model, prices, provider, fallbacks)
-        if problem:
-            form.errors["budget_usd"] = problem[0].upper() + problem[1:] + "."
-    if form.valid:
-        fields: dict[str, Any] = dict(
-                      name=name, provider_id=provider_ids[provider_id], model=model, system_prompt=system_prompt,
-                      parameters=parameters, locked=locked, extra_params=extra_params,
-                      allow_client_system=form.flag("allow_client_system"), enabled=form.flag("enabled"),
-                      limits=limits, prices=prices, expose_target=form.flag("expose_target"),
-                      auto_cache=form.flag("auto_cache"),
-                      fallbacks=fallbacks, deadline=deadline or DEFAULT_DEADLINE,
-                      max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS)
+    data, rows = _spec_data(form, {str(p.id): p.name for p in await providers.list_all(pool)})
+    spec = None
+    try:
+        spec = specs.build(AssistantSpec, data)
+    except SpecError as exc:
+        form.add(exc, _field_of(rows))
+    if spec is not None and form.valid:
         try:
-            if assistant is None:
-                saved: assistants.Assistant | None = await assistants.create(pool, **fields)
-            else:
-                saved = await assistants.update(pool, assistant.id, **fields)
-                if saved is None:  # deleted while the form was open
-                    raise web.HTTPNotFound(text="No such assistant.")
-        except assistants.AssistantNameTaken:
-            form.errors["name"] = "Another assistant has this name."
-        except assistants.InvalidTargets as exc:
-            form.errors["fallbacks"] = str(exc).capitalize() + "."
-        except assistants.InvalidAssistant as exc:
-            form.errors["name"] = str(exc)
+            saved = await services.save_assistant(pool, spec, None if assistant is None else assistant.id)
+        except SpecError as exc:
+            form.add(exc, _field_of(rows))
         else:
-            if saved is not None:
-                await flash(request, "success", f"Assistant “{saved.name}” saved.")
-                raise redirect(request, "assistant", id=saved.id)
+            if saved is None:  # deleted while the form was open
+                raise web.HTTPNotFound(text="No such assistant.")
+            await flash(request, "success", f"Assistant “{saved.name}” saved.")
+            raise redirect(request, "assistant", id=saved.id)
     return await _render_form(request, assistant, form.values(), form.errors, status=400)
 
 

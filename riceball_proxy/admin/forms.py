@@ -1,15 +1,23 @@
-"""Reading admin forms: typed values out, one error message per bad field, nothing the admin typed lost."""
+"""Reading admin forms: what was typed, in a spec's shape, and each problem put beside its field.
+
+A form's handler gathers the fields into the data of a spec (``riceball_proxy.specs``): only the shapes
+are the form's (a JSON text, a line per stop sequence, ``3, 15`` for two prices); the spec checks the
+values, and ``services`` what needs the database. :meth:`Form.add` puts each problem beside its field
+and the page lists them all at the top (``error_summary`` in _forms.html). Nothing the admin typed is
+lost.
+"""
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
 from riceball_proxy.limits import MAX_BUDGET_USD, PERIODS, InvalidLimits, Limits, check_limits
+from riceball_proxy.specs import SpecError
 
 
 class Form:
@@ -139,9 +147,49 @@ class Form:
         except InvalidLimits:  # every field was checked above; keep the form's own messages
             return Limits()
 
+    def given(self, name: str, *, strip: bool = True) -> str | None:
+        """The field's text, for a spec to check; None when it is empty (the spec's default applies)."""
+        value = self.raw(name).strip() if strip else self.raw(name)
+        return value or None
+
+    def amount_text(self, name: str) -> str | None:
+        """An amount as typed, without a leading ``$``; None when empty."""
+        value = self.raw(name).strip().lstrip("$").strip()
+        return value or None
+
+    def price_data(self, name: str) -> dict[str, str] | None:
+        """Prices written ``input, output[, cache read[, cache write]]`` (USD per million tokens) as a
+        PricesSpec's data; None when empty."""
+        value = self.raw(name).strip()
+        if not value:
+            return None
+        parts = [part.strip().lstrip("$").strip() for part in value.split(",")]
+        if len(parts) > 4:
+            self.errors[name] = "Enter input, output and optionally cache read and cache write prices, like 3, 15."
+            return None
+        return {field: part for field, part in zip(("input", "output", "cached_input", "cache_write"), parts) if part}
+
+    def limit_data(self) -> dict[str, Any]:
+        """The limit fields (``limit_fields`` in _forms.html) as a LimitsSpec's data."""
+        data = {name: self.given(name) for name in ("rpm", "tpm", "max_parallel", "budget_tokens")}
+        data["budget_usd"] = self.amount_text("budget_usd")
+        data["budget_period"] = self.given("budget_period")
+        return {name: value for name, value in data.items() if value is not None}
+
+    def add(self, error: SpecError, field_of: Callable[[str], str] = lambda path: path) -> None:
+        """Each of a spec's problems beside the form field ``field_of`` its path (the first per field);
+        a problem of the whole object under ``""``, shown in the summary only."""
+        for path, message in error.problems:
+            self.errors.setdefault(field_of(path), message[:1].upper() + message[1:] + ".")
+
     def values(self) -> dict[str, str]:
         """What was submitted, to fill the form in again."""
         return {key: value for key, value in self.data.items() if isinstance(value, str)}
+
+
+def limit_field(path: str) -> str | None:
+    """The form field of a limit's path (``limits.rpm``: ``rpm``), or None for another path."""
+    return path.removeprefix("limits.") if path.startswith("limits.") else None
 
 
 def limit_values(limits: Limits) -> dict[str, str]:
@@ -152,3 +200,19 @@ def limit_values(limits: Limits) -> dict[str, str]:
         values["budget_usd"] = f"{limits.budget_usd.normalize():f}"
     values["budget_period"] = limits.budget_period
     return values
+
+
+#: Fields whose label is not their name in words.
+_LABELS = {"provider_id": "Provider", "top_p": "Top p", "rpm": "Requests per minute", "tpm": "Tokens per minute",
+           "max_parallel": "Calls at once", "budget_usd": "Budget in USD", "budget_tokens": "Budget in tokens",
+           "price_input": "Price of prompt tokens", "price_output": "Price of answer tokens",
+           "price_cached_input": "Price of cache reads", "price_cache_write": "Price of cache writes",
+           "api_key": "API key", "base_url": "Base URL", "extra_params": "Extra parameters"}
+
+
+def field_label(name: str) -> str:
+    """A form field's name as the error summary shows it: ``fallback_model_2`` is "Fallback 3: model"."""
+    match = re.fullmatch(r"fallback_(\w+)_(\d+)", name)
+    if match:
+        return f"Fallback {int(match[2]) + 1}: {match[1]}"
+    return _LABELS.get(name) or name.replace("_", " ").capitalize()

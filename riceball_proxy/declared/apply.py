@@ -11,24 +11,32 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
 
+from riceball_proxy import services
 from riceball_proxy.crypto import SecretBox
 from riceball_proxy.db import api_keys, assistants, providers
-from riceball_proxy.db.assistants import NO_PRICES, Target
 from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
-from riceball_proxy.declared.schema import ConfigFile, ConfigFileError, KeySpec, LimitsSpec
-from riceball_proxy.limits import Limits, check_limits
+from riceball_proxy.declared.schema import ConfigFile, ConfigFileError
+from riceball_proxy.limits import Limits
 from riceball_proxy.masking import mask_params, mask_url
-from riceball_proxy.pricing import assistant_budget_problem, key_budget_problem
+from riceball_proxy.specs import SpecError
 
 logger = logging.getLogger(__name__)
 
 #: The order objects are listed and written in (deletions go the other way).
 KINDS = ("provider", "assistant", "key")
+_PLACE = re.compile(r"(providers|assistants|keys)\[(\d+)\]")
+
+
+def _place(problem: str) -> tuple[int, int]:
+    """Where a problem's object is in the file: problems are listed in that order."""
+    place = _PLACE.match(problem)
+    return (3, 0) if place is None else ({"providers": 0, "assistants": 1, "keys": 2}[place[1]], int(place[2]))
 
 
 @dataclasses.dataclass
@@ -122,10 +130,14 @@ class _Sync:
         self.providers = {p.name: p for p in await providers.list_all(self.conn)}
         self.assistants = {a.name: a for a in await assistants.list_all(self.conn)}
         self.keys = {k.name: k for k in await api_keys.list_all(self.conn) if k.revoked_at is None}
+        self.problems: list[str] = []
+        self.unwritable: set[str] = set()  # assistants naming a provider that is not there
         self._check_references()
         await self._providers()
         await self._assistants()
         await self._keys()
+        if self.problems:  # every problem of the file in one report; the transaction is rolled back
+            raise ConfigFileError(sorted(self.problems, key=_place))
         if self.prune:
             await self._prune()
         order = {kind: n for n, kind in enumerate(KINDS)}
@@ -138,18 +150,15 @@ class _Sync:
     # --- checks that need the database ---------------------------------------------------------------
 
     def _check_references(self) -> None:
-        problems = []
+        """Names the file uses that nothing has (with ``prune``, that the file does not declare); the
+        objects that use them are not written."""
+        problems = self.problems
         provider_names = {p.name for p in self.config.providers}
         if not self.prune:
             provider_names |= set(self.providers)
         assistant_names = {a.name for a in self.config.assistants}
         if not self.prune:
             assistant_names |= set(self.assistants)
-        if self.types is not None:
-            for index, spec in enumerate(self.config.providers):
-                if spec.type not in self.types:
-                    problems.append(f"providers[{index}].type: no installed plugin offers {spec.type!r} "
-                                    f"(installed: {', '.join(sorted(self.types))})")
         for index, spec in enumerate(self.config.assistants):
             where = f"assistants[{index}]"
             for path, name in [(f"{where}.provider", spec.provider)] + [
@@ -157,46 +166,43 @@ class _Sync:
                 if name not in provider_names:
                     problems.append(f"{path}: no provider named {name!r}"
                                     + (" in the file" if self.prune and name in self.providers else ""))
+                    self.unwritable.add(spec.name)
         for index, spec in enumerate(self.config.keys):
             for n, name in enumerate(spec.assistants or ()):
                 if name not in assistant_names:
                     problems.append(f"keys[{index}].assistants[{n}]: no assistant named {name!r}"
                                     + (" in the file" if self.prune and name in self.assistants else ""))
-        if problems:
-            raise ConfigFileError(problems)
 
     # --- providers -----------------------------------------------------------------------------------
 
     async def _providers(self) -> None:
-        for spec in self.config.providers:
-            wanted = {"type": spec.type, "base_url": spec.base_url, "connect_timeout": spec.connect_timeout,
-                      "read_timeout": spec.read_timeout, "max_connections": spec.max_connections,
-                      "queue_timeout": spec.queue_timeout}
+        for index, spec in enumerate(self.config.providers):
+            wanted = spec.settings()
             secret = self.secrets.get(spec.name)
             current = self.providers.get(spec.name)
-            if current is None:
-                created = await providers.create(self.conn, name=spec.name, **wanted,
-                                                 api_key_encrypted=self._encrypt(secret))
-                self.providers[spec.name] = created
-                self._note("provider", spec.name, created.id, "created")
+            if current is not None:
+                fields = _differences({name: getattr(current, name) for name in wanted}, wanted)
+                if self._stored_secret(current) != secret:
+                    fields.append(("api_key", "(changed)", "(changed)"))
+                if not fields:
+                    self._note("provider", spec.name, current.id, "unchanged")
+                    continue
+                key_changed = any(name == "api_key" for name, _, _ in fields)
+            try:
+                saved = await services.save_provider(
+                    self.conn, spec, secret_box=self.box, provider_types=self.types,
+                    api_key=secret if current is None or key_changed else services.KEEP,
+                    id=None if current is None else current.id)
+            except SpecError as exc:
+                self.problems += exc.lines(f"providers[{index}]")
                 continue
-            fields = _differences({name: getattr(current, name) for name in wanted}, wanted)
-            if self._stored_secret(current) != secret:
-                fields.append(("api_key", "(changed)", "(changed)"))
-            if not fields:
-                self._note("provider", spec.name, current.id, "unchanged")
-                continue
-            key_changed = any(name == "api_key" for name, _, _ in fields)
-            updated = await providers.update(
-                self.conn, current.id, name=spec.name, **wanted,
-                api_key_encrypted=self._encrypt(secret) if key_changed else providers.KEEP)
-            if updated is None:  # deleted meanwhile: this transaction holds no lock on it
+            if saved is None:  # deleted meanwhile: this transaction holds no lock on it
                 raise ConfigFileError([f"provider {spec.name!r} was deleted while the file was applied"])
-            self.providers[spec.name] = updated
-            self._note("provider", spec.name, current.id, "updated", fields=fields)
-
-    def _encrypt(self, secret: str | None) -> bytes | None:
-        return None if secret is None else self.box.encrypt(secret)
+            self.providers[spec.name] = saved
+            if current is None:
+                self._note("provider", spec.name, saved.id, "created")
+            else:
+                self._note("provider", spec.name, current.id, "updated", fields=fields)
 
     def _stored_secret(self, provider: providers.Provider) -> str | None:
         if provider.api_key_encrypted is None:
@@ -209,44 +215,28 @@ class _Sync:
     # --- assistants ----------------------------------------------------------------------------------
 
     async def _assistants(self) -> None:
+        ids = {name: provider.id for name, provider in self.providers.items()}
         for index, spec in enumerate(self.config.assistants):
-            where = f"assistants[{index}]"
-            provider = self.providers[spec.provider]
-            fallbacks = tuple(
-                Target(self.providers[target.provider].id, target.model, weight=target.weight,
-                       priority=n + 1 if target.priority is None else target.priority, params=target.params,
-                       prices=NO_PRICES if target.prices is None else target.prices.as_tuple())
-                for n, target in enumerate(spec.fallbacks))
-            prices = NO_PRICES if spec.prices is None else spec.prices.as_tuple()
-            wanted = {
-                "name": spec.name, "provider_id": provider.id, "model": spec.model,
-                "system_prompt": spec.system_prompt, "parameters": spec.parameters, "locked": frozenset(spec.locked),
-                "extra_params": dict(spec.extra_params), "allow_client_system": spec.allow_client_system,
-                "enabled": spec.enabled, "limits": _limits(spec.limits), "prices": prices, "fallbacks": fallbacks,
-                "deadline": spec.deadline, "max_attempts": spec.max_attempts, "expose_target": spec.expose_target,
-                "auto_cache": spec.auto_cache,
-            }
-            problem = await assistant_budget_problem(self.conn, wanted["limits"], spec.model, prices, provider,
-                                                     fallbacks)
-            if problem:
-                raise ConfigFileError([f"{where}.limits.budget_usd: {problem}"])
+            if spec.name in self.unwritable:
+                continue
             current = self.assistants.get(spec.name)
             try:
-                if current is None:
-                    saved = await assistants.create(self.conn, **wanted)
-                    self._note("assistant", spec.name, saved.id, "created")
-                else:
-                    fields = _differences(current.fields(), wanted, names=self._provider_names())
+                if current is not None:
+                    fields = _differences(current.fields(), services.assistant_fields(spec, ids),
+                                          names=self._provider_names())
                     if not fields:
                         self._note("assistant", spec.name, current.id, "unchanged")
                         continue
-                    updated_assistant = await assistants.update(self.conn, current.id, **wanted)
-                    if updated_assistant is None:  # deleted meanwhile
-                        raise ConfigFileError([f"assistant {spec.name!r} was deleted while the file was applied"])
-                    saved = updated_assistant
-                    self._note("assistant", spec.name, current.id, "updated", fields=fields)
-            except assistants.InvalidAssistant as exc:
-                raise ConfigFileError([f"{where}: {exc}"]) from None
+                saved = await services.save_assistant(self.conn, spec, None if current is None else current.id)
+            except SpecError as exc:
+                self.problems += exc.lines(f"assistants[{index}]")
+                continue
+            if saved is None:  # deleted meanwhile
+                raise ConfigFileError([f"assistant {spec.name!r} was deleted while the file was applied"])
+            if current is None:
+                self._note("assistant", spec.name, saved.id, "created")
+            else:
+                self._note("assistant", spec.name, current.id, "updated", fields=fields)
             self.assistants[spec.name] = saved
 
     def _provider_names(self) -> dict[int, str]:
@@ -256,37 +246,34 @@ class _Sync:
 
     async def _keys(self) -> None:
         ids = {name: assistant.id for name, assistant in self.assistants.items()}
+        names = {assistant.id: name for name, assistant in self.assistants.items()}
         for index, spec in enumerate(self.config.keys):
-            scope = None if spec.assistants is None else tuple(ids[name] for name in spec.assistants)
-            wanted = {"name": spec.name, "assistant_ids": scope, "expires_at": spec.expires_at,
-                      "limits": _limits(spec.limits)}
-            await self._check_key_budget(index, spec, scope)
+            if any(name not in ids for name in spec.assistants or ()):
+                continue  # an assistant that is not there, or could not be saved: reported already
             current = self.keys.get(spec.name)
             if current is None and not self.create_keys:
                 self.outcome.warnings.append(f"keys[{index}]: no key named {spec.name!r} exists; create it with "
                                              "riceball apply -f FILE, which shows its secret once")
                 continue
-            if current is None:
-                created, secret = await api_keys.issue(self.conn, **wanted)
-                self._note("key", spec.name, created.id, "created", secret=secret)
+            try:
+                if current is None:
+                    created, secret = await services.issue_key(self.conn, spec)
+                    self._note("key", spec.name, created.id, "created", secret=secret)
+                    continue
+                wanted = await services.key_fields(self.conn, spec)
+                held = None if current.assistant_ids is None else tuple(
+                    i for i in current.assistant_ids if i in names)  # ids of deleted assistants name nothing
+                have = {"name": current.name, "assistant_ids": held, "expires_at": current.expires_at,
+                        "limits": current.limits}
+                fields = _differences(have, wanted, names=names)
+                if not fields:
+                    self._note("key", spec.name, current.id, "unchanged")
+                    continue
+                await services.save_key(self.conn, spec, current.id)
+            except SpecError as exc:
+                self.problems += exc.lines(f"keys[{index}]")
                 continue
-            known = set(ids.values())
-            held = None if current.assistant_ids is None else tuple(
-                i for i in current.assistant_ids if i in known)  # ids of deleted assistants name nothing
-            have = {"name": current.name, "assistant_ids": held, "expires_at": current.expires_at,
-                    "limits": current.limits}
-            names = {assistant.id: name for name, assistant in self.assistants.items()}
-            fields = _differences(have, wanted, names=names)
-            if not fields:
-                self._note("key", spec.name, current.id, "unchanged")
-                continue
-            await api_keys.update(self.conn, current.id, **wanted)
             self._note("key", spec.name, current.id, "updated", fields=fields)
-
-    async def _check_key_budget(self, index: int, spec: KeySpec, scope) -> None:
-        problem, _ = await key_budget_problem(self.conn, _limits(spec.limits), scope)  # as written so far
-        if problem:
-            raise ConfigFileError([f"keys[{index}].limits.budget_usd: {problem}"])
 
     # --- pruning -------------------------------------------------------------------------------------
 
@@ -305,10 +292,6 @@ class _Sync:
             if name not in named["providers"]:
                 await providers.delete(self.conn, provider.id)
                 self._note("provider", name, provider.id, "deleted")
-
-
-def _limits(spec: LimitsSpec) -> Limits:
-    return Limits(**check_limits(spec.model_dump()))
 
 
 def _differences(have: dict[str, Any], want: dict[str, Any], *, names: dict | None = None) -> list[tuple]:

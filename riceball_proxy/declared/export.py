@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from riceball_proxy.db import api_keys, assistants, providers
-from riceball_proxy.declared.schema import VERSION, AssistantSpec, LimitsSpec, ProviderSpec, TargetSpec
+from riceball_proxy.declared.schema import VERSION
 from riceball_proxy.masking import secret_params, url_has_secret
+from riceball_proxy.specs import AssistantSpec, LimitsSpec, ProviderSpec, TargetSpec
 
 
 def secret_variable(provider_name: str, taken: Collection[str] = frozenset(), what: str = "API_KEY",

@@ -5,6 +5,9 @@ of objects named uniquely within it; docs/configuration.md shows a complete one.
 checks it, returning a :class:`ConfigFile` or raising :class:`ConfigFileError` whose lines each name a
 path in the file: ``assistants[1].temperature: must be between 0 and 2``.
 
+Each object is its spec (``riceball_proxy.specs``), the description the admin forms and the command line
+fill in too; so a rule and its words are the same everywhere.
+
 Secrets never need to be in the file: a provider's ``api_key`` may be ``${ENV_NAME}``, read from the
 environment, or the provider gives ``api_key_file: /path``. :func:`resolve_secrets` reads them. A
 provider's ``base_url`` and any value of an assistant's ``extra_params`` (or a fallback's ``params``) may
@@ -13,20 +16,15 @@ hold a password or a key that way).
 """
 from __future__ import annotations
 
-import datetime
 import os
 import re
-from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-import orjson
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, EFFORTS, PARAMETERS
-from riceball_proxy.db.providers import DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_TIMEOUT
-from riceball_proxy.limits import MAX_BUDGET_USD, PERIODS
+from riceball_proxy.specs import AssistantSpec, KeySpec, ProviderSpec, SpecError, Strict, problems_of
 
 #: The format's version; a file may say ``version: 1``.
 VERSION = 1
@@ -44,170 +42,11 @@ class ConfigFileError(ValueError):
         self.problems = problems
 
 
-def between(low: float, high: float):
-    """A check that a number lies in [low, high], saying so in those words."""
-
-    def check(value):
-        if value is not None and not low <= value <= high:  # NaN fails too
-            raise ValueError(f"must be between {_text(low)} and {_text(high)}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _text(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() else f"{number:g}"
-
-
-def _decimal_places(places: int):
-    def check(value: Decimal | None) -> Decimal | None:
-        exponent = value.as_tuple().exponent if value is not None else 0
-        if isinstance(exponent, int) and exponent < -places:
-            raise ValueError(f"must have at most {places} decimal places")
-        return value
-
-    return AfterValidator(check)
-
-
-def _json_value(value: Any) -> Any:
-    """Only what JSON can hold (YAML also has dates, sets, binary...)."""
-    try:
-        return orjson.loads(orjson.dumps(value))
-    except (TypeError, orjson.JSONEncodeError):
-        raise ValueError("must hold only JSON values (text, numbers, booleans, null, lists, mappings)") from None
-
-
-def _stop(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Seconds = Annotated[float, between(0.001, 86_400)]
-Amount = Annotated[Decimal, between(0, 10**9 - 1), _decimal_places(6)]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
-Parameter = Literal[PARAMETERS]  # type: ignore[valid-type]  # the tuple, read at run time
-
-
-class Strict(BaseModel):
-    """Unknown fields are mistakes, not extensions."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LimitsSpec(Strict):
-    rpm: Annotated[int, between(1, 2**31 - 1)] | None = None
-    tpm: Annotated[int, between(1, 2**31 - 1)] | None = None
-    max_parallel: Annotated[int, between(1, 2**31 - 1)] | None = None
-    budget_usd: Annotated[Decimal, between(0.000001, MAX_BUDGET_USD), _decimal_places(6)] | None = None
-    budget_tokens: Annotated[int, between(1, 2**62)] | None = None
-    budget_period: Literal[PERIODS] = "month"  # type: ignore[valid-type]  # the tuple, read at run time
-
-
-class PricesSpec(Strict):
-    """USD per million tokens."""
-
-    input: Amount
-    output: Amount
-    #: Input read from the prompt cache (default: the input price).
-    cached_input: Amount | None = None
-    #: Input written to the prompt cache (default: 1.25 times the input price).
-    cache_write: Amount | None = None
-
-    def as_tuple(self):
-        return self.input, self.output, self.cached_input, self.cache_write
-
-
-class ProviderSpec(Strict):
-    name: Name
-    type: Annotated[str, Field(min_length=1, max_length=100)]
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+", max_length=2000)]
-    #: The upstream's key: ``${ENV_NAME}`` (or, with a warning, the key itself).
-    api_key: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
-    #: A file holding the upstream's key (surrounding white space is ignored).
-    api_key_file: Path | None = None
-    connect_timeout: Seconds = 10.0
-    read_timeout: Seconds = 300.0
-    max_connections: Annotated[int, between(1, 100_000)] = DEFAULT_MAX_CONNECTIONS
-    queue_timeout: Annotated[float, between(0, 3600)] = DEFAULT_QUEUE_TIMEOUT
-
-    @model_validator(mode="after")
-    def _one_secret(self):
-        if self.api_key is not None and self.api_key_file is not None:
-            raise ValueError("give api_key or api_key_file, not both")
-        return self
-
-
-class TargetSpec(Strict):
-    provider: Name
-    model: Annotated[str, Field(min_length=1, max_length=300)]
-    #: 0: shares the primary's calls by weight; 1, 2...: tried when those before failed. Default: its place.
-    priority: Annotated[int, between(0, 100)] | None = None
-    weight: Annotated[int, between(1, 1000)] = 1
-    params: JsonObject = {}
-    #: What this target's calls cost, when neither the assistant's prices (same model) nor genai-prices say.
-    prices: PricesSpec | None = None
-
-
-class AssistantSpec(Strict):
-    name: Name
-    provider: Name
-    model: Annotated[str, Field(min_length=1, max_length=300)]
-    system_prompt: Annotated[str, Field(max_length=100_000)] = ""
-    temperature: Annotated[float, between(0, 2)] | None = None
-    top_p: Annotated[float, between(0, 1)] | None = None
-    max_tokens: Annotated[int, between(1, 2**31 - 1)] | None = None
-    presence_penalty: Annotated[float, between(-2, 2)] | None = None
-    frequency_penalty: Annotated[float, between(-2, 2)] | None = None
-    seed: Annotated[int, between(-(2**63), 2**63 - 1)] | None = None
-    stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_stop),
-                    Field(min_length=1, max_length=4)] | None = None
-    reasoning_effort: Literal[EFFORTS] | None = None  # type: ignore[valid-type]
-    #: Parameters whose value here wins over the client's.
-    locked: list[Parameter] = []
-    extra_params: JsonObject = {}
-    allow_client_system: bool = True
-    enabled: bool = True
-    limits: LimitsSpec = LimitsSpec()
-    prices: PricesSpec | None = None
-    fallbacks: Annotated[list[TargetSpec], Field(max_length=20)] = []
-    deadline: Annotated[float, between(0.1, 3600)] = DEFAULT_DEADLINE
-    max_attempts: Annotated[int, between(1, 20)] = DEFAULT_MAX_ATTEMPTS
-    expose_target: bool = False
-    #: Prompt-cache breakpoints on the system prompt and the last turn of calls that set none.
-    auto_cache: bool = False
-
-    @model_validator(mode="after")
-    def _locks_have_values(self):
-        unset = [name for name in self.locked if getattr(self, name) is None]
-        if unset:
-            raise ValueError(f"a locked parameter needs a value: {', '.join(unset)}")
-        return self
-
-    @property
-    def parameters(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in PARAMETERS if getattr(self, name) is not None}
-
-
-class KeySpec(Strict):
-    name: Name
-    #: The assistants (by name) the key may call; absent: every assistant.
-    assistants: list[Name] | None = None
-    expires_at: datetime.datetime | None = None
-    limits: LimitsSpec = LimitsSpec()
-
-    @model_validator(mode="after")
-    def _aware(self):
-        if self.expires_at is not None and self.expires_at.tzinfo is None:  # a time without a zone is UTC
-            object.__setattr__(self, "expires_at", self.expires_at.replace(tzinfo=datetime.timezone.utc))
-        return self
-
-
 class ConfigFile(Strict):
     version: Literal[VERSION] = VERSION  # type: ignore[valid-type]
     providers: list[ProviderSpec] = []
     assistants: list[AssistantSpec] = []
     keys: list[KeySpec] = []
-
 
 
 #: Bounds on what a file may make its reader build: nesting, and values once aliases are expanded (a
@@ -328,7 +167,7 @@ def parse(text: str, environ=None) -> ConfigFile:
     try:
         config = ConfigFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigFileError([_problem(dict(error)) for error in exc.errors()]) from None
+        raise ConfigFileError(SpecError(problems_of(exc)).lines()) from None
     problems = []
     for kind in ("providers", "assistants", "keys"):
         seen: dict[str, int] = {}
@@ -361,26 +200,6 @@ def load(path: str | Path, environ=None) -> ConfigFile:
     except UnicodeDecodeError as exc:
         raise ConfigFileError([f"{path}: not UTF-8 text (byte {exc.start + 1})"]) from None
     return parse(text, environ)
-
-
-def _problem(error: dict) -> str:
-    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
-    kind = error["type"]
-    if kind == "missing":
-        message = "is required"
-    elif kind == "extra_forbidden":
-        message = "is not a known field"
-    elif kind == "value_error":
-        message = str(error["ctx"]["error"])
-    elif kind == "string_pattern_mismatch" and path.endswith("base_url"):
-        message = "must be an http:// or https:// URL"
-    else:
-        message = error["msg"]
-        if message.startswith("Input should be"):
-            message = "must be" + message[len("Input should be"):]
-        elif message.startswith("Input "):
-            message = message[len("Input "):]
-    return f"{path or 'the file'}: {message}"
 
 
 def resolve_secrets(config: ConfigFile, environ=None) -> tuple[dict[str, str | None], list[str]]:
