@@ -31,15 +31,14 @@ async def save_provider(db, spec: ProviderSpec, *, secret_box: SecretBox, api_ke
     if provider_types is not None and spec.type not in provider_types:
         raise SpecError([("type", f"no installed plugin offers {spec.type!r} "
                                   f"(installed: {', '.join(sorted(provider_types)) or 'none'})")])
-    if id is None and api_key is KEEP:
-        api_key = None
-    encrypted = api_key if api_key is KEEP else None if api_key is None else secret_box.encrypt(str(api_key))
+    encrypted = None if api_key is None or api_key is KEEP else secret_box.encrypt(str(api_key))
     try:
         if id is None:
             return await providers.create(db, name=spec.name, api_key_encrypted=encrypted, **spec.settings())
-        return await providers.update(db, id, name=spec.name, api_key_encrypted=encrypted, **spec.settings())
-    except providers.ProviderNameTaken:
-        raise SpecError([("name", f"another provider is named {spec.name!r}")]) from None
+        return await providers.update(db, id, name=spec.name, api_key_encrypted=KEEP if api_key is KEEP else encrypted,
+                                      **spec.settings())
+    except providers.ProviderNameTaken as exc:
+        raise SpecError([("name", str(exc))]) from None
 
 
 def assistant_fields(spec: AssistantSpec, provider_ids: Mapping[str, int]) -> dict[str, Any]:
@@ -78,8 +77,8 @@ async def save_assistant(db, spec: AssistantSpec, id: uuid.UUID | None = None) -
         if id is None:
             return await assistants.create(db, **fields)
         return await assistants.update(db, id, **fields)
-    except assistants.AssistantNameTaken:
-        raise SpecError([("name", f"another assistant is named {spec.name!r}")]) from None
+    except assistants.AssistantNameTaken as exc:
+        raise SpecError([("name", str(exc))]) from None
     except assistants.InvalidTargets as exc:  # a provider deleted meanwhile
         raise SpecError([("fallbacks", str(exc))]) from None
     except assistants.InvalidAssistant as exc:

@@ -180,6 +180,12 @@ def _json_value(value: Any) -> Any:
         raise ValueError("must hold only JSON values (text, numbers, booleans, null, lists, mappings)") from None
 
 
+def _budget(value: Decimal) -> Decimal:
+    if not 0 < value <= MAX_BUDGET_USD:
+        raise ValueError(f"must be an amount of USD above 0 and at most {MAX_BUDGET_USD:,}")
+    return value
+
+
 def _stop(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -210,7 +216,7 @@ class LimitsSpec(Strict):
     rpm: Annotated[int, between(1, 2**31 - 1)] | None = None
     tpm: Annotated[int, between(1, 2**31 - 1)] | None = None
     max_parallel: Annotated[int, between(1, 2**31 - 1)] | None = None
-    budget_usd: Annotated[Decimal, between(0.000001, MAX_BUDGET_USD), _decimal_places(6)] | None = None
+    budget_usd: Annotated[Decimal, AfterValidator(_budget), _decimal_places(6)] | None = None
     budget_tokens: Annotated[int, between(1, 2**62)] | None = None
     budget_period: Literal[PERIODS] = "month"  # type: ignore[valid-type]  # the tuple, read at run time
 

@@ -138,9 +138,10 @@ async def _start_session(url):
         (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "ftp://h"], "", "is not an http(s) URL"),
         (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "http://h", "--api-key-stdin"], "",
          "no API key on standard input"),
-        (["assistant", "add", "--name", "a", "--provider", "missing", "--model", "m"], "", "no provider named 'missing'"),
+        (["assistant", "add", "--name", "a", "--provider", "missing", "--model", "m"], "",
+         "no provider with name or id 'missing'; there are"),
         (["assistant", "add", "--name", "a", "--provider", "p", "--model", "m", "--lock", "colour"], "",
-         "--lock takes one of"),
+         "--lock: must be 'temperature', 'top_p'"),
         (["key", "create", "--name", "k", "--assistant", "nobody"], "",
          "no assistant with id or name 'nobody'; there are none yet"),
         (["key", "create", "--name", "k", "--assistant", "00000000-0000-0000-0000-000000000001"], "",
@@ -152,7 +153,7 @@ async def _start_session(url):
         (["frobnicate"], "", "invalid choice"),
         (["key", "create", "--name", "k", "--rpm", "-5"], "", "--rpm: must be between 1 and"),
         (["key", "create", "--name", "k", "--budget-usd", "lots"], "", "is not an amount of USD"),
-        (["key", "create", "--name", "k", "--budget-usd", "0"], "", "budget_usd must be an amount of USD above 0"),
+        (["key", "create", "--name", "k", "--budget-usd", "0"], "", "--budget-usd: must be an amount of USD above 0"),
         (["key", "create", "--name", "k", "--budget-period", "year"], "", "invalid choice: 'year'"),
         (["assistant", "update", "00000000-0000-0000-0000-000000000001", "--tpm", "1.5"], "", "is not a whole number"),
     ],
@@ -280,7 +281,7 @@ def test_update_changes_only_what_is_given_and_names_are_unique(cli_env, capsys,
                          "--lock", "temperature")
     status, out, err = run(capsys, monkeypatch, "--json", "assistant", "add", "--name", "demo",
                            "--provider", "up", "--model", "m2")
-    assert status == 2 and err == "riceball: error: an assistant named 'demo' exists already\n"
+    assert status == 2 and err == "riceball: error: --name: an assistant named 'demo' exists already\n"
     assert json.loads(out)["id"] == assistant["id"]
 
     changed = run_json(capsys, monkeypatch, "assistant", "update", assistant["id"], "--model", "m2",
@@ -298,7 +299,7 @@ def test_update_changes_only_what_is_given_and_names_are_unique(cli_env, capsys,
 def test_key_names_in_force_are_unique_and_a_revoked_key_lets_go_of_its_name(cli_env, capsys, monkeypatch):
     first = run_json(capsys, monkeypatch, "key", "create", "--name", "demo")
     status, out, err = run(capsys, monkeypatch, "--json", "key", "create", "--name", "demo")
-    assert status == 2 and err == ("riceball: error: a key named 'demo' is in force already "
+    assert status == 2 and err == ("riceball: error: --name: a key named 'demo' is in force already "
                                    "(revoke it to reuse its name)\n")
     assert json.loads(out)["id"] == first["id"] and "sk-" not in out
     run_json(capsys, monkeypatch, "key", "revoke", first["id"])
@@ -376,7 +377,7 @@ def test_fallback_targets_deadline_and_attempts(cli_env, capsys, monkeypatch):
     # A provider an assistant falls back to cannot be deleted.
     status, _, err = run(capsys, monkeypatch, "provider", "delete", "backup")
     assert status == 2 and "as a fallback" in err
-    for fallback, says in (("backup", "takes PROVIDER:MODEL"), ("nope:m", "no provider named 'nope'"),
+    for fallback, says in (("backup", "takes PROVIDER:MODEL"), ("nope:m", "no provider with name or id 'nope'; there are: backup, openai"),
                            ("openai:gpt-4o", "listed twice")):
         status, out, err = run(capsys, monkeypatch, "assistant", "update", added["id"], "--fallback", fallback)
         assert status == 2 and says in err and len(err.strip().splitlines()) == 1

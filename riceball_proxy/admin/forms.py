@@ -201,18 +201,3 @@ def limit_values(limits: Limits) -> dict[str, str]:
     values["budget_period"] = limits.budget_period
     return values
 
-
-#: Fields whose label is not their name in words.
-_LABELS = {"provider_id": "Provider", "top_p": "Top p", "rpm": "Requests per minute", "tpm": "Tokens per minute",
-           "max_parallel": "Calls at once", "budget_usd": "Budget in USD", "budget_tokens": "Budget in tokens",
-           "price_input": "Price of prompt tokens", "price_output": "Price of answer tokens",
-           "price_cached_input": "Price of cache reads", "price_cache_write": "Price of cache writes",
-           "api_key": "API key", "base_url": "Base URL", "extra_params": "Extra parameters"}
-
-
-def field_label(name: str) -> str:
-    """A form field's name as the error summary shows it: ``fallback_model_2`` is "Fallback 3: model"."""
-    match = re.fullmatch(r"fallback_(\w+)_(\d+)", name)
-    if match:
-        return f"Fallback {int(match[2]) + 1}: {match[1]}"
-    return _LABELS.get(name) or name.replace("_", " ").capitalize()

@@ -7,11 +7,13 @@ import uuid
 
 from aiohttp import web
 
-from riceball_proxy.admin.forms import Form, limit_values
+from riceball_proxy import services, specs
+from riceball_proxy.admin.forms import Form, limit_field, limit_values
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.db import api_keys, assistants, usage_events
 from riceball_proxy.limits import current_period_start, period_bounds
-from riceball_proxy.pricing import key_budget_problem, unpriced
+from riceball_proxy.pricing import unpriced
+from riceball_proxy.specs import KeySpec, SpecError
 
 #: The expiries offered: form value -> (label, lifetime).
 EXPIRIES = {
@@ -68,58 +70,59 @@ async def key_edit_form(request: web.Request) -> web.Response:
 
 
 async def _read_form(request: web.Request, key: api_keys.ApiKey | None):
-    """The key form's values: (form, name, assistant ids or None, limits, expiry lifetime)."""
+    """The key form as a KeySpec (None when a problem was found: each is in ``form.errors``), the form,
+    and the assistants ticked."""
     pool = db_pool(request)
     data = await request.post()
     form = Form(data)
-    name = form.text("name", required=True)
-    expires = form.choice("expires", EXPIRIES) if key is None else ""
-    limits = form.limits()
-    known = {str(a.id): a.id for a in await assistants.list_all(pool)}
+    names = {str(a.id): a.name for a in await assistants.list_all(pool)}
     chosen = data.getall("assistants", [])
-    if any(value not in known for value in chosen):
+    if any(value not in names for value in chosen):
         form.errors["assistants"] = "Choose assistants from the list."
-    scope = [known[value] for value in chosen if value in known] or None
-    if form.valid:
-        problem, _ = await key_budget_problem(pool, limits, scope)
-        if problem:
-            form.errors["budget_usd"] = problem[0].upper() + problem[1:] + "."
-    return form, name, scope, limits, EXPIRIES.get(expires, EXPIRIES[""])[1], set(chosen)
+    if key is None:
+        lifetime = EXPIRIES.get(form.choice("expires", EXPIRIES), EXPIRIES[""])[1]
+        expires_at = datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None
+    else:
+        expires_at = key.expires_at
+    spec = None
+    try:
+        spec = specs.build(KeySpec, {"name": form.raw("name").strip(), "expires_at": expires_at,
+                                     "assistants": [names[value] for value in chosen if value in names] or None,
+                                     "limits": form.limit_data()})
+    except SpecError as exc:
+        form.add(exc, _field_of)
+    return (spec if form.valid else None), form, set(chosen)
+
+
+def _field_of(path: str) -> str:
+    return limit_field(path) or path.split("[")[0]
 
 
 async def key_create(request: web.Request) -> web.Response:
-    form, name, scope, limits, lifetime, chosen = await _read_form(request, None)
-    if form.valid:
+    spec, form, chosen = await _read_form(request, None)
+    if spec is not None:
         try:
-            key, secret = await api_keys.issue(
-                db_pool(request),
-                name=name,
-                assistant_ids=scope,
-                expires_at=datetime.datetime.now(datetime.timezone.utc) + lifetime if lifetime else None,
-                limits=limits,
-            )
-        except api_keys.KeyNameTaken:
-            form.errors["name"] = NAME_TAKEN
+            key, secret = await services.issue_key(db_pool(request), spec)
+        except SpecError as exc:
+            form.add(exc, _field_of)
         else:
             # The key is in this answer only: it is kept nowhere (not in the session), so nothing can show it again.
             return await key_list(request, new_key={"key": secret, "name": key.name})
     return await _render_form(request, None, form.values(), chosen, form.errors, status=400)
 
 
-NAME_TAKEN = "A key in force has this name: revoke it first, or choose another name."
-
-
 async def key_save(request: web.Request) -> web.Response:
     key = await _key_or_404(request, in_force=True)
-    form, name, scope, limits, _, chosen = await _read_form(request, key)
-    if form.valid:
+    spec, form, chosen = await _read_form(request, key)
+    if spec is not None:
         try:
-            await api_keys.update(db_pool(request), key.id, name=name, assistant_ids=scope,
-                                  expires_at=key.expires_at, limits=limits)
-        except api_keys.KeyNameTaken:
-            form.errors["name"] = NAME_TAKEN
+            saved = await services.save_key(db_pool(request), spec, key.id)
+        except SpecError as exc:
+            form.add(exc, _field_of)
         else:
-            await flash(request, "success", f"Key “{name}” saved.")
+            if saved is None:
+                raise web.HTTPNotFound(text="No such key.")
+            await flash(request, "success", f"Key “{saved.name}” saved.")
             raise redirect(request, "key", id=key.id)
     return await _render_form(request, key, form.values(), chosen, form.errors, status=400)
 

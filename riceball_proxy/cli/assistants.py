@@ -7,22 +7,14 @@ import dataclasses
 import datetime
 from typing import Any
 
+from riceball_proxy import services, specs
 from riceball_proxy.cli import lookup, options
-from riceball_proxy.cli.output import (
-    CommandError,
-    cell,
-    emit,
-    limits_text,
-    name_taken,
-    run_db,
-    table,
-)
+from riceball_proxy.cli.output import CommandError, cell, emit, limits_text, run_db, spec_error, table
 from riceball_proxy.db import assistants, providers
-from riceball_proxy.db.assistants import DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, EFFORTS
-from riceball_proxy.limits import Limits
+from riceball_proxy.db.assistants import EFFORTS
 from riceball_proxy.masking import mask_params
-from riceball_proxy.pricing import assistant_budget_problem
 from riceball_proxy.settings import Settings
+from riceball_proxy.specs import RANGES, AssistantSpec, PricesSpec, SpecError
 
 
 def add_commands(cli) -> None:
@@ -41,12 +33,12 @@ def add_commands(cli) -> None:
 def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     """The options of ``assistant add``; for ``update`` none is required and none has a default."""
     parser.add_argument("--name", required=not update, type=options.name)
-    parser.add_argument("--provider", required=not update, help="the provider's name")
+    parser.add_argument("--provider", required=not update, help="the provider's name (or id)")
     parser.add_argument("--model", required=not update, type=options.name, help="the upstream model")
     parser.add_argument("--system-prompt", default=None if update else "")
-    parser.add_argument("--temperature", type=options.between(0, 2))
-    parser.add_argument("--top-p", type=options.between(0, 1))
-    parser.add_argument("--max-tokens", type=options.between(1, 2**31 - 1, integer=True))
+    for parameter in ("temperature", "top_p", "max_tokens"):  # their ranges are the spec's (specs.RANGES)
+        parser.add_argument(f"--{parameter.replace('_', '-')}", type=options.whole if RANGES[parameter][2]
+                            else options.number)
     parser.add_argument("--reasoning-effort", choices=EFFORTS,
                         help="the default reasoning effort (each provider's thinking control; docs/providers.md)")
     parser.add_argument("--lock", action="append", default=None if update else [], metavar="PARAMETER",
@@ -60,9 +52,9 @@ def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None
                         help="a fallback target, tried in the order given when the provider fails before answering "
                              "(repeatable; PROVIDER is a name or an id" + ("; given, it replaces the list; "
                              "'none' removes them all)" if update else ")"))
-    parser.add_argument("--deadline", type=options.between(0.1, 3600), metavar="SECONDS",
+    parser.add_argument("--deadline", type=options.number, metavar="SECONDS",
                         help="time for all attempts of one call together (default 60)")
-    parser.add_argument("--max-attempts", type=options.between(1, 20, integer=True), metavar="N",
+    parser.add_argument("--max-attempts", type=options.whole, metavar="N",
                         help="upstream calls one call may make, fallbacks included (default 3)")
     parser.add_argument("--expose-target", action="store_true", default=None if update else False,
                         help="answers name the provider and model that served them (x-riceball-provider, "
@@ -99,44 +91,47 @@ def _assistant_dict(assistant: assistants.Assistant, provider_name: str | None =
     return data
 
 
-async def fallbacks_from(pool, args: argparse.Namespace, current: assistants.Assistant | None = None):
-    """The fallback targets ``--fallback PROVIDER:MODEL`` gives, in order (``none``: no fallbacks); the
-    current ones when the option is not given."""
+def fallbacks_from(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The fallback targets ``--fallback PROVIDER:MODEL`` gives, in order, as a spec's data (``none``: no
+    fallbacks; PROVIDER as given, a name or an id); None when the option is not given."""
     if args.fallback is None:
-        return current.fallbacks if current is not None else ()
+        return None
     if args.fallback == ["none"]:
-        return ()
-    by_name = {provider.name: provider for provider in await providers.list_all(pool)}
-    by_id = {str(provider.id): provider for provider in by_name.values()}
+        return []
     targets = []
     for n, given in enumerate(args.fallback, start=1):
         name, colon, model = given.partition(":")
-        provider = by_name.get(name) or by_id.get(name)
         if not colon or not model.strip():
             raise CommandError(f"--fallback takes PROVIDER:MODEL, not {given!r}")
-        if provider is None:
-            raise CommandError(f"--fallback {given}: no provider named {name!r}")
-        targets.append(assistants.Target(provider.id, model.strip(), priority=n))
-    return tuple(targets)
+        targets.append({"provider": name, "model": model.strip(), "priority": n})
+    return targets
 
 
-def prices_from(args: argparse.Namespace, current: assistants.Assistant | None = None) -> assistants.Prices:
-    """(input, output, cache read, cache write) from the options (``none`` removes one), on top of
-    ``current``."""
-    prices = []
-    for name in ("price_input", "price_output", "price_cached_input", "price_cache_write"):
-        given = getattr(args, name)
-        prices.append(getattr(current, name, None) if given is None else None if given == "none" else given)
-    return prices[0], prices[1], prices[2], prices[3]
+def prices_from(args: argparse.Namespace, current: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The prices the options give (``none`` removes one) on top of ``current``, as a spec's data."""
+    prices = dict(current or {})
+    for name in PricesSpec.model_fields:
+        given = getattr(args, f"price_{name}")
+        if given == options.NONE:
+            prices.pop(name, None)
+        elif given is not None:
+            prices[name] = given
+    return prices or None
 
 
-async def check_assistant_budget(pool, limits: Limits, prices: assistants.Prices, provider, model: str,
-                                 fallbacks) -> None:
-    """A USD budget on an assistant needs the price of every target's calls
-    (``pricing.assistant_budget_problem``)."""
-    problem = await assistant_budget_problem(pool, limits, model, prices, provider, fallbacks)
-    if problem:
-        raise CommandError(f"--budget-usd: {problem}")
+def option_of(path: str) -> str:
+    """The option that sets the spec field at ``path``."""
+    head, _, rest = path.partition(".")
+    if head.startswith("fallbacks["):
+        return f"--fallback #{int(head[len('fallbacks['):-1]) + 1}"
+    if head == "limits":
+        return "--" + rest.replace("_", "-")
+    if head == "prices":
+        return "--price-" + (rest or "input").replace("_", "-")
+    options_of = {"locked": "--lock", "allow_client_system": "--no-client-system", "enabled": "--disabled", "": "the "
+                  "assistant"}
+    head = head.split("[")[0]
+    return options_of.get(head) or "--" + head.replace("_", "-")
 
 
 def assistant_base_url(settings: Settings, assistant_id: Any) -> str:
@@ -144,105 +139,74 @@ def assistant_base_url(settings: Settings, assistant_id: Any) -> str:
     return f"http://{settings.host}:{settings.port}/api/v1/assistants/{assistant_id}/v1"
 
 
-def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
-    parameters = {
-        name: value
-        for name, value in (("temperature", args.temperature), ("top_p", args.top_p), ("max_tokens", args.max_tokens),
-                            ("reasoning_effort", args.reasoning_effort))
-        if value is not None
-    }
-    unknown = set(args.lock) - set(assistants.PARAMETERS)
-    if unknown:
-        raise CommandError(f"--lock takes one of {', '.join(assistants.PARAMETERS)}; got {', '.join(sorted(unknown))}")
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """What the options of ``add`` or ``update`` set, as an AssistantSpec's data (prices, limits and
+    fallbacks apart)."""
+    given = {"name": args.name, "model": args.model, "system_prompt": args.system_prompt,
+             "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
+             "reasoning_effort": args.reasoning_effort, "locked": args.lock,
+             "allow_client_system": None if args.no_client_system is None else not args.no_client_system,
+             "enabled": None if args.disabled is None else not args.disabled, "deadline": args.deadline,
+             "max_attempts": args.max_attempts, "expose_target": args.expose_target, "auto_cache": args.auto_cache}
+    return {name: value for name, value in given.items() if value is not None}
 
-    limits, prices = options.limits_from(args), prices_from(args)
+
+def cmd_assistant_add(args: argparse.Namespace, settings: Settings) -> int:
+    data = _given(args) | {"provider": args.provider, "limits": options.limit_data(args),
+                           "prices": prices_from(args, None), "fallbacks": fallbacks_from(args) or []}
+    _check(data)  # what is wrong with the values is said before what the database lacks
 
     async def work(pool):
-        provider = await providers.get_by_name(pool, args.provider)
-        if provider is None:
-            raise CommandError(f"no provider named {args.provider!r}")
-        fallbacks = await fallbacks_from(pool, args)
-        await check_assistant_budget(pool, limits, prices, provider, args.model, fallbacks)
-        routing = {"fallbacks": fallbacks, "deadline": args.deadline or DEFAULT_DEADLINE,
-                   "max_attempts": args.max_attempts or DEFAULT_MAX_ATTEMPTS, "expose_target": args.expose_target,
-                   "auto_cache": args.auto_cache}
-        assistant = await _saved(pool, args.name, assistants.create(
-                pool,
-                name=args.name,
-                provider_id=provider.id,
-                model=args.model,
-                system_prompt=args.system_prompt,
-                parameters=parameters,
-                locked=args.lock,
-                allow_client_system=not args.no_client_system,
-                enabled=not args.disabled,
-                limits=limits,
-                prices=prices,
-                **routing,
-            ))
-        return assistant, provider
+        await _named_providers(pool, data, args.provider, args.fallback is not None)
+        return await _saved(pool, data, None), data["provider"]
 
-    assistant, provider = run_db(settings, work)
+    assistant, provider_name = run_db(settings, work)
     base_url = assistant_base_url(settings, assistant.id)
-    data = _assistant_dict(assistant, provider.name) | {"base_url": base_url}
+    data = _assistant_dict(assistant, provider_name) | {"base_url": base_url}
     emit(args, data, f"assistant {assistant.name!r} added\nid:       {assistant.id}\nbase URL: {base_url}")
     return 0
 
 
 def cmd_assistant_update(args: argparse.Namespace, settings: Settings) -> int:
-    if args.lock is not None and set(args.lock) - set(assistants.PARAMETERS):
-        raise CommandError(f"--lock takes one of {', '.join(assistants.PARAMETERS)}")
-
     async def work(pool):
         current = await lookup.assistant(pool, args.id)
-        provider = await (providers.get(pool, current.provider_id) if args.provider is None
-                          else providers.get_by_name(pool, args.provider))
-        if provider is None:
-            raise CommandError(f"no provider named {args.provider!r}")
-        given = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
-                 "reasoning_effort": args.reasoning_effort}
-        parameters = dict(current.parameters) | {name: value for name, value in given.items() if value is not None}
-        limits, prices = options.limits_from(args, current.limits), prices_from(args, current)
-        fallbacks = await fallbacks_from(pool, args, current)
-        await check_assistant_budget(pool, limits, prices, provider,
-                                     current.model if args.model is None else args.model, fallbacks)
-        routing = {"fallbacks": fallbacks,
-                   "deadline": current.deadline if args.deadline is None else args.deadline,
-                   "max_attempts": current.max_attempts if args.max_attempts is None else args.max_attempts,
-                   "expose_target": current.expose_target if args.expose_target is None else args.expose_target,
-                   "auto_cache": current.auto_cache if args.auto_cache is None else args.auto_cache}
-        assistant = await _saved(pool, args.name, assistants.update(
-                pool,
-                current.id,
-                name=current.name if args.name is None else args.name,
-                provider_id=provider.id,
-                model=current.model if args.model is None else args.model,
-                system_prompt=current.system_prompt if args.system_prompt is None else args.system_prompt,
-                parameters=parameters,
-                locked=current.locked if args.lock is None else args.lock,
-                extra_params=current.extra_params,
-                allow_client_system=current.allow_client_system if args.no_client_system is None
-                else not args.no_client_system,
-                enabled=current.enabled if args.disabled is None else not args.disabled,
-                limits=limits,
-                prices=prices,
-                **routing,
-            ))
-        return assistant, provider
+        data = AssistantSpec.of(current, {p.id: p.name for p in await providers.list_all(pool)}) | _given(args)
+        fallbacks = fallbacks_from(args)
+        data |= {"limits": options.limit_data(args, current.limits), "prices": prices_from(args, data["prices"]),
+                 "fallbacks": data["fallbacks"] if fallbacks is None else fallbacks}
+        await _named_providers(pool, data, args.provider, fallbacks is not None)
+        return await _saved(pool, data, current.id), data["provider"]
 
-    assistant, provider = run_db(settings, work)
-    emit(args, _assistant_dict(assistant, provider.name), f"assistant {assistant.name!r} updated")
+    assistant, provider_name = run_db(settings, work)
+    emit(args, _assistant_dict(assistant, provider_name), f"assistant {assistant.name!r} updated")
     return 0
 
 
-async def _saved(pool, name: str | None, writing) -> assistants.Assistant:
-    """The assistant ``writing`` (a create or an update) saves; its refusal as a one-line error."""
+def _check(data: dict[str, Any]) -> None:
     try:
-        saved = await writing
-    except assistants.AssistantNameTaken as exc:
-        raise name_taken(exc, await assistants.get_by_name(pool, name or "")) from None
-    except assistants.InvalidAssistant as exc:
-        raise CommandError(str(exc)) from None
+        specs.build(AssistantSpec, data)
+    except SpecError as exc:
+        raise spec_error(exc, option_of) from None
+
+
+async def _named_providers(pool, data: dict[str, Any], provider: str | None, fallbacks: bool) -> None:
+    """The providers the options gave (a name or an id) by name in ``data``: ``--provider`` and, when
+    given, each ``--fallback``'s."""
+    if provider is not None:
+        data["provider"] = (await lookup.provider(pool, provider)).name
+    if fallbacks:
+        for target in data["fallbacks"]:
+            target["provider"] = (await lookup.provider(pool, target["provider"])).name
+
+
+async def _saved(pool, data: dict[str, Any], id: Any) -> assistants.Assistant:
+    """The assistant ``data`` describes, saved (as ``id``, or new); its problems as ``--option: message``."""
+    try:
+        saved = await services.save_assistant(pool, specs.build(AssistantSpec, data), id)
+    except SpecError as exc:
+        taken = any(path == "name" for path, _ in exc.problems)
+        raise spec_error(exc, option_of, await assistants.get_by_name(pool, data["name"]) if taken else None) \
+            from None
     if saved is None:
         raise CommandError("this assistant was deleted meanwhile")
     return saved

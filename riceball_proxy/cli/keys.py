@@ -6,20 +6,14 @@ import dataclasses
 import datetime
 from typing import Any
 
+from riceball_proxy import services, specs
 from riceball_proxy.cli import lookup, options
-from riceball_proxy.cli.output import (
-    CommandError,
-    cell,
-    emit,
-    limits_text,
-    name_taken,
-    run_db,
-    table,
-)
+from riceball_proxy.cli.output import CommandError, cell, emit, limits_text, run_db, spec_error, table
 from riceball_proxy.db import api_keys, assistants, usage_events
-from riceball_proxy.limits import Limits, current_period_start
+from riceball_proxy.limits import current_period_start
 from riceball_proxy.pricing import key_budget_problem
 from riceball_proxy.settings import Settings
+from riceball_proxy.specs import KeySpec, SpecError
 
 
 def add_commands(cli) -> None:
@@ -68,36 +62,38 @@ def spent_text(key: api_keys.ApiKey, spent: tuple) -> str:
     return f"{text} ({limits.budget_period})"
 
 
-async def check_usd_budget(pool, limits: Limits, assistant_ids) -> list[str]:
-    """A USD budget needs calls whose cost is known (``pricing.key_budget_problem``): CommandError when
-    none of the assistants a key may call has a price; else the names of those without one."""
-    problem, unknown = await key_budget_problem(pool, limits, assistant_ids)
-    if problem:
-        raise CommandError(f"--budget-usd: {problem}")
-    return unknown
-
-
 def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
     expires_at = None
     if args.expires_in is not None:
         expires_at = datetime.datetime.now(datetime.timezone.utc) + args.expires_in
 
-    limits = options.limits_from(args)
-
     async def work(pool):
-        scope = await lookup.assistant_ids(pool, args.assistant)
-        unknown = await check_usd_budget(pool, limits, scope)
+        names = None if args.assistant is None else [(await lookup.assistant(pool, ref)).name for ref in args.assistant]
+        data = {"name": args.name, "assistants": names, "expires_at": expires_at, "limits": options.limit_data(args)}
         try:
-            key, secret = await api_keys.issue(pool, name=args.name, assistant_ids=scope, expires_at=expires_at,
-                                               limits=limits)
-        except api_keys.KeyNameTaken as exc:
-            raise name_taken(exc, await api_keys.in_force_named(pool, args.name)) from None
-        return key, secret, unknown
+            key, secret = await services.issue_key(pool, specs.build(KeySpec, data))
+        except SpecError as exc:
+            taken = any(path == "name" for path, _ in exc.problems)
+            raise spec_error(exc, option_of, await api_keys.in_force_named(pool, args.name) if taken else None) \
+                from None
+        return key, secret, await _unpriced(pool, key)
 
     key, secret, unknown = run_db(settings, work)
     emit(args, _key_dict(key) | {"key": secret, "unpriced_assistants": unknown},
          f"{secret}\n\nThis is the only time the key is shown: store it now. (id {key.id})" + _unpriced_note(unknown))
     return 0
+
+
+def option_of(path: str) -> str:
+    """The option that sets the key's field at ``path``."""
+    if path.startswith("assistants"):
+        return "--assistant"
+    return "--" + path.removeprefix("limits.").replace("_", "-") if path else "the key"
+
+
+async def _unpriced(pool, key: api_keys.ApiKey) -> list[str]:
+    """The assistants a key with a USD budget may call whose calls have no known price."""
+    return (await key_budget_problem(pool, key.limits, key.assistant_ids))[1]
 
 
 def _unpriced_note(unknown: list[str]) -> str:
@@ -112,22 +108,29 @@ def cmd_key_update(args: argparse.Namespace, settings: Settings) -> int:
         current = await lookup.key(pool, args.key)
         if current.revoked_at is not None:
             raise CommandError(f"key {current.prefix}... is revoked: it cannot be changed")
-        limits = options.limits_from(args, current.limits)
-        named = await lookup.assistant_ids(pool, args.assistant)
-        scope = None if args.all_assistants else current.assistant_ids if named is None else named
-        unknown = await check_usd_budget(pool, limits, scope)
+        names = {assistant.id: assistant.name for assistant in await assistants.list_all(pool)}
+        if args.all_assistants:
+            scope = None
+        elif args.assistant is not None:
+            scope = [(await lookup.assistant(pool, ref)).name for ref in args.assistant]
+        else:  # the assistants it may call now (one deleted since names nothing)
+            scope = None if current.assistant_ids is None else [names[i] for i in current.assistant_ids if i in names]
         expires_at = current.expires_at
         if args.no_expiry:
             expires_at = None
         elif args.expires_in is not None:
             expires_at = datetime.datetime.now(datetime.timezone.utc) + args.expires_in
         name = current.name if args.name is None else args.name
+        data = {"name": name, "assistants": scope, "expires_at": expires_at,
+                "limits": options.limit_data(args, current.limits)}
         try:
-            key = await api_keys.update(pool, current.id, name=name, assistant_ids=scope, expires_at=expires_at,
-                                        limits=limits)
-        except api_keys.KeyNameTaken as exc:
-            raise name_taken(exc, await api_keys.in_force_named(pool, name)) from None
-        return key, unknown
+            key = await services.save_key(pool, specs.build(KeySpec, data), current.id)
+        except SpecError as exc:
+            taken = any(path == "name" for path, _ in exc.problems)
+            raise spec_error(exc, option_of, await api_keys.in_force_named(pool, name) if taken else None) from None
+        if key is None:
+            raise CommandError("this key was deleted meanwhile")
+        return key, await _unpriced(pool, key)
 
     key, unknown = run_db(settings, work)
     emit(args, _key_dict(key) | {"unpriced_assistants": unknown},

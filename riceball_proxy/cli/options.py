@@ -48,6 +48,22 @@ def limit(high: int) -> Callable[[str], int | str]:
     return parse
 
 
+def number(value: str) -> float:
+    """A number, its range left to the spec that takes it (argparse type)."""
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def whole(value: str) -> int:
+    """A whole number, its range left to the spec that takes it (argparse type)."""
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
 def price(value: str) -> decimal.Decimal | str:
     if value.strip().lower() == NONE:
         return NONE
@@ -125,6 +141,15 @@ def duration(value: str) -> datetime.timedelta:
     if seconds <= 0:
         raise argparse.ArgumentTypeError("must be longer than 0")
     return datetime.timedelta(seconds=seconds)
+
+
+def limit_data(args: argparse.Namespace, current: Limits | None = None) -> dict:
+    """The limits the options give (``none`` removes one), on top of ``current``, as a LimitsSpec's data."""
+    values = {}
+    for name in LIMIT_FIELDS:
+        given = getattr(args, name)
+        values[name] = getattr(current, name, None) if given is None else None if given == NONE else given
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def limits_from(args: argparse.Namespace, current: Limits | None = None) -> Limits:

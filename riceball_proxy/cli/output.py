@@ -17,6 +17,7 @@ from riceball_proxy.db import open_database
 from riceball_proxy.declared.schema import ConfigFileError
 from riceball_proxy.limits import Limits
 from riceball_proxy.settings import Settings
+from riceball_proxy.specs import SpecError
 
 
 class CommandError(Exception):
@@ -33,6 +34,14 @@ class CommandError(Exception):
 def name_taken(exc: Exception, existing: Any) -> CommandError:
     """The error for a name in use, carrying (for ``--json``) the id of the object that has it."""
     return CommandError(str(exc), {"id": existing.id if existing else None})
+
+
+def spec_error(exc: SpecError, option_of: Callable[[str], str], existing: Any = None) -> CommandError:
+    """A spec's problems as ``--option: message`` lines (``option_of`` a field path); under ``--json``
+    they are ``problems``, with the ``id`` of ``existing``, the object whose name was asked for."""
+    lines = [f"{option_of(path)}: {message}" for path, message in exc.problems]
+    text = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
+    return CommandError(text, {"problems": lines} | ({"id": existing.id} if existing is not None else {}))
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
