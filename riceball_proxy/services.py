@@ -22,16 +22,20 @@ from riceball_proxy.specs import AssistantSpec, KeySpec, ProviderSpec, SpecError
 KEEP = providers.KEEP
 
 
-async def save_provider(db, spec: ProviderSpec, *, secret_box: SecretBox, api_key: str | None | object = KEEP,
+async def save_provider(db, spec: ProviderSpec, *, secret_box: SecretBox | None, api_key: str | None | object = KEEP,
                         id: int | None = None, provider_types: Collection[str] | None = None
                         ) -> providers.Provider | None:
     """Create (no ``id``) or replace a provider; ``api_key`` is the upstream's key itself (None: none,
-    KEEP: the stored one). ``provider_types``, when given, are the types installed plugins offer. None
+    KEEP: the stored one), encrypted with ``secret_box`` (needed only for a key). ``provider_types``, when given, are the types installed plugins offer. None
     when the provider to replace does not exist."""
     if provider_types is not None and spec.type not in provider_types:
         raise SpecError([("type", f"no installed plugin offers {spec.type!r} "
                                   f"(installed: {', '.join(sorted(provider_types)) or 'none'})")])
-    encrypted = None if api_key is None or api_key is KEEP else secret_box.encrypt(str(api_key))
+    encrypted = None
+    if isinstance(api_key, str):
+        if secret_box is None:
+            raise ValueError("an upstream key needs the secret box to encrypt it")
+        encrypted = secret_box.encrypt(api_key)
     try:
         if id is None:
             return await providers.create(db, name=spec.name, api_key_encrypted=encrypted, **spec.settings())

@@ -287,6 +287,13 @@ class ProviderSpec(Strict):
             raise RuleError([("api_key_file", "give api_key or api_key_file, not both")])
         return self
 
+    @classmethod
+    def of(cls, provider) -> dict[str, Any]:
+        """A stored provider as a spec's data (its key apart: it is never read back out)."""
+        return {"name": provider.name, "type": provider.type, "base_url": provider.base_url,
+                "connect_timeout": provider.connect_timeout, "read_timeout": provider.read_timeout,
+                "max_connections": provider.max_connections, "queue_timeout": provider.queue_timeout}
+
     def settings(self) -> dict[str, Any]:
         """What the providers table stores besides the name and the key."""
         return {"type": self.type, "base_url": self.base_url.rstrip("/"), "connect_timeout": self.connect_timeout,

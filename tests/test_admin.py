@@ -266,12 +266,14 @@ async def test_provider_form_errors_keep_what_was_typed(panel):
     response, text = await provider_via_form(panel, name="my upstream", base_url="ftp://nope", read_timeout="-1",
                                              api_key="sk-typed-secret")
     assert response.status == 400
-    assert "Enter an http:// or https:// URL." in text and 'value="my upstream"' in text
-    assert 'value="ftp://nope"' in text and "Enter a value more than 0" in text
+    assert re.search(r'id="base_url-error" class="error">Must be an http:// or https:// URL\.', text)
+    assert re.search(r'id="read_timeout-error" class="error">Must be between 0.001 and 86400\.', text)
+    assert 'value="my upstream"' in text and 'value="ftp://nope"' in text
+    assert "2 problems to fix before saving" in text and '<a href="#base_url">Base URL</a>' in text
     assert "sk-typed-secret" not in text  # not even echoed back
     await provider_via_form(panel, name="taken")
     response, text = await provider_via_form(panel, name="taken")
-    assert response.status == 400 and "Another provider has this name." in text
+    assert response.status == 400 and "A provider named &#39;taken&#39; exists already." in text
 
 
 async def test_a_provider_in_use_cannot_be_deleted(panel):

@@ -134,7 +134,7 @@ async def _start_session(url):
     "argv, stdin, says",
     [
         (["provider", "add", "--name", "x", "--type", "nope", "--base-url", "http://h"], "",
-         "unknown provider type 'nope'; installed types: openai"),
+         "--type: no installed plugin offers 'nope' (installed: openai"),
         (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "ftp://h"], "", "is not an http(s) URL"),
         (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "http://h", "--api-key-stdin"], "",
          "no API key on standard input"),
@@ -264,7 +264,7 @@ def test_update_changes_only_what_is_given_and_names_are_unique(cli_env, capsys,
              "--base-url", "http://127.0.0.1:9/v1")
     status, out, err = run(capsys, monkeypatch, "--json", "provider", "add", "--name", "up", "--type", "openai",
                            "--base-url", "http://127.0.0.1:9/v1")
-    assert status == 2 and err == "riceball: error: a provider named 'up' exists already\n"
+    assert status == 2 and err == "riceball: error: --name: a provider named 'up' exists already\n"
     assert json.loads(out)["id"] == first["id"]
 
     updated = run_json(capsys, monkeypatch, "provider", "update", "up", "--read-timeout", "60",
@@ -274,7 +274,7 @@ def test_update_changes_only_what_is_given_and_names_are_unique(cli_env, capsys,
     assert run_json(capsys, monkeypatch, "provider", "update", str(first["id"]), "--clear-api-key")[
         "has_api_key"] is False
     status, _, err = run(capsys, monkeypatch, "provider", "update", "up", "--name", "other")
-    assert (status, err) == (2, "riceball: error: a provider named 'other' exists already\n")
+    assert (status, err) == (2, "riceball: error: --name: a provider named 'other' exists already\n")
 
     assistant = run_json(capsys, monkeypatch, "assistant", "add", "--name", "demo", "--provider", "up",
                          "--model", "m1", "--system-prompt", "Be brief.", "--temperature", "0.3",

@@ -295,11 +295,24 @@ async def test_a_client_that_leaves_stops_the_chain(failing_over, fake_openai, s
 
 
 async def test_bad_targets_are_refused_and_nothing_saved(start_gateway, settings, fake_openai):
+    from riceball_proxy import services, specs
+
     gateway = await start_gateway(settings)
-    provider = await gateway.provider(fake_openai.base_url)
-    for fallbacks, says in (([Target(provider.id, "gpt-4o")], "listed twice"),
-                            ([Target(provider.id, "m", weight=0)], "weight must be"),
-                            ([Target(999_999, "m")], "no provider with id 999999")):
+    provider = await gateway.provider(fake_openai.base_url, name="up")
+    for target, problem in (({"provider": "up", "model": "gpt-4o"}, ("fallbacks[0]", "the target up:gpt-4o is "
+                                                                                        "listed twice")),
+                            ({"provider": "up", "model": "m", "weight": 0}, ("fallbacks[0].weight",
+                                                                             "must be between 1 and 1000")),
+                            ({"provider": "gone", "model": "m"}, ("fallbacks[0].provider", "no provider named 'gone'"))):
+        with pytest.raises(specs.SpecError) as refused:
+            spec = specs.build(specs.AssistantSpec, {"name": "a", "provider": "up", "model": "gpt-4o",
+                                                     "fallbacks": [target]})
+            await services.save_assistant(gateway.pool, spec)
+        assert refused.value.problems == [problem]
+    # What gets past the rules (a caller of the table's own functions) the table refuses.
+    for fallbacks, says in (([Target(provider.id, "m"), Target(provider.id, "m")], "listed twice"),
+                            ([Target(provider.id, "m", weight=0)], "out of range"),
+                            ([Target(999_999, "m")], "provider does not exist")):
         with pytest.raises(assistants.InvalidAssistant, match=says):
             await gateway.assistant(provider, fallbacks=fallbacks)
     assert await assistants.list_all(gateway.pool) == []

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
-from riceball_proxy import appkeys
+from riceball_proxy import appkeys, services, specs
 from riceball_proxy.admin.forms import Form
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.db import assistants, provider_alerts, providers
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import provider_types
+from riceball_proxy.specs import ProviderSpec, SpecError
 
 #: Seconds a connection test or a model listing may take.
 UPSTREAM_CHECK_TIMEOUT = 10
@@ -73,40 +73,25 @@ async def provider_save(request: web.Request) -> web.Response:
     provider = await _provider_or_404(request) if "id" in request.match_info else None
     types = _types(request)
     form = Form(await request.post())
-    name = form.text("name", required=True)
-    # A provider keeps the type it has even when no installed plugin offers it now (never changed silently).
-    provider_type = form.choice("type", [*types, *([provider.type] if provider else [])])
-    base_url = form.url("base_url")
-    api_key = form.text("api_key", max_length=4000)
-    connect_timeout = form.number("connect_timeout", minimum=0, maximum=600, exclusive_minimum=True) or 10.0
-    read_timeout = form.number("read_timeout", minimum=0, maximum=3600, exclusive_minimum=True) or 300.0
-    max_connections = form.number("max_connections", minimum=1, maximum=100_000, integer=True)
-    queue_timeout = form.number("queue_timeout", minimum=0, maximum=3600)
-    clear_key = form.flag("clear_api_key")
-    if form.valid:
-        box = request.config_dict[appkeys.SECRET_BOX]
-        fields: dict[str, Any] = {"name": name, "type": provider_type, "base_url": base_url,
-                  "connect_timeout": float(connect_timeout), "read_timeout": float(read_timeout),
-                  "max_connections": providers.DEFAULT_MAX_CONNECTIONS if max_connections is None
-                  else max_connections,
-                  "queue_timeout": providers.DEFAULT_QUEUE_TIMEOUT if queue_timeout is None
-                  else float(queue_timeout)}
-        try:
-            if provider is None:
-                saved = await providers.create(db_pool(request), api_key_encrypted=box.encrypt(api_key) if api_key
-                                               else None, **fields)
-            else:
-                # A blank key field keeps the stored key: the form never shows it.
-                key = box.encrypt(api_key) if api_key else (None if clear_key else providers.KEEP)
-                updated = await providers.update(db_pool(request), provider.id, api_key_encrypted=key, **fields)
-                if updated is None:  # deleted while the form was open
-                    raise web.HTTPNotFound(text="No such provider.")
-                saved = updated
-        except providers.ProviderNameTaken:
-            form.errors["name"] = "Another provider has this name."
-        else:
-            await flash(request, "success", f"Provider “{saved.name}” saved.")
-            raise redirect(request, "providers")
+    data = {name: form.given(name) for name in ("name", "type", "base_url", "api_key", "connect_timeout",
+                                                "read_timeout", "max_connections", "queue_timeout")}
+    try:
+        spec = specs.build(ProviderSpec, {name: value for name, value in data.items() if value is not None})
+        # A blank key field keeps the stored key (the form never shows it); "clear" removes it.
+        api_key = spec.api_key or (None if provider is None or form.flag("clear_api_key") else services.KEEP)
+        # A provider keeps the type it has even when no installed plugin offers it now (never changed silently).
+        saved = await services.save_provider(
+            db_pool(request), spec.model_copy(update={"api_key": None}),
+            secret_box=request.config_dict[appkeys.SECRET_BOX], api_key=api_key,
+            id=None if provider is None else provider.id,
+            provider_types=[*types, *([provider.type] if provider else [])])
+    except SpecError as exc:
+        form.add(exc)
+    else:
+        if saved is None:  # deleted while the form was open
+            raise web.HTTPNotFound(text="No such provider.")
+        await flash(request, "success", f"Provider “{saved.name}” saved.")
+        raise redirect(request, "providers")
     values = form.values()
     values.pop("api_key", None)
     return await render(request, "admin/provider_form.html",

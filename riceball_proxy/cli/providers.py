@@ -5,21 +5,15 @@ import argparse
 import asyncio
 from typing import Any
 
-from riceball_proxy import crypto
+from riceball_proxy import crypto, services, specs
 from riceball_proxy.cli import lookup, options
-from riceball_proxy.cli.output import (
-    CommandError,
-    emit,
-    name_taken,
-    read_stdin_secret,
-    run_db,
-    table,
-)
+from riceball_proxy.cli.output import CommandError, emit, read_stdin_secret, run_db, spec_error, table
 from riceball_proxy.db import providers
 from riceball_proxy.masking import mask_url
 from riceball_proxy.plugins import make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.settings import Settings
+from riceball_proxy.specs import ProviderSpec, SpecError
 
 
 def add_commands(cli) -> None:
@@ -48,12 +42,12 @@ def _provider_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
                         help="read the upstream API key from stdin" + (" (replaces the stored one)" if update else ""))
     if update:
         parser.add_argument("--clear-api-key", action="store_true", help="remove the stored API key")
-    parser.add_argument("--connect-timeout", type=options.positive_float, default=default(10.0), help="seconds (default 10)")
-    parser.add_argument("--read-timeout", type=options.positive_float, default=default(300.0), help="seconds (default 300)")
-    parser.add_argument("--max-connections", type=options.between(1, 100_000, integer=True),
-                        default=default(providers.DEFAULT_MAX_CONNECTIONS),
+    # The ranges are the spec's (specs.ProviderSpec), said as "--option: message".
+    parser.add_argument("--connect-timeout", type=options.number, help="seconds (default 10)")
+    parser.add_argument("--read-timeout", type=options.number, help="seconds (default 300)")
+    parser.add_argument("--max-connections", type=options.whole,
                         help=f"upstream calls at once (default {providers.DEFAULT_MAX_CONNECTIONS})")
-    parser.add_argument("--queue-timeout", type=options.between(0, 3600), default=default(providers.DEFAULT_QUEUE_TIMEOUT),
+    parser.add_argument("--queue-timeout", type=options.number,
                         help=f"seconds a call waits for a free turn before a 503 "
                              f"(default {providers.DEFAULT_QUEUE_TIMEOUT:g})")
 
@@ -77,60 +71,46 @@ def _provider_dict(provider: providers.Provider) -> dict[str, Any]:
     }
 
 
+#: The options that set a provider's fields, by field.
+_FIELDS = ("name", "type", "base_url", "connect_timeout", "read_timeout", "max_connections", "queue_timeout")
+
+
 def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
-    types = provider_types(make_plugin_manager(settings))
-    if args.type not in types:
-        raise CommandError(f"unknown provider type {args.type!r}; installed types: {', '.join(sorted(types))}")
-    api_key = read_stdin_secret("API key") if args.api_key_stdin else None
-    encrypted = None if api_key is None else crypto.load_secret_box(settings).encrypt(api_key)
-
-    async def work(pool):
-        try:
-            return await providers.create(
-                pool,
-                name=args.name,
-                type=args.type,
-                base_url=args.base_url,
-                api_key_encrypted=encrypted,
-                connect_timeout=args.connect_timeout,
-                read_timeout=args.read_timeout,
-                max_connections=args.max_connections,
-                queue_timeout=args.queue_timeout,
-            )
-        except providers.ProviderNameTaken as exc:
-            raise name_taken(exc, await providers.get_by_name(pool, args.name)) from None
-
-    provider = run_db(settings, work)
-    emit(args, _provider_dict(provider), f"provider {provider.name!r} added (id {provider.id})")
-    return 0
+    given = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
+    return _save(args, settings, None, given, read_stdin_secret("API key") if args.api_key_stdin else None)
 
 
 def cmd_provider_update(args: argparse.Namespace, settings: Settings) -> int:
-    if args.type is not None:
-        types = provider_types(make_plugin_manager(settings))
-        if args.type not in types:
-            raise CommandError(f"unknown provider type {args.type!r}; installed types: {', '.join(sorted(types))}")
     if args.api_key_stdin and args.clear_api_key:
         raise CommandError("--api-key-stdin and --clear-api-key ask for opposite things")
-    api_key = read_stdin_secret("API key") if args.api_key_stdin else None
-    encrypted = providers.KEEP
-    if api_key is not None:
-        encrypted = crypto.load_secret_box(settings).encrypt(api_key)
-    elif args.clear_api_key:
-        encrypted = None
+    given = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
+    api_key = read_stdin_secret("API key") if args.api_key_stdin else None if args.clear_api_key else services.KEEP
+    return _save(args, settings, args.provider, given, api_key)
+
+
+def _save(args: argparse.Namespace, settings: Settings, ref: str | None, given: dict[str, Any], api_key) -> int:
+    """Add (no ``ref``) or change the provider ``ref`` names with the options ``given``."""
+    types = provider_types(make_plugin_manager(settings))
+    box = crypto.load_secret_box(settings) if isinstance(api_key, str) else None
 
     async def work(pool):
-        current = await lookup.provider(pool, args.provider)
-        changes = {name: getattr(args, name) for name in ("name", "type", "base_url", "connect_timeout",
-                                                          "read_timeout", "max_connections", "queue_timeout")}
-        fields = {name: getattr(current, name) if value is None else value for name, value in changes.items()}
+        current = None if ref is None else await lookup.provider(pool, ref)
+        data = ({} if current is None else ProviderSpec.of(current)) | given
         try:
-            return await providers.update(pool, current.id, api_key_encrypted=encrypted, **fields)
-        except providers.ProviderNameTaken as exc:
-            raise name_taken(exc, await providers.get_by_name(pool, args.name)) from None
+            spec = specs.build(ProviderSpec, data)
+            return await services.save_provider(
+                pool, spec, secret_box=box, api_key=api_key, id=None if current is None else current.id,
+                provider_types=[*types, *([current.type] if current is not None else [])])
+        except SpecError as exc:
+            taken = any(path == "name" for path, _ in exc.problems)
+            raise spec_error(exc, lambda path: f"--{path.replace('_', '-')}" if path else "the provider",
+                             await providers.get_by_name(pool, data["name"]) if taken else None) from None
 
     provider = run_db(settings, work)
-    emit(args, _provider_dict(provider), f"provider {provider.name!r} updated")
+    if provider is None:
+        raise CommandError("this provider was deleted meanwhile")
+    emit(args, _provider_dict(provider), f"provider {provider.name!r} {'added' if ref is None else 'updated'}"
+         + (f" (id {provider.id})" if ref is None else ""))
     return 0
 
 

@@ -68,21 +68,22 @@ async def create(
     limits: Limits = Limits(),
 ) -> ApiKey:
     """Store a new key's hash and description; raises KeyNameTaken when a key in force has the name."""
-    row = await _write(
-        db,
-        name,
-        f"""
-        INSERT INTO api_keys (name, key_hash, prefix, assistant_ids, expires_at, {", ".join(LIMIT_FIELDS)})
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        RETURNING {_COLUMNS}
-        """,
-        key_hash,
-        prefix,
-        None if assistant_ids is None else list(assistant_ids),
-        expires_at,
-        *(getattr(limits, field) for field in LIMIT_FIELDS),
-    )
+    row = await _write(db, name, _INSERT, *_values(assistant_ids, expires_at, limits), key_hash, prefix)
     return ApiKey.from_row(row)
+
+
+#: The columns ``create`` and ``update`` write, in the order of ``_values`` (after the name).
+_WRITTEN = ("name", "assistant_ids", "expires_at", *LIMIT_FIELDS)
+_INSERT = (f"INSERT INTO api_keys ({', '.join(_WRITTEN)}, key_hash, prefix) "
+           f"VALUES ({', '.join(f'${n}' for n in range(1, len(_WRITTEN) + 3))}) RETURNING {_COLUMNS}")
+_UPDATE = (f"UPDATE api_keys SET {', '.join(f'{column} = ${n}' for n, column in enumerate(_WRITTEN, start=1))} "
+           f"WHERE id = ${len(_WRITTEN) + 1} RETURNING {_COLUMNS}")
+
+
+def _values(assistant_ids: Iterable[uuid.UUID] | None, expires_at: datetime | None, limits: Limits) -> list:
+    """The values of ``_WRITTEN`` after the name."""
+    return [None if assistant_ids is None else list(assistant_ids), expires_at,
+            *(getattr(limits, field) for field in LIMIT_FIELDS)]
 
 
 async def issue(
@@ -160,20 +161,7 @@ async def update(db, key_id: uuid.UUID, *, name: str, assistant_ids: Iterable[uu
                  expires_at: datetime | None, limits: Limits) -> ApiKey | None:
     """Change a key's name, scope, expiry and limits (never its secret); None when there is no such key.
     Raises KeyNameTaken when another key in force has the name."""
-    row = await _write(
-        db,
-        name,
-        f"""
-        UPDATE api_keys SET name = $1, assistant_ids = $3, expires_at = $4, rpm = $5, tpm = $6,
-            max_parallel = $7, budget_usd = $8, budget_tokens = $9, budget_period = $10
-        WHERE id = $2
-        RETURNING {_COLUMNS}
-        """,
-        key_id,
-        None if assistant_ids is None else list(assistant_ids),
-        expires_at,
-        *(getattr(limits, field) for field in LIMIT_FIELDS),
-    )
+    row = await _write(db, name, _UPDATE, *_values(assistant_ids, expires_at, limits), key_id)
     return None if row is None else ApiKey.from_row(row)
 
 

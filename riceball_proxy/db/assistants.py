@@ -171,7 +171,9 @@ class Assistant:
 
 
 class InvalidAssistant(ValueError):
-    """The values given cannot make an assistant (unknown provider, parameter out of range...)."""
+    """The values given cannot make an assistant (unknown provider, parameter out of range...). The rules
+    and their words are ``riceball_proxy.specs``'; this is the table's constraints refusing what breaks
+    them anyway."""
 
 
 def _values(parameters: Mapping[str, Any] | None, locked: Iterable[str]) -> list[Any]:
@@ -181,58 +183,15 @@ def _values(parameters: Mapping[str, Any] | None, locked: Iterable[str]) -> list
     unknown = (set(parameters) | locked) - set(PARAMETERS)
     if unknown:
         raise InvalidAssistant(f"unknown parameters: {', '.join(sorted(unknown))}")
-    if parameters.get("reasoning_effort") not in (None, *EFFORTS):
-        raise InvalidAssistant(f"reasoning_effort is one of {', '.join(EFFORTS)}")
     values = []
     for parameter in PARAMETERS:
         values += [parameters.get(parameter), parameter in locked]
     return values
 
 
-def check_prices(prices: Prices) -> Prices:
-    """``prices`` when they can be (both input and output or neither; cache prices only beside them;
-    USD per million, 0 or more); InvalidAssistant saying why otherwise."""
-    if len(prices) != len(NO_PRICES):
-        raise InvalidAssistant("prices are (input, output, cache read, cache write)")
-    if (prices[0] is None) != (prices[1] is None):
-        raise InvalidAssistant("set both an input and an output price, or neither")
-    if prices[0] is None and (prices[2] is not None or prices[3] is not None):
-        raise InvalidAssistant("a cache price needs an input and an output price")
-    if any(price is not None and (not price.is_finite() or price < 0 or price >= 10**9) for price in prices):
-        raise InvalidAssistant("prices are USD per million tokens, 0 or more")
-    return prices
-
-
 def _policy(limits: Limits, prices: Prices) -> list[Any]:
     """The limit and price columns in order."""
-    return [getattr(limits, name) for name in LIMIT_FIELDS] + list(check_prices(prices))
-
-
-async def _check_targets(db, provider_id: int, model: str, fallbacks: Sequence[Target]) -> None:
-    """Fallback targets checked, each error in words: known providers, no target twice, weights of 1 or
-    more, priorities of 0 or more (the table's constraints say the same, less readably)."""
-    seen = {(provider_id, model)}
-    for target in fallbacks:
-        if (target.provider_id, target.model) in seen:
-            raise InvalidTargets(f"the target {target.model!r} of provider {target.provider_id} is listed twice")
-        seen.add((target.provider_id, target.model))
-        if not isinstance(target.weight, int) or target.weight < 1:
-            raise InvalidTargets(f"a target's weight must be a whole number of 1 or more, not {target.weight!r}")
-        if not isinstance(target.priority, int) or target.priority < 0:
-            raise InvalidTargets(f"a fallback's priority must be 0 (beside the primary) or more, "
-                                 f"not {target.priority!r}")
-        if not target.model or len(target.model) > 300:
-            raise InvalidTargets("a target's model must be 1 to 300 characters")
-        try:
-            check_prices(target.prices)
-        except InvalidAssistant as exc:
-            raise InvalidTargets(f"the prices of target {target.model!r}: {exc}") from None
-    wanted = {target.provider_id for target in fallbacks}
-    if wanted:
-        known = {row["id"] for row in await db.fetch("SELECT id FROM providers WHERE id = ANY($1::bigint[])",
-                                                     list(wanted))}
-        if wanted - known:
-            raise InvalidTargets(f"no provider with id {', '.join(map(str, sorted(wanted - known)))}")
+    return [getattr(limits, name) for name in LIMIT_FIELDS] + list(prices)
 
 
 async def _set_targets(conn, assistant_id: uuid.UUID, fallbacks: Sequence[Target]) -> None:
@@ -277,12 +236,14 @@ async def _write(db, name: str, fallbacks: Sequence[Target], sql: str, *args) ->
                 return None
             await _set_targets(conn, row["id"], fallbacks)
             return await conn.fetchrow(f"SELECT {_COLUMNS} FROM assistants WHERE id = $1", row["id"])
-    except asyncpg.UniqueViolationError:
+    except asyncpg.UniqueViolationError as exc:
+        if exc.table_name == "assistant_targets":
+            raise InvalidTargets("a target is listed twice") from None
         raise AssistantNameTaken(f"an assistant named {name!r} exists already") from None
     except asyncpg.ForeignKeyViolationError:
         raise InvalidAssistant("that provider does not exist") from None
-    except asyncpg.CheckViolationError as exc:
-        raise InvalidAssistant(f"a value is out of range ({exc.constraint_name})") from None
+    except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
+        raise InvalidAssistant(f"a value is out of range ({getattr(exc, 'constraint_name', None) or exc})") from None
 
 
 #: The columns ``create`` and ``update`` write, in the order of ``_row``'s values.
@@ -322,8 +283,7 @@ def _row(
 
 async def create(db, *, fallbacks: Sequence[Target] = (), **fields: Any) -> Assistant:
     """Add an assistant (the fields of ``_row``, and its fallback targets); raises InvalidAssistant for
-    values the schema refuses."""
-    await _check_targets(db, fields["provider_id"], fields["model"], fallbacks)
+    values the table refuses. ``services.save_assistant`` checks them first, in words."""
     row = await _write(db, fields["name"], fallbacks, _INSERT, *_row(**fields))
     assert row is not None  # an INSERT ... RETURNING returns its row
     return Assistant.from_row(row)
@@ -331,7 +291,6 @@ async def create(db, *, fallbacks: Sequence[Target] = (), **fields: Any) -> Assi
 
 async def update(db, assistant_id: uuid.UUID, *, fallbacks: Sequence[Target] = (), **fields: Any) -> Assistant | None:
     """Replace an assistant's configuration (as ``create`` takes it); None when it does not exist."""
-    await _check_targets(db, fields["provider_id"], fields["model"], fallbacks)
     row = await _write(db, fields["name"], fallbacks, _UPDATE, assistant_id, *_row(**fields))
     return None if row is None else Assistant.from_row(row)
 

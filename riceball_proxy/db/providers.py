@@ -44,6 +44,12 @@ class ProviderInUse(ValueError):
 KEEP = object()
 
 
+#: The columns ``create`` and ``update`` write (the key apart: ``update`` may keep it).
+_WRITTEN = ("name", "type", "base_url", "connect_timeout", "read_timeout", "max_connections", "queue_timeout")
+_INSERT = (f"INSERT INTO providers ({', '.join(_WRITTEN)}, api_key_encrypted) "
+           f"VALUES ({', '.join(f'${n}' for n in range(1, len(_WRITTEN) + 2))}) RETURNING {_COLUMNS}")
+
+
 async def create(
     db,
     *,
@@ -57,26 +63,18 @@ async def create(
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> Provider:
     """Add a provider; raises ProviderNameTaken when the name is in use."""
+    values = dict(name=name, type=type, base_url=base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                  max_connections=max_connections, queue_timeout=queue_timeout)
+    row = await _write(db, name, _INSERT, *(values[column] for column in _WRITTEN), api_key_encrypted)
+    assert row is not None  # an INSERT ... RETURNING returns its row
+    return Provider(**row)
+
+
+async def _write(db, name: str, sql: str, *args) -> asyncpg.Record | None:
     try:
-        row = await db.fetchrow(
-            f"""
-            INSERT INTO providers (name, type, base_url, api_key_encrypted, connect_timeout, read_timeout,
-                                   max_connections, queue_timeout)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            RETURNING {_COLUMNS}
-            """,
-            name,
-            type,
-            base_url,
-            api_key_encrypted,
-            connect_timeout,
-            read_timeout,
-            max_connections,
-            queue_timeout,
-        )
+        return await db.fetchrow(sql, *args)
     except asyncpg.UniqueViolationError:
         raise ProviderNameTaken(f"a provider named {name!r} exists already") from None
-    return Provider(**row)
 
 
 async def get(db, provider_id: int) -> Provider | None:
@@ -96,6 +94,17 @@ async def list_all(db) -> list[Provider]:
     return [Provider(**row) for row in await db.fetch(f"SELECT {_COLUMNS} FROM providers ORDER BY name")]
 
 
+_N = len(_WRITTEN)
+_UPDATE = f"""
+    WITH new_key AS (DELETE FROM provider_alerts WHERE provider_id = $1 AND NOT ${_N + 2})
+    UPDATE providers
+    SET {', '.join(f'{column} = ${n}' for n, column in enumerate(_WRITTEN, start=2))},
+        api_key_encrypted = CASE WHEN ${_N + 2} THEN api_key_encrypted ELSE ${_N + 3} END, updated_at = now()
+    WHERE id = $1
+    RETURNING {_COLUMNS}
+"""
+
+
 async def update(
     db,
     provider_id: int,
@@ -111,31 +120,11 @@ async def update(
 ) -> Provider | None:
     """Change a provider (its API key only when one is given: a new key ends the provider's alert that its
     credentials were refused); None when it does not exist."""
+    values = dict(name=name, type=type, base_url=base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                  max_connections=max_connections, queue_timeout=queue_timeout)
     keep = api_key_encrypted is KEEP
-    try:
-        row = await db.fetchrow(
-            f"""
-            WITH new_key AS (DELETE FROM provider_alerts WHERE provider_id = $1 AND NOT $7)
-            UPDATE providers
-            SET name = $2, type = $3, base_url = $4, connect_timeout = $5, read_timeout = $6,
-                api_key_encrypted = CASE WHEN $7 THEN api_key_encrypted ELSE $8 END,
-                max_connections = $9, queue_timeout = $10, updated_at = now()
-            WHERE id = $1
-            RETURNING {_COLUMNS}
-            """,
-            provider_id,
-            name,
-            type,
-            base_url,
-            connect_timeout,
-            read_timeout,
-            keep,
-            None if keep else api_key_encrypted,
-            max_connections,
-            queue_timeout,
-        )
-    except asyncpg.UniqueViolationError:
-        raise ProviderNameTaken(f"a provider named {name!r} exists already") from None
+    row = await _write(db, name, _UPDATE, provider_id, *(values[column] for column in _WRITTEN), keep,
+                       None if keep else api_key_encrypted)
     return None if row is None else Provider(**row)
 
 
