@@ -39,9 +39,10 @@ def test_provider_assistant_and_key_round_trip(cli_env, capsys, monkeypatch):
 
     assistant = run_json(capsys, monkeypatch, "assistant", "add", "--name", "helper", "--provider", "up",
                          "--model", "gpt-4o", "--system-prompt", "Be brief.", "--temperature", "0.3",
-                         "--max-tokens", "200", "--lock", "temperature", "--no-client-system")
-    assert assistant["parameters"] == {"temperature": 0.3, "max_tokens": 200}
-    assert assistant["locked"] == ["temperature"]
+                         "--max-tokens", "200", "--lock", "temperature", "--no-client-system", "--seed", "7",
+                         "--stop", "END", "--stop", "STOP", "--lock", "seed")
+    assert assistant["parameters"] == {"temperature": 0.3, "max_tokens": 200, "seed": 7, "stop": ["END", "STOP"]}
+    assert assistant["locked"] == ["seed", "temperature"]
     assert assistant["allow_client_system"] is False and assistant["enabled"] is True
     assert assistant["base_url"].endswith(f"/api/v1/assistants/{assistant['id']}/v1")
     assert [a["id"] for a in run_json(capsys, monkeypatch, "assistant", "list")["assistants"]] == [assistant["id"]]
@@ -135,7 +136,7 @@ async def _start_session(url):
     [
         (["provider", "add", "--name", "x", "--type", "nope", "--base-url", "http://h"], "",
          "--type: no installed plugin offers 'nope' (installed: openai"),
-        (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "ftp://h"], "", "is not an http(s) URL"),
+        (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "ftp://h"], "", "--base-url: must be an http:// or https:// URL"),
         (["provider", "add", "--name", "x", "--type", "openai", "--base-url", "http://h", "--api-key-stdin"], "",
          "no API key on standard input"),
         (["assistant", "add", "--name", "a", "--provider", "missing", "--model", "m"], "",
@@ -163,6 +164,26 @@ def test_bad_arguments_exit_2_with_one_clear_line(cli_env, capsys, monkeypatch, 
     assert status == 2
     assert says in err
     assert "Traceback" not in err and out == ""
+
+
+def test_every_problem_of_an_assistant_is_named_by_its_option(cli_env, capsys, monkeypatch):
+    # The words are the spec's: a form shows "Must be between 0 and 2." beside its field, a file
+    # "assistants[0].temperature: must be between 0 and 2".
+    argv = ["assistant", "add", "--name", "a", "--provider", "p", "--model", "m", "--temperature", "3",
+            "--top-p", "2", "--lock", "seed", "--price-output", "1", "--deadline", "0", "--stop", "a", "--stop", "",
+            "--frequency-penalty", "-3"]
+    status, out, err = run(capsys, monkeypatch, *argv)
+    assert status == 2 and out == ""
+    assert err == ("riceball: error: 7 problems:\n"
+                   "  --temperature: must be between 0 and 2\n"
+                   "  --top-p: must be between 0 and 1\n"
+                   "  --frequency-penalty: must be between -2 and 2\n"
+                   "  --stop: must not be empty\n"
+                   "  --seed: a locked parameter needs a value\n"
+                   "  --price-input: set an input price beside the output price, or neither\n"
+                   "  --deadline: must be between 0.1 and 3600\n")
+    status, out, _ = run(capsys, monkeypatch, "--json", *argv)
+    assert status == 2 and json.loads(out)["problems"][0] == "--temperature: must be between 0 and 2"
 
 
 def test_a_bad_environment_variable_exits_2(cli_env, capsys, monkeypatch):

@@ -125,6 +125,7 @@ async def _render_form(request, assistant, values, errors, *, status=200) -> web
         "assistant": assistant, "values": values | {"provider_id": provider_id}, "errors": errors,
         "providers": all_providers, "models": models, "models_error": models_error,
         "numeric_parameters": NUMERIC_PARAMETERS, "efforts": assistants.EFFORTS,
+        "ranges": {"deadline": specs.DEADLINE_RANGE, "attempts": specs.ATTEMPTS_RANGE},
         # The targets there are, and two empty rows to add more (more after saving).
         "fallback_rows": range(min(MAX_FALLBACKS, (max(filled) + 1 if filled else 0) + 2)),
     }, status=status)

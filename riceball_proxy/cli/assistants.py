@@ -32,13 +32,15 @@ def add_commands(cli) -> None:
 
 def _assistant_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     """The options of ``assistant add``; for ``update`` none is required and none has a default."""
-    parser.add_argument("--name", required=not update, type=options.name)
+    parser.add_argument("--name", required=not update, type=options.trimmed)
     parser.add_argument("--provider", required=not update, help="the provider's name (or id)")
-    parser.add_argument("--model", required=not update, type=options.name, help="the upstream model")
+    parser.add_argument("--model", required=not update, type=options.trimmed, help="the upstream model")
     parser.add_argument("--system-prompt", default=None if update else "")
-    for parameter in ("temperature", "top_p", "max_tokens"):  # their ranges are the spec's (specs.RANGES)
-        parser.add_argument(f"--{parameter.replace('_', '-')}", type=options.whole if RANGES[parameter][2]
-                            else options.number)
+    for parameter, (_, _, whole) in RANGES.items():  # their ranges are the spec's
+        parser.add_argument(f"--{parameter.replace('_', '-')}", type=options.whole if whole else options.number)
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="a stop sequence (repeatable, at most 4" + ("; given, they replace the stored ones)"
+                                                                       if update else ")"))
     parser.add_argument("--reasoning-effort", choices=EFFORTS,
                         help="the default reasoning effort (each provider's thinking control; docs/providers.md)")
     parser.add_argument("--lock", action="append", default=None if update else [], metavar="PARAMETER",
@@ -143,7 +145,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     """What the options of ``add`` or ``update`` set, as an AssistantSpec's data (prices, limits and
     fallbacks apart)."""
     given = {"name": args.name, "model": args.model, "system_prompt": args.system_prompt,
-             "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
+             **{parameter: getattr(args, parameter) for parameter in RANGES}, "stop": args.stop,
              "reasoning_effort": args.reasoning_effort, "locked": args.lock,
              "allow_client_system": None if args.no_client_system is None else not args.no_client_system,
              "enabled": None if args.disabled is None else not args.disabled, "deadline": args.deadline,

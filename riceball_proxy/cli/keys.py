@@ -19,7 +19,7 @@ from riceball_proxy.specs import KeySpec, SpecError
 def add_commands(cli) -> None:
     key = cli.noun("key", "manage API keys")
     create = cli.command("create", cmd_key_create, "create an API key (printed once)", key)
-    create.add_argument("--name", required=True, type=options.name)
+    create.add_argument("--name", required=True, type=options.trimmed)
     create.add_argument("--assistant", action="append", metavar="ID_OR_NAME",
                         help="limit the key to this assistant (repeatable; default: every assistant)")
     create.add_argument("--expires-in", type=options.duration, metavar="DURATION", help="e.g. 30d, 12h, 1w2d")
@@ -27,7 +27,7 @@ def add_commands(cli) -> None:
     update = cli.command("update", cmd_key_update,
                          "change a key's name, scope, expiry or limits (what is not given stays as it is)", key)
     update.add_argument("key", metavar="ID_PREFIX_OR_NAME")
-    update.add_argument("--name", type=options.name)
+    update.add_argument("--name", type=options.trimmed)
     scope = update.add_mutually_exclusive_group()
     scope.add_argument("--assistant", action="append", metavar="ID_OR_NAME",
                        help="limit the key to this assistant (repeatable; replaces the key's list)")

@@ -5,11 +5,9 @@ import argparse
 import datetime
 import decimal
 import re
-from collections.abc import Callable
 
-from riceball_proxy.cli.output import CommandError
 from riceball_proxy.limits import FIELDS as LIMIT_FIELDS
-from riceball_proxy.limits import PERIODS, InvalidLimits, Limits, check_limits
+from riceball_proxy.limits import PERIODS, Limits
 
 #: ``none`` given to an option of ``update``: remove that limit or price.
 NONE = "none"
@@ -24,28 +22,34 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def limit_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     """Rate limits, calls at once and budgets (docs/limits.md); for ``update``, ``none`` removes one."""
     removes = " ('none' removes it)" if update else ""
-    parser.add_argument("--rpm", type=limit(2**31 - 1), metavar="N", help="requests per minute" + removes)
-    parser.add_argument("--tpm", type=limit(2**31 - 1), metavar="N", help="tokens per minute" + removes)
-    parser.add_argument("--max-parallel", type=limit(2**31 - 1), metavar="N", help="calls at once" + removes)
+    parser.add_argument("--rpm", type=whole_or_none, metavar="N", help="requests per minute" + removes)
+    parser.add_argument("--tpm", type=whole_or_none, metavar="N", help="tokens per minute" + removes)
+    parser.add_argument("--max-parallel", type=whole_or_none, metavar="N", help="calls at once" + removes)
     parser.add_argument("--budget-usd", type=price, metavar="USD", help="spend per budget period, in USD" + removes)
-    parser.add_argument("--budget-tokens", type=limit(2**62), metavar="N", help="tokens per budget period" + removes)
+    parser.add_argument("--budget-tokens", type=whole_or_none, metavar="N", help="tokens per budget period" + removes)
     parser.add_argument("--budget-period", choices=PERIODS,
                         help="day, week or month (calendar, UTC) or total (never renews); default month")
 
 
-def limit(high: int) -> Callable[[str], int | str]:
-    def parse(value: str) -> int | str:
-        if value.strip().lower() == NONE:
-            return NONE
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number (or 'none')") from None
-        if not 1 <= number <= high:
-            raise argparse.ArgumentTypeError(f"must be between 1 and {high} (or 'none')")
-        return number
+def whole_or_none(value: str) -> int | str:
+    """A whole number or ``none`` (argparse type); its range is the spec's."""
+    if value.strip().lower() == NONE:
+        return NONE
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number (or 'none')") from None
 
-    return parse
+
+def price(value: str) -> decimal.Decimal | str:
+    """An amount of USD or ``none`` (argparse type); its range is the spec's."""
+    if value.strip().lower() == NONE:
+        return NONE
+    try:
+        number = decimal.Decimal(value.strip().lstrip("$"))
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an amount of USD (or 'none')") from None
+    return number
 
 
 def number(value: str) -> float:
@@ -64,17 +68,6 @@ def whole(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
 
 
-def price(value: str) -> decimal.Decimal | str:
-    if value.strip().lower() == NONE:
-        return NONE
-    try:
-        number = decimal.Decimal(value.strip())
-    except decimal.InvalidOperation:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an amount of USD (or 'none')") from None
-    if not number.is_finite() or number < 0 or number >= 10**9:
-        raise argparse.ArgumentTypeError("must be an amount of USD, 0 or more")
-    return number
-
 
 def name(value: str) -> str:
     value = value.strip()
@@ -83,10 +76,9 @@ def name(value: str) -> str:
     return value
 
 
-def url(value: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
-    return value.rstrip("/")
+def trimmed(value: str) -> str:
+    """The text without surrounding white space (argparse type); what it may be is the spec's."""
+    return value.strip()
 
 
 def port(value: str) -> int:
@@ -104,31 +96,6 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
-
-
-def positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return number
-
-
-def between(low: float, high: float, *, integer: bool = False) -> Callable[[str], float]:
-    """An argparse type for a number (a whole one with ``integer``) from ``low`` to ``high``."""
-
-    def parse(value: str) -> float:
-        try:
-            number = int(value) if integer else float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a {'whole ' if integer else ''}number") from None
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}")
-        return number
-
-    return parse
 
 
 def duration(value: str) -> datetime.timedelta:
@@ -152,13 +119,3 @@ def limit_data(args: argparse.Namespace, current: Limits | None = None) -> dict:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def limits_from(args: argparse.Namespace, current: Limits | None = None) -> Limits:
-    """The limits the options give (``none`` removes one), on top of ``current``; CommandError when bad."""
-    values = {}
-    for name in LIMIT_FIELDS:
-        given = getattr(args, name)
-        values[name] = getattr(current, name, None) if given is None else None if given == "none" else given
-    try:
-        return Limits(**check_limits(values))
-    except InvalidLimits as exc:
-        raise CommandError(str(exc)) from None

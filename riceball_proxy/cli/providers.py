@@ -35,9 +35,9 @@ def _provider_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     def default(value):
         return None if update else value
 
-    parser.add_argument("--name", required=not update, type=options.name)
+    parser.add_argument("--name", required=not update, type=options.trimmed)
     parser.add_argument("--type", required=not update, help="a provider type offered by the plugins (e.g. openai)")
-    parser.add_argument("--base-url", required=not update, type=options.url)
+    parser.add_argument("--base-url", required=not update, type=options.trimmed)
     parser.add_argument("--api-key-stdin", action="store_true",
                         help="read the upstream API key from stdin" + (" (replaces the stored one)" if update else ""))
     if update:
