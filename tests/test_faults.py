@@ -86,11 +86,12 @@ async def test_a_bug_in_the_configuration_listener_is_said_once_and_entries_expi
 
     # A bug on the listener's side, not the database away: it listens on a channel that is no name.
     monkeypatch.setattr(cache, "CHANNEL", 404)
+    monkeypatch.setattr(cache, "LISTENER_RETRY_DELAY", 0.01)  # a listener that retried would do it at once
     gateway = await start_gateway(settings.replace(cache_ttl=0.2))  # ready: entries kept for the TTL
     assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
     async with gateway.client(assistant.id, await gateway.key()) as client:
         await client.chat.completions.create(model="x", messages=MESSAGES)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.1)  # ten retry delays
     assert not any("listening for configuration changes" in r.getMessage() for r in caplog.records[1:])
     errors = [r for r in caplog.records if r.name == "riceball_proxy.cache" and r.levelname == "ERROR"]
     assert [r.exc_info is not None for r in errors] == [True, False]
