@@ -63,45 +63,29 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
     variables: list[str] = []
     data: dict[str, Any] = {"version": VERSION, "providers": [], "assistants": [], "keys": []}
     for provider in all_providers:
-        item: dict[str, Any] = {"name": provider.name, "type": provider.type, "base_url": provider.base_url}
+        item: dict[str, Any] = _without_defaults(ProviderSpec, ProviderSpec.of(provider))
         if url_has_secret(provider.base_url):  # a password or a key in the URL: never in the file
             variables.append(secret_variable(provider.name, set(variables), "BASE_URL"))
             item["base_url"] = "${%s}" % variables[-1]
-        if provider.has_api_key:
+        if provider.has_api_key:  # after the base URL
             variables.append(secret_variable(provider.name, set(variables)))
-            item["api_key"] = "${%s}" % variables[-1]
-        item |= _without_defaults(ProviderSpec, {
-            "connect_timeout": provider.connect_timeout, "read_timeout": provider.read_timeout,
-            "max_connections": provider.max_connections, "queue_timeout": provider.queue_timeout})
+            item = {name: value for name, value in item.items() if name in ("name", "type", "base_url")} | {
+                "api_key": "${%s}" % variables[-1]} | item
         data["providers"].append(item)
     for assistant in all_assistants:
-        item = {"name": assistant.name, "provider": provider_names[assistant.provider_id],
-                "model": assistant.model}
-        item |= _without_defaults(AssistantSpec, {
-            "system_prompt": assistant.system_prompt, **assistant.parameters,
-            "locked": [name for name in assistants.PARAMETERS if name in assistant.locked],
-            "extra_params": _referenced(dict(assistant.extra_params), secret_params(assistant.extra_params),
-                                        assistant.name, variables),
-            "allow_client_system": assistant.allow_client_system,
-            "enabled": assistant.enabled})
-        limits = _limits(assistant.limits)
-        if limits:
-            item["limits"] = limits
-        if assistant.price_input is not None:
-            item["prices"] = _prices(assistant.prices)
-        if assistant.fallbacks:
-            item["fallbacks"] = [
-                {"provider": provider_names[target.provider_id], "model": target.model}
-                | _without_defaults(TargetSpec, {"weight": target.weight, "params": _referenced(
-                    dict(target.params), secret_params(target.params), f"{assistant.name} {target.model}",
-                    variables)})
-                | {"priority": target.priority}
-                | ({"prices": _prices(target.prices)} if target.prices[0] is not None else {})
-                for target in assistant.fallbacks]
-        item |= _without_defaults(AssistantSpec, {
-            "deadline": assistant.deadline, "max_attempts": assistant.max_attempts,
-            "expose_target": assistant.expose_target, "auto_cache": assistant.auto_cache})
-        data["assistants"].append(item)
+        item = AssistantSpec.of(assistant, provider_names)
+        item["extra_params"] = _referenced(item["extra_params"], secret_params(assistant.extra_params),
+                                           assistant.name, variables)
+        item["limits"] = _limits(assistant.limits)
+        item["prices"] = _prices(assistant.prices) or None
+        item["fallbacks"] = [
+            _without_defaults(TargetSpec, spec | {
+                "params": _referenced(spec["params"], secret_params(target.params), f"{assistant.name} {target.model}",
+                                      variables),
+                "prices": _prices(target.prices) or None})
+            for spec, target in zip(item["fallbacks"], assistant.fallbacks)]
+        data["assistants"].append({name: value for name, value in _without_defaults(AssistantSpec, item).items()
+                                   if value not in ({}, [])})
     for key in reversed(await api_keys.list_all(db)):  # oldest first, as they were made
         if key.revoked_at is not None:
             continue
