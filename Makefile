@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLUGIN_DIRS := $(wildcard plugins/*/setup.cfg)
 
-.PHONY: run test bench bench-docs install clean
+.PHONY: run test bench bench-docs install dist clean
 
 $(BIN)/riceball: setup.cfg setup.py pyproject.toml $(PLUGIN_DIRS)
 	@test -n "$(PYTHON)" || { echo "RiceBall needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
@@ -44,5 +44,15 @@ bench: install
 bench-docs:
 	$(MAKE) bench BENCH_OUTPUT=docs/performance.md
 
+# make dist: wheels of the gateway and of its first-party plugins, to install where it runs
+# (docs/deployment.md); DIST=folder puts them elsewhere.
+DIST ?= dist
+
+dist: install
+	@rm -rf $(DIST) && mkdir -p $(DIST)
+	@$(BIN)/python -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(DIST) . \
+		$(foreach p,$(dir $(PLUGIN_DIRS)),./$(p))
+	@echo "The wheels are in $(DIST)/: pip install $(DIST)/riceball_proxy-*.whl (and the plugins' you use)."
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info dist

@@ -113,6 +113,10 @@ class ConfigCache:
         return await self._load(lambda: assistants.get(self.pool, assistant_id), self._store_assistant,
                                 assistant_id, self._assistants)
 
+    async def assistant_named(self, name: str) -> Assistant | None:
+        """The assistant with this name, or None (from the database: only a mistaken URL asks)."""
+        return await assistants.get_by_name(self.pool, name)
+
     async def provider(self, provider_id: int) -> tuple[Provider, ProviderAdapter]:
         """The provider with this id and its adapter (built once per provider, not per request)."""
         if self.listening and provider_id in self._providers:

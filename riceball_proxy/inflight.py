@@ -33,6 +33,8 @@ class InFlight:
         self._calls: dict[asyncio.Task, ChatContext] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        #: After :meth:`drain`: the calls that finished in time, and those that were ended.
+        self.drained = self.ended = 0
 
     def add(self, task: asyncio.Task, ctx: ChatContext) -> None:
         """Count ``task`` as answering ``ctx`` until :meth:`discard`."""
@@ -50,8 +52,11 @@ class InFlight:
 
     async def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the calls to finish, then end the rest."""
+        running = len(self._calls)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        self.ended = len(self._calls)
+        self.drained = running - self.ended
         if not self._calls:
             return
         logger.warning("shutting down: ending %d calls still in flight after %g s", len(self._calls), timeout)

@@ -175,6 +175,12 @@ class ProviderType:
     #: Builds the adapter: ``adapter(provider, api_key, session)``.
     adapter: Callable[[Provider, str | None, aiohttp.ClientSession], ProviderAdapter]
     default_base_url: str = ""
+    #: What is likely wrong with a base URL, said as a warning when a provider is added or tested (None:
+    #: it looks right); for instance a missing version path that every call would then lack.
+    check_base_url: Callable[[str], str | None] | None = None
+
+    def base_url_warning(self, base_url: str) -> str | None:
+        return None if self.check_base_url is None else self.check_base_url(base_url)
 
 
 def provider_types(pm: pluggy.PluginManager) -> dict[str, ProviderType]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from riceball_proxy import connections
+from riceball_proxy import appkeys, connections
 from riceball_proxy.admin.auth import ANNOUNCE_LATER, SETUP_NOTICE
 from riceball_proxy.app import create_app
 from riceball_proxy.db.embedded import EmbeddedPostgres
@@ -135,3 +135,6 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
         loop=new_event_loop(),
         print=started,
     )
+    in_flight = app[appkeys.IN_FLIGHT]
+    logger.info("stopped: %d calls drained%s", in_flight.drained,
+                f", {in_flight.ended} ended after RICEBALL_SHUTDOWN_TIMEOUT" if in_flight.ended else "")

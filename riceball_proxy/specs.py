@@ -186,6 +186,11 @@ def _budget(value: Decimal) -> Decimal:
     return value
 
 
+def _newlines(value: Any) -> Any:
+    """Text with every line ending a ``\\n`` (a browser sends ``\\r\\n``)."""
+    return value.replace("\r\n", "\n").replace("\r", "\n") if isinstance(value, str) else value
+
+
 def _stop(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -316,7 +321,7 @@ class AssistantSpec(Strict):
     name: Name
     provider: Name
     model: Model
-    system_prompt: Annotated[str, Field(max_length=100_000)] = ""
+    system_prompt: Annotated[str, BeforeValidator(_newlines), Field(max_length=100_000)] = ""
     temperature: _parameter("temperature") = None  # type: ignore[valid-type]
     top_p: _parameter("top_p") = None  # type: ignore[valid-type]
     max_tokens: _parameter("max_tokens") = None  # type: ignore[valid-type]

@@ -276,12 +276,23 @@ async def test_provider_form_errors_keep_what_was_typed(panel):
     assert response.status == 400 and "A provider named &#39;taken&#39; exists already." in text
 
 
-async def test_a_provider_in_use_cannot_be_deleted(panel):
+async def test_a_provider_in_use_cannot_be_deleted_and_the_page_says_who_uses_it(panel):
     await provider_via_form(panel)
-    provider = (await providers.list_all(panel.pool))[0]
-    await assistant_via_form(panel, provider.id)
-    _, text = await panel.post(f"/admin/providers/{provider.id}/delete")
-    assert "is used by assistants" in text and await providers.count(panel.pool) == 1
+    await provider_via_form(panel, name="backup")
+    primary, backup = sorted(await providers.list_all(panel.pool), key=lambda p: p.name != "up")
+    await assistant_via_form(panel, primary.id, name="helper", fallback_provider_0=str(backup.id),
+                             fallback_model_0="other")
+    helper = (await assistants.list_all(panel.pool))[0]
+    # The confirmation names the assistants and offers nothing to press but Back.
+    _, text = await panel.get(f"/admin/providers/{backup.id}/delete")
+    assert "“backup” cannot be deleted" in text and "helper (a fallback)" in text
+    assert f'href="/admin/assistants/{helper.id}/edit"' in text and "Delete provider" not in text
+    _, text = await panel.get(f"/admin/providers/{primary.id}/delete")
+    assert "helper (its provider)" in text and "Delete provider" not in text
+    # A POST anyway (the page was open before the assistant came) is refused, naming them.
+    _, text = await panel.post(f"/admin/providers/{primary.id}/delete")
+    assert "cannot be deleted: assistants use this provider: helper (primary)" in text
+    assert await providers.count(panel.pool) == 2
 
 
 async def test_the_connection_test_lists_models_or_shows_the_error(panel, fake_openai):

@@ -94,6 +94,29 @@ async def test_missing_or_disabled_assistants_are_404(configured, which):
             await client.models.list()
 
 
+async def test_a_name_in_place_of_the_id_gets_the_id_from_a_key_that_may_use_it(configured):
+    gateway, assistant = configured.gateway, configured.assistant
+    other = await gateway.assistant(configured.provider, name="other")
+    scoped = await gateway.key(assistant_ids=[other.id])
+    for key, hinted in ((configured.key, True), (scoped, False), ("sk-wrong", False)):
+        async with gateway.client(assistant.name, key) as client:
+            with pytest.raises(openai.NotFoundError) as raised:
+                await client.chat.completions.create(model="x", messages=MESSAGES)
+        assert raised.value.code == "assistant_not_found"
+        message = raised.value.body["message"]
+        if hinted:
+            assert message == (f"The assistant '{assistant.name}' does not exist: the URL takes an assistant's id, "
+                               f"not its name. The assistant named '{assistant.name}' has the id {assistant.id}: use "
+                               f"/api/v1/assistants/{assistant.id}/v1 as the base URL.")
+        else:  # a key that may not use it, or none: nothing more than for a name nobody has
+            assert message == f"The assistant '{assistant.name}' does not exist."
+    async with gateway.client("nobody", configured.key) as client:
+        with pytest.raises(openai.NotFoundError) as raised:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.body["message"] == "The assistant 'nobody' does not exist."
+    assert configured.upstream.requests == []
+
+
 async def test_unknown_api_paths_are_openai_shaped_404s(configured):
     async with aiohttp.ClientSession() as session:
         async with session.get(configured.gateway.base_url(configured.assistant.id) + "/embeddings") as response:

@@ -166,6 +166,15 @@ def test_bad_arguments_exit_2_with_one_clear_line(cli_env, capsys, monkeypatch, 
     assert "Traceback" not in err and out == ""
 
 
+def test_a_bad_argument_is_one_line_not_the_usage(cli_env, capsys, monkeypatch):
+    status, out, err = run(capsys, monkeypatch, "assistant", "add", "--name", "a")
+    assert status == 2 and out == ""
+    assert err == ("riceball assistant add: error: the following arguments are required: --provider, --model "
+                   "(see riceball assistant add --help)\n")
+    status, _, err = run(capsys, monkeypatch, "assistant", "add", "--name", "a", "--temperature", "warm")
+    assert status == 2 and err.count("\n") == 1 and "argument --temperature: 'warm' is not a number" in err
+
+
 def test_every_problem_of_an_assistant_is_named_by_its_option(cli_env, capsys, monkeypatch):
     # The words are the spec's: a form shows "Must be between 0 and 2." beside its field, a file
     # "assistants[0].temperature: must be between 0 and 2".
@@ -245,8 +254,8 @@ def test_show_and_delete_assistants_and_providers_and_show_keys(cli_env, capsys,
     assert status == 0 and "helper" in out and created["key"] not in out
 
     status, _, err = run(capsys, monkeypatch, "provider", "delete", "up")
-    assert (status, err) == (2, "riceball: error: provider 'up': assistants still use this provider: "
-                                "move or delete them first\n")
+    assert (status, err) == (2, "riceball: error: provider 'up': assistants use this provider: helper (primary); "
+                                "change or delete them first\n")
     assert run_json(capsys, monkeypatch, "assistant", "delete", assistant["id"])["deleted"] is True
     status, _, err = run(capsys, monkeypatch, "assistant", "show", assistant["id"])
     assert (status, err) == (2, f"riceball: error: no assistant with id or name '{assistant['id']}'; "
@@ -397,7 +406,7 @@ def test_fallback_targets_deadline_and_attempts(cli_env, capsys, monkeypatch):
     assert "backup:gpt-4o-mini, backup:other" in out and "20 s, at most 4 attempts" in out
     # A provider an assistant falls back to cannot be deleted.
     status, _, err = run(capsys, monkeypatch, "provider", "delete", "backup")
-    assert status == 2 and "as a fallback" in err
+    assert status == 2 and "assistants use this provider: a (fallback); change or delete them first" in err
     for fallback, says in (("backup", "takes PROVIDER:MODEL"), ("nope:m", "no provider with name or id 'nope'; there are: backup, openai"),
                            ("openai:gpt-4o", "listed twice")):
         status, out, err = run(capsys, monkeypatch, "assistant", "update", added["id"], "--fallback", fallback)

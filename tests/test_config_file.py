@@ -149,7 +149,7 @@ keys:
     assert status == 0 and out.splitlines() == [
         "dry run: nothing was written",
         "~ assistant a: temperature 0.7 -> 0.2",
-        "~ key k: assistant_ids ['a'] -> ['a', 'b']; limits.rpm 30 -> 40",
+        "~ key k: assistant_ids [a] -> [a, b]; limits.rpm 30 -> 40",
         "2 unchanged",
     ]
     applied = run_json(capsys, monkeypatch, "apply", "-f", path)
@@ -165,6 +165,38 @@ keys:
     assert "sk-rotated" not in json.dumps(rotated)
 
 
+def test_an_anthropic_base_url_without_its_version_is_warned_of(apply_env, capsys, monkeypatch, tmp_path):
+    said = ("https://api.anthropic.com does not end in a version path: calls will go to "
+            "https://api.anthropic.com/messages; Anthropic's base URL is https://api.anthropic.com/v1")
+    status, _, err = run(capsys, monkeypatch, "provider", "add", "--name", "claude", "--type", "anthropic",
+                         "--base-url", "https://api.anthropic.com")
+    assert status == 0 and err == f"riceball: warning: --base-url: {said}\n"
+    status, _, err = run(capsys, monkeypatch, "provider", "update", "claude", "--base-url", "http://127.0.0.1:9")
+    assert status == 0 and "http://127.0.0.1:9 does not end in a version path" in err
+    status, _, err = run(capsys, monkeypatch, "provider", "test", "claude")  # said before the call fails
+    assert status == 2 and err.startswith("riceball: warning: --base-url: http://127.0.0.1:9 does not end in")
+    status, _, err = run(capsys, monkeypatch, "provider", "update", "claude", "--base-url", "https://api.anthropic.com/v1")
+    assert status == 0 and err == ""
+    text = 'providers:\n  - {name: other, type: anthropic, base_url: "https://api.anthropic.com"}\n'
+    status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, text))
+    assert status == 0 and f"riceball: warning: providers[0].base_url: {said}" in err
+
+
+def test_a_dry_run_shows_values_as_the_file_writes_them(apply_env, capsys, monkeypatch, tmp_path):
+    text = """
+providers:
+  - {name: up, type: openai, base_url: "http://127.0.0.1:9/v1"}
+assistants:
+  - {name: a, provider: up, model: m, prices: {input: 0.15, output: 0.6}, stop: [END], extra_params: {top_k: 40}}
+"""
+    run_json(capsys, monkeypatch, "apply", "-f", write(tmp_path, text))
+    changed = text.replace("input: 0.15", "input: 0.2").replace("[END]", "[END, STOP]").replace("40}", "41}")
+    status, out, err = run(capsys, monkeypatch, "apply", "--dry-run", "-f", write(tmp_path, changed))
+    assert status == 0, err
+    assert out.splitlines()[1] == ("~ assistant a: stop [END] -> [END, STOP]; extra_params {top_k: 40} -> {top_k: 41}; "
+                                   "prices {input: 0.15, output: 0.6} -> {input: 0.2, output: 0.6}")
+
+
 def test_problems_name_their_place_and_nothing_is_written(apply_env, capsys, monkeypatch, tmp_path):
     bad = """
 providers:
@@ -173,6 +205,9 @@ assistants:
   - {name: a, provider: up, model: m}
   - {name: b, provider: up, model: m, temperature: 3, locked: [top_p], limits: {budget_period: year}}
   - {name: a, provider: up}
+  - {name: c, provider: nowhere, model: m}
+keys:
+  - {name: k, assistants: [a, zed]}
 """
     status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, bad))
     assert status == 2
@@ -183,6 +218,8 @@ assistants:
         "  assistants[1].top_p: a locked parameter needs a value",
         "  assistants[1].limits.budget_period: must be 'day', 'week', 'month' or 'total'",
         "  assistants[2].model: is required",
+        "  assistants[3].provider: no provider named 'nowhere'",
+        "  keys[0].assistants[1]: no assistant named 'zed'",
     ]
     status, _, err = run(capsys, monkeypatch, "apply", "-f", write(tmp_path, "assistants: [\n"))
     assert status == 2 and "line 2" in err and "not valid YAML" in err

@@ -208,7 +208,23 @@ async def test_a_budget_survives_a_restart_from_the_usage_table(start_gateway, b
         with pytest.raises(openai.RateLimitError) as raised:  # 80 spent; a call's worst case (7 + 10) would pass 90
             await client.chat.completions.create(model="x", messages=MESSAGES)
     assert raised.value.code == "insufficient_quota"
-    assert "may use up to 17 tokens (its prompt and its max_tokens), more than the 10 tokens left" in raised.value.message
+    assert raised.value.body["message"].startswith(
+        "This call may use up to 17 tokens (its prompt of about 7 tokens and its max_tokens of 10), more than the 10 "
+        "tokens left of this API key's budget of 90 tokens for this month: ask for fewer tokens (max_tokens), send a "
+        "shorter prompt, or wait")
+
+
+async def test_a_budget_refusal_of_a_call_without_max_tokens_says_so(start_gateway, backend_settings, fake_openai):
+    gateway = await start_gateway(backend_settings("memory"))
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))  # no max_tokens anywhere
+    key = await gateway.key(budget_tokens=5)
+    async with gateway.client(assistant.id, key) as client:
+        with pytest.raises(openai.RateLimitError) as raised:  # a prompt of about 7 tokens, 5 left
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert raised.value.body["message"].startswith(
+        "This call may use up to 7 tokens (its prompt of about 7 tokens; it sets no max_tokens), more than the 5 "
+        "tokens left of this API key's budget of 5 tokens for this month: send a shorter prompt, or wait")
+    assert "fewer tokens" not in raised.value.message and fake_openai.requests == []
 
 
 async def test_a_key_without_limits_never_touches_the_counters(start_gateway, backend_settings, fake_openai):

@@ -26,3 +26,12 @@ def test_make_test_checks_the_code_before_it_tests_it():
     tests = next(n for n, command in enumerate(commands) if "-m pytest" in command)
     assert next(n for n, command in enumerate(commands) if "ruff check" in command) < tests
     assert next(n for n, command in enumerate(commands) if command.endswith("/mypy")) < tests
+
+
+def test_make_dist_builds_a_wheel_of_the_gateway_and_of_each_plugin(tmp_path):
+    result = subprocess.run(["make", "-s", "dist", f"DIST={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    names = sorted(path.name.split("-")[0] for path in tmp_path.glob("*.whl"))
+    assert names == ["riceball_anthropic", "riceball_echo", "riceball_gemini", "riceball_proxy"]
+    assert f"The wheels are in {tmp_path}/" in result.stdout

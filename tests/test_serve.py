@@ -1,6 +1,7 @@
 """``riceball serve`` as a real process, the way the README starts it."""
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -28,6 +29,12 @@ def test_serve_with_no_database_url_runs_an_embedded_database(start_server, tmp_
     assert server.wait(30) == 0
     log = server.stderr.read()
     assert "No admin account exists yet. Create one at http://127.0.0.1:" in log
+    assert "WARNING riceball_proxy.server: \n\n    No admin account exists yet" in log  # as docs/admin.md shows it
+    # The first start applies every migration in one line; a stop says so, last.
+    migrations = available_migrations()
+    assert len(re.findall("applied .*migration", log)) == 1
+    assert f"applied {len(migrations)} migrations: 0001_init .. {migrations[-1].version:04d}_{migrations[-1].name}" in log
+    assert log.rstrip().endswith("stopped: 0 calls drained")
     # The link comes last, after the line saying where the server listens, with the panel's address.
     assert log.index("Running on") < log.index("No admin account exists yet")
     assert f"Then the admin panel is at http://127.0.0.1:{port}/admin/" in log

@@ -189,9 +189,7 @@ def _field_of(rows: list[int]):
 
 async def assistant_form(request: web.Request) -> web.Response:
     assistant = await assistant_or_404(request) if "id" in request.match_info else None
-    if "reload" in request.query:  # "load models" resubmits the form by GET: keep what was typed
-        values = dict(request.query)
-    elif assistant is not None:
+    if assistant is not None:
         values = _values_of(assistant)
     else:
         values = {"allow_client_system": "on", "enabled": "on"}
@@ -202,6 +200,8 @@ async def assistant_save(request: web.Request) -> web.Response:
     assistant = await assistant_or_404(request) if "id" in request.match_info else None
     pool = db_pool(request)
     form = Form(await request.post())
+    if form.flag("reload"):  # "load this provider's models": the form again, as typed, with that provider's
+        return await _render_form(request, assistant, form.values(), {})  # (a POST: no token in a URL)
     data, rows = _spec_data(form, {str(p.id): p.name for p in await providers.list_all(pool)})
     spec = None
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp_jinja2
@@ -70,11 +71,12 @@ def render_without_session(request: web.Request, template: str, context: dict[st
 
 
 async def confirm(request: web.Request, *, title: str, message: str, button: str, back: str,
-                  **back_parts: Any) -> web.Response:
-    """A page asking to confirm what a POST to the same path does (``back``: the route Cancel goes to)."""
+                  uses: Sequence[tuple[str, str]] = (), **back_parts: Any) -> web.Response:
+    """A page asking to confirm what a POST to the same path does (``back``: the route Cancel goes to);
+    with ``uses`` (label, link), what stands in the way, listed, and no button but Back."""
     return await render(request, "admin/confirm.html", {
         "title": title, "message": message, "action": request.path, "button": button,
-        "back_url": url(request, back, **back_parts),
+        "back_url": url(request, back, **back_parts), "uses": list(uses),
     })
 
 

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from riceball_proxy import appkeys, services, specs
 from riceball_proxy.admin.forms import Form
-from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
+from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render, url
 from riceball_proxy.db import assistants, provider_alerts, providers
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import provider_types
@@ -59,14 +59,12 @@ async def provider_form(request: web.Request) -> web.Response:
         values = {"name": provider.name, "type": provider.type, "base_url": provider.base_url,
                   "connect_timeout": f"{provider.connect_timeout:g}", "read_timeout": f"{provider.read_timeout:g}",
                   "max_connections": str(provider.max_connections), "queue_timeout": f"{provider.queue_timeout:g}"}
-    else:
-        first = next(iter(types.values()), None)
-        values = {"type": first.name if first else "", "base_url": first.default_base_url if first else "",
-                  "connect_timeout": "10", "read_timeout": "300",
+    else:  # no type chosen for the admin (the offline demo is one of them): the base URL follows the choice
+        values = {"type": "", "base_url": "", "connect_timeout": "10", "read_timeout": "300",
                   "max_connections": str(providers.DEFAULT_MAX_CONNECTIONS),
                   "queue_timeout": f"{providers.DEFAULT_QUEUE_TIMEOUT:g}"}
     return await render(request, "admin/provider_form.html",
-                        {"provider": provider, "values": values, "errors": {}, "types": types})
+                        {"provider": provider, "values": values, "errors": {}, "types": types, "key_again": False})
 
 
 async def provider_save(request: web.Request) -> web.Response:
@@ -93,15 +91,27 @@ async def provider_save(request: web.Request) -> web.Response:
         await flash(request, "success", f"Provider “{saved.name}” saved.")
         raise redirect(request, "providers")
     values = form.values()
-    values.pop("api_key", None)
+    # A key typed is never sent back to the browser: the form says to enter it again, so that a second
+    # save is not keyless without a word.
+    key_again = bool(values.pop("api_key", "").strip())
     return await render(request, "admin/provider_form.html",
-                        {"provider": provider, "values": values, "errors": form.errors, "types": types}, status=400)
+                        {"provider": provider, "values": values, "errors": form.errors, "types": types,
+                         "key_again": key_again}, status=400)
 
 
 async def provider_delete_confirm(request: web.Request) -> web.Response:
     provider = await _provider_or_404(request)
+    users = await providers.users_of(db_pool(request), provider.id)
+    if users:  # said before anything is asked: no delete button
+        return await confirm(request, title=f"“{provider.name}” cannot be deleted",
+                             message="These assistants use it. Change their provider or fallbacks, or delete them, "
+                                     "first.",
+                             button="", back="providers",
+                             uses=[(f"{name} ({'its provider' if role == 'primary' else 'a fallback'})",
+                                    url(request, "assistant_edit", id=assistant_id))
+                                   for assistant_id, name, role in users])
     return await confirm(request, title=f"Delete provider “{provider.name}”?",
-                         message="Assistants cannot use a deleted provider. This cannot be undone.",
+                         message="No assistant uses it. This cannot be undone.",
                          button="Delete provider", back="providers")
 
 
@@ -109,8 +119,8 @@ async def provider_delete(request: web.Request) -> web.Response:
     provider = await _provider_or_404(request)
     try:
         await providers.delete(db_pool(request), provider.id)
-    except providers.ProviderInUse:
-        await flash(request, "error", f"“{provider.name}” is used by assistants: move or delete them first.")
+    except providers.ProviderInUse as exc:  # an assistant came to use it since the page was shown
+        await flash(request, "error", f"“{provider.name}” cannot be deleted: {exc}.")
     else:
         await flash(request, "success", f"Provider “{provider.name}” deleted.")
     raise redirect(request, "providers")

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from riceball_proxy import appkeys
 from riceball_proxy.admin.pages import render
-from riceball_proxy.db import api_keys, assistants, usage_events
+from riceball_proxy.db import admins, api_keys, assistants, usage_events
 from riceball_proxy.db.usage_events import UsageFilter
 
 DEFAULT_DAYS = 7
@@ -129,11 +129,21 @@ async def usage_page(request: web.Request) -> web.Response:
     all_assistants = await assistants.list_all(pool)
     all_keys = await api_keys.list_all(pool)
     per_api = await usage_events.by_api(pool, where)
+    key_names = {k.id: f"{k.name} ({k.prefix}…)" for k in all_keys}
+    admin_names = await admins.names(pool)
+    per_key = await usage_events.by_key(pool, where)
+    for row in per_key:  # who made the calls: a key, the playground (no key: an admin), or nobody known
+        if row["api_key_id"] is not None:
+            row["label"] = key_names.get(row["api_key_id"], "deleted key")
+        elif row["source"] == "playground":
+            row["label"] = f"Playground ({admin_names.get(row['admin_id'], 'a deleted admin')})"
+        else:
+            row["label"] = "(no valid key)"
     return await render(request, "admin/usage.html", {
         "values": values, "bucket": bucket,
         "summary": await usage_events.summary(pool, where),
         "per_assistant": await usage_events.by_assistant(pool, where),
-        "per_key": await usage_events.by_key(pool, where),
+        "per_key": per_key,
         "per_api": per_api,
         "api_names": {row["api"]: APIS.get(row["api"], row["api"]) for row in per_api},
         "requests_chart": chart(points, "requests", overlay="errors"),
@@ -141,7 +151,6 @@ async def usage_page(request: web.Request) -> web.Response:
         "points": points,
         "assistants": all_assistants, "keys": all_keys, "sources": SOURCES,
         "assistant_names": {a.id: a.name for a in all_assistants},
-        "key_names": {k.id: f"{k.name} ({k.prefix}…)" for k in all_keys},
         "csv_query": request.query_string,
     })
 

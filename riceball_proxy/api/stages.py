@@ -99,7 +99,7 @@ async def authenticate(request: web.Request, ctx: ChatContext) -> None:
     try:
         assistant_id = uuid.UUID(request.match_info["assistant_id"])
     except ValueError:
-        raise assistant_not_found(request.match_info["assistant_id"]) from None
+        raise await _not_an_id(request, ctx, request.match_info["assistant_id"]) from None
     pm = ctx.app[appkeys.PLUGIN_MANAGER]
     principal = await pm.run("riceball_authenticate", request=request, assistant_id=assistant_id)
     if principal is None:
@@ -119,6 +119,24 @@ async def resolve_assistant(ctx: ChatContext) -> None:
     if assistant is None or not assistant.enabled:
         raise assistant_not_found(str(ctx.assistant_id))
     ctx.assistant = assistant
+
+
+async def _not_an_id(request: web.Request, ctx: ChatContext, text: str) -> APIError:
+    """404 for a path whose assistant is no id. When the text is the name of an assistant that the
+    caller's key may use, the message says that the URL takes an id, and gives that assistant's; to
+    anyone else it says no more than for an id that names nothing."""
+    try:
+        found = await ctx.app[appkeys.CONFIG_CACHE].assistant_named(text) if 0 < len(text) <= 200 else None
+        if found is not None:
+            pm = ctx.app[appkeys.PLUGIN_MANAGER]
+            principal = await pm.run("riceball_authenticate", request=request, assistant_id=found.id)
+            if principal is not None and not principal.refused and principal.allows(found.id):
+                return APIError(404, f"The assistant '{text}' does not exist: the URL takes an assistant's id, "
+                                     f"not its name. The assistant named '{text}' has the id {found.id}: use "
+                                     f"/api/v1/assistants/{found.id}/v1 as the base URL.", code="assistant_not_found")
+    except Exception:  # no key, a refused one, the database away: nothing more is said
+        pass
+    return assistant_not_found(text)
 
 
 def assistant_not_found(assistant_id: str) -> APIError:

@@ -14,8 +14,9 @@ from riceball_proxy.cli.output import (
     file_error,
     run_db,
 )
-from riceball_proxy.declared.apply import Outcome, apply
-from riceball_proxy.declared.export import dump, export
+from riceball_proxy.db import assistants, providers
+from riceball_proxy.declared.apply import Outcome, all_problems, apply, references
+from riceball_proxy.declared.export import dump, export, inline
 from riceball_proxy.declared.schema import ConfigFileError, load, resolve_secrets
 from riceball_proxy.plugins import make_plugin_manager
 from riceball_proxy.providers import provider_types
@@ -39,7 +40,10 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
         config = load(args.file)
         secrets, warnings = resolve_secrets(config)
     except ConfigFileError as exc:
-        raise file_error(exc, args.file) from None
+        problems, data = exc.problems, exc.data
+        if data is not None:  # the names it uses are checked too: every problem in one report
+            problems = all_problems(problems + run_db(settings, lambda pool: _references(pool, data, args.prune)))
+        raise file_error(ConfigFileError(problems), args.file) from None
     if not args.json:
         for warning in warnings:
             print(f"riceball: warning: {warning}", file=sys.stderr)
@@ -60,11 +64,20 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError("--prune would delete " + ", ".join(f"{c.kind} {c.name!r}" for c in doomed)
                                + "; nothing was changed (add --yes to go ahead)")
     outcome = run(dry_run=args.dry_run)
+    if not args.json:  # what applying found (those of the file alone were said above)
+        for warning in outcome.warnings[len(warnings):]:
+            print(f"riceball: warning: {warning}", file=sys.stderr)
     if args.json:
         sys.stdout.write(orjson.dumps(outcome.as_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(outcome_text(outcome) + "\n")
     return 0
+
+
+async def _references(pool, data: dict, prune: bool) -> list[str]:
+    stored_providers = {provider.name for provider in await providers.list_all(pool)}
+    stored_assistants = {assistant.name for assistant in await assistants.list_all(pool)}
+    return references(data, stored_providers, stored_assistants, prune=prune)[0]
 
 
 def _confirmed(doomed) -> bool:
@@ -100,7 +113,8 @@ def outcome_text(outcome: Outcome) -> str:
 
 
 def _value(value: Any) -> str:
-    return "(none)" if value is None else str(value)
+    """A value as the file would write it (YAML, on one line)."""
+    return "(none)" if value is None else inline(value)
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:

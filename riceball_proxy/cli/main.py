@@ -18,6 +18,13 @@ from riceball_proxy.settings import Settings, SettingsError
 NOUNS = (serve, config, admins, providers, assistants, keys, plugins)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (the usage is for ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class Commands:
     """Where each noun module adds its commands: ``command(name, run, help)`` at the top level or in a
     ``noun(name, help)``'s group; every command takes ``--json``."""
@@ -39,9 +46,9 @@ class Commands:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     # --json is accepted both before the command and after it; SUPPRESS keeps either from resetting the other.
-    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag = Parser(add_help=False)
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    parser = argparse.ArgumentParser(prog="riceball", description="RiceBall gateway", parents=[json_flag])
+    parser = Parser(prog="riceball", description="RiceBall gateway", parents=[json_flag])
     parser.add_argument("--version", action="version", version=f"riceball {__version__}")
     parser.set_defaults(command=None)
     commands = Commands(parser, json_flag)

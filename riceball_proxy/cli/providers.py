@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from riceball_proxy import crypto, services, specs
@@ -88,6 +89,13 @@ def cmd_provider_update(args: argparse.Namespace, settings: Settings) -> int:
     return _save(args, settings, args.provider, given, api_key)
 
 
+def _warn_of_base_url(args: argparse.Namespace, provider_type, base_url: str) -> None:
+    """What the provider type finds likely wrong with a base URL, as a warning (not under --json)."""
+    warning = provider_type.base_url_warning(base_url)
+    if warning and not args.json:
+        print(f"riceball: warning: --base-url: {warning}", file=sys.stderr)
+
+
 def _save(args: argparse.Namespace, settings: Settings, ref: str | None, given: dict[str, Any], api_key) -> int:
     """Add (no ``ref``) or change the provider ``ref`` names with the options ``given``."""
     types = provider_types(make_plugin_manager(settings))
@@ -109,6 +117,8 @@ def _save(args: argparse.Namespace, settings: Settings, ref: str | None, given: 
     provider = run_db(settings, work)
     if provider is None:
         raise CommandError("this provider was deleted meanwhile")
+    if provider.type in types:
+        _warn_of_base_url(args, types[provider.type], provider.base_url)
     emit(args, _provider_dict(provider), f"provider {provider.name!r} {'added' if ref is None else 'updated'}"
          + (f" (id {provider.id})" if ref is None else ""))
     return 0
@@ -142,6 +152,7 @@ def cmd_provider_test(args: argparse.Namespace, settings: Settings) -> int:
         provider_type = types.get(provider.type)
         if provider_type is None:
             raise CommandError(f"provider {provider.name!r}: its type {provider.type!r} is not installed")
+        _warn_of_base_url(args, provider_type, provider.base_url)
         api_key = None if provider.api_key_encrypted is None else box.decrypt(provider.api_key_encrypted)
         async with aiohttp.ClientSession() as session:
             adapter = provider_type.adapter(provider, api_key, session)

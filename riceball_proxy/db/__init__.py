@@ -91,8 +91,10 @@ async def open_database(settings: Settings, *, min_size: int = 1, max_size: int 
             applied = await apply_migrations(conn, then)
         finally:
             await conn.close()
-        for migration in applied:
-            logger.info("applied migration %04d_%s", migration.version, migration.name)
+        if applied:  # one line: the first start applies them all
+            logger.info("applied %d migration%s: %04d_%s%s", len(applied), "s" * (len(applied) != 1),
+                        applied[0].version, applied[0].name,
+                        f" .. {applied[-1].version:04d}_{applied[-1].name}" if len(applied) > 1 else "")
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
                                          timeout=CONNECT_TIMEOUT, **connect_options(settings))
         try:

@@ -46,6 +46,11 @@ async def count(db) -> int:
     return await db.fetchval("SELECT count(*) FROM admins")
 
 
+async def names(db) -> dict[int, str]:
+    """Every admin's username, by id."""
+    return {row["id"]: row["username"] for row in await db.fetch("SELECT id, username FROM admins")}
+
+
 async def get(db, admin_id: int) -> Admin | None:
     """The admin with this id, or None."""
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM admins WHERE id = $1", admin_id)

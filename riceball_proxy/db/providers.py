@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -129,15 +130,24 @@ async def update(
 
 
 async def delete(db, provider_id: int) -> bool:
-    """Delete a provider; raises ProviderInUse while assistants use it (as primary or as a fallback).
-    False when it did not exist."""
+    """Delete a provider; raises ProviderInUse, naming them, while assistants use it (as primary or as a
+    fallback). False when it did not exist."""
     try:
         return await db.fetchval("DELETE FROM providers WHERE id = $1 RETURNING true", provider_id) is True
-    except asyncpg.ForeignKeyViolationError as exc:
-        if exc.table_name == "assistant_targets":
-            raise ProviderInUse("assistants still use this provider as a fallback: change or delete them "
-                                "first") from None
-        raise ProviderInUse("assistants still use this provider: move or delete them first") from None
+    except asyncpg.ForeignKeyViolationError:
+        users = ", ".join(f"{name} ({role})" for _, name, role in await users_of(db, provider_id))
+        raise ProviderInUse(f"assistants use this provider: {users}; change or delete them first") from None
+
+
+async def users_of(db, provider_id: int) -> list[tuple[Any, str, str]]:
+    """The assistants that use a provider: (id, name, ``primary`` or ``fallback``), by name."""
+    rows = await db.fetch("""
+        SELECT id, name, 'primary' AS role FROM assistants WHERE provider_id = $1
+        UNION
+        SELECT a.id, a.name, 'fallback' FROM assistant_targets t JOIN assistants a ON a.id = t.assistant_id
+        WHERE t.provider_id = $1
+        ORDER BY name, role DESC""", provider_id)
+    return [(row["id"], row["name"], row["role"]) for row in rows]
 
 
 async def count(db) -> int:

@@ -202,9 +202,9 @@ async def by_assistant(db, where: UsageFilter) -> list[dict]:
 
 
 async def by_key(db, where: UsageFilter) -> list[dict]:
-    """Totals per API key, busiest first."""
-    rows = await db.fetch(f"SELECT api_key_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
-                          "GROUP BY api_key_id ORDER BY requests DESC", *where.args())
+    """Totals per API key (the playground's calls, which have none, per admin), busiest first."""
+    rows = await db.fetch(f"SELECT api_key_id, source, admin_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
+                          "GROUP BY api_key_id, source, admin_id ORDER BY requests DESC", *where.args())
     return [dict(row) for row in rows]
 
 

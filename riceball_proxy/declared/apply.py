@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,7 +24,7 @@ from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError
 from riceball_proxy.limits import Limits
 from riceball_proxy.masking import mask_params, mask_url
-from riceball_proxy.specs import SpecError
+from riceball_proxy.specs import PricesSpec, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,48 @@ async def sync(conn: asyncpg.Connection, config: ConfigFile, *, secrets: dict[st
     return await _Sync(conn, config, secrets, secret_box, provider_types, prune, list(warnings), create_keys).run()
 
 
+def references(data: dict, providers_stored: set[str], assistants_stored: set[str], *,
+               prune: bool = False) -> tuple[list[str], set[str]]:
+    """The problems of the names a file's ``data`` uses (a provider, an assistant) that neither the file
+    nor the database (``*_stored``; with ``prune``, only the file) has, and the names of the assistants
+    that use a missing provider. ``data`` may be a file that is wrong otherwise: what is not a name is
+    passed over."""
+
+    def items(kind: str) -> list[tuple[int, dict]]:
+        found = data.get(kind)
+        return [(n, item) for n, item in enumerate(found) if isinstance(item, dict)] if isinstance(found, list) else []
+
+    def named(kind: str) -> set[str]:
+        return {item["name"] for _, item in items(kind) if isinstance(item.get("name"), str)}
+
+    provider_names = named("providers") | (set() if prune else providers_stored)
+    assistant_names = named("assistants") | (set() if prune else assistants_stored)
+    problems: list[str] = []
+    unwritable: set[str] = set()
+    for index, assistant in items("assistants"):
+        targets = assistant.get("fallbacks")
+        uses = [("provider", assistant.get("provider"))] + [
+            (f"fallbacks[{n}].provider", target.get("provider"))
+            for n, target in enumerate(targets if isinstance(targets, list) else []) if isinstance(target, dict)]
+        for path, name in uses:
+            if isinstance(name, str) and name not in provider_names:
+                problems.append(f"assistants[{index}].{path}: no provider named {name!r}"
+                                + (" in the file" if prune and name in providers_stored else ""))
+                unwritable.add(str(assistant.get("name")))
+    for index, key in items("keys"):
+        scope = key.get("assistants")
+        for n, name in enumerate(scope if isinstance(scope, list) else []):
+            if isinstance(name, str) and name not in assistant_names:
+                problems.append(f"keys[{index}].assistants[{n}]: no assistant named {name!r}"
+                                + (" in the file" if prune and name in assistants_stored else ""))
+    return problems, unwritable
+
+
+def all_problems(problems: list[str]) -> list[str]:
+    """Problems in the order of their objects in the file."""
+    return sorted(problems, key=_place)
+
+
 class _Sync:
     def __init__(self, conn, config, secrets, secret_box, provider_types, prune, warnings, create_keys):
         self.create_keys = create_keys
@@ -137,7 +179,7 @@ class _Sync:
         await self._assistants()
         await self._keys()
         if self.problems:  # every problem of the file in one report; the transaction is rolled back
-            raise ConfigFileError(sorted(self.problems, key=_place))
+            raise ConfigFileError(all_problems(self.problems))
         if self.prune:
             await self._prune()
         order = {kind: n for n, kind in enumerate(KINDS)}
@@ -150,28 +192,10 @@ class _Sync:
     # --- checks that need the database ---------------------------------------------------------------
 
     def _check_references(self) -> None:
-        """Names the file uses that nothing has (with ``prune``, that the file does not declare); the
-        objects that use them are not written."""
-        problems = self.problems
-        provider_names = {p.name for p in self.config.providers}
-        if not self.prune:
-            provider_names |= set(self.providers)
-        assistant_names = {a.name for a in self.config.assistants}
-        if not self.prune:
-            assistant_names |= set(self.assistants)
-        for index, spec in enumerate(self.config.assistants):
-            where = f"assistants[{index}]"
-            for path, name in [(f"{where}.provider", spec.provider)] + [
-                    (f"{where}.fallbacks[{n}].provider", target.provider) for n, target in enumerate(spec.fallbacks)]:
-                if name not in provider_names:
-                    problems.append(f"{path}: no provider named {name!r}"
-                                    + (" in the file" if self.prune and name in self.providers else ""))
-                    self.unwritable.add(spec.name)
-        for index, spec in enumerate(self.config.keys):
-            for n, name in enumerate(spec.assistants or ()):
-                if name not in assistant_names:
-                    problems.append(f"keys[{index}].assistants[{n}]: no assistant named {name!r}"
-                                    + (" in the file" if self.prune and name in self.assistants else ""))
+        """Names the file uses that nothing has; the assistants that use them are not written."""
+        problems, self.unwritable = references(self.config.model_dump(), set(self.providers), set(self.assistants),
+                                               prune=self.prune)
+        self.problems += problems
 
     # --- providers -----------------------------------------------------------------------------------
 
@@ -199,6 +223,10 @@ class _Sync:
             if saved is None:  # deleted meanwhile: this transaction holds no lock on it
                 raise ConfigFileError([f"provider {spec.name!r} was deleted while the file was applied"])
             self.providers[spec.name] = saved
+            provider_type = self.types.get(spec.type) if isinstance(self.types, Mapping) else None  # by name
+            warning = provider_type.base_url_warning(spec.base_url) if provider_type is not None else None
+            if warning:
+                self.outcome.warnings.append(f"providers[{index}].base_url: {warning}")
             if current is None:
                 self._note("provider", spec.name, saved.id, "created")
             else:
@@ -331,6 +359,8 @@ def _shown(name: str, value: Any, names: dict | None) -> Any:
         return sorted(names.get(i, str(i)) for i in value)
     if name == "fallbacks":
         return [f"{(names or {}).get(t.provider_id, t.provider_id)}:{t.model}" for t in value]
+    if name == "prices":
+        return PricesSpec.of(value) or None
     if isinstance(value, str) and (len(value) > 60 or "\n" in value):
         return "(changed)"
     if isinstance(value, datetime.datetime):

@@ -149,6 +149,15 @@ _Dumper.add_representer(str, _text)
 _Dumper.add_representer(Decimal, _decimal)
 
 
+def inline(value: Any) -> str:
+    """One value as the file writes it, on one line: ``0.15``, ``[a, b]``, ``{top_k: 40}``."""
+    try:
+        text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, allow_unicode=True, width=10**9)
+    except yaml.YAMLError:  # a value of no YAML type
+        return str(value)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
 def dump(data: dict[str, Any]) -> str:
     """The file's text."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)

@@ -35,11 +35,14 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 
 
 class ConfigFileError(ValueError):
-    """The file cannot be applied; ``problems`` are lines of the form ``path: what is wrong``."""
+    """The file cannot be applied; ``problems`` are lines of the form ``path: what is wrong``. ``data``,
+    when the file was a mapping of YAML, is what it holds (so that the names it uses can be checked too,
+    and all its problems reported at once)."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], data: dict | None = None):
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.data = data
 
 
 class ConfigFile(Strict):
@@ -167,7 +170,7 @@ def parse(text: str, environ=None) -> ConfigFile:
     try:
         config = ConfigFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigFileError(SpecError(problems_of(exc)).lines()) from None
+        raise ConfigFileError(SpecError(problems_of(exc)).lines(), data) from None
     problems = []
     for kind in ("providers", "assistants", "keys"):
         seen: dict[str, int] = {}
@@ -176,7 +179,7 @@ def parse(text: str, environ=None) -> ConfigFile:
                 problems.append(f"{kind}[{index}].name: {item.name!r} is also the name of {kind}[{seen[item.name]}]")
             seen.setdefault(item.name, index)
     if problems:
-        raise ConfigFileError(problems)
+        raise ConfigFileError(problems, data)
     return config
 
 

@@ -167,7 +167,7 @@ class Limiter:
         if not decision.admitted:
             if self.metrics is not None:
                 self.metrics.limited(type(decision.refused).__name__.lower())
-            raise refusal(decision)
+            raise refusal(decision, estimate_prompt_tokens(ctx.body), answer_ceiling(ctx.body))
         return decision
 
     async def admit(self, ctx: ChatContext) -> None:
@@ -187,7 +187,7 @@ class Limiter:
         for scope, limits, owner in self._scopes(ctx):
             if limits:
                 self._checks(checks, reservation, scope, owner, limits, tokens, nano_usd, now,
-                             slots=early is None)
+                             slots=early is None, prompt=prompt)
         if checks and await self._decide(ctx, checks) is None:
             return  # the counters are away and calls are admitted meanwhile
         if early is not None:
@@ -230,16 +230,20 @@ class Limiter:
         return plan
 
     def _checks(self, checks: list, reservation: Reservation, scope: str, owner: Any, limits: Limits,
-                tokens: int, nano_usd: int, now: float, *, slots: bool = True) -> None:
+                tokens: int, nano_usd: int, now: float, *, slots: bool = True, prompt: int = 0) -> None:
         plan = self._plan(scope, owner, limits, now)
         if plan.rpm:
             checks.append(plan.rpm)
         if limits.tpm:
             if tokens > limits.tpm:
-                raise APIError(429, f"This request needs about {tokens} tokens (its prompt and its max_tokens), "
-                                    f"more than the {limits.tpm} tokens per minute this {_whose(scope)} may use. "
-                                    "Send a shorter request or a lower max_tokens.",
-                               type="tokens", code="rate_limit_exceeded", param="max_tokens",
+                ceiling = tokens - prompt
+                made_of = (f"its prompt of about {prompt:,} tokens and its max_tokens of {ceiling:,}" if ceiling
+                           else "its prompt; it sets no max_tokens")
+                raise APIError(429, f"This request needs about {tokens:,} tokens ({made_of}), more than the "
+                                    f"{limits.tpm:,} tokens per minute this {_whose(scope)} may use. "
+                                    + ("Send a shorter request or a lower max_tokens." if ceiling
+                                       else "Send a shorter request."),
+                               type="tokens", code="rate_limit_exceeded", param="max_tokens" if ceiling else None,
                                headers={"x-should-retry": "false"})
             bucket = Bucket(plan.tpm_key, limits.tpm, tokens)
             checks.append(bucket)
@@ -336,8 +340,9 @@ def rate_headers(checks: list, decision: Decision) -> dict[str, str] | None:
     return headers or None
 
 
-def refusal(decision: Decision) -> APIError:
-    """The 429 for a refused call, in OpenAI's words: ``rate_limit_exceeded`` or ``insufficient_quota``."""
+def refusal(decision: Decision, prompt: int = 0, ceiling: int = 0) -> APIError:
+    """The 429 for a refused call, in OpenAI's words: ``rate_limit_exceeded`` or ``insufficient_quota``
+    (``prompt``: the tokens its prompt is estimated at; ``ceiling``: its answer's, 0 when none is set)."""
     check = decision.refused
     if check is None:
         raise ValueError("a decision that refused nothing")
@@ -354,9 +359,12 @@ def refusal(decision: Decision) -> APIError:
         whole = "" if end is None else f" for this {period}"
         spent = check.limit if decision.spent is None else decision.spent
         if spent < check.limit:  # some is left, but not this call's worst case
-            message = (f"This call may use up to {worth(check.amount)} (its prompt and its max_tokens), more than "
-                       f"the {worth(check.limit - spent)} left of this {_whose(scope)}'s budget of "
-                       f"{worth(check.limit)}{whole}: ask for fewer tokens (max_tokens), or wait: {renews}.")
+            made_of = (f"its prompt of about {prompt:,} tokens and its max_tokens of {ceiling:,}" if ceiling
+                       else f"its prompt of about {prompt:,} tokens; it sets no max_tokens")
+            fewer = "ask for fewer tokens (max_tokens), send a shorter prompt" if ceiling else "send a shorter prompt"
+            message = (f"This call may use up to {worth(check.amount)} ({made_of}), more than the "
+                       f"{worth(check.limit - spent)} left of this {_whose(scope)}'s budget of "
+                       f"{worth(check.limit)}{whole}: {fewer}, or wait: {renews}.")
         else:
             message = f"This {_whose(scope)} has used its budget of {worth(check.limit)}{whole}; {renews}."
         return APIError(429, message, type="insufficient_quota", code="insufficient_quota",

@@ -19,10 +19,24 @@ document.addEventListener("change", (event) => {
   }
 });
 
-// The provider type suggests its usual base URL while the field is empty.
+// The base URL follows the provider type (its usual URL) until the admin types one, which is never
+// overwritten.
+document.addEventListener("input", (event) => {
+  if (event.target.id === "base_url") event.target.dataset.typed = event.target.value ? "yes" : "";
+});
 document.addEventListener("change", (event) => {
   if (event.target.id !== "type") return;
   const option = event.target.selectedOptions[0];
   const baseUrl = document.getElementById("base_url");
-  if (baseUrl && !baseUrl.value && option.dataset.defaultBaseUrl) baseUrl.value = option.dataset.defaultBaseUrl;
+  if (!baseUrl || baseUrl.dataset.typed === "yes") return;
+  const known = [...event.target.options].some((o) => o.dataset.defaultBaseUrl && o.dataset.defaultBaseUrl === baseUrl.value);
+  if (!baseUrl.value || known) baseUrl.value = option.dataset.defaultBaseUrl || "";
+});
+
+// A form that comes back with problems puts the cursor on the first field to fix.
+document.addEventListener("DOMContentLoaded", () => {
+  if (!document.querySelector(".error-summary")) return;
+  const first = document.querySelector('form [aria-invalid="true"]');
+  if (first) first.focus();
+  else document.querySelector(".error-summary").scrollIntoView();
 });

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -138,4 +139,13 @@ def _epoch(timestamp: Any) -> int:
 @hookimpl
 def riceball_provider_types():
     return [ProviderType(name="anthropic", label="Anthropic", adapter=AnthropicAdapter,
-                         default_base_url="https://api.anthropic.com/v1")]
+                         default_base_url="https://api.anthropic.com/v1", check_base_url=versioned)]
+
+
+def versioned(base_url: str) -> str | None:
+    """A warning for a base URL without a version path: calls go to ``{base_url}/messages``, and
+    Anthropic's is ``https://api.anthropic.com/v1/messages``."""
+    if re.search(r"/v\d+[a-z0-9]*/?$", base_url):
+        return None
+    return (f"{base_url} does not end in a version path: calls will go to {base_url.rstrip('/')}/messages; "
+            "Anthropic's base URL is https://api.anthropic.com/v1")
