@@ -350,6 +350,18 @@ async def test_assistant_form_errors_are_shown_next_to_their_field(panel):
     assert await assistants.list_all(panel.pool) == []
 
 
+async def test_a_system_prompt_typed_in_a_browser_keeps_plain_newlines_and_exports_as_a_block(panel):
+    from riceball_proxy.declared.export import dump, export
+
+    await provider_via_form(panel)
+    provider = (await providers.list_all(panel.pool))[0]
+    response, _ = await assistant_via_form(panel, provider.id, system_prompt="You are kind.\r\nAnswer briefly.\r\n")
+    assert response.status == 200
+    assert (await assistants.list_all(panel.pool))[0].system_prompt == "You are kind.\nAnswer briefly.\n"
+    data, _ = await export(panel.pool)
+    assert "  system_prompt: |\n    You are kind.\n    Answer briefly.\n" in dump(data)
+
+
 @pytest.mark.parametrize("field, value", [("seed", str(2**63)), ("seed", str(-(2**63) - 1)),
                                           ("max_tokens", str(2**31)), ("max_tokens", "99999999999999999999")])
 async def test_numbers_past_what_the_database_holds_are_form_errors(panel, field, value):

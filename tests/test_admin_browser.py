@@ -56,6 +56,7 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
     await page.get_by_role("link", name="Providers").first.click()
     await page.get_by_role("button", name="Add a provider").first.click()
     await page.get_by_label("Name", exact=True).fill("local-upstream")
+    await page.get_by_label("Type").select_option("openai")
     await page.get_by_label("Base URL").fill(fake_openai.base_url)
     await page.get_by_label("API key").fill("sk-upstream-secret")
     await page.get_by_label("Connect timeout (seconds)").fill("2.5")  # the browser takes decimals there
@@ -174,7 +175,8 @@ async def test_the_playground_streams_stops_reopens_and_compares(page, gateway, 
 
     await page.goto(gateway.url(f"/admin/assistants/{support.id}"))
     await page.get_by_role("button", name="Playground").click()
-    await page.get_by_role("button", name="New conversation").click()
+    # Ready to type: the first message starts the conversation.
+    await page.wait_for_function("() => document.activeElement.id === 'content'", timeout=5000)
     answer = page.locator(".message-assistant .message-text").last
     meta = page.locator(".message-assistant .message-meta").last
 
@@ -196,6 +198,7 @@ async def test_the_playground_streams_stops_reopens_and_compares(page, gateway, 
     await page.get_by_text("tokens ·").last.wait_for()
     assert await answer.text_content() == fake_openai.reply
     assert fake_openai.last["messages"][0] == {"role": "system", "content": "You are a friendly support bot."}
+    assert "/admin/conversations/" in page.url  # the address is the conversation's now
 
     # Stop: the partial answer stays, marked stopped, and the upstream call ends.
     fake_openai.chunk_gate = gate = asyncio.Semaphore(1)
@@ -224,6 +227,20 @@ async def test_the_playground_streams_stops_reopens_and_compares(page, gateway, 
     await page.goto(gateway.url(f"/admin/assistants/{support.id}/playground"))
     await page.get_by_role("link", name="Hi, I need help with my order.").wait_for()
 
+    # A failed answer is said as an error, where the answer would be.
+    fake_openai.error = (500, {"error": {"message": "the model is down", "type": "server_error"}})
+    await page.get_by_label("Message").fill("Are you there?")
+    await page.get_by_role("button", name="Send").click()
+    failed = page.locator(".message-assistant .message-error").last
+    await failed.wait_for()
+    assert (await failed.text_content()).startswith("The answer failed: ")
+    assert await failed.get_attribute("role") == "alert"
+    await page.reload()
+    assert (await page.locator(".message-error").last.text_content()).startswith("The answer failed: ")
+    await shot(page, "17-playground-failed")
+    fake_openai.error = None
+    await page.goto(gateway.url(f"/admin/assistants/{support.id}/playground"))
+
     # Compare: both assistants answer the same message at once, each kept as a conversation of its own.
     await page.get_by_role("button", name="Compare with another").click()
     await page.get_by_label("Assistant B").select_option(label="Terse bot")
@@ -242,3 +259,80 @@ async def test_the_playground_streams_stops_reopens_and_compares(page, gateway, 
         (newest, *_) = await conversations.list_for_assistant(gateway.pool, assistant.id)
         assert [m.text for m in await conversations.messages(gateway.pool, newest.id)] == [
             "What are your opening hours?", fake_openai.reply]
+
+
+async def test_the_first_hour_traps_are_gone(page, start_gateway, settings, fake_openai):
+    """The provider form's type and base URL, a key typed before a failed save, the assistant form's
+    summary and focus, its model reload (no token in a URL), deleting a provider that is in use."""
+    from riceball_proxy.db import assistants
+
+    gateway = await start_gateway(settings.replace(plugins=frozenset({"echo", "anthropic"})))
+    await admins.create(gateway.pool, "admin", crypto.hash_password(ADMIN_PASSWORD))
+    await page.goto(gateway.url("/admin/login"))
+    await page.get_by_label("Username").fill("admin")
+    await page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("heading", name="Dashboard").wait_for()
+    urls = []
+    page.on("request", lambda request: urls.append(request.url))
+
+    # No type is chosen for the admin; the base URL follows the type until one is typed.
+    await page.goto(gateway.url("/admin/providers/new"))
+    assert await page.get_by_label("Type").input_value() == ""
+    assert await page.get_by_label("Base URL").input_value() == ""
+    await page.get_by_label("Type").select_option("echo")
+    assert await page.get_by_label("Base URL").input_value() == "http://echo.invalid"
+    await page.get_by_label("Type").select_option("openai")
+    assert await page.get_by_label("Base URL").input_value() == "https://api.openai.com/v1"
+    await page.get_by_label("Type").select_option("anthropic")
+    assert await page.get_by_label("Base URL").input_value() == "https://api.anthropic.com/v1"
+    await page.get_by_label("Base URL").fill(fake_openai.base_url)
+    await page.get_by_label("Type").select_option("openai")
+    assert await page.get_by_label("Base URL").input_value() == fake_openai.base_url  # typed: kept
+
+    # A save that fails asks for the key again instead of saving a keyless provider next time.
+    await gateway.provider(fake_openai.base_url, name="taken")
+    await page.get_by_label("Name", exact=True).fill("taken")
+    await page.get_by_label("API key").fill("sk-typed")
+    await page.get_by_role("button", name="Save provider").click()
+    await page.get_by_text("1 problem to fix before saving").wait_for()
+    await page.wait_for_function("() => document.activeElement.id === 'name'", timeout=5000)
+    assert await page.get_by_label("API key").input_value() == ""
+    await page.get_by_text("The key you typed was not saved: enter it again").wait_for()
+    assert "sk-typed" not in await page.content()
+    await shot(page, "18-provider-form-again")
+    await page.get_by_label("Name", exact=True).fill("local")
+    await page.get_by_label("API key").fill("sk-typed")
+    await page.get_by_role("button", name="Save provider").click()
+    await page.get_by_text("Provider “local” saved.").wait_for()
+
+    # The assistant form: every problem at the top, each a link to its field, the first focused.
+    await page.goto(gateway.url("/admin/assistants/new"))
+    await page.get_by_label("Provider", exact=True).select_option(label="local")  # reloads the models by POST
+    await page.get_by_text("Pick one of the provider's 2 models").wait_for()
+    await page.get_by_label("Name", exact=True).fill("helper")
+    await page.get_by_label("Model", exact=True).fill("gpt-4o")
+    await page.get_by_label("System prompt", exact=True).fill("First line.\nSecond line.")
+    await page.get_by_label("Temperature", exact=True).fill("3")
+    await page.get_by_label("Extra parameters (JSON object)").fill("{not json")
+    await page.get_by_role("button", name="Save assistant").click()
+    summary = page.locator(".error-summary")
+    await summary.wait_for()
+    assert "2 problems to fix before saving" in await summary.text_content()
+    assert await summary.get_by_role("link").all_text_contents() == ["Temperature", "Extra parameters"]
+    await page.wait_for_function("() => document.activeElement.id === 'temperature'", timeout=5000)
+    assert all("csrf_token" not in url and "system_prompt" not in url for url in urls)  # nothing in a URL
+    await shot(page, "19-assistant-form-problems")
+    await page.get_by_label("Temperature", exact=True).fill("0.5")
+    await page.get_by_label("Extra parameters (JSON object)").fill("")
+    await page.get_by_role("button", name="Save assistant").click()
+    await page.get_by_text("Assistant “helper” saved.").wait_for()
+    helper = await assistants.get_by_name(gateway.pool, "helper")
+    assert helper.system_prompt == "First line.\nSecond line."  # the browser's \r\n made \n
+
+    # Deleting a provider in use: the page names who uses it and offers no delete button.
+    local = await providers.get_by_name(gateway.pool, "local")
+    await page.goto(gateway.url(f"/admin/providers/{local.id}/delete"))
+    await page.get_by_role("link", name="helper (its provider)").wait_for()
+    assert await page.get_by_role("button", name="Delete provider").count() == 0
+    await shot(page, "20-provider-in-use")

@@ -207,6 +207,18 @@ async def test_the_usage_page_filters_the_playground(playground, configured):
         assert re.search(r"Requests</header><p class=\"big\">(\d+)<", text).group(1) == expected, source
     response, _ = await playground.get("/admin/usage?source=elsewhere")
     assert response.status == 400
+    # Its calls are the admin's, not a failed authentication's.
+    _, text = await playground.get("/admin/usage")
+    assert "<td>Playground (root)</td>" in text and "(no valid key)" not in text
+
+
+async def test_the_playground_starts_a_conversation_with_its_first_message(playground):
+    assistant = playground.assistant
+    response, text = await playground.post(f"/admin/assistants/{assistant.id}/conversations",
+                                           {"content": "First words"}, csrf_from="/admin/")
+    assert response.status == 200 and "/admin/conversations/" in response.url.path  # answered, then shown
+    assert "First words" in text and playground.upstream.reply in text
+    assert playground.upstream.last["messages"][-1] == {"role": "user", "content": "First words"}
 
 
 async def test_the_api_never_touches_conversations(configured, fake_openai, db):

@@ -218,7 +218,7 @@ async def assistant_save(request: web.Request) -> web.Response:
                 raise web.HTTPNotFound(text="No such assistant.")
             await flash(request, "success", f"Assistant “{saved.name}” saved.")
             raise redirect(request, "assistant", id=saved.id)
-    return await _render_form(request, assistant, form.values(), form.errors, status=400)
+    return await _render_form(request, assistant, form.values(), form.errors_in_order(), status=400)
 
 
 async def assistant_detail(request: web.Request) -> web.Response:

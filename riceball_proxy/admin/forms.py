@@ -93,6 +93,12 @@ class Form:
         for path, message in error.problems:
             self.errors.setdefault(field_of(path), message[:1].upper() + message[1:] + ".")
 
+    def errors_in_order(self) -> dict[str, str]:
+        """The errors in the order of their fields on the page (the order the browser sent them in),
+        those of no field last."""
+        order = {name: n for n, name in enumerate(self.data)}
+        return dict(sorted(self.errors.items(), key=lambda item: order.get(item[0], len(order))))
+
     def values(self) -> dict[str, str]:
         """What was submitted, to fill the form in again."""
         return {key: value for key, value in self.data.items() if isinstance(value, str)}

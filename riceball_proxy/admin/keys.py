@@ -108,7 +108,7 @@ async def key_create(request: web.Request) -> web.Response:
         else:
             # The key is in this answer only: it is kept nowhere (not in the session), so nothing can show it again.
             return await key_list(request, new_key={"key": secret, "name": key.name})
-    return await _render_form(request, None, form.values(), chosen, form.errors, status=400)
+    return await _render_form(request, None, form.values(), chosen, form.errors_in_order(), status=400)
 
 
 async def key_save(request: web.Request) -> web.Response:
@@ -124,7 +124,7 @@ async def key_save(request: web.Request) -> web.Response:
                 raise web.HTTPNotFound(text="No such key.")
             await flash(request, "success", f"Key “{saved.name}” saved.")
             raise redirect(request, "key", id=key.id)
-    return await _render_form(request, key, form.values(), chosen, form.errors, status=400)
+    return await _render_form(request, key, form.values(), chosen, form.errors_in_order(), status=400)
 
 
 async def key_detail(request: web.Request) -> web.Response:

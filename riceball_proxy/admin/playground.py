@@ -81,12 +81,17 @@ async def playground(request: web.Request) -> web.Response:
 
 
 async def conversation_new(request: web.Request) -> web.StreamResponse:
+    """A new conversation; with a message (the playground's first), that message sent in it too."""
     assistant = await assistant_or_404(request)
+    first = str((await request.post()).get("content", "")).strip()
     conversation = await conversations.create(db_pool(request), admin_id=request[ADMIN].id,
                                               assistant_id=assistant.id)
-    if "application/json" in request.headers.get("Accept", ""):
+    if "application/json" in request.headers.get("Accept", ""):  # the playground's script sends it next
         return web.json_response({"id": str(conversation.id),
-                                  "url": url(request, "conversation", id=conversation.id)})
+                                  "url": url(request, "conversation", id=conversation.id),
+                                  "send_url": url(request, "conversation_send", id=conversation.id)})
+    if first:
+        return await _send(request, conversation)
     raise redirect(request, "conversation", id=conversation.id)
 
 
@@ -155,7 +160,10 @@ async def _start(request: web.Request, conversation, content: str) -> list[dict[
 
 async def message_send(request: web.Request) -> web.StreamResponse:
     """One message of a conversation: streamed to the playground's script, or answered whole."""
-    conversation = await _conversation_or_404(request)
+    return await _send(request, await _conversation_or_404(request))
+
+
+async def _send(request: web.Request, conversation) -> web.StreamResponse:
     stream = _wants_stream(request)
     try:
         messages = await _start(request, conversation, await _message_from(request))

@@ -95,7 +95,7 @@ async def provider_save(request: web.Request) -> web.Response:
     # save is not keyless without a word.
     key_again = bool(values.pop("api_key", "").strip())
     return await render(request, "admin/provider_form.html",
-                        {"provider": provider, "values": values, "errors": form.errors, "types": types,
+                        {"provider": provider, "values": values, "errors": form.errors_in_order(), "types": types,
                          "key_again": key_again}, status=400)
 
 

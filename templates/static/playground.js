@@ -26,13 +26,17 @@
     if (meta.cost_usd !== undefined) parts.push(`$${Number(meta.cost_usd).toFixed(6)}`);
     if (meta.model) parts.push(meta.model);
     if (meta.stopped) parts.push("stopped");
-    if (meta.error) parts.push(`failed: ${meta.error}`);
     return parts.join(" · ");
   }
 
   function finish(message, meta, state) {
     message.querySelector(".message-meta").textContent = metaText(meta);
     if (state) message.classList.add(`message-${state}`);
+    if (meta.error) {  // said as an error, where the answer would have been
+      const error = element("div", "message-error", `The answer failed: ${meta.error}`);
+      error.setAttribute("role", "alert");
+      message.querySelector(".message-text").after(error);
+    }
   }
 
   // POST the message, and write the answer into `message` as its events arrive.
@@ -101,6 +105,25 @@
       single.querySelector("textarea").value = "";
       const controller = new AbortController();
       busy(single, controller);
+      if ("newConversation" in single.dataset) {  // the first message: the conversation is made first
+        let created;
+        try {
+          created = await fetch(single.action, {
+            method: "POST", credentials: "same-origin",
+            body: new URLSearchParams({csrf_token: fields.get("csrf_token")}),
+            headers: {"Accept": "application/json", "X-CSRF-Token": fields.get("csrf_token")},
+          });
+        } catch (error) { created = {ok: false, status: "unreachable"}; }
+        if (!created.ok) {
+          finish(answer, {error: `the conversation could not be started (HTTP ${created.status})`}, "failed");
+          busy(single, null);
+          return;
+        }
+        const conversation = await created.json();
+        single.action = conversation.send_url;
+        delete single.dataset.newConversation;
+        history.replaceState(null, "", conversation.url);  // a reload shows this conversation
+      }
       await send(single.action, fields, answer, controller.signal);
       busy(single, null);
     });
