@@ -350,6 +350,13 @@ async def test_assistant_form_errors_are_shown_next_to_their_field(panel):
     assert await assistants.list_all(panel.pool) == []
 
 
+async def test_the_model_field_counts_one_model_as_one(panel, fake_openai):
+    fake_openai.models = ["solo"]
+    await provider_via_form(panel, base_url=fake_openai.base_url)
+    _, text = await panel.get("/admin/assistants/new")
+    assert "Pick one of the provider's 1 model, or type a name." in text
+
+
 async def test_a_system_prompt_typed_in_a_browser_keeps_plain_newlines_and_exports_as_a_block(panel):
     from riceball_proxy.declared.export import dump, export
 

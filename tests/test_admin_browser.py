@@ -134,6 +134,9 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
         await asyncio.sleep(0.1)
         await page.reload()
     await page.locator("td", has_text="401").first.wait_for()
+    # Each time on one line (one line box), not wrapped over three.
+    assert await page.evaluate("() => [...document.querySelectorAll('td.time time')].every("
+                               "t => t.getClientRects().length === 1)")
     await shot(page, "12-dashboard-errors")
 
     # Usage rows are written in the background: the page shows them once they are in.
@@ -146,6 +149,13 @@ async def test_an_admin_sets_up_an_assistant_and_a_key_then_revokes_it(page, gat
         await page.reload()
     await page.get_by_role("heading", name="Per assistant").wait_for()
     assert "Support bot" in await page.content()
+    # "Calls from" shows its longest choice whole.
+    assert await page.evaluate("() => { const s = document.getElementById('source');"
+                               " const c = document.createElement('canvas').getContext('2d');"
+                               " c.font = getComputedStyle(s).font;"
+                               " const room = s.clientWidth - parseFloat(getComputedStyle(s).paddingLeft)"
+                               " - parseFloat(getComputedStyle(s).paddingRight);"
+                               " return [...s.options].every(o => c.measureText(o.text).width <= room); }")
     await shot(page, "14-usage")
     await page.set_viewport_size({"width": 390, "height": 844})
     no_sideways_scroll = ("() => [...document.querySelectorAll('table')].every("
@@ -301,14 +311,14 @@ async def test_the_first_hour_traps_are_gone(page, start_gateway, settings, fake
     await page.get_by_text("The key you typed was not saved: enter it again").wait_for()
     assert "sk-typed" not in await page.content()
     await shot(page, "18-provider-form-again")
-    await page.get_by_label("Name", exact=True).fill("local")
+    await page.get_by_label("Name", exact=True).fill("local-fake-upstream")
     await page.get_by_label("API key").fill("sk-typed")
     await page.get_by_role("button", name="Save provider").click()
-    await page.get_by_text("Provider “local” saved.").wait_for()
+    await page.get_by_text("Provider “local-fake-upstream” saved.").wait_for()
 
     # The assistant form: every problem at the top, each a link to its field, the first focused.
     await page.goto(gateway.url("/admin/assistants/new"))
-    await page.get_by_label("Provider", exact=True).select_option(label="local")  # reloads the models by POST
+    await page.get_by_label("Provider", exact=True).select_option(label="local-fake-upstream")  # reloads the models by POST
     await page.get_by_text("Pick one of the provider's 2 models").wait_for()
     await page.get_by_label("Name", exact=True).fill("helper")
     await page.get_by_label("Model", exact=True).fill("gpt-4o")
@@ -322,6 +332,13 @@ async def test_the_first_hour_traps_are_gone(page, start_gateway, settings, fake
     assert await summary.get_by_role("link").all_text_contents() == ["Temperature", "Extra parameters"]
     await page.wait_for_function("() => document.activeElement.id === 'temperature'", timeout=5000)
     assert all("csrf_token" not in url and "system_prompt" not in url for url in urls)  # nothing in a URL
+    # A fallback's provider is read whole in its select.
+    assert await page.evaluate("() => [...document.querySelectorAll('table.fallbacks select')].every(s => {"
+                               " const c = document.createElement('canvas').getContext('2d');"
+                               " c.font = getComputedStyle(s).font;"
+                               " const room = s.clientWidth - parseFloat(getComputedStyle(s).paddingLeft)"
+                               " - parseFloat(getComputedStyle(s).paddingRight);"
+                               " return [...s.options].every(o => c.measureText(o.text).width <= room); })")
     await shot(page, "19-assistant-form-problems")
     await page.get_by_label("Temperature", exact=True).fill("0.5")
     await page.get_by_label("Extra parameters (JSON object)").fill("")
@@ -331,7 +348,7 @@ async def test_the_first_hour_traps_are_gone(page, start_gateway, settings, fake
     assert helper.system_prompt == "First line.\nSecond line."  # the browser's \r\n made \n
 
     # Deleting a provider in use: the page names who uses it and offers no delete button.
-    local = await providers.get_by_name(gateway.pool, "local")
+    local = await providers.get_by_name(gateway.pool, "local-fake-upstream")
     await page.goto(gateway.url(f"/admin/providers/{local.id}/delete"))
     await page.get_by_role("link", name="helper (its provider)").wait_for()
     assert await page.get_by_role("button", name="Delete provider").count() == 0
