@@ -1,7 +1,9 @@
 """Assistants: list, create, edit, enable or disable, delete, and a page with ready-to-use snippets."""
 from __future__ import annotations
 
+import collections
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -69,41 +71,36 @@ async def assistant_list(request: web.Request) -> web.Response:
     })
 
 
+#: The spec's fields the form shows in a shape of its own; every other is a box (a switch for a boolean)
+#: named as the field, read and shown by ``_spec_data`` and ``_values_of`` without more code.
+SHAPED = frozenset({"provider", "stop", "locked", "extra_params", "limits", "prices", "fallbacks"})
+PLAIN = tuple(name for name in AssistantSpec.model_fields if name not in SHAPED)
+SWITCHES = frozenset(name for name in PLAIN if AssistantSpec.model_fields[name].annotation is bool)
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else f"{value.normalize():f}" if isinstance(value, Decimal) \
+        else str(value)
+
+
 def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
-    values = {
-        "name": assistant.name, "provider_id": str(assistant.provider_id), "model": assistant.model,
-        "system_prompt": assistant.system_prompt,
-        "extra_params": orjson.dumps(dict(assistant.extra_params), option=orjson.OPT_INDENT_2).decode()
-        if assistant.extra_params else "",
-        "stop": "\n".join(assistant.parameters.get("stop") or []),
+    """A stored assistant as the form's fields."""
+    data = AssistantSpec.of(assistant, collections.defaultdict(str))  # providers by id in the form
+    values = {name: _text(data[name]) for name in PLAIN if name not in SWITCHES and data.get(name) is not None}
+    values |= {name: "on" for name in SWITCHES if data[name]}
+    values |= {f"lock_{name}": "on" for name in data["locked"]}
+    values |= {
+        "provider_id": str(assistant.provider_id), "stop": "\n".join(data.get("stop") or []),
+        "extra_params": orjson.dumps(data["extra_params"], option=orjson.OPT_INDENT_2).decode()
+        if data["extra_params"] else "",
+        **{f"price_{name}": _text(price) for name, price in (data["prices"] or {}).items()},
     }
-    for name in NUMERIC_PARAMETERS:
-        if name in assistant.parameters:
-            values[name] = f"{assistant.parameters[name]:g}" if isinstance(assistant.parameters[name], float) \
-                else str(assistant.parameters[name])
-    for name in assistant.locked:
-        values[f"lock_{name}"] = "on"
-    if assistant.allow_client_system:
-        values["allow_client_system"] = "on"
-    if assistant.enabled:
-        values["enabled"] = "on"
-    if assistant.expose_target:
-        values["expose_target"] = "on"
     for n, target in enumerate(assistant.fallbacks):
         values |= {f"fallback_provider_{n}": str(target.provider_id), f"fallback_model_{n}": target.model,
                    f"fallback_weight_{n}": str(target.weight), f"fallback_priority_{n}": str(target.priority),
                    f"fallback_params_{n}": orjson.dumps(dict(target.params)).decode() if target.params else "",
-                   f"fallback_prices_{n}": ", ".join(f"{price.normalize():f}" if price is not None else ""
+                   f"fallback_prices_{n}": ", ".join(_text(price) if price is not None else ""
                                                      for price in target.prices).rstrip(", ")}
-    values["deadline"] = f"{assistant.deadline:g}"
-    values["max_attempts"] = str(assistant.max_attempts)
-    if assistant.auto_cache:
-        values["auto_cache"] = "on"
-    if "reasoning_effort" in assistant.parameters:
-        values["reasoning_effort"] = assistant.parameters["reasoning_effort"]
-    for name in PRICE_FIELDS:
-        if getattr(assistant, name) is not None:
-            values[name] = f"{getattr(assistant, name).normalize():f}"
     return values | limit_values(assistant.limits)
 
 
@@ -135,14 +132,11 @@ def _spec_data(form: Form, provider_names: dict[str, str]) -> tuple[dict[str, An
     """The form's fields as an AssistantSpec's data, and the form row of each fallback it lists (rows
     with a model, "remove" not ticked)."""
     data: dict[str, Any] = {
-        "name": form.raw("name").strip(), "model": form.raw("model").strip(),
-        "provider": provider_names.get(form.raw("provider_id")), "system_prompt": form.raw("system_prompt"),
-        "stop": form.lines("stop") or None, "reasoning_effort": form.given("reasoning_effort"),
+        **{name: form.flag(name) if name in SWITCHES else form.given(name, strip=name != "system_prompt")
+           for name in PLAIN},
+        "provider": provider_names.get(form.raw("provider_id")), "stop": form.lines("stop") or None,
         "locked": [name for name in PARAMETERS if form.flag(f"lock_{name}")],
         "extra_params": form.json_object("extra_params"), "limits": form.limit_data(),
-        "deadline": form.given("deadline"), "max_attempts": form.given("max_attempts"),
-        **{name: form.flag(name) for name in ("allow_client_system", "enabled", "expose_target", "auto_cache")},
-        **{name: form.given(name) for name in NUMERIC_PARAMETERS},
     }
     prices = {name.removeprefix("price_"): form.amount_text(name) for name in PRICE_FIELDS}
     data["prices"] = {name: value for name, value in prices.items() if value is not None} or None

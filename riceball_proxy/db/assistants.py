@@ -21,27 +21,21 @@ PARAMETERS = ("temperature", "top_p", "max_tokens", "presence_penalty", "frequen
 #: The values of ``reasoning_effort`` (each provider's adapter maps it to its own control).
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
-_COLUMNS = """
-    id, name, provider_id, model, system_prompt,
-    temperature, temperature_locked, top_p, top_p_locked, max_tokens, max_tokens_locked,
-    presence_penalty, presence_penalty_locked, frequency_penalty, frequency_penalty_locked,
-    seed, seed_locked, stop, stop_locked, reasoning_effort, reasoning_effort_locked,
-    extra_params, allow_client_system, enabled, created_at, updated_at,
-    rpm, tpm, max_parallel, budget_usd, budget_tokens, budget_period,
-    price_input, price_output, price_cached_input, price_cache_write, deadline, max_attempts, expose_target,
-    auto_cache,
-    (SELECT coalesce(jsonb_agg(jsonb_build_object('provider_id', t.provider_id, 'model', t.model,
-                                                  'weight', t.weight, 'priority', t.priority, 'params', t.params,
-                                                  'prices', jsonb_build_array(t.price_input::text,
-                                                                              t.price_output::text,
-                                                                              t.price_cached_input::text,
-                                                                              t.price_cache_write::text))
-                               ORDER BY t.position), '[]')
-     FROM assistant_targets t WHERE t.assistant_id = assistants.id) AS fallbacks
-"""
-_COLUMNS = " ".join(_COLUMNS.split())  # one line: what pg_stat_activity shows of a query is its first 1 kB
 #: The columns after the parameters that ``create`` and ``update`` write, in order.
 _POLICY_COLUMNS = (*LIMIT_FIELDS, "price_input", "price_output", "price_cached_input", "price_cache_write")
+
+#: The columns ``create`` and ``update`` write, in the order of ``_row``'s values.
+_WRITTEN = ("name", "provider_id", "model", "system_prompt",
+            *(column for parameter in PARAMETERS for column in (parameter, f"{parameter}_locked")),
+            "extra_params", "allow_client_system", "enabled", *_POLICY_COLUMNS,
+            "deadline", "max_attempts", "expose_target", "auto_cache")
+#: What is read of an assistant: what is written, and its fallback targets from their table.
+_COLUMNS = (f"id, {', '.join(_WRITTEN)}, created_at, updated_at, "
+            "(SELECT coalesce(jsonb_agg(jsonb_build_object('provider_id', t.provider_id, 'model', t.model, "
+            "'weight', t.weight, 'priority', t.priority, 'params', t.params, "
+            "'prices', jsonb_build_array(t.price_input::text, t.price_output::text, t.price_cached_input::text, "
+            "t.price_cache_write::text)) ORDER BY t.position), '[]') "
+            "FROM assistant_targets t WHERE t.assistant_id = assistants.id) AS fallbacks")
 
 #: (input, output, cache read, cache write): USD per million tokens, each None when not set (cache reads
 #: then cost the input price, cache writes Anthropic's 1.25 times it).
@@ -246,11 +240,6 @@ async def _write(db, name: str, fallbacks: Sequence[Target], sql: str, *args) ->
         raise InvalidAssistant(f"a value is out of range ({getattr(exc, 'constraint_name', None) or exc})") from None
 
 
-#: The columns ``create`` and ``update`` write, in the order of ``_row``'s values.
-_WRITTEN = ("name", "provider_id", "model", "system_prompt",
-            *(column for parameter in PARAMETERS for column in (parameter, f"{parameter}_locked")),
-            "extra_params", "allow_client_system", "enabled", *_POLICY_COLUMNS,
-            "deadline", "max_attempts", "expose_target", "auto_cache")
 _INSERT = (f"INSERT INTO assistants ({', '.join(_WRITTEN)}) "
            f"VALUES ({', '.join(f'${n}' for n in range(1, len(_WRITTEN) + 1))}) RETURNING id")
 _UPDATE = (f"UPDATE assistants SET {', '.join(f'{column} = ${n}' for n, column in enumerate(_WRITTEN, start=2))}, "
