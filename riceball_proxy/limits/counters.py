@@ -396,6 +396,8 @@ class MemoryCounters(Counters):
         self.state: dict[str, Any] = {}
         self.expires: dict[str, float] = {}
         self._admitted = 0
+        #: The time in ms the rates are counted on (a test moves its own instead of waiting for a window).
+        self.clock: Callable[[], float] = now_ms
 
     async def admit(self, checks: Sequence[Check], load: Loader) -> Decision:
         state = self.state
@@ -404,7 +406,7 @@ class MemoryCounters(Counters):
                 spent = await load(check)  # awaits: another call may have loaded it meanwhile
                 state.setdefault(check.key, spent)
                 self.expires[check.key] = expiry_ms(check, 0)
-        now = now_ms()
+        now = self.clock()
         decision, new = decide(checks, state, now)
         if decision.admitted:
             state.update(new)
@@ -418,7 +420,7 @@ class MemoryCounters(Counters):
 
     async def settle(self, settlement: Settlement) -> None:
         """At once: nothing to wait for."""
-        new = settle_values(settlement, self.state, now_ms())
+        new = settle_values(settlement, self.state, self.clock())
         self.state.update(new)
         for bucket, _ in settlement.buckets:
             if bucket.key in new:
