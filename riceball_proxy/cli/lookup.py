@@ -42,13 +42,6 @@ async def assistant(pool, ref: str | uuid.UUID) -> assistants.Assistant:
     return found
 
 
-async def assistant_ids(pool, refs: list[str] | None) -> list[uuid.UUID] | None:
-    """The ids of the assistants ``refs`` name (None stays None: every assistant)."""
-    if refs is None:
-        return None
-    return [(await assistant(pool, ref)).id for ref in refs]
-
-
 async def key(pool, ref: str) -> api_keys.ApiKey:
     """The key whose id ``ref`` is, whose display prefix starts with it, or the key in force named so."""
     try:

@@ -31,11 +31,6 @@ class CommandError(Exception):
         self.data = data
 
 
-def name_taken(exc: Exception, existing: Any) -> CommandError:
-    """The error for a name in use, carrying (for ``--json``) the id of the object that has it."""
-    return CommandError(str(exc), {"id": existing.id if existing else None})
-
-
 def spec_error(exc: SpecError, option_of: Callable[[str], str], existing: Any = None) -> CommandError:
     """A spec's problems as ``--option: message`` lines (``option_of`` a field path); under ``--json``
     they are ``problems``, with the ``id`` of ``existing``, the object whose name was asked for."""

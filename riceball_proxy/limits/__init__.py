@@ -55,31 +55,6 @@ class Limits:
         return values
 
 
-class InvalidLimits(ValueError):
-    """Values that cannot be limits (a negative rate, an unknown period...)."""
-
-
-def check_limits(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` (the FIELDS, None for none) checked: positive numbers and a known period, else
-    InvalidLimits with one line saying what is wrong."""
-    for name in ("rpm", "tpm", "max_parallel", "budget_tokens"):
-        value = values.get(name)
-        if value is not None and (type(value) is not int or value <= 0 or value > 2**62):
-            raise InvalidLimits(f"{name} must be a whole number above 0 (or empty for no limit), not {value!r}")
-    for name in ("rpm", "tpm", "max_parallel"):
-        if values.get(name) is not None and values[name] > 2**31 - 1:
-            raise InvalidLimits(f"{name} must be at most {2**31 - 1}")
-    usd = values.get("budget_usd")
-    if usd is not None:
-        if not isinstance(usd, Decimal) or not usd.is_finite() or usd <= 0 or usd > MAX_BUDGET_USD:
-            raise InvalidLimits(f"budget_usd must be an amount of USD above 0 and at most {MAX_BUDGET_USD:,}, "
-                                f"not {usd}")
-    period = values.get("budget_period") or "month"
-    if period not in PERIODS:
-        raise InvalidLimits(f"budget_period must be one of {', '.join(PERIODS)}, not {period!r}")
-    return {**{name: values.get(name) for name in FIELDS}, "budget_period": period}
-
-
 def period_bounds(period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
     """The start and end of the calendar period (UTC) holding ``now``; ``total`` has neither."""
     now = now.astimezone(timezone.utc)
