@@ -140,6 +140,8 @@ class ChatContext:
     stash: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Upstream calls made for this call (several when it failed over to fallback targets).
     attempts: int = 0
+    #: True between an attempt's ``riceball_attempt_started`` and its ``riceball_attempt_finished``.
+    attempt_announced: bool = False
     #: True once the call reached admission (``riceball_admit``): it is then settled as it ends.
     admission_started: bool = False
     #: Headers every answer to this call carries, whatever it is (the rate-limit headers...).

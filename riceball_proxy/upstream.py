@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import http
 import re
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
@@ -265,6 +266,13 @@ def join_url(base_url: str, path: str, **query: str) -> yarl.URL:
     return base.with_path(base.path.rstrip("/") + path).with_query({**base.query, **query})
 
 
+#: Headers the ``riceball_attempt_started`` hooks gave for the upstream attempt under way (W3C
+#: ``traceparent``...): every :class:`UpstreamCall` made meanwhile sends them, so an adapter need not
+#: know of them.
+ATTEMPT_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "riceball_attempt_headers", default=None)
+
+
 class UpstreamCall:
     """``async with UpstreamCall(...) as response``: a response with status < 400, or an APIError raised.
 
@@ -308,6 +316,9 @@ class UpstreamCall:
         headers = self.headers
         if self.request_id is not None:
             headers = {**headers, "X-Request-ID": self.request_id}
+        extra = ATTEMPT_HEADERS.get()
+        if extra:  # never in place of the adapter's own (its key, its version...)
+            headers = {**extra, **headers}
         if self.gate is not None:
             await self.gate.acquire()
             self._holding = True

@@ -425,3 +425,41 @@ async def test_a_target_that_cannot_be_resolved_is_skipped_never_a_500(start_gat
             await client.chat.completions.create(model="x", messages=MESSAGES)
     assert raised.value.status_code == 502
     assert any("target skipped" in r.getMessage() and "no-such-type" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_attempt_is_announced_and_the_headers_a_plugin_gives_go_upstream(
+        failing_over, fake_openai, second_openai, stream):
+    from riceball_proxy.plugin import hookimpl
+
+    gateway, assistant, key = await failing_over()
+    fake_openai.error = (500, {"error": {"message": "down", "type": "server_error"}})
+    seen = []
+
+    class Attempts:
+        @hookimpl
+        def riceball_attempt_started(self, ctx, target, attempt):
+            seen.append(("started", attempt, target.model, ctx.selected_provider.name))
+            # A trace context for the upstream; a header of the adapter's own is never replaced.
+            return {"traceparent": f"00-{'a' * 32}-{attempt:016x}-01", "Authorization": "Bearer not-the-key"}
+
+        @hookimpl
+        def riceball_attempt_finished(self, ctx, target, attempt, error):
+            seen.append(("finished", attempt, target.model, None if error is None else error.status))
+
+    gateway.app[appkeys.PLUGIN_MANAGER].register(Attempts(), name="attempts")
+    async with gateway.client(assistant.id, key) as client:
+        if stream:
+            async for _ in await client.chat.completions.create(model="x", messages=MESSAGES, stream=True):
+                pass
+        else:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert seen == [("started", 1, "gpt-4o", "primary"), ("finished", 1, "gpt-4o", 502),
+                    ("started", 2, "backup-model", "fallback"), ("finished", 2, "backup-model", None)]
+
+    def header(fake, name):
+        return {key.lower(): value for key, value in fake.requests[-1]["headers"].items()}[name]
+
+    assert header(fake_openai, "traceparent") == f"00-{'a' * 32}-{1:016x}-01"
+    assert header(second_openai, "traceparent") == f"00-{'a' * 32}-{2:016x}-01"
+    assert header(second_openai, "authorization") == "Bearer sk-upstream-secret"

@@ -223,6 +223,43 @@ async def test_hook_riceball_transform_response(shouting_client):
     assert completion.choices[0].message.content == "HELLO FROM THE FAKE UPSTREAM"
 
 
+async def test_hook_riceball_attempt_started(with_plugin, fake_openai):
+    class Headers:
+        @hookimpl
+        def riceball_attempt_started(self, ctx, target, attempt):
+            return {"x-trace": f"{ctx.request_id} {attempt} {target.model}"}
+
+    class Broken:
+        @hookimpl
+        def riceball_attempt_started(self, ctx, target, attempt):
+            raise RuntimeError("a bug")  # isolated: logged, the attempt goes on
+
+    gateway, assistant, key = await with_plugin(Headers())
+    gateway.app[appkeys.PLUGIN_MANAGER].register(Broken(), name="broken")
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+    request_id = answer.headers["x-request-id"]
+    sent = {name.lower(): value for name, value in fake_openai.requests[-1]["headers"].items()}
+    assert sent["x-trace"] == f"{request_id} 1 {assistant.model}"
+
+
+async def test_hook_riceball_attempt_finished(with_plugin, fake_openai):
+    ended = []
+
+    class Attempts:
+        @hookimpl
+        def riceball_attempt_finished(self, ctx, target, attempt, error):
+            ended.append((attempt, target.model, None if error is None else (error.status, error.code)))
+
+    gateway, assistant, key = await with_plugin(Attempts())
+    async with gateway.client(assistant.id, key) as client:
+        await client.chat.completions.create(model="x", messages=MESSAGES)
+        fake_openai.error = (400, {"error": {"message": "no", "type": "invalid_request_error", "code": "bad"}})
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    assert ended == [(1, assistant.model, None), (1, assistant.model, (400, "bad"))]
+
+
 async def test_hook_riceball_request_finished(with_plugin, fake_openai):
     outcomes = []
     finished = asyncio.Event()

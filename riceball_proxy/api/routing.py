@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import math
 import random
@@ -26,7 +27,7 @@ from riceball_proxy.context import ChatContext
 from riceball_proxy.db.assistants import Target
 from riceball_proxy.errors import APIError
 from riceball_proxy.providers import adapter_failed
-from riceball_proxy.upstream import UPSTREAM_AUTH_FAILED
+from riceball_proxy.upstream import ATTEMPT_HEADERS, UPSTREAM_AUTH_FAILED
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,24 @@ def refused_derived_field(ctx: ChatContext, error: APIError, body: dict[str, Any
     return None
 
 
+async def _attempt_started(ctx: ChatContext, target: Target) -> contextvars.Token | None:
+    """Announce an attempt to the ``riceball_attempt_started`` hooks; the headers they give are sent
+    with its upstream requests until the returned token is reset (None: none given)."""
+    given = await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_attempt_started", ctx=ctx, target=target,
+                                                      attempt=ctx.attempts)
+    ctx.attempt_announced = True
+    headers = {name: value for extra in given if isinstance(extra, dict) for name, value in extra.items()}
+    return ATTEMPT_HEADERS.set(headers) if headers else None
+
+
+async def _attempt_finished(ctx: ChatContext, target: Target, error: APIError | None) -> None:
+    """Tell the ``riceball_attempt_finished`` hooks how the attempt announced last ended."""
+    if ctx.attempt_announced:
+        ctx.attempt_announced = False
+        await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_attempt_finished", ctx=ctx, target=target,
+                                                  attempt=ctx.attempts, error=error)
+
+
 async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
     """The first answer any target gives: a ``chat.completion`` dict, or for a stream (first payload,
     the rest of the stream). Raises the last target's error when none answered."""
@@ -210,6 +229,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
         ctx.target = target
         body = body_for(ctx, target)
         native = None
+        announced = None
         try:
             adapter = await select_provider(ctx, target.provider_id)
             if "reasoning_details" in ctx.derived_fields and not adapter.reads_reasoning_details:
@@ -226,6 +246,7 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
                     body = chat_with_breakpoints(body)
                 else:
                     native = ctx.dialect.with_breakpoints(native)
+            announced = await _attempt_started(ctx, target)
             async with asyncio.timeout(remaining):
                 if stream:
                     upstream: AsyncIterator[bytes] = (
@@ -250,11 +271,13 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
         except TimeoutError:
             error = deadline_passed(assistant.deadline)
             metrics.attempt(ctx.provider.name if ctx.provider else "-", target.model, "deadline")
+            await _attempt_finished(ctx, target, error)
             break
         except Exception as caught:  # noqa: BLE001 - the boundary: plugin code's failures become APIErrors
             exc = caught if isinstance(caught, APIError) else adapter_failed(
                 ctx.provider.name if ctx.provider else str(target.provider_id), caught)
             error = exc
+            await _attempt_finished(ctx, target, exc)
             refused = native is None and refused_derived_field(ctx, exc, body)
             if refused:  # the gateway's own addition, not the client's: the same target again without it
                 ctx.app[appkeys.REFUSED_FIELDS].add(target, refused)
@@ -278,6 +301,10 @@ async def call_upstream(ctx: ChatContext, *, stream: bool) -> Any:
             if circuits.failed(target, exc, circuits.clock()):
                 metrics.circuit(ctx.provider.name if ctx.provider else "-", target.model, True)
             continue
+        finally:
+            if announced is not None:
+                ATTEMPT_HEADERS.reset(announced)
+        await _attempt_finished(ctx, target, None)
         provider = ctx.selected_provider
         if circuits.succeeded(target):
             metrics.circuit(provider.name, target.model, False)
