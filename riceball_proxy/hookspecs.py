@@ -237,9 +237,8 @@ def riceball_attempt_started(ctx, target, attempt):
     model; ``ctx.selected_provider`` is its provider), ``attempt`` its number (1 for the first; failover
     makes more). Returns headers to add to this attempt's upstream requests (W3C ``traceparent``...), or
     None: every ``UpstreamCall`` the adapter makes meanwhile sends them (beside, never instead of, the
-    adapter's own headers). Runs on the request path, just
-    before the upstream call: keep it to microseconds. *Isolated*: an exception is logged, and the
-    attempt goes on.
+    adapter's own headers). *Awaited*, on the request path, just before the upstream call: keep it to
+    microseconds. *Isolated*: an exception is logged, and the attempt goes on.
     """
 
 
@@ -251,7 +250,7 @@ def riceball_attempt_finished(ctx, target, attempt, error):
     for a stream, answering is its first chunk, and the rest belongs to the call, which
     ``riceball_request_finished`` observes. An attempt cut short by the client leaving (or by the
     gateway's shutdown) gets no call here: ``riceball_request_finished`` then says so
-    (``outcome.client_disconnected``, status 499 or 503). Runs on the request path. *Isolated*.
+    (``outcome.client_disconnected``, status 499 or 503). *Awaited*, on the request path. *Isolated*.
     """
 
 
