@@ -26,8 +26,9 @@ async def save_provider(db, spec: ProviderSpec, *, secret_box: SecretBox | None,
                         id: int | None = None, provider_types: Collection[str] | None = None
                         ) -> providers.Provider | None:
     """Create (no ``id``) or replace a provider; ``api_key`` is the upstream's key itself (None: none,
-    KEEP: the stored one), encrypted with ``secret_box`` (needed only for a key). ``provider_types``, when given, are the types installed plugins offer. None
-    when the provider to replace does not exist."""
+    KEEP: the stored one), encrypted with ``secret_box`` (needed only for a key). ``provider_types``,
+    when given, are the types installed plugins offer. None when the provider to replace does not
+    exist."""
     if provider_types is not None and spec.type not in provider_types:
         raise SpecError([("type", f"no installed plugin offers {spec.type!r} "
                                   f"(installed: {', '.join(sorted(provider_types)) or 'none'})")])
@@ -116,9 +117,10 @@ async def issue_key(db, spec: KeySpec) -> tuple[api_keys.ApiKey, str]:
         raise SpecError([("name", str(exc))]) from None
 
 
-async def save_key(db, spec: KeySpec, id: uuid.UUID) -> api_keys.ApiKey | None:
-    """Change a key's name, scope, expiry and limits (never its secret); None when it does not exist."""
-    fields = await key_fields(db, spec)
+async def save_key(db, spec: KeySpec, id: uuid.UUID, fields: dict[str, Any] | None = None) -> api_keys.ApiKey | None:
+    """Change a key's name, scope, expiry and limits (never its secret); None when it does not exist.
+    ``fields``: what ``key_fields`` made of ``spec``, when the caller has it already."""
+    fields = await key_fields(db, spec) if fields is None else fields
     try:
         return await api_keys.update(db, id, **fields)
     except api_keys.KeyNameTaken as exc:

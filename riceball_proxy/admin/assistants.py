@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import collections
 import uuid
-from decimal import Decimal
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from riceball_proxy import appkeys, services, specs
-from riceball_proxy.admin.forms import Form, limit_values
+from riceball_proxy.admin.forms import Form, field_text, limit_values
 from riceball_proxy.admin.pages import confirm, db_pool, flash, redirect, render
 from riceball_proxy.admin.providers import list_upstream_models
 from riceball_proxy.db import assistants, providers
@@ -78,28 +77,23 @@ PLAIN = tuple(name for name in AssistantSpec.model_fields if name not in SHAPED)
 SWITCHES = frozenset(name for name in PLAIN if AssistantSpec.model_fields[name].annotation is bool)
 
 
-def _text(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else f"{value.normalize():f}" if isinstance(value, Decimal) \
-        else str(value)
-
-
 def _values_of(assistant: assistants.Assistant) -> dict[str, str]:
     """A stored assistant as the form's fields."""
     data = AssistantSpec.of(assistant, collections.defaultdict(str))  # providers by id in the form
-    values = {name: _text(data[name]) for name in PLAIN if name not in SWITCHES and data.get(name) is not None}
+    values = {name: field_text(data[name]) for name in PLAIN if name not in SWITCHES and data.get(name) is not None}
     values |= {name: "on" for name in SWITCHES if data[name]}
     values |= {f"lock_{name}": "on" for name in data["locked"]}
     values |= {
         "provider_id": str(assistant.provider_id), "stop": "\n".join(data.get("stop") or []),
         "extra_params": orjson.dumps(data["extra_params"], option=orjson.OPT_INDENT_2).decode()
         if data["extra_params"] else "",
-        **{f"price_{name}": _text(price) for name, price in (data["prices"] or {}).items()},
+        **{f"price_{name}": field_text(price) for name, price in (data["prices"] or {}).items()},
     }
     for n, target in enumerate(assistant.fallbacks):
         values |= {f"fallback_provider_{n}": str(target.provider_id), f"fallback_model_{n}": target.model,
                    f"fallback_weight_{n}": str(target.weight), f"fallback_priority_{n}": str(target.priority),
                    f"fallback_params_{n}": orjson.dumps(dict(target.params)).decode() if target.params else "",
-                   f"fallback_prices_{n}": ", ".join(_text(price) if price is not None else ""
+                   f"fallback_prices_{n}": ", ".join(field_text(price) if price is not None else ""
                                                      for price in target.prices).rstrip(", ")}
     return values | limit_values(assistant.limits)
 

@@ -9,6 +9,7 @@ lost.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -109,12 +110,17 @@ def limit_field(path: str) -> str | None:
     return path.removeprefix("limits.") if path.startswith("limits.") else None
 
 
+def field_text(value: Any) -> str:
+    """A stored value as a form field shows it: ``0.7``, ``60``, an amount without trailing zeros."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else str(value)
+
+
 def limit_values(limits: Limits) -> dict[str, str]:
     """A key's or an assistant's limits as the form's fields show them."""
-    values = {name: str(getattr(limits, name)) for name in ("rpm", "tpm", "max_parallel", "budget_tokens")
-              if getattr(limits, name) is not None}
-    if limits.budget_usd is not None:
-        values["budget_usd"] = f"{limits.budget_usd.normalize():f}"
+    values = {name: field_text(getattr(limits, name)) for name in ("rpm", "tpm", "max_parallel", "budget_tokens",
+                                                                   "budget_usd") if getattr(limits, name) is not None}
     values["budget_period"] = limits.budget_period
     return values
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from riceball_proxy import services, specs
 from riceball_proxy.cli import lookup, options
-from riceball_proxy.cli.output import CommandError, cell, emit, limits_text, run_db, spec_error, table
+from riceball_proxy.cli.output import CommandError, cell, emit, limits_text, refusal, run_db, spec_error, table
 from riceball_proxy.db import assistants, providers
 from riceball_proxy.db.assistants import EFFORTS
 from riceball_proxy.masking import mask_params
@@ -206,9 +206,7 @@ async def _saved(pool, data: dict[str, Any], id: Any) -> assistants.Assistant:
     try:
         saved = await services.save_assistant(pool, specs.build(AssistantSpec, data), id)
     except SpecError as exc:
-        taken = any(path == "name" for path, _ in exc.problems)
-        raise spec_error(exc, option_of, await assistants.get_by_name(pool, data["name"]) if taken else None) \
-            from None
+        raise await refusal(exc, option_of, lambda: assistants.get_by_name(pool, data["name"])) from None
     if saved is None:
         raise CommandError("this assistant was deleted meanwhile")
     return saved

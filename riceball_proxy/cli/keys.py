@@ -8,7 +8,7 @@ from typing import Any
 
 from riceball_proxy import services, specs
 from riceball_proxy.cli import lookup, options
-from riceball_proxy.cli.output import CommandError, cell, emit, limits_text, run_db, spec_error, table
+from riceball_proxy.cli.output import CommandError, cell, emit, limits_text, refusal, run_db, table
 from riceball_proxy.db import api_keys, assistants, usage_events
 from riceball_proxy.limits import current_period_start
 from riceball_proxy.pricing import key_budget_problem
@@ -73,9 +73,7 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
         try:
             key, secret = await services.issue_key(pool, specs.build(KeySpec, data))
         except SpecError as exc:
-            taken = any(path == "name" for path, _ in exc.problems)
-            raise spec_error(exc, option_of, await api_keys.in_force_named(pool, args.name) if taken else None) \
-                from None
+            raise await refusal(exc, option_of, lambda: api_keys.in_force_named(pool, args.name)) from None
         return key, secret, await _unpriced(pool, key)
 
     key, secret, unknown = run_db(settings, work)
@@ -126,8 +124,7 @@ def cmd_key_update(args: argparse.Namespace, settings: Settings) -> int:
         try:
             key = await services.save_key(pool, specs.build(KeySpec, data), current.id)
         except SpecError as exc:
-            taken = any(path == "name" for path, _ in exc.problems)
-            raise spec_error(exc, option_of, await api_keys.in_force_named(pool, name) if taken else None) from None
+            raise await refusal(exc, option_of, lambda: api_keys.in_force_named(pool, name)) from None
         if key is None:
             raise CommandError("this key was deleted meanwhile")
         return key, await _unpriced(pool, key)

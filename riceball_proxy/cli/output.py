@@ -8,7 +8,7 @@ import datetime
 import decimal
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -37,6 +37,14 @@ def spec_error(exc: SpecError, option_of: Callable[[str], str], existing: Any = 
     lines = [f"{option_of(path)}: {message}" for path, message in exc.problems]
     text = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
     return CommandError(text, {"problems": lines} | ({"id": existing.id} if existing is not None else {}))
+
+
+async def refusal(exc: SpecError, option_of: Callable[[str], str],
+                  named: Callable[[], Awaitable[Any]]) -> CommandError:
+    """``spec_error`` for a save the services refused; when the name was the problem, ``named()`` finds
+    the object that has it."""
+    taken = any(path == "name" for path, _ in exc.problems)
+    return spec_error(exc, option_of, await named() if taken else None)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from riceball_proxy import crypto, services, specs
 from riceball_proxy.cli import lookup, options
-from riceball_proxy.cli.output import CommandError, emit, read_stdin_secret, run_db, spec_error, table
+from riceball_proxy.cli.output import CommandError, emit, read_stdin_secret, refusal, run_db, table
 from riceball_proxy.db import providers
 from riceball_proxy.masking import mask_url
 from riceball_proxy.plugins import make_plugin_manager
@@ -110,9 +110,8 @@ def _save(args: argparse.Namespace, settings: Settings, ref: str | None, given: 
                 pool, spec, secret_box=box, api_key=api_key, id=None if current is None else current.id,
                 provider_types=[*types, *([current.type] if current is not None else [])])
         except SpecError as exc:
-            taken = any(path == "name" for path, _ in exc.problems)
-            raise spec_error(exc, lambda path: f"--{path.replace('_', '-')}" if path else "the provider",
-                             await providers.get_by_name(pool, data["name"]) if taken else None) from None
+            raise await refusal(exc, lambda path: f"--{path.replace('_', '-')}" if path else "the provider",
+                                lambda: providers.get_by_name(pool, data["name"])) from None
 
     provider = run_db(settings, work)
     if provider is None:

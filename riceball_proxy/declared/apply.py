@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 import logging
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,6 +24,7 @@ from riceball_proxy.db.migrate import MIGRATION_LOCK_ID
 from riceball_proxy.declared.schema import ConfigFile, ConfigFileError
 from riceball_proxy.limits import Limits
 from riceball_proxy.masking import mask_params, mask_url
+from riceball_proxy.providers import ProviderType
 from riceball_proxy.specs import PricesSpec, SpecError
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class _DryRun(Exception):
 
 
 async def apply(pool, config: ConfigFile, *, secrets: dict[str, str | None], secret_box: SecretBox,
-                provider_types: Collection[str] | None = None, prune: bool = False, dry_run: bool = False,
+                provider_types: Mapping[str, ProviderType] | None = None, prune: bool = False, dry_run: bool = False,
                 warnings: Sequence[str] = ()) -> Outcome:
     """Apply ``config`` in one transaction (rolled back when ``dry_run``); ConfigFileError names what the
     file asks that cannot be (an unknown provider, a price missing under a USD budget...)."""
@@ -106,7 +107,7 @@ async def apply(pool, config: ConfigFile, *, secrets: dict[str, str | None], sec
 
 
 async def sync(conn: asyncpg.Connection, config: ConfigFile, *, secrets: dict[str, str | None],
-               secret_box: SecretBox, provider_types: Collection[str] | None = None, prune: bool = False,
+               secret_box: SecretBox, provider_types: Mapping[str, ProviderType] | None = None, prune: bool = False,
                warnings: Sequence[str] = (), create_keys: bool = True) -> Outcome:
     """Apply ``config`` on ``conn``, whose transaction the caller holds (and commits or rolls back).
     Without ``create_keys``, keys the database lacks are left out with a warning (their secret would have
@@ -223,7 +224,7 @@ class _Sync:
             if saved is None:  # deleted meanwhile: this transaction holds no lock on it
                 raise ConfigFileError([f"provider {spec.name!r} was deleted while the file was applied"])
             self.providers[spec.name] = saved
-            provider_type = self.types.get(spec.type) if isinstance(self.types, Mapping) else None  # by name
+            provider_type = None if self.types is None else self.types.get(spec.type)
             warning = provider_type.base_url_warning(spec.base_url) if provider_type is not None else None
             if warning:
                 self.outcome.warnings.append(f"providers[{index}].base_url: {warning}")
@@ -297,7 +298,7 @@ class _Sync:
                 if not fields:
                     self._note("key", spec.name, current.id, "unchanged")
                     continue
-                await services.save_key(self.conn, spec, current.id)
+                await services.save_key(self.conn, spec, current.id, wanted)
             except SpecError as exc:
                 self.problems += exc.lines(f"keys[{index}]")
                 continue
@@ -370,7 +371,7 @@ def _shown(name: str, value: Any, names: dict | None) -> Any:
     return value
 
 
-def start_up_applier(settings, secret_box: SecretBox, provider_types: Collection[str]):
+def start_up_applier(settings, secret_box: SecretBox, provider_types: Mapping[str, ProviderType]):
     """What the gateway runs at start, under the migration lock, when ``RICEBALL_CONFIG_FILE`` is set:
     the file applied (read and checked at once, so that a bad file stops the start before anything)."""
     from riceball_proxy.declared.schema import load, resolve_secrets

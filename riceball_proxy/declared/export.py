@@ -76,13 +76,13 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
         item = AssistantSpec.of(assistant, provider_names)
         item["extra_params"] = _referenced(item["extra_params"], secret_params(assistant.extra_params),
                                            assistant.name, variables)
-        item["limits"] = _limits(assistant.limits)
-        item["prices"] = _prices(assistant.prices) or None
+        item["limits"] = _amounts(item["limits"])
+        item["prices"] = item["prices"] and _amounts(item["prices"])
         item["fallbacks"] = [
             _without_defaults(TargetSpec, spec | {
                 "params": _referenced(spec["params"], secret_params(target.params), f"{assistant.name} {target.model}",
                                       variables),
-                "prices": _prices(target.prices) or None})
+                "prices": spec["prices"] and _amounts(spec["prices"])})
             for spec, target in zip(item["fallbacks"], assistant.fallbacks)]
         data["assistants"].append({name: value for name, value in _without_defaults(AssistantSpec, item).items()
                                    if value not in ({}, [])})
@@ -94,7 +94,7 @@ async def export(db) -> tuple[dict[str, Any], list[str]]:
             item["assistants"] = [assistant_names[i] for i in key.assistant_ids if i in assistant_names]
         if key.expires_at is not None:
             item["expires_at"] = key.expires_at
-        limits = _limits(key.limits)
+        limits = _amounts(LimitsSpec.of(key.limits))
         if limits:
             item["limits"] = limits
         data["keys"].append(item)
@@ -107,18 +107,9 @@ def _without_defaults(spec, values: dict[str, Any]) -> dict[str, Any]:
             if not (name in fields and fields[name].default == value)}
 
 
-def _limits(limits) -> dict[str, Any]:
-    values = {name: getattr(limits, name) for name in LimitsSpec.model_fields}
-    if values["budget_usd"] is not None:
-        values["budget_usd"] = _amount(values["budget_usd"])
-    return {name: value for name, value in values.items()
-            if value is not None and not (name == "budget_period" and value == "month")}
-
-
-def _prices(prices) -> dict[str, Any]:
-    """Prices (input, output, cache read, cache write) as a ``prices`` entry, those not set left out."""
-    return {name: _amount(price) for name, price in zip(("input", "output", "cached_input", "cache_write"), prices)
-            if price is not None}
+def _amounts(values: dict[str, Any]) -> dict[str, Any]:
+    """A spec's data (limits, prices) with each amount as the file writes it."""
+    return {name: _amount(value) if isinstance(value, Decimal) else value for name, value in values.items()}
 
 
 def _amount(value: Decimal) -> Decimal:
