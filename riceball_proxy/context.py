@@ -33,6 +33,8 @@ class Principal:
     limits: Limits | None = None
     #: The admin calling from the panel's playground (no API key), or None.
     admin_id: int | None = None
+    #: The key's display prefix (``sk-...``, as the admin panel shows it), to name it where its id would not do.
+    key_prefix: str | None = None
 
     def allows(self, assistant_id: uuid.UUID) -> bool:
         """True when this caller may use that assistant."""
@@ -44,6 +46,8 @@ BULKY_FIELDS = frozenset({"messages", "system", "tools", "functions", "response_
                           "metadata"})
 #: The largest token count a usage row stores (the columns are PostgreSQL ``integer``).
 MAX_TOKEN_COUNT = 2**31 - 1
+#: The most finish reasons noted for one answer (one per choice: ``n`` is at most 128).
+MAX_FINISH_REASONS = 128
 
 
 @dataclasses.dataclass
@@ -173,6 +177,13 @@ class ChatContext:
     stream_state: Any = None
     #: Tool names the dialect renamed for the internal form, and back (``dialects.anthropic_messages.ToolNames``).
     tool_names: Any = None
+    #: What the upstream said of its answer, as the gateway read it on its way: the answer's id, the
+    #: model that answered, and why each choice ended (``stop``, ``length``, Anthropic's ``end_turn``...).
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    #: The trace the call belongs to (32 hex digits), when a tracing plugin says so: in its access-log line.
+    trace_id: str | None = None
 
     @property
     def resolved_assistant(self) -> Assistant:
@@ -209,6 +220,24 @@ class ChatContext:
         self.body = {name: value for name, value in self.body.items() if name not in BULKY_FIELDS}
         self.client_body = {name: value for name, value in self.client_body.items() if name not in BULKY_FIELDS}
         self.native_body = None
+
+    def note_answer(self, answer_id: Any, model: Any, finish_reasons: Any = ()) -> None:
+        """Note what the upstream said of its answer (the first id and model said win; each finish
+        reason is added); whatever is not a string is left out."""
+        if self.response_id is None and type(answer_id) is str:
+            self.response_id = answer_id[:256]
+        if self.response_model is None and type(model) is str:
+            self.response_model = model[:256]
+        for reason in finish_reasons:
+            if type(reason) is str and len(self.finish_reasons) < MAX_FINISH_REASONS:
+                self.finish_reasons += (reason[:64],)
+
+    def note_chunk(self, chunk: dict[str, Any]) -> None:
+        """Note what a ``chat.completion`` or ``chat.completion.chunk`` says of the answer."""
+        choices = chunk.get("choices")
+        self.note_answer(chunk.get("id"), chunk.get("model"),
+                         [choice.get("finish_reason") for choice in choices if type(choice) is dict]
+                         if type(choices) is list else ())
 
     def record_usage(self, usage: Any) -> None:
         """Take the token counts of an OpenAI ``usage`` object (see :meth:`Usage.from_openai`)."""

@@ -78,6 +78,21 @@ def riceball_shutdown(app):
     """
 
 
+# --- 0. a call arrives ------------------------------------------------------------------------------
+
+
+@hookspec
+@runs("all", isolated=True)
+def riceball_request_started(request, ctx):
+    """Observes an API call as it arrives, before anything is checked: ``request`` is the
+    ``aiohttp.web.Request`` (its headers: an inbound W3C ``traceparent``...), ``ctx`` the call's new
+    ``ChatContext`` (``ctx.request_id``, ``ctx.started_at``; nothing else is known yet). Every call that
+    ``riceball_request_finished`` will observe is announced here first, refused ones included. Set
+    ``ctx.trace_id`` to name the trace the call belongs to in its access-log line. *Awaited*, on the
+    request path: keep it to microseconds. *Isolated*: an exception is logged, and the call goes on.
+    """
+
+
 # --- 1. authenticate ------------------------------------------------------------------------------
 
 

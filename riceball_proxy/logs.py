@@ -81,6 +81,8 @@ class AccessLogger(AbstractAccessLogger):
                 fields["ttft_ms"] = round((ctx.first_token_at - ctx.started_at) * 1000, 2)
             if ctx.error is not None:
                 fields["error"] = ctx.error.type
+            if ctx.trace_id is not None:  # the line leads to the call's trace
+                fields["trace_id"] = ctx.trace_id
         client_request_id = request.get(appkeys.CLIENT_REQUEST_ID)
         if client_request_id is not None:
             fields["client_request_id"] = client_request_id

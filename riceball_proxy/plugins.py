@@ -30,6 +30,8 @@ DEFAULT_PLUGINS = (
     "riceball_proxy.builtin.metrics",
     "riceball_proxy.builtin.usage_recorder",
 )
+#: The built-in plugin registered only when ``Settings.otel`` asks for OpenTelemetry.
+TRACING_PLUGIN = "riceball_proxy.builtin.tracing"
 
 
 class PluginManager(pluggy.PluginManager):
@@ -163,6 +165,8 @@ def make_plugin_manager(settings: Settings, *, entry_points: bool = True) -> Plu
     for module_name in DEFAULT_PLUGINS:
         if not pm.is_blocked(module_name):
             pm.register(importlib.import_module(module_name), name=module_name)
+    if settings.otel is not None and not pm.is_blocked(TRACING_PLUGIN):
+        pm.register(importlib.import_module(TRACING_PLUGIN).plugin(settings.otel), name=TRACING_PLUGIN)
     if entry_points:
         load_entry_point_plugins(pm, settings.plugins)
     if settings.trace_plugins:
@@ -235,7 +239,7 @@ def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
             continue
         if name in pm.distributions:
             distribution, version = pm.distributions[name]
-        elif name in DEFAULT_PLUGINS:
+        elif name in DEFAULT_PLUGINS or name == TRACING_PLUGIN:
             distribution, version = "riceball-proxy", __version__
         else:
             distribution, version = None, None
@@ -243,7 +247,7 @@ def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
         described.append(
             {
                 "name": name,
-                "builtin": name in DEFAULT_PLUGINS,
+                "builtin": name in DEFAULT_PLUGINS or name == TRACING_PLUGIN,
                 "distribution": distribution,
                 "version": version,
                 "hooks": hooks,

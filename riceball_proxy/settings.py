@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -15,6 +16,84 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 class SettingsError(ValueError):
     """A ``RICEBALL_*`` variable holds a value the gateway cannot use; the message names it."""
+
+
+#: What ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` may say; ``true`` and ``false`` (the older
+#: instrumentations' words) are read as ``SPAN_ONLY`` and ``NO_CONTENT``.
+CAPTURE_CONTENT = ("NO_CONTENT", "SPAN_ONLY", "EVENT_ONLY", "SPAN_AND_EVENT")
+#: The OTLP protocols the exporters speak; ``grpc`` needs opentelemetry-exporter-otlp-proto-grpc installed.
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Telemetry:
+    """OpenTelemetry, read from the standard ``OTEL_*`` variables (``riceball_proxy.builtin.tracing``):
+    where spans and GenAI metrics go (``otlp``, ``console``), over which OTLP protocol, and whether
+    message contents go with them. The exporters read their own variables (endpoint, headers, timeout,
+    certificates), and the tracer its sampler (``OTEL_TRACES_SAMPLER``)."""
+
+    traces: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    traces_protocol: str = "http/protobuf"
+    metrics_protocol: str = "http/protobuf"
+    capture_content: str = "NO_CONTENT"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Telemetry | None:
+        """What the variables ask for; None when they ask for nothing (then nothing of OpenTelemetry runs).
+
+        Traces go out when ``OTEL_TRACES_EXPORTER`` says so, or when it is unset and an OTLP endpoint is
+        (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); metrics only when
+        ``OTEL_METRICS_EXPORTER`` says so (Prometheus' ``/metrics`` is served anyway).
+        ``OTEL_SDK_DISABLED=true`` turns both off."""
+
+        def get(name: str) -> str:
+            return env.get(name, "").strip()
+
+        if get("OTEL_SDK_DISABLED").lower() == "true":
+            return None
+        endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        traces = _exporters(get("OTEL_TRACES_EXPORTER"), "OTEL_TRACES_EXPORTER", "otlp" if endpoint else "")
+        metrics = _exporters(get("OTEL_METRICS_EXPORTER"), "OTEL_METRICS_EXPORTER", "")
+        capture = get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT").upper() or "NO_CONTENT"
+        capture = {"TRUE": "SPAN_ONLY", "FALSE": "NO_CONTENT"}.get(capture, capture)
+        if capture not in CAPTURE_CONTENT:
+            raise SettingsError("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT must be one of "
+                                f"{', '.join(CAPTURE_CONTENT)}")
+        protocols = {}
+        for signal, exporters in (("TRACES", traces), ("METRICS", metrics)):
+            name = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
+            protocol = get(name).lower() or get("OTEL_EXPORTER_OTLP_PROTOCOL").lower() or "http/protobuf"
+            if "otlp" in exporters:
+                if protocol not in OTLP_PROTOCOLS:
+                    raise SettingsError(f"{name if get(name) else 'OTEL_EXPORTER_OTLP_PROTOCOL'} must be "
+                                        f"{' or '.join(OTLP_PROTOCOLS)}")
+                if protocol == "grpc" and not _installed(GRPC_EXPORTER):
+                    raise SettingsError("OTLP over gRPC needs its exporter: pip install "
+                                        "opentelemetry-exporter-otlp-proto-grpc (or use http/protobuf, the default)")
+            protocols[signal] = protocol
+        if not traces and not metrics:
+            return None
+        return cls(traces=traces, metrics=metrics, traces_protocol=protocols["TRACES"],
+                   metrics_protocol=protocols["METRICS"], capture_content=capture)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _exporters(raw: str, name: str, default: str) -> tuple[str, ...]:
+    """The exporters a comma-separated ``OTEL_*_EXPORTER`` names (``none``: none; ``prometheus``: the
+    gateway's own ``/metrics``, nothing more)."""
+    names = [part.strip().lower() for part in (raw or default).split(",") if part.strip()]
+    unknown = [part for part in names if part not in ("otlp", "console", "none", "prometheus")]
+    if unknown:
+        raise SettingsError(f"{name} must be otlp, console or none (not {unknown[0]!r})")
+    return tuple(dict.fromkeys(part for part in names if part in ("otlp", "console")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +156,8 @@ class Settings:
     trace_plugins: bool = False
     #: Networks of the proxies whose X-Forwarded-For names the client (none: the peer is the client).
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: OpenTelemetry traces and metrics (from the ``OTEL_*`` variables); None: off, and nothing of it runs.
+    otel: Telemetry | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -157,6 +238,7 @@ class Settings:
             config_prune=config_prune == "on",
             trace_plugins=(get("RICEBALL_TRACE_PLUGINS") or "0").lower() in ("1", "on", "true", "yes"),
             trusted_proxies=_networks(get("RICEBALL_TRUSTED_PROXIES") or ""),
+            otel=Telemetry.from_env(env),
         )
 
     @property

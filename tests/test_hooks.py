@@ -223,6 +223,31 @@ async def test_hook_riceball_transform_response(shouting_client):
     assert completion.choices[0].message.content == "HELLO FROM THE FAKE UPSTREAM"
 
 
+async def test_hook_riceball_request_started(with_plugin, fake_openai):
+    started = []
+
+    class Arrivals:
+        @hookimpl
+        def riceball_request_started(self, request, ctx):
+            started.append((request.headers.get("x-caller"), ctx.request_id, ctx.assistant, ctx.principal))
+
+    class Broken:
+        @hookimpl
+        def riceball_request_started(self, request, ctx):
+            raise RuntimeError("a bug")  # isolated: logged, the call goes on
+
+    gateway, assistant, key = await with_plugin(Arrivals())
+    gateway.app[appkeys.PLUGIN_MANAGER].register(Broken(), name="broken")
+    async with gateway.client(assistant.id, key, default_headers={"x-caller": "me"}) as client:
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+    async with gateway.client(assistant.id, "sk-unknown") as client:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await client.chat.completions.create(model="x", messages=MESSAGES)
+    # Announced before anything is known of the call, refused ones too.
+    assert started == [("me", answer.headers["x-request-id"], None, None),
+                       (None, refused.value.response.headers["x-request-id"], None, None)]
+
+
 async def test_hook_riceball_attempt_started(with_plugin, fake_openai):
     class Headers:
         @hookimpl

@@ -72,8 +72,12 @@ async def whole_answer(ctx: ChatContext) -> dict:
     ctx.first_token_at = time.perf_counter()
     if ctx.served_natively:
         ctx.record_usage(ctx.dialect.native_usage(answer.get("usage") if isinstance(answer, dict) else None))
+        if isinstance(answer, dict):
+            ctx.dialect.note_native_answer(ctx, answer)
         return answer
     ctx.record_usage(answer.get("usage") if isinstance(answer, dict) else None)
+    if isinstance(answer, dict):
+        ctx.note_chunk(answer)
     if ctx.usage.prompt_tokens is None and isinstance(answer, dict):  # to estimate what it used
         ctx.relayed_chars = answer_chars(answer.get("choices"), "message")
     return await ctx.app[appkeys.PLUGIN_MANAGER].run("riceball_transform_response", ctx=ctx, response=answer)

@@ -54,6 +54,7 @@ async def observe(request: web.Request, handler, *args, request_id: str | None =
     ctx = ChatContext(request_id=request_id or request[appkeys.REQUEST_ID], app=app,
                       client_addr=client_address(request))
     request[CHAT_CONTEXT] = ctx
+    await app[appkeys.PLUGIN_MANAGER].run("riceball_request_started", request=request, ctx=ctx)
     in_flight = app[appkeys.IN_FLIGHT]
     task = request.task
     in_flight.add(task, ctx)

@@ -33,4 +33,5 @@ async def riceball_authenticate(request, assistant_id):
         assistant_ids=None if key.assistant_ids is None else frozenset(key.assistant_ids),
         refused=None if status == "active" else f"This API key is {status}.",
         limits=key.limits or None,
+        key_prefix=key.prefix,
     )

@@ -73,6 +73,9 @@ class Dialect:
         """A native answer's usage as Chat Completions usage (what ``ctx.record_usage`` reads)."""
         return usage
 
+    def note_native_answer(self, ctx: ChatContext, answer: dict[str, Any]) -> None:
+        """Note a native answer's id, model and finish reasons (``ctx.note_answer``)."""
+
     async def answer(self, ctx: ChatContext, answer: dict[str, Any]) -> dict[str, Any]:
         """A whole answer as the client gets it: ``answer`` is the native answer when the call was served
         natively (``ctx.served_natively``), else a ``chat.completion`` (transformed by the plugins)."""

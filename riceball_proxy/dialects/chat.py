@@ -48,8 +48,11 @@ async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> Async
     """The fast path: the adapter's chunks forwarded as they are, looked into only for usage."""
     strip_null_usage = not ctx.client_wants_usage
     async for payload in payloads:
-        if _may_carry_usage(payload) and not _keep_after_usage(ctx, orjson.loads(payload)):
-            continue
+        if _may_carry_usage(payload):
+            if not _keep_after_usage(ctx, orjson.loads(payload)):
+                continue
+        elif b'"finish_reason":"' in payload or b'"finish_reason": "' in payload:
+            ctx.note_chunk(orjson.loads(payload))  # once or so a stream: the chunk that ends a choice
         # What the client gets is counted as it goes: if the upstream never reports usage (or the
         # client leaves first), the call is charged an estimate of it. About a microsecond a chunk.
         ctx.relayed_chars += chunk_chars(payload)
@@ -83,6 +86,7 @@ def _may_carry_usage(payload: bytes) -> bool:
 
 def _keep_after_usage(ctx: ChatContext, chunk: dict[str, Any]) -> bool:
     """Record the usage a chunk carries; False for the usage-only chunk the client did not ask for."""
+    ctx.note_chunk(chunk)
     usage = chunk.get("usage")
     if usage is None:
         return True

@@ -31,6 +31,7 @@ def transformed_chunks(
             chunk = orjson.loads(payload)
             if chunk.get("usage") is not None:
                 ctx.record_usage(chunk["usage"])
+            ctx.note_chunk(chunk)
             ctx.relayed_chars += answer_chars(chunk.get("choices"), "delta")
             yield chunk
 

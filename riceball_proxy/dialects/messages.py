@@ -74,6 +74,9 @@ class Messages(Dialect):
     def native_usage(self, usage: Any) -> Any:
         return wire.usage_to_chat(usage) if isinstance(usage, dict) else usage
 
+    def note_native_answer(self, ctx, answer: dict[str, Any]) -> None:
+        ctx.note_answer(answer.get("id"), answer.get("model"), [answer.get("stop_reason")])
+
     async def answer(self, ctx, answer: dict[str, Any]) -> dict[str, Any]:
         if ctx.served_natively:
             return answer
@@ -94,10 +97,15 @@ class Messages(Dialect):
                 delta = data.get("delta") or {}
                 ctx.relayed_chars += len(delta.get("text") or delta.get("partial_json") or delta.get("thinking") or "")
             elif kind == "message_start":
-                usage.update((data.get("message") or {}).get("usage") or {})
+                message = data.get("message") or {}
+                usage.update(message.get("usage") or {})
+                ctx.note_answer(message.get("id"), message.get("model"))
             elif kind == "message_delta":
                 usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
                 ctx.record_usage(wire.usage_to_chat(usage))
+                delta = data.get("delta")
+                if type(delta) is dict:
+                    ctx.note_answer(None, None, [delta.get("stop_reason")])
             yield b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
     async def _rendered_events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

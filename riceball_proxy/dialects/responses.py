@@ -51,6 +51,12 @@ class Responses(Dialect):
     def native_usage(self, usage: Any) -> Any:
         return wire.usage_to_chat(usage)
 
+    def note_native_answer(self, ctx, answer: dict[str, Any]) -> None:
+        """A response's finish reason: why it is incomplete (``max_output_tokens``...), else its status."""
+        details = answer.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        ctx.note_answer(answer.get("id"), answer.get("model"), [reason or answer.get("status")])
+
     async def answer(self, ctx, answer: dict[str, Any]) -> dict[str, Any]:
         if ctx.served_natively:
             return answer
@@ -80,6 +86,8 @@ class Responses(Dialect):
                 state.response_id = data["response"]["id"]
             elif kind in ("response.completed", "response.incomplete"):
                 ctx.record_usage(wire.usage_to_chat((data.get("response") or {}).get("usage")))
+                if isinstance(data.get("response"), dict):
+                    self.note_native_answer(ctx, data["response"])
             yield b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
     async def _rendered_events(self, ctx, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
