@@ -1,7 +1,7 @@
 """CPU time the gateway process spends per request, for comparing two versions of the code on a noisy machine.
 
     python -m benchmarks.cpu_per_request [--stream] [--runs 3] [--seconds 8] [--tree PATH ...]
-                                         [--limits memory|redis|postgres] [--floor] [--workers N]
+                                         [--limits memory|redis|postgres] [--floor] [--workers N] [--traced]
 
 Each run starts the fake upstream and a one-worker gateway (from the working tree, or from each
 ``--tree``: a checkout of another commit, put first on ``PYTHONPATH``), loads it with
@@ -10,12 +10,14 @@ counted. ``--limits`` gives the key every kind of limit (none ever reached), wit
 backend (Redis: ``RICEBALL_BENCH_REDIS_URL``). ``--floor`` measures the bare aiohttp proxy
 (``benchmarks.minimal_proxy``) the same way in each run, alone and doing the work no gateway can skip
 (``--gateway-work``): the least any aiohttp gateway spends. ``--workers N`` serves with N processes and
-adds up their CPU (the floors too). Runs alternate, so that a machine that slows down or speeds up does
+adds up their CPU (the floors too). ``--traced`` also measures the working tree with OpenTelemetry on
+(every call sampled; its spans exported to ``benchmarks.otlp_sink`` on loopback, and counted). Runs alternate, so that a machine that slows down or speeds up does
 so for all. Prints one line per run and the mean of each.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -31,9 +33,12 @@ from benchmarks.run import (
     ROOT,
     bench_database,
     free_port,
+    otlp_sink,
     process_tree_cpu,
     riceball,
     running,
+    spans_received,
+    traced_env,
     upstream_provider,
     wrk_output,
 )
@@ -67,13 +72,26 @@ def floor_run(stream: bool, seconds: int, workdir: Path, gateway_work: bool = Fa
 
 
 def one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path,
-            limits: str | None = None, workers: int = 1) -> tuple[float, float]:
+            limits: str | None = None, workers: int = 1, traced: bool = False) -> tuple[float, float]:
     """(requests/s, gateway CPU µs per request) for the code in ``tree`` (None: this working tree)."""
+    with contextlib.ExitStack() as stack:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RICEBALL_", "OTEL_"))}
+        sink_url = stack.enter_context(otlp_sink(env, workdir)) if traced else None
+        result = _one_run(tree, stream, seconds, workdir, limits, workers, sink_url)
+        if sink_url is not None:
+            print(f"  (the collector received {spans_received(sink_url):,} spans)", flush=True)
+        return result
+
+
+def _one_run(tree: Path | None, stream: bool, seconds: int, workdir: Path, limits: str | None, workers: int,
+             sink_url: str | None) -> tuple[float, float]:
     with bench_database() as database_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RICEBALL_", "OTEL_"))}
         env |= {"RICEBALL_DATA_DIR": str(workdir / f"var-{uuid.uuid4().hex[:8]}"), "RICEBALL_PLUGINS": "none"}
         if database_url:
             env["RICEBALL_DATABASE_URL"] = database_url
+        if sink_url is not None:
+            env |= traced_env(sink_url)
         if tree is not None:
             env["PYTHONPATH"] = str(tree)
         if limits is not None:
@@ -108,10 +126,11 @@ def main() -> None:
                         help="another checkout to measure beside this working tree (repeatable)")
     parser.add_argument("--floor", action="store_true", help="also measure the bare aiohttp proxy")
     parser.add_argument("--workers", type=int, default=1, help="gateway processes (this working tree only)")
+    parser.add_argument("--traced", action="store_true", help="also the working tree with OpenTelemetry on")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    trees: list[Path | None] = [None, *args.tree]
+    trees: list[Path | str | None] = [None, *args.tree, *(["traced"] if args.traced else [])]
     results: dict[str, list[float]] = {str(tree or "working tree"): [] for tree in trees}
     floors = {"bare aiohttp proxy": False, "bare proxy + a gateway's least work": True} if args.floor else {}
     for name in floors:
@@ -120,8 +139,9 @@ def main() -> None:
     for run in range(args.runs):
         for tree in trees:
             name = str(tree or "working tree")
-            rps, micros = one_run(tree, args.stream, args.seconds, workdir, args.limits if tree is None else None,
-                                  args.workers if tree is None else 1)
+            mine = tree is None or tree == "traced"
+            rps, micros = one_run(None if mine else Path(tree or ""), args.stream, args.seconds, workdir,
+                                  args.limits if mine else None, args.workers if mine else 1, tree == "traced")
             results[name].append(micros)
             print(f"run {run + 1} {name}: {rps:,.0f} requests/s, {micros:,.0f} µs of gateway CPU per request",
                   flush=True)

@@ -91,6 +91,25 @@ def running(argv: list[str], env: dict, ready_url: str, log: Path):
 
 
 @contextmanager
+def otlp_sink(env: dict, workdir: Path):
+    """``benchmarks.otlp_sink`` running; yields the URL it answers its span count at."""
+    port = free_port()
+    with running([sys.executable, "-m", "benchmarks.otlp_sink", "--port", str(port)], env | {"PYTHONPATH": str(ROOT)},
+                 f"http://127.0.0.1:{port}/spans", workdir / "otlp-sink.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def traced_env(sink_url: str) -> dict[str, str]:
+    """The variables that turn tracing on, every call sampled, its spans sent to ``sink_url``."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_TRACES_SAMPLER": "always_on"}
+
+
+def spans_received(sink_url: str) -> int:
+    with urllib.request.urlopen(f"{sink_url}/spans", timeout=10) as answer:
+        return int(answer.read())
+
+
+@contextmanager
 def bench_database():
     """A fresh database on the machine's PostgreSQL when it answers (dropped afterwards), else none (embedded)."""
     server = os.environ.get("RICEBALL_BENCH_DATABASE_URL", DEFAULT_SERVER)
@@ -363,7 +382,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="riceball-bench-"))
     rows: list[tuple[str, str, str, str]] = []
     with bench_database() as database_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RICEBALL_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RICEBALL_", "OTEL_"))}
         env |= {"RICEBALL_DATA_DIR": str(workdir / "var"), "RICEBALL_PLUGINS": "none"}
         if database_url:
             env["RICEBALL_DATABASE_URL"] = database_url
@@ -416,6 +435,14 @@ def main() -> None:
                     else:
                         results["rps_workers"] = wrk(through(fast, port), auth, plain, 64, seconds, workdir,
                                                      gateway.pid)
+            # OpenTelemetry on, every call sampled, its spans exported to a collector on loopback.
+            with otlp_sink(env, workdir) as sink_url:
+                port = free_port()
+                with running([*RICEBALL, "serve", "--port", str(port)], env | traced_env(sink_url),
+                             f"http://127.0.0.1:{port}/healthz", workdir / "gateway-traced.log") as gateway:
+                    for name, body in (("rps_traced", plain), ("rps_stream_traced", streamed)):
+                        results[name] = wrk(through(fast, port), auth, body, 64, seconds, workdir, gateway.pid)
+                results["traced_spans"] = spans_received(sink_url)
             for backend in ("memory", "redis", "postgres"):
                 backend_env = env | {"RICEBALL_LIMITS_BACKEND": backend}
                 if backend == "redis":
@@ -501,6 +528,12 @@ def main() -> None:
         rows.append((f"CPU per request, c=64, {label}", f"{gateway.cpu_us:,.0f} µs",
                      f"bare proxy {floor.cpu_us:,.0f} µs, bare proxy with a gateway's least work "
                      f"{least.cpu_us:,.0f} µs", ""))
+    for name, label in (("rps", "non-stream"), ("rps_stream", "stream of 20 chunks")):
+        untraced, traced = results[name][1], results[f"{name}_traced"]
+        rows.append((f"CPU per request, c=64, {label}, traced", f"{traced.cpu_us:,.0f} µs",
+                     f"untraced {untraced.cpu_us:,.0f} µs (+{traced.cpu_us - untraced.cpu_us:,.0f} µs); every call "
+                     f"sampled, {results['traced_spans']:,} spans received by a collector on loopback; "
+                     f"{traced.rps:,.0f}/s, errors {traced.errors}", ""))
     one_worker, two_workers = results["rps"][1], results["rps_workers"]
     floor_one, floor_two = results["rps_floor"], results["rps_workers_floor"]
     rows.append(("CPU per request, c=64, non-stream, --workers 2", f"{two_workers.cpu_us:,.0f} µs",

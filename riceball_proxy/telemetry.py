@@ -9,6 +9,9 @@ own: the event loop only hands them over, and a collector that is slow or away c
 from __future__ import annotations
 
 import functools
+import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,6 +86,53 @@ def _metric_exporter(name: str, protocol: str) -> MetricExporter:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     return OTLPMetricExporter()
+
+
+#: The SDK's loggers that speak once a span or a batch while a collector is away ("Queue full, dropping
+#: span", "Failed to export"): each of their messages is let through once a minute at most.
+SDK_LOGGERS = (
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+)
+
+
+class OncePerMinute(logging.Filter):
+    """Lets each message (a logger's format string) through at once, then once a minute at most, saying
+    how many like it were held back meanwhile: a collector away for an hour is a few lines, not millions."""
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()  # exporters log from their own threads
+        #: (logger, format string) -> [when last let through, held back since]; as many as the SDK has messages.
+        self._seen: dict[tuple[str, Any], list] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get((record.name, record.msg))
+            if seen is not None and now - seen[0] < self.INTERVAL:
+                seen[1] += 1
+                return False
+            self._seen[(record.name, record.msg)] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} (and {seen[1]} more like it in the last minute)"
+        return True
+
+
+_SDK_FILTER = OncePerMinute()
+
+
+def quiet_sdk_logs() -> None:
+    """Put the once-a-minute filter on the SDK's talkative loggers (once for the process)."""
+    for name in SDK_LOGGERS:
+        sdk_logger = logging.getLogger(name)
+        if _SDK_FILTER not in sdk_logger.filters:
+            sdk_logger.addFilter(_SDK_FILTER)
 
 
 # --- what a call is, in the GenAI conventions' names ------------------------------------------------------

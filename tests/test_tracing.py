@@ -122,6 +122,19 @@ class Collector:
                 pass
 
 
+def tree(spans: list[Span], shown=("error.type", "riceball.attempt", "riceball.attempts", "gen_ai.provider.name",
+                                   "gen_ai.response.model", "gen_ai.usage.input_tokens",
+                                   "gen_ai.usage.output_tokens", "http.response.status_code")) -> str:
+    """A trace's spans as a tree, one line each: name, kind, duration and the attributes ``shown``."""
+    kinds = {SERVER: "SERVER", CLIENT: "CLIENT"}
+    lines = []
+    for span in spans:
+        attributes = " ".join(f"{name}={span.attributes[name]}" for name in shown if name in span.attributes)
+        line = f"{span.name}  [{kinds.get(span.kind, span.kind)}]  {(span.end_ns - span.start_ns) / 1e6:.1f} ms  {attributes}"
+        lines.append(line if span.kind == SERVER else ("└─ " if span is spans[-1] else "├─ ") + line)
+    return "\n".join(lines)
+
+
 @pytest.fixture
 async def collector(aiohttp_server):
     collector = Collector()
@@ -307,6 +320,7 @@ async def test_a_failed_over_call_shows_each_attempt(traced, fake_openai, second
         if stream:
             [chunk async for chunk in answer.parse()]
     server, failed, answered = await collector.trace_of(answer.headers["x-request-id"], spans=3)
+    print(tree([server, failed, answered]))  # the picture docs/observability.md shows
     assert (failed.attributes["riceball.attempt"], failed.attributes["gen_ai.request.model"]) == (1, assistant.model)
     assert failed.attributes["error.type"] == "overloaded" and failed.status[0] == ERROR
     assert (answered.attributes["riceball.attempt"], answered.attributes["gen_ai.request.model"]) == (2, "backup-model")
@@ -414,12 +428,16 @@ async def test_metrics_go_over_otlp_when_asked(otel_env, traced, collector):
     assert unit == "s" and sum(count for _, count, _ in points) == 2
 
 
-async def test_a_collector_that_is_away_costs_spans_never_calls(monkeypatch, start_gateway, settings, fake_openai):
+async def test_a_collector_that_is_away_costs_spans_never_calls(monkeypatch, start_gateway, settings, fake_openai,
+                                                                caplog):
     from tests.test_failover import refused_port
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{refused_port()}")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    caplog.set_level(logging.WARNING, "opentelemetry")
     gateway = await start_gateway(settings.replace(otel=Telemetry.from_env(os.environ)))
     assert gateway.app[appkeys.PLUGIN_MANAGER].has_plugin(TRACING_PLUGIN)
     provider = await gateway.provider(fake_openai.base_url)
@@ -430,6 +448,9 @@ async def test_a_collector_that_is_away_costs_spans_never_calls(monkeypatch, sta
             assert answer.choices[0].message.content == fake_openai.reply
             await asyncio.sleep(0.01)  # exports are tried meanwhile, and fail
     assert len(await gateway.usage_rows(20)) == 20
+    # Spans were dropped (the queue holds 2), and said so once, not once a span.
+    dropped = [record for record in caplog.records if record.getMessage().startswith("Queue full")]
+    assert len(dropped) == 1, [record.getMessage() for record in caplog.records]
 
 
 def test_off_by_default_and_nothing_of_opentelemetry_loads():

@@ -79,6 +79,7 @@ class Tracing:
 
     @hookimpl
     def riceball_startup(self, app):
+        telemetry.quiet_sdk_logs()
         process = telemetry.resource(os.environ)
         if self.settings.traces:
             self.tracer_provider = telemetry.tracer_provider(self.settings, process)
