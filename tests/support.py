@@ -3,6 +3,9 @@ plugin (``riceball_proxy.testing``): processes of ``riceball serve``, Redis, the
 admin panel's browser."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import signal
@@ -38,6 +41,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def second_openai(aiohttp_server):
+    """Another fake OpenAI upstream (a fallback's)."""
+    from riceball_proxy.testing.fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI()
+    fake.reply = "Hello from the fallback"
+    server = await aiohttp_server(fake.app())
+    fake.base_url = str(server.make_url("/v1"))
+    return fake
+
+
+@contextlib.contextmanager
+def access_log_captured():
+    """The access logger ``riceball serve`` uses (pass it to the server as ``access_log``), and a stream
+    that gets its lines as JSON while the block runs."""
+    from riceball_proxy.logs import ACCESS_LOGGER, JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
 
 
 def riceball_command() -> list[str]:

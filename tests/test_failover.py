@@ -9,19 +9,8 @@ import pytest
 from riceball_proxy import appkeys
 from riceball_proxy.db import assistants
 from riceball_proxy.db.assistants import Target
-from riceball_proxy.testing.fake_openai import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-async def second_openai(aiohttp_server):
-    """Another fake OpenAI upstream, the fallback."""
-    fake = FakeOpenAI()
-    fake.reply = "Hello from the fallback"
-    server = await aiohttp_server(fake.app())
-    fake.base_url = str(server.make_url("/v1"))
-    return fake
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from riceball_proxy.app import create_app
-from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, JsonFormatter, configure_logging
+from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 
 SECRET_PROMPT = "my secret prompt 1234"
 
@@ -17,23 +17,17 @@ SECRET_PROMPT = "my secret prompt 1234"
 @pytest.fixture
 async def logged_gateway(aiohttp_server, settings, fake_openai):
     """A gateway served with the access logger ``riceball serve`` uses, its lines captured as JSON."""
-    from tests.support import Gateway
+    from tests.support import Gateway, access_log_captured
 
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(ACCESS_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    app = create_app(settings)
-    server = await aiohttp_server(app, access_log_class=AccessLogger, access_log=logger)
-    gateway = Gateway(app, server)
-    await gateway.wait_until_listening()
-    provider = await gateway.provider(fake_openai.base_url)
-    assistant = await gateway.assistant(provider)
-    key = await gateway.key()
-    yield gateway, assistant, key, stream
-    logger.removeHandler(handler)
+    with access_log_captured() as (logger, stream):
+        app = create_app(settings)
+        server = await aiohttp_server(app, access_log_class=AccessLogger, access_log=logger)
+        gateway = Gateway(app, server)
+        await gateway.wait_until_listening()
+        provider = await gateway.provider(fake_openai.base_url)
+        assistant = await gateway.assistant(provider)
+        key = await gateway.key()
+        yield gateway, assistant, key, stream
 
 
 def lines(stream: io.StringIO) -> list[dict]:

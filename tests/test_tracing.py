@@ -3,7 +3,6 @@ loopback that decodes the protobuf with opentelemetry-proto, as a collector woul
 the official SDKs."""
 import asyncio
 import gzip
-import io
 import json
 import logging
 import os
@@ -26,11 +25,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from riceball_proxy import appkeys
 from riceball_proxy.app import create_app
 from riceball_proxy.db.assistants import Target
-from riceball_proxy.logs import ACCESS_LOGGER, AccessLogger, JsonFormatter
+from riceball_proxy.logs import AccessLogger
 from riceball_proxy.plugins import TRACING_PLUGIN
 from riceball_proxy.settings import Settings, SettingsError, Telemetry
-from riceball_proxy.testing.fake_openai import FakeOpenAI
-from tests.support import Gateway
+from tests.support import Gateway, access_log_captured
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "a secret question"}]
 SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
@@ -230,13 +228,7 @@ async def test_a_streamed_call_is_a_server_span_with_a_client_span_per_attempt(t
 
 
 async def test_each_access_log_line_leads_to_its_trace(otel_env, aiohttp_server, settings, fake_openai, collector):
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(ACCESS_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with access_log_captured() as (logger, stream):
         app = create_app(settings.replace(otel=Telemetry.from_env(os.environ)))
         server = await aiohttp_server(app, access_log_class=AccessLogger, access_log=logger)
         gateway = Gateway(app, server)
@@ -245,8 +237,6 @@ async def test_each_access_log_line_leads_to_its_trace(otel_env, aiohttp_server,
         async with gateway.client(assistant.id, await gateway.key()) as client:
             answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
         await server.close()  # the access log is written once each response is done
-    finally:
-        logger.removeHandler(handler)
     (line,) = [json.loads(line) for line in stream.getvalue().splitlines()]
     server_span, _ = await collector.trace_of(answer.headers["x-request-id"])
     assert line["trace_id"] == server_span.trace_id and line["request_id"] == answer.headers["x-request-id"]
@@ -298,14 +288,6 @@ async def test_a_native_messages_stream_is_read_for_its_model_and_stop_reason(
     assert server.attributes["gen_ai.response.id"].startswith("msg_")
     assert server.attributes["gen_ai.usage.output_tokens"] > 0 and server.attributes["riceball.api"] == "messages"
     assert attempt.attributes["riceball.provider.name"] == "claude-upstream"
-
-
-@pytest.fixture
-async def second_openai(aiohttp_server):
-    fake = FakeOpenAI()
-    server = await aiohttp_server(fake.app())
-    fake.base_url = str(server.make_url("/v1"))
-    return fake
 
 
 @pytest.mark.parametrize("stream", [False, True])
