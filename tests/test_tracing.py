@@ -27,7 +27,7 @@ from riceball_proxy.app import create_app
 from riceball_proxy.db.assistants import Target
 from riceball_proxy.logs import AccessLogger
 from riceball_proxy.plugins import TRACING_PLUGIN
-from riceball_proxy.settings import Settings, SettingsError, Telemetry
+from riceball_proxy.settings import GRPC_EXPORTER, Settings, SettingsError, Telemetry
 from tests.support import Gateway, access_log_captured
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "a secret question"}]
@@ -83,13 +83,16 @@ class Collector:
         assert request.headers["Content-Type"] == "application/x-protobuf"
         message = ExportTraceServiceRequest()
         message.ParseFromString(await self._body(request))
+        self.take(message)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    def take(self, message: ExportTraceServiceRequest) -> None:
         for resource_spans in message.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(Span(span, resource) for span in scope_spans.spans)
         self.arrived.set()
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
 
     async def metrics_in(self, request):
         message = ExportMetricsServiceRequest()
@@ -410,6 +413,35 @@ async def test_metrics_go_over_otlp_when_asked(otel_env, traced, collector):
     assert unit == "s" and sum(count for _, count, _ in points) == 2
 
 
+async def test_spans_go_over_grpc_when_asked(otel_env, start_gateway, settings, fake_openai):
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc, to a real gRPC receiver (the collector's TraceService)."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    collector = Collector()
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        async def Export(self, request, context):
+            collector.take(request)
+            return ExportTraceServiceResponse()
+
+    receiver = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), receiver)
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    await receiver.start()
+    try:
+        otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        gateway = await start_gateway(settings.replace(otel=Telemetry.from_env(os.environ)))
+        assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+        async with gateway.client(assistant.id, await gateway.key()) as client:
+            answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+        server, attempt = await collector.trace_of(answer.headers["x-request-id"])
+        assert attempt.parent_id == server.span_id and server.attributes["http.response.status_code"] == 200
+    finally:
+        await receiver.stop(None)
+
+
 async def test_a_collector_that_is_away_costs_spans_never_calls(monkeypatch, start_gateway, settings, fake_openai,
                                                                 caplog):
     from tests.test_failover import refused_port
@@ -468,12 +500,17 @@ def test_the_standard_variables_turn_it_on(environ, expected):
     assert Settings.from_env(environ).otel == expected
 
 
+def test_grpc_without_its_exporter_is_refused_at_start(monkeypatch):
+    monkeypatch.setitem(sys.modules, GRPC_EXPORTER, None)  # as if it were not installed
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"})
+    assert "OTLP over gRPC needs its exporter: pip install opentelemetry-exporter-otlp-proto-grpc" in str(raised.value)
+
+
 @pytest.mark.parametrize("environ, says", [
     ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER must be otlp, console or none (not 'jaeger')"),
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
      "OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc"),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
-     "OTLP over gRPC needs its exporter: pip install opentelemetry-exporter-otlp-proto-grpc"),
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "all"},
      "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT must be one of NO_CONTENT, SPAN_ONLY"),
 ])
