@@ -219,6 +219,11 @@ class Panel:
 @pytest.fixture
 async def panel(aiohttp_client, settings):
     """A logged-in admin's browser on a fresh gateway."""
+    return await logged_in_panel(aiohttp_client, settings)
+
+
+async def logged_in_panel(aiohttp_client, settings):
+    """A logged-in admin's browser on a fresh gateway with these settings."""
     from riceball_proxy import appkeys, crypto
     from riceball_proxy.app import create_app
     from riceball_proxy.db import admins

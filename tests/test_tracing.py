@@ -28,7 +28,7 @@ from riceball_proxy.db.assistants import Target
 from riceball_proxy.logs import AccessLogger
 from riceball_proxy.plugins import TRACING_PLUGIN
 from riceball_proxy.settings import GRPC_EXPORTER, Settings, SettingsError, Telemetry
-from tests.support import Gateway, access_log_captured
+from tests.support import Gateway, access_log_captured, logged_in_panel
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "a secret question"}]
 SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
@@ -270,6 +270,20 @@ async def test_a_whole_answer_and_the_responses_and_messages_apis_are_traced(tra
         assert attempt.attributes["gen_ai.response.model"] == assistant.model
         assert attempt.parent_id == server.span_id and attempt.end_ns <= server.end_ns
     assert server.attributes["http.route"] == "/api/v1/assistants/{assistant_id}/v1/messages"
+
+
+async def test_a_playground_call_is_traced_as_the_admins(otel_env, aiohttp_client, settings, fake_openai, collector):
+    panel = await logged_in_panel(aiohttp_client, settings.replace(otel=Telemetry.from_env(os.environ)))
+    gateway = Gateway(panel.app, panel.client.server)
+    assistant = await gateway.assistant(await gateway.provider(fake_openai.base_url))
+    response, _ = await panel.post(f"/admin/assistants/{assistant.id}/conversations", csrf_from="/admin/")
+    response, _ = await panel.post(response.url.path + "/messages", {"content": "Hello there"},
+                                   csrf_from=response.url.path)
+    assert response.status == 200
+    (row,) = await gateway.usage_rows(1)
+    server, attempt = await collector.trace_of(row["request_id"])
+    assert server.attributes["riceball.playground"] is True and "riceball.key.prefix" not in server.attributes
+    assert server.attributes["riceball.assistant.id"] == str(assistant.id) and attempt.parent_id == server.span_id
 
 
 async def test_a_native_messages_stream_is_read_for_its_model_and_stop_reason(
