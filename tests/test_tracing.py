@@ -382,6 +382,22 @@ async def test_a_callers_trace_is_joined_and_its_baggage_stays_inside(traced, fa
     assert "baggage" not in {name.lower() for name in fake_openai.requests[-1]["headers"]}
 
 
+async def test_a_callers_sampling_decision_is_followed(traced, fake_openai, collector):
+    gateway, assistant, key = await traced()
+    unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    async with gateway.client(assistant.id, key) as client:
+        skipped = await client.chat.completions.with_raw_response.create(
+            model="x", messages=MESSAGES, extra_headers={"traceparent": unsampled})
+        sent = {name.lower(): value for name, value in fake_openai.requests[-1]["headers"].items()}["traceparent"]
+        kept = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+    # Not sampled: the upstream is told so (in the caller's trace), and nothing of it is exported, though
+    # the call after it is.
+    assert sent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-") and int(sent.rsplit("-", 1)[1], 16) & 1 == 0
+    await collector.trace_of(kept.headers["x-request-id"])
+    assert not [span for span in collector.spans if span.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+                or span.attributes.get("riceball.request.id") == skipped.headers["x-request-id"]]
+
+
 async def test_contents_are_captured_only_when_asked(otel_env, traced, fake_openai, collector):
     otel_env.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_AND_EVENT")
     gateway, assistant, key = await traced(system_prompt="Answer in French.")
