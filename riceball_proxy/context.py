@@ -46,7 +46,7 @@ BULKY_FIELDS = frozenset({"messages", "system", "tools", "functions", "response_
                           "metadata"})
 #: The largest token count a usage row stores (the columns are PostgreSQL ``integer``).
 MAX_TOKEN_COUNT = 2**31 - 1
-#: The most finish reasons noted for one answer (one per choice: ``n`` is at most 128).
+#: The most finish reasons noted for one answer (one per choice: OpenAI takes an ``n`` of 128 at most).
 MAX_FINISH_REASONS = 128
 
 

@@ -45,7 +45,8 @@ NULL_USAGE = (b',"usage":null', b', "usage": null')
 
 
 async def _raw_events(ctx: ChatContext, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The fast path: the adapter's chunks forwarded as they are, looked into only for usage."""
+    """The fast path: the adapter's chunks forwarded as they are, looked into only for usage (and the
+    answer's id, model and finish reasons, on the chunks that carry them)."""
     strip_null_usage = not ctx.client_wants_usage
     async for payload in payloads:
         if _may_carry_usage(payload):
