@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import openai
 import pytest
@@ -66,6 +67,8 @@ class Collector:
 
     def __init__(self):
         self.spans: list[Span] = []
+        #: The headers of the last export (a collector's token...).
+        self.headers: dict[str, str] = {}
         self.metrics: dict[str, list] = {}
         self.arrived = asyncio.Event()
 
@@ -81,6 +84,7 @@ class Collector:
 
     async def traces(self, request):
         assert request.headers["Content-Type"] == "application/x-protobuf"
+        self.headers = {name.lower(): value for name, value in request.headers.items()}
         message = ExportTraceServiceRequest()
         message.ParseFromString(await self._body(request))
         self.take(message)
@@ -380,6 +384,25 @@ async def test_a_callers_trace_is_joined_and_its_baggage_stays_inside(traced, fa
     assert (server.trace_id, server.parent_id) == (caller_trace, caller_span)
     assert sent_traceparent(fake_openai) == f"{caller_trace}-{attempt.span_id}"
     assert "baggage" not in {name.lower() for name in fake_openai.requests[-1]["headers"]}
+
+
+async def test_cached_and_reasoning_tokens_and_the_cost_are_on_the_spans(otel_env, traced, fake_openai, collector):
+    otel_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer collector-token")  # a hosted collector's
+    gateway, assistant, key = await traced(prices=(Decimal("2.5"), Decimal(10), Decimal("1.25"), None))
+    fake_openai.usage = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+                         "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 100},
+                         "completion_tokens_details": {"reasoning_tokens": 250}}
+    async with gateway.client(assistant.id, key) as client:
+        answer = await client.chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
+    server, attempt = await collector.trace_of(answer.headers["x-request-id"])
+    (row,) = await gateway.usage_rows(1)
+    usage = {"gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300,
+             "gen_ai.usage.cache_read.input_tokens": 1000, "gen_ai.usage.cache_creation.input_tokens": 100,
+             "gen_ai.usage.reasoning.output_tokens": 250}
+    for span in (server, attempt):
+        assert {name: span.attributes.get(name) for name in usage} == usage
+    assert row["cost_usd"] > 0 and server.attributes["riceball.cost_usd"] == pytest.approx(float(row["cost_usd"]))
+    assert collector.headers["authorization"] == "Bearer collector-token"
 
 
 async def test_a_callers_sampling_decision_is_followed(traced, fake_openai, collector):
