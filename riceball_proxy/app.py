@@ -37,6 +37,7 @@ from riceball_proxy.observers import ObserverQueue
 from riceball_proxy.plugins import PluginManager, make_plugin_manager
 from riceball_proxy.providers import provider_types
 from riceball_proxy.proxies import forwarded_middleware
+from riceball_proxy.retention import UsagePartitions
 from riceball_proxy.settings import Settings
 from riceball_proxy.templating import setup_templates, template_dir
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings, *, plugin_manager: PluginManager | None = Non
     # Order matters: plugins start after, and stop before, the resources they use.
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(last_used_ctx)
+    app.cleanup_ctx.append(usage_partitions_ctx)
     app.cleanup_ctx.append(provider_alerts_ctx)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(config_cache_ctx)
@@ -153,6 +155,16 @@ async def provider_alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.PROVIDER_ALERTS] = alerts = ProviderAlerts(app[appkeys.DATABASE].pool)
     yield
     await alerts.close()
+
+
+async def usage_partitions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The usage table's months: made ahead, and dropped past the retention (riceball_proxy.retention)."""
+    app[appkeys.USAGE_PARTITIONS] = upkeep = UsagePartitions(app[appkeys.DATABASE].pool,
+                                                              app[appkeys.SETTINGS].usage_retention_days)
+    await upkeep.keep()  # before the first call: this month's partition is there
+    upkeep.start()
+    yield
+    await upkeep.close()
 
 
 async def last_used_ctx(app: web.Application) -> AsyncIterator[None]:

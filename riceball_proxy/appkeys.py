@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from riceball_proxy.metrics import Metrics
     from riceball_proxy.observers import ObserverQueue
     from riceball_proxy.plugins import PluginManager
+    from riceball_proxy.retention import UsagePartitions
     from riceball_proxy.settings import Settings
     from riceball_proxy.usage import UsageRecorder
 
@@ -39,6 +40,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 USAGE_RECORDER: web.AppKey[UsageRecorder] = web.AppKey("usage_recorder")
 #: Moves API keys' ``last_used_at`` forward, in batches.
 LAST_USED: web.AppKey[LastUsedWriter] = web.AppKey("last_used")
+USAGE_PARTITIONS: web.AppKey[UsagePartitions] = web.AppKey("usage_partitions")
 #: Finished API calls on their way to the ``riceball_request_finished`` observers.
 OBSERVERS: web.AppKey[ObserverQueue] = web.AppKey("observers")
 #: API calls being answered (for a graceful shutdown).

@@ -115,6 +115,8 @@ class Settings:
     usage_flush_interval: float = 1.0
     usage_batch_size: int = 500
     usage_max_buffer: int = 10_000
+    #: Days usage rows are kept (whole months past it are dropped); None: kept for ever.
+    usage_retention_days: int | None = None
     #: Finished calls waiting for the observers at most; past it a finishing request waits for room.
     observer_queue_size: int = 10_000
     #: Bytes of request bodies held at once by the process, and by one API key (see riceball_proxy.bodies).
@@ -216,6 +218,8 @@ class Settings:
             usage_flush_interval=_number(env, "RICEBALL_USAGE_FLUSH_INTERVAL", 1.0, 0.01, 3600),
             usage_batch_size=_integer(env, "RICEBALL_USAGE_BATCH_SIZE", 500, 1, 100_000),
             usage_max_buffer=_integer(env, "RICEBALL_USAGE_MAX_BUFFER", 10_000, 2, 10_000_000),
+            usage_retention_days=None if get("RICEBALL_USAGE_RETENTION_DAYS") is None else _integer(
+                env, "RICEBALL_USAGE_RETENTION_DAYS", 0, 1, 36_500),
             shutdown_timeout=_number(env, "RICEBALL_SHUTDOWN_TIMEOUT", 30.0, 0, 3600),
             client_read_timeout=_number(env, "RICEBALL_CLIENT_READ_TIMEOUT", 30.0, 0.1, 3600),
             max_body_bytes_in_flight=_integer(env, "RICEBALL_MAX_BODY_BYTES_IN_FLIGHT", 256 * 1024 * 1024,

@@ -1,15 +1,23 @@
-"""The ``usage_events`` table: one row per API call, written in batches off the request path."""
+"""The ``usage_events`` table: one row per API call, written in batches off the request path; and
+``usage_hourly``, its rollups per hour, key, assistant, source and API, written in the same transaction.
+
+``usage_events`` is partitioned by month of ``created_at`` (UTC): :func:`ensure_partitions` makes the
+months a batch needs (the gateway also makes them ahead: ``riceball_proxy.retention``), and
+:func:`drop_partitions_before` drops whole months past a retention. The usage page's figures come from
+the rollups (:func:`summary`, :func:`timeline`...), the rows themselves from the table (:func:`export`).
+"""
 from __future__ import annotations
 
 import dataclasses
 import functools
 import ipaddress
 import itertools
+import math
 import operator
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import asyncpg
@@ -89,29 +97,173 @@ _COLUMNS = ", ".join(_FIELDS)
 
 
 async def insert_many(pool, events: Sequence[UsageEvent]) -> None:
-    """Write a batch of events with one COPY; rows already written (same ``event_id``) are skipped.
+    """Write a batch of events with one COPY, and add them to their hourly rollups in the same
+    transaction; rows already written (same ``event_id``) are skipped, and counted once.
 
     A batch is sent again only when its acknowledgement was lost; then the plain COPY meets the unique
     ``event_id`` index, and the batch goes through a temporary table and ``ON CONFLICT DO NOTHING``
-    instead, so nothing is written twice while the common case stays one COPY.
+    instead (only the rows it wrote are rolled up), so nothing is written twice while the common case
+    stays one COPY. A row of a month that has no partition yet has one made, and the batch is written.
     """
     # attrgetter, not dataclasses.astuple: astuple deep-copies every value, which costs more than the COPY.
     records = [(*_values(event)[:-1], _address(event.client_addr)) for event in events]
-    try:
-        await pool.copy_records_to_table("usage_events", records=records, columns=_FIELDS)
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name != "usage_events_event_id":
-            raise
-        await _insert_new(pool, records)
+    for _ in range(2):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                try:
+                    async with conn.transaction():  # a savepoint: the batch's other path on a repeat
+                        await conn.copy_records_to_table("usage_events", records=records, columns=_FIELDS)
+                    written: Sequence[UsageEvent] = events
+                except asyncpg.UniqueViolationError as exc:
+                    if "event_id" not in (exc.constraint_name or ""):
+                        raise
+                    written = await _insert_new(conn, records, events)
+                await add_to_rollups(conn, written)
+            return
+        except asyncpg.CheckViolationError as exc:
+            if "no partition" not in str(exc):
+                raise
+            await ensure_partitions(pool, {event.created_at for event in events})
+    raise RuntimeError("usage rows of a month whose partition could not be made")
 
 
-async def _insert_new(pool, records: list[tuple]) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"CREATE TEMP TABLE usage_staging ON COMMIT DROP AS "
-                           f"SELECT {_COLUMNS} FROM usage_events WITH NO DATA")
-        await conn.copy_records_to_table("usage_staging", records=records, columns=_FIELDS)
-        await conn.execute(f"INSERT INTO usage_events ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_staging "
-                           "ON CONFLICT (event_id) DO NOTHING")
+async def _insert_new(conn, records: list[tuple], events: Sequence[UsageEvent]) -> list[UsageEvent]:
+    """Write the rows not written yet; those rows."""
+    await conn.execute(f"CREATE TEMP TABLE usage_staging ON COMMIT DROP AS "
+                       f"SELECT {_COLUMNS} FROM usage_events WITH NO DATA")
+    await conn.copy_records_to_table("usage_staging", records=records, columns=_FIELDS)
+    rows = await conn.fetch(f"INSERT INTO usage_events ({_COLUMNS}) SELECT {_COLUMNS} FROM usage_staging "
+                            "ON CONFLICT (event_id, created_at) DO NOTHING RETURNING event_id")
+    new = {row["event_id"] for row in rows}
+    return [event for event in events if event.event_id in new]
+
+
+# --- partitions ------------------------------------------------------------------------------------------
+
+def month_of(moment: datetime) -> datetime:
+    """The first instant (UTC) of the month holding ``moment``: the lower bound of its partition."""
+    return moment.astimezone(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def ensure_partitions(db, moments) -> None:
+    """Make the partitions of the months holding ``moments`` that are missing."""
+    months = sorted({month_of(moment) for moment in moments})
+    async with db.acquire() if isinstance(db, asyncpg.Pool) else _as_is(db) as conn, conn.transaction():
+        # One maker at a time (another process may be making the same month).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('usage_events_partitions'))")
+        for month in months:
+            await conn.execute("SELECT usage_events_partition($1)", month)
+
+
+class _as_is:
+    """A connection used as a pool's acquired one."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    async def __aenter__(self):
+        return self.conn
+
+    async def __aexit__(self, *exc_info):
+        return False
+
+
+async def partitions(db) -> list[tuple[str, datetime, datetime]]:
+    """The partitions of ``usage_events``: name, first instant, the instant after the last; oldest first."""
+    rows = await db.fetch(
+        """
+        SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'usage_events'::regclass
+        """)
+    found = []
+    for row in rows:  # FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00')
+        low, high = row["bound"].split("'")[1], row["bound"].split("'")[3]
+        found.append((row["name"], datetime.fromisoformat(low), datetime.fromisoformat(high)))
+    return sorted(found, key=lambda partition: partition[1])
+
+
+async def drop_partitions_before(db, cutoff: datetime) -> list[str]:
+    """Drop every partition whose rows are all older than ``cutoff`` (whole months, no row-by-row
+    DELETE); the names dropped. Their hours stay in the rollups."""
+    dropped = []
+    for name, _, high in await partitions(db):
+        if high <= cutoff:
+            await db.execute(f'DROP TABLE IF EXISTS "{name}"')  # a name read from the catalog, never input
+            dropped.append(name)
+    return dropped
+
+
+# --- rollups -----------------------------------------------------------------------------------------------
+
+#: Where a rollup keeps "none" in its key: no key, no assistant (the nil UUID), no admin (0).
+NO_ID = uuid.UUID(int=0)
+#: Buckets of the rollups' latency histograms: bucket n holds [2^(n/3), 2^((n+1)/3)) ms; the first
+#: also what is under 1 ms, the last all from 2^21 ms (35 minutes) on. ``usage_latency_bucket`` in SQL.
+LATENCY_BUCKETS = 64
+
+
+def latency_bucket(ms: float) -> int:
+    """The histogram bucket of a latency in ms (``usage_latency_bucket``)."""
+    return min(LATENCY_BUCKETS - 1, max(0, math.floor(3 * math.log2(max(ms, 1.0)))))
+
+
+def _rollup_key(event: UsageEvent) -> tuple:
+    return (event.created_at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0),
+            event.api_key_id or NO_ID, event.assistant_id or NO_ID, event.source, event.admin_id or 0, event.api)
+
+
+async def add_to_rollups(conn, events: Sequence[UsageEvent]) -> None:
+    """Add written rows to their hours' rollups (in the caller's transaction). The rollups are upserted
+    in the order of their keys, so that two writers never wait on each other in a cycle."""
+    sums: dict[tuple, list] = {}
+    for event in events:
+        key = _rollup_key(event)
+        total = sums.get(key)
+        if total is None:
+            total = sums[key] = [0] * 11 + [[0] * LATENCY_BUCKETS]
+            total[8] = None  # cost: NULL until a priced call
+        prompt, completion = event.prompt_tokens or 0, event.completion_tokens or 0
+        total[0] += 1
+        total[1] += event.status >= 400
+        total[2] += prompt
+        total[3] += completion
+        total[4] += event.cached_tokens or 0
+        total[5] += event.cache_write_tokens or 0
+        total[6] += event.reasoning_tokens or 0
+        total[7] += event.total_tokens if event.total_tokens is not None else prompt + completion
+        if event.cost_usd is not None:
+            total[8] = event.cost_usd if total[8] is None else total[8] + event.cost_usd
+        total[9] += event.cost_usd is None and (prompt > 0 or completion > 0)
+        total[10] += event.usage_estimated
+        if event.latency_ms is not None:
+            total[11][latency_bucket(event.latency_ms)] += 1
+    if not sums:
+        return
+    rows = [(*key, *total) for key, total in sorted(sums.items(), key=lambda item: item[0])]
+    await conn.executemany(_UPSERT_ROLLUP, rows)
+
+
+_UPSERT_ROLLUP = """
+    INSERT INTO usage_hourly (hour, api_key_id, assistant_id, source, admin_id, api, requests, errors, prompt_tokens,
+                              completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens,
+                              cost_usd, unpriced, estimated, latency_counts)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+    ON CONFLICT (hour, api_key_id, assistant_id, source, admin_id, api) DO UPDATE SET
+        requests = usage_hourly.requests + excluded.requests,
+        errors = usage_hourly.errors + excluded.errors,
+        prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens,
+        cached_tokens = usage_hourly.cached_tokens + excluded.cached_tokens,
+        cache_write_tokens = usage_hourly.cache_write_tokens + excluded.cache_write_tokens,
+        reasoning_tokens = usage_hourly.reasoning_tokens + excluded.reasoning_tokens,
+        total_tokens = usage_hourly.total_tokens + excluded.total_tokens,
+        cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN usage_hourly.cost_usd
+                        ELSE coalesce(usage_hourly.cost_usd, 0) + excluded.cost_usd END,
+        unpriced = usage_hourly.unpriced + excluded.unpriced,
+        estimated = usage_hourly.estimated + excluded.estimated,
+        latency_counts = usage_add_counts(usage_hourly.latency_counts, excluded.latency_counts)
+"""
 
 
 @functools.lru_cache(maxsize=4096)  # callers come back: each address is parsed once
@@ -163,56 +315,113 @@ class UsageFilter:
         return self.since, self.until, self.assistant_id, self.api_key_id, self.source
 
 
-# $1..$5 are UsageFilter.args(): a constant clause, never built from input.
+# $1..$5 are UsageFilter.args(): constant clauses, never built from input. The rollups' hours are whole,
+# and a filter's bounds are whole days: the rollups cover a filter's range exactly.
 _WHERE = """
     created_at >= $1 AND created_at < $2
     AND ($3::uuid IS NULL OR assistant_id = $3)
     AND ($4::uuid IS NULL OR api_key_id = $4)
     AND ($5::text IS NULL OR source = $5)
 """
-_TOTALS = """
-    count(*) AS requests,
-    count(*) FILTER (WHERE status >= 400) AS errors,
-    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-    coalesce(sum(completion_tokens), 0) AS completion_tokens,
-    coalesce(sum(cached_tokens), 0) AS cached_tokens,
-    coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
-    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-    sum(cost_usd) AS cost_usd,
-    count(*) FILTER (WHERE cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)) AS unpriced,
-    count(*) FILTER (WHERE usage_estimated) AS estimated,
-    percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50,
-    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95
+_WHERE_HOURS = """
+    hour >= $1 AND hour < $2
+    AND ($3::uuid IS NULL OR assistant_id = $3)
+    AND ($4::uuid IS NULL OR api_key_id = $4)
+    AND ($5::text IS NULL OR source = $5)
 """
+_TOTALS = """
+    coalesce(sum(requests), 0)::bigint AS requests,
+    coalesce(sum(errors), 0)::bigint AS errors,
+    coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+    coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+    coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens,
+    coalesce(sum(cache_write_tokens), 0)::bigint AS cache_write_tokens,
+    coalesce(sum(reasoning_tokens), 0)::bigint AS reasoning_tokens,
+    sum(cost_usd) AS cost_usd,
+    coalesce(sum(unpriced), 0)::bigint AS unpriced,
+    coalesce(sum(estimated), 0)::bigint AS estimated,
+    usage_sum_counts(latency_counts) AS latency_counts
+"""
+#: The rows as rollups would hold them (one row a call), for a range that does not fall on whole hours.
+_ROWS_AS_ROLLUPS = f"""(
+    SELECT coalesce(api_key_id, '{NO_ID}') AS api_key_id, coalesce(assistant_id, '{NO_ID}') AS assistant_id,
+           source, coalesce(admin_id, 0) AS admin_id, api, created_at AS hour, 1 AS requests,
+           (status >= 400)::int AS errors, coalesce(prompt_tokens, 0) AS prompt_tokens,
+           coalesce(completion_tokens, 0) AS completion_tokens, coalesce(cached_tokens, 0) AS cached_tokens,
+           coalesce(cache_write_tokens, 0) AS cache_write_tokens, coalesce(reasoning_tokens, 0) AS reasoning_tokens,
+           cost_usd, (cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0))::int AS unpriced,
+           usage_estimated::int AS estimated,
+           usage_counts(ARRAY[usage_latency_bucket(latency_ms)], ARRAY[1::bigint]) AS latency_counts
+    FROM usage_events WHERE created_at >= $1 AND created_at < $2
+) AS usage_hourly"""
+_NO_ID = f"'{NO_ID}'::uuid"
 #: Bucket sizes a timeline may use.
 BUCKETS = ("hour", "day")
+
+
+def _hours(where: UsageFilter) -> str:
+    """What a report reads: the rollups when the range falls on whole hours (a usage page's whole
+    days always do), else the rows themselves, shaped as rollups."""
+    whole = all(moment.minute == moment.second == moment.microsecond == 0 for moment in (where.since, where.until))
+    return "usage_hourly" if whole else _ROWS_AS_ROLLUPS
+
+
+def _totals(row) -> dict:
+    """A row of ``_TOTALS`` with its latency histogram read as p50 and p95 (ms)."""
+    totals = dict(row)
+    counts = totals.pop("latency_counts") or ()
+    totals["latency_p50"] = latency_percentile(counts, 0.5)
+    totals["latency_p95"] = latency_percentile(counts, 0.95)
+    return totals
+
+
+def latency_percentile(counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (ms) of a rollup's latency histogram: in the bucket of the call of that rank
+    (a bucket spans a third of a power of two, 26%), interpolated geometrically within it; None for no
+    calls."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low, high = 2 ** (bucket / 3), 2 ** ((bucket + 1) / 3)
+            if bucket == LATENCY_BUCKETS - 1:
+                return low
+            fraction = (rank - seen) / count
+            return low * (high / low) ** fraction if bucket else high * fraction
+        seen += count
+    return None
 
 
 async def summary(db, where: UsageFilter) -> dict:
     """Totals over the filter: requests, errors, tokens (the prompt's read from and written to the
     provider's cache, and the completion's reasoning, among them), cost, latency p50 and p95."""
-    return dict(await db.fetchrow(f"SELECT {_TOTALS} FROM usage_events WHERE {_WHERE}", *where.args()))
+    return _totals(await db.fetchrow(f"SELECT {_TOTALS} FROM {_hours(where)} WHERE {_WHERE_HOURS}", *where.args()))
 
 
 async def by_assistant(db, where: UsageFilter) -> list[dict]:
     """Totals per assistant, busiest first."""
-    rows = await db.fetch(f"SELECT assistant_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
-                          "GROUP BY assistant_id ORDER BY requests DESC", *where.args())
-    return [dict(row) for row in rows]
+    rows = await db.fetch(f"SELECT nullif(assistant_id, {_NO_ID}) AS assistant_id, {_TOTALS} FROM {_hours(where)} "
+                          f"WHERE {_WHERE_HOURS} GROUP BY assistant_id ORDER BY requests DESC", *where.args())
+    return [_totals(row) for row in rows]
 
 
 async def by_key(db, where: UsageFilter) -> list[dict]:
     """Totals per API key (the playground's calls, which have none, per admin), busiest first."""
-    rows = await db.fetch(f"SELECT api_key_id, source, admin_id, {_TOTALS} FROM usage_events WHERE {_WHERE} "
-                          "GROUP BY api_key_id, source, admin_id ORDER BY requests DESC", *where.args())
-    return [dict(row) for row in rows]
+    rows = await db.fetch(f"SELECT nullif(api_key_id, {_NO_ID}) AS api_key_id, source, nullif(admin_id, 0) AS admin_id, "
+                          f"{_TOTALS} FROM {_hours(where)} WHERE {_WHERE_HOURS} "
+                          "GROUP BY usage_hourly.api_key_id, source, usage_hourly.admin_id ORDER BY requests DESC",
+                          *where.args())
+    return [_totals(row) for row in rows]
 
 
 async def by_api(db, where: UsageFilter) -> list[dict]:
     """Totals per inbound API (``chat``, ``messages``...), busiest first."""
-    rows = await db.fetch(f"SELECT api, {_TOTALS} FROM usage_events WHERE {_WHERE} "
+    rows = await db.fetch(f"SELECT api, {_TOTALS} FROM {_hours(where)} WHERE {_WHERE_HOURS} "
                           "GROUP BY api ORDER BY requests DESC", *where.args())
-    return [dict(row) for row in rows]
+    return [_totals(row) for row in rows]
 
 
 async def spent(db, *, api_key_id: uuid.UUID | None = None, assistant_id: uuid.UUID | None = None,
@@ -256,7 +465,7 @@ async def timeline(db, where: UsageFilter, bucket: str) -> list[dict]:
         raise ValueError(f"bucket must be one of {BUCKETS}")
     rows = await db.fetch(
         f"""
-        WITH filtered AS (SELECT * FROM usage_events WHERE {_WHERE}),
+        WITH filtered AS (SELECT * FROM {_hours(where)} WHERE {_WHERE_HOURS}),
         buckets AS (
             SELECT generate_series(
                 date_trunc($6, $1 AT TIME ZONE 'UTC'),
@@ -265,10 +474,10 @@ async def timeline(db, where: UsageFilter, bucket: str) -> list[dict]:
             ) AS bucket
         )
         SELECT b.bucket,
-               count(f.id) AS requests,
-               count(f.id) FILTER (WHERE f.status >= 400) AS errors,
-               coalesce(sum(f.prompt_tokens), 0) + coalesce(sum(f.completion_tokens), 0) AS tokens
-        FROM buckets b LEFT JOIN filtered f ON date_trunc($6, f.created_at AT TIME ZONE 'UTC') = b.bucket
+               coalesce(sum(f.requests), 0)::bigint AS requests,
+               coalesce(sum(f.errors), 0)::bigint AS errors,
+               (coalesce(sum(f.prompt_tokens), 0) + coalesce(sum(f.completion_tokens), 0))::bigint AS tokens
+        FROM buckets b LEFT JOIN filtered f ON date_trunc($6, f.hour AT TIME ZONE 'UTC') = b.bucket
         GROUP BY b.bucket ORDER BY b.bucket
         """,
         *where.args(),

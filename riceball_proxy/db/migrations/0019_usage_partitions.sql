@@ -1,0 +1,113 @@
+-- Usage rows partitioned by month of created_at (UTC), so that a month past the retention goes whole
+-- (RICEBALL_USAGE_RETENTION_DAYS) and a report reads only the months it covers; and hourly rollups per
+-- key, assistant, source and API, kept by the writer in the transaction that writes the rows, which the
+-- usage page reads whatever the raw table's size. Every existing row is moved, and rolled up.
+
+-- The partition of one month (UTC), made if it is missing.
+CREATE FUNCTION usage_events_partition(month timestamptz) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    first timestamptz := date_trunc('month', month AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+BEGIN
+    EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF usage_events FOR VALUES FROM (%L) TO (%L)',
+                   'usage_events_' || to_char(first AT TIME ZONE 'UTC', 'YYYY_MM'), first,
+                   (first AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC');
+END
+$$;
+
+-- A latency's bucket in the rollups' histograms: a third of a power of two of milliseconds each,
+-- from 1 ms (bucket 0) to 35 minutes and more (bucket 63).
+CREATE FUNCTION usage_latency_bucket(ms double precision) RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+    SELECT least(63, greatest(0, floor(3 * log(2, greatest(ms, 1)::numeric))))::integer
+$$;
+
+-- Histograms added bucket by bucket, and their sum over rows.
+CREATE FUNCTION usage_add_counts(a bigint[], b bigint[]) RETURNS bigint[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY n) FROM unnest(a, b) WITH ORDINALITY AS t(x, y, n)
+$$;
+CREATE AGGREGATE usage_sum_counts(bigint[]) (SFUNC = usage_add_counts, STYPE = bigint[]);
+
+-- A histogram from (bucket, count) pairs.
+CREATE FUNCTION usage_counts(buckets integer[], counts bigint[]) RETURNS bigint[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT array_agg(coalesce((SELECT sum(c) FROM unnest(buckets, counts) AS t(b, c) WHERE b = s), 0)::bigint
+                     ORDER BY s)
+    FROM generate_series(0, 63) AS s
+$$;
+
+ALTER TABLE usage_events RENAME TO usage_events_unpartitioned;
+ALTER INDEX usage_events_pkey RENAME TO usage_events_unpartitioned_pkey;
+
+CREATE TABLE usage_events (LIKE usage_events_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS
+                           INCLUDING IDENTITY) PARTITION BY RANGE (created_at);
+ALTER TABLE usage_events ADD PRIMARY KEY (id, created_at);
+
+-- The months of the rows there are, and this one and the next two.
+SELECT usage_events_partition(month)
+FROM (SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month
+      FROM usage_events_unpartitioned
+      UNION SELECT now() UNION SELECT now() + interval '1 month' UNION SELECT now() + interval '2 months') AS months;
+
+INSERT INTO usage_events OVERRIDING SYSTEM VALUE SELECT * FROM usage_events_unpartitioned;
+SELECT setval(pg_get_serial_sequence('usage_events', 'id'),
+              greatest(1, (SELECT coalesce(max(id), 0) FROM usage_events)), (SELECT count(*) > 0 FROM usage_events));
+DROP TABLE usage_events_unpartitioned;
+
+CREATE INDEX usage_events_created_at ON usage_events (created_at);
+CREATE INDEX usage_events_assistant ON usage_events (assistant_id, created_at);
+CREATE INDEX usage_events_api_key ON usage_events (api_key_id, created_at);
+CREATE INDEX usage_events_request_id ON usage_events (request_id);
+CREATE INDEX usage_events_source ON usage_events (source, created_at) WHERE source <> 'api';
+-- The dashboard's recent errors.
+CREATE INDEX usage_events_errors ON usage_events (created_at) WHERE status >= 400;
+-- A row's id is unique with its time, which a batch written again repeats (the writer skips such rows).
+CREATE UNIQUE INDEX usage_events_event_id ON usage_events (event_id, created_at);
+
+-- One row per hour (UTC), key, assistant, source, admin and API. No key, no assistant, no admin are
+-- stored as the nil UUID and 0, so that the key is a primary key.
+CREATE TABLE usage_hourly (
+    hour                timestamptz NOT NULL,
+    api_key_id          uuid NOT NULL,
+    assistant_id        uuid NOT NULL,
+    source              text NOT NULL,
+    admin_id            bigint NOT NULL,
+    api                 text NOT NULL,
+    requests            bigint NOT NULL,
+    errors              bigint NOT NULL,
+    prompt_tokens       bigint NOT NULL,
+    completion_tokens   bigint NOT NULL,
+    cached_tokens       bigint NOT NULL,
+    cache_write_tokens  bigint NOT NULL,
+    reasoning_tokens    bigint NOT NULL,
+    total_tokens        bigint NOT NULL,
+    cost_usd            numeric(30, 10),
+    unpriced            bigint NOT NULL,
+    estimated           bigint NOT NULL,
+    -- Calls per usage_latency_bucket (64 buckets).
+    latency_counts      bigint[] NOT NULL,
+    PRIMARY KEY (hour, api_key_id, assistant_id, source, admin_id, api)
+);
+
+INSERT INTO usage_hourly
+SELECT hour, api_key_id, assistant_id, source, admin_id, api, sum(requests), sum(errors), sum(prompt_tokens),
+       sum(completion_tokens), sum(cached_tokens), sum(cache_write_tokens), sum(reasoning_tokens), sum(total_tokens),
+       sum(cost_usd), sum(unpriced), sum(estimated), usage_counts(array_agg(bucket), array_agg(requests))
+FROM (
+    SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+           coalesce(api_key_id, '00000000-0000-0000-0000-000000000000') AS api_key_id,
+           coalesce(assistant_id, '00000000-0000-0000-0000-000000000000') AS assistant_id,
+           source, coalesce(admin_id, 0) AS admin_id, api, usage_latency_bucket(latency_ms) AS bucket,
+           count(*) AS requests,
+           count(*) FILTER (WHERE status >= 400) AS errors,
+           coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens), 0) AS completion_tokens,
+           coalesce(sum(cached_tokens), 0) AS cached_tokens,
+           coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
+           coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+           coalesce(sum(coalesce(total_tokens, coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))), 0)
+               AS total_tokens,
+           sum(cost_usd) AS cost_usd,
+           count(*) FILTER (WHERE cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)) AS unpriced,
+           count(*) FILTER (WHERE usage_estimated) AS estimated
+    FROM usage_events
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+) AS per_bucket
+GROUP BY 1, 2, 3, 4, 5, 6;
