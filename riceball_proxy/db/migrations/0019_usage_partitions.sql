@@ -38,7 +38,8 @@ ALTER INDEX usage_events_pkey RENAME TO usage_events_unpartitioned_pkey;
 
 CREATE TABLE usage_events (LIKE usage_events_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS
                            INCLUDING IDENTITY) PARTITION BY RANGE (created_at);
-ALTER TABLE usage_events ADD PRIMARY KEY (id, created_at);
+-- No primary key: a partition's would be inherited, which pg_restore --clean cannot drop (the documented
+-- backup); rows are found by time, request id and event id, each indexed below.
 
 -- The months of the rows there are, and this one and the next two.
 SELECT usage_events_partition(month)
@@ -86,6 +87,9 @@ CREATE TABLE usage_hourly (
     PRIMARY KEY (hour, api_key_id, assistant_id, source, admin_id, api)
 );
 
+-- Rolls the rows of a time range up into usage_hourly (added to what is there): how the rows already
+-- in the table are rolled up here; the writer rolls up each batch it writes itself.
+CREATE FUNCTION usage_hourly_add(since timestamptz, until timestamptz) RETURNS void LANGUAGE sql AS $$
 INSERT INTO usage_hourly
 SELECT hour, api_key_id, assistant_id, source, admin_id, api, sum(requests), sum(errors), sum(prompt_tokens),
        sum(completion_tokens), sum(cached_tokens), sum(cache_write_tokens), sum(reasoning_tokens), sum(total_tokens),
@@ -108,6 +112,24 @@ FROM (
            count(*) FILTER (WHERE cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)) AS unpriced,
            count(*) FILTER (WHERE usage_estimated) AS estimated
     FROM usage_events
+    WHERE created_at >= since AND created_at < until
     GROUP BY 1, 2, 3, 4, 5, 6, 7
 ) AS per_bucket
-GROUP BY 1, 2, 3, 4, 5, 6;
+GROUP BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (hour, api_key_id, assistant_id, source, admin_id, api) DO UPDATE SET
+    requests = usage_hourly.requests + excluded.requests,
+    errors = usage_hourly.errors + excluded.errors,
+    prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens,
+    cached_tokens = usage_hourly.cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = usage_hourly.cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = usage_hourly.reasoning_tokens + excluded.reasoning_tokens,
+    total_tokens = usage_hourly.total_tokens + excluded.total_tokens,
+    cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN usage_hourly.cost_usd
+                    ELSE coalesce(usage_hourly.cost_usd, 0) + excluded.cost_usd END,
+    unpriced = usage_hourly.unpriced + excluded.unpriced,
+    estimated = usage_hourly.estimated + excluded.estimated,
+    latency_counts = usage_add_counts(usage_hourly.latency_counts, excluded.latency_counts)
+$$;
+
+SELECT usage_hourly_add('-infinity', 'infinity');
