@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLUGIN_DIRS := $(wildcard plugins/*/setup.cfg)
 
-.PHONY: run test bench bench-docs install dist clean
+.PHONY: run test bench bench-docs install dist image clean
 
 $(BIN)/riceball: setup.cfg setup.py pyproject.toml $(PLUGIN_DIRS)
 	@test -n "$(PYTHON)" || { echo "RiceBall needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
@@ -53,6 +53,20 @@ dist: install
 	@$(BIN)/python -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(DIST) . \
 		$(foreach p,$(dir $(PLUGIN_DIRS)),./$(p))
 	@echo "The wheels are in $(DIST)/: pip install $(DIST)/riceball_proxy-*.whl (and the plugins' you use)."
+
+# make image: the container image (Dockerfile), tagged $(IMAGE). BASE=... builds on another base image
+# (scripts/base-image makes localhost/riceball-base:bookworm without any registry); the machine's CA bundle
+# goes to pip as a build secret; CONTAINER_TOOL=docker builds with Docker (podman builds in Docker's format,
+# which keeps the HEALTHCHECK).
+CONTAINER_TOOL ?= podman
+IMAGE ?= riceball:latest
+BASE ?=
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+comma := ,
+
+image:
+	$(CONTAINER_TOOL) build $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(filter podman,$(CONTAINER_TOOL)),--format docker) \
+		$(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(comma)src=$(CA_BUNDLE)) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info dist
