@@ -47,9 +47,12 @@ KEYS = [uuid.uuid4() for _ in range(200)]
 ASSISTANTS = [uuid.uuid4() for _ in range(20)]
 
 
-def events(count: int, when: datetime.datetime) -> list[UsageEvent]:
+def events(count: int, when: datetime.datetime, keys: int = len(KEYS), assistants: int = len(ASSISTANTS)
+           ) -> list[UsageEvent]:
+    """``count`` calls made now by the first ``keys`` keys on the first ``assistants`` assistants."""
     return [UsageEvent(created_at=when, request_id=f"req_{uuid.uuid4().hex}", status=random.choice((200,) * 19 + (429,)),
-                       api_key_id=random.choice(KEYS), assistant_id=random.choice(ASSISTANTS), provider_id=1,
+                       api_key_id=random.choice(KEYS[:keys]), assistant_id=random.choice(ASSISTANTS[:assistants]),
+                       provider_id=1,
                        upstream_model="gpt-4o", prompt_tokens=random.randint(10, 5000),
                        completion_tokens=random.randint(1, 800), total_tokens=None, cost_usd=Decimal("0.0012"),
                        latency_ms=random.uniform(50, 5000), ttft_ms=random.uniform(20, 900), attempts=1,
@@ -57,10 +60,11 @@ def events(count: int, when: datetime.datetime) -> list[UsageEvent]:
             for _ in range(count)]
 
 
-async def writer_throughput(pool, batches: int) -> tuple[float, float]:
-    """(rows/s through insert_many, rows/s of a bare COPY of the same batches)."""
+async def writer_throughput(pool, batches: int, keys: int, assistants: int) -> tuple[float, float]:
+    """(rows/s through insert_many, rows/s of a bare COPY of the same batches), for calls of ``keys`` keys
+    on ``assistants`` assistants (each pair of them a rollup row an hour)."""
     now = datetime.datetime.now(UTC)
-    prepared = [events(500, now) for _ in range(batches)]
+    prepared = [events(500, now, keys, assistants) for _ in range(batches)]
     started = time.perf_counter()
     for batch in prepared:
         await usage_events.insert_many(pool, batch)
@@ -84,10 +88,10 @@ async def fill(conn, rows: int, since: datetime.datetime, until: datetime.dateti
         """
         INSERT INTO usage_events (created_at, request_id, status, api_key_id, assistant_id, provider_id, upstream_model,
                                   prompt_tokens, completion_tokens, cost_usd, latency_ms, event_id, api)
-        SELECT $1 + (n * $3 / $2) * interval '1 second', 'req_' || n, CASE WHEN n % 20 = 0 THEN 429 ELSE 200 END,
+        SELECT $1::timestamptz + (n * $3::float8 / $2::bigint) * interval '1 second', 'req_' || n, CASE WHEN n % 20 = 0 THEN 429 ELSE 200 END,
                ($4::uuid[])[1 + n % 200], ($5::uuid[])[1 + n % 20], 1, 'gpt-4o', 10 + n % 5000, 1 + n % 800,
                0.0012, 50 + (n % 4950), gen_random_uuid(), CASE WHEN n % 3 = 0 THEN 'messages' ELSE 'chat' END
-        FROM generate_series(0, $2 - 1) AS n
+        FROM generate_series(0, $2::bigint - 1) AS n
         """, since, rows, span, KEYS, ASSISTANTS)
     await conn.execute("SELECT usage_hourly_add($1, $2)", since, until)
     await conn.execute("ANALYZE usage_events")
@@ -125,10 +129,11 @@ async def measure(url: str, rows: int, batches: int) -> None:
     await apply_migrations(conn)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     try:
-        ours, floor = await writer_throughput(pool, batches)
-        print(f"writer: {ours:,.0f} rows/s (batches of 500, with their rollups); a bare COPY {floor:,.0f} rows/s",
-              flush=True)
-        await conn.execute("TRUNCATE usage_events, usage_hourly")
+        for keys, assistants in ((10, 3), (len(KEYS), len(ASSISTANTS))):
+            ours, floor = await writer_throughput(pool, batches, keys, assistants)
+            print(f"writer, calls of {keys} keys on {assistants} assistants: {ours:,.0f} rows/s (batches of 500, "
+                  f"with their rollups); a bare COPY {floor:,.0f} rows/s", flush=True)
+            await conn.execute("TRUNCATE usage_events, usage_hourly")
         this_month = usage_events.month_of(datetime.datetime.now(UTC))
         since = usage_events.month_of(this_month - datetime.timedelta(days=75))
         took = await fill(conn, rows, since, this_month)

@@ -141,8 +141,13 @@ async def test_a_budget_counts_its_period_across_months(start_gateway, settings,
         with pytest.raises(openai.RateLimitError) as refused:
             await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
     assert "has used its budget of 1,000 tokens" in refused.value.message
-    usd, tokens = await usage_events.spent(gateway.pool, api_key_id=key.id)
+    usd, tokens = await usage_events.spent(gateway.pool, api_key_id=key.id)  # from the rollups
     assert tokens == 1050
+    # From the rows, for a time that is no whole hour: the same.
+    assert (await usage_events.spent(gateway.pool, api_key_id=key.id, since=months_back(NOW, 2)))[1] == 1050
+    assert (await usage_events.spent(gateway.pool, api_key_id=key.id,
+                                     since=NOW - datetime.timedelta(minutes=10)))[1] == 450
+    assert await usage_events.spent_by_key(gateway.pool, {key.id: None}) == {key.id: (usd, 1050)}
 
 
 async def test_an_existing_table_is_partitioned_without_losing_a_row(make_database):

@@ -240,15 +240,28 @@ async def add_to_rollups(conn, events: Sequence[UsageEvent]) -> None:
             total[11][latency_bucket(event.latency_ms)] += 1
     if not sums:
         return
-    rows = [(*key, *total) for key, total in sorted(sums.items(), key=lambda item: item[0])]
-    await conn.executemany(_UPSERT_ROLLUP, rows)
+    # One statement for the batch, its rollups as columns (a histogram as its text form, one a row).
+    columns: list[list] = [[] for _ in range(18)]
+    for key, total in sorted(sums.items(), key=lambda item: item[0]):
+        for column, value in zip(columns, (*key, *total[:11], "{" + ",".join(map(str, total[11])) + "}")):
+            column.append(value)
+    await conn.execute(_UPSERT_ROLLUP, *columns)
 
 
 _UPSERT_ROLLUP = """
     INSERT INTO usage_hourly (hour, api_key_id, assistant_id, source, admin_id, api, requests, errors, prompt_tokens,
                               completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens,
                               cost_usd, unpriced, estimated, latency_counts)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+    SELECT hour, api_key_id, assistant_id, source, admin_id, api, requests, errors, prompt_tokens, completion_tokens,
+           cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens, cost_usd, unpriced, estimated,
+           latency_counts::bigint[]
+    FROM unnest($1::timestamptz[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
+                $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[],
+                $15::numeric[], $16::bigint[], $17::bigint[], $18::text[])
+         AS batch(hour, api_key_id, assistant_id, source, admin_id, api, requests, errors, prompt_tokens,
+                  completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens, cost_usd,
+                  unpriced, estimated, latency_counts)
+    ORDER BY hour, api_key_id, assistant_id, source, admin_id, api
     ON CONFLICT (hour, api_key_id, assistant_id, source, admin_id, api) DO UPDATE SET
         requests = usage_hourly.requests + excluded.requests,
         errors = usage_hourly.errors + excluded.errors,
@@ -424,19 +437,28 @@ async def by_api(db, where: UsageFilter) -> list[dict]:
     return [_totals(row) for row in rows]
 
 
+def _whole_hour(moment: datetime | None) -> bool:
+    return moment is None or moment == moment.replace(minute=0, second=0, microsecond=0)
+
+
 async def spent(db, *, api_key_id: uuid.UUID | None = None, assistant_id: uuid.UUID | None = None,
                 since: datetime | None = None) -> tuple[Decimal, int]:
     """What one key's (or one assistant's) calls have cost since a time (None: ever): USD of the calls
-    whose cost is known, and tokens."""
+    whose cost is known, and tokens. From the rollups when ``since`` is a whole hour (a budget period's
+    start always is), else from the rows; the two always agree."""
+    if _whole_hour(since):
+        table, moment = "usage_hourly", "hour"
+        tokens = "total_tokens"
+    else:
+        table, moment = "usage_events", "created_at"
+        tokens = "coalesce(total_tokens, coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))"
     row = await db.fetchrow(
-        """
-        SELECT coalesce(sum(cost_usd), 0) AS usd,
-               coalesce(sum(coalesce(total_tokens, coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))),
-                        0) AS tokens
-        FROM usage_events
+        f"""
+        SELECT coalesce(sum(cost_usd), 0) AS usd, coalesce(sum({tokens}), 0) AS tokens
+        FROM {table}
         WHERE ($1::uuid IS NULL OR api_key_id = $1) AND ($2::uuid IS NULL OR assistant_id = $2)
           AND ($1::uuid IS NOT NULL OR $2::uuid IS NOT NULL)
-          AND ($3::timestamptz IS NULL OR created_at >= $3)
+          AND ($3::timestamptz IS NULL OR {moment} >= $3)
         """,
         api_key_id, assistant_id, since)
     return row["usd"], int(row["tokens"])
@@ -446,13 +468,16 @@ async def spent_by_key(db, since: dict[uuid.UUID, datetime | None]) -> dict[uuid
     """``spent`` for many keys at once, each since its own time."""
     if not since:
         return {}
+    if all(_whole_hour(moment) for moment in since.values()):
+        table, moment, tokens = "usage_hourly", "hour", "u.total_tokens"
+    else:
+        table, moment = "usage_events", "created_at"
+        tokens = "coalesce(u.total_tokens, coalesce(u.prompt_tokens, 0) + coalesce(u.completion_tokens, 0))"
     rows = await db.fetch(
-        """
-        SELECT k.id, coalesce(sum(u.cost_usd), 0) AS usd,
-               coalesce(sum(coalesce(u.total_tokens, coalesce(u.prompt_tokens, 0) + coalesce(u.completion_tokens, 0))),
-                        0) AS tokens
+        f"""
+        SELECT k.id, coalesce(sum(u.cost_usd), 0) AS usd, coalesce(sum({tokens}), 0) AS tokens
         FROM unnest($1::uuid[], $2::timestamptz[]) AS k(id, since)
-        LEFT JOIN usage_events u ON u.api_key_id = k.id AND (k.since IS NULL OR u.created_at >= k.since)
+        LEFT JOIN {table} u ON u.api_key_id = k.id AND (k.since IS NULL OR u.{moment} >= k.since)
         GROUP BY k.id
         """,
         list(since), list(since.values()))

@@ -86,6 +86,9 @@ CREATE TABLE usage_hourly (
     latency_counts      bigint[] NOT NULL,
     PRIMARY KEY (hour, api_key_id, assistant_id, source, admin_id, api)
 );
+-- What a key's or an assistant's budget has spent since its period began.
+CREATE INDEX usage_hourly_api_key ON usage_hourly (api_key_id, hour);
+CREATE INDEX usage_hourly_assistant ON usage_hourly (assistant_id, hour);
 
 -- Rolls the rows of a time range up into usage_hourly (added to what is there): how the rows already
 -- in the table are rolled up here; the writer rolls up each batch it writes itself.
