@@ -21,16 +21,30 @@ CREATE FUNCTION usage_latency_bucket(ms double precision) RETURNS integer LANGUA
 $$;
 
 -- Histograms added bucket by bucket, and their sum over rows.
-CREATE FUNCTION usage_add_counts(a bigint[], b bigint[]) RETURNS bigint[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY n) FROM unnest(a, b) WITH ORDINALITY AS t(x, y, n)
+CREATE FUNCTION usage_add_counts(a bigint[], b bigint[]) RETURNS bigint[] LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    result bigint[] := coalesce(a, array_fill(0::bigint, ARRAY[64]));
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(b, 1), 0) LOOP
+        result[i] := coalesce(result[i], 0) + coalesce(b[i], 0);
+    END LOOP;
+    RETURN result;
+END
 $$;
 CREATE AGGREGATE usage_sum_counts(bigint[]) (SFUNC = usage_add_counts, STYPE = bigint[]);
 
--- A histogram from (bucket, count) pairs.
-CREATE FUNCTION usage_counts(buckets integer[], counts bigint[]) RETURNS bigint[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT array_agg(coalesce((SELECT sum(c) FROM unnest(buckets, counts) AS t(b, c) WHERE b = s), 0)::bigint
-                     ORDER BY s)
-    FROM generate_series(0, 63) AS s
+-- A histogram from (bucket, count) pairs (a bucket NULL: a call of no known latency, not counted).
+CREATE FUNCTION usage_counts(buckets integer[], counts bigint[]) RETURNS bigint[] LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    result bigint[] := array_fill(0::bigint, ARRAY[64]);
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(buckets, 1), 0) LOOP
+        IF buckets[i] IS NOT NULL THEN
+            result[buckets[i] + 1] := result[buckets[i] + 1] + counts[i];
+        END IF;
+    END LOOP;
+    RETURN result;
+END
 $$;
 
 ALTER TABLE usage_events RENAME TO usage_events_unpartitioned;
