@@ -94,8 +94,10 @@ async def fill(conn, rows: int, since: datetime.datetime, until: datetime.dateti
         FROM generate_series(0, $2::bigint - 1) AS n
         """, since, rows, span, KEYS, ASSISTANTS)
     await conn.execute("SELECT usage_hourly_add($1, $2)", since, until)
+    await conn.execute("SELECT usage_daily_add($1, $2)", since, until)
     await conn.execute("ANALYZE usage_events")
     await conn.execute("ANALYZE usage_hourly")
+    await conn.execute("ANALYZE usage_daily")
     return time.perf_counter() - started
 
 
@@ -133,7 +135,7 @@ async def measure(url: str, rows: int, batches: int) -> None:
             ours, floor = await writer_throughput(pool, batches, keys, assistants)
             print(f"writer, calls of {keys} keys on {assistants} assistants: {ours:,.0f} rows/s (batches of 500, "
                   f"with their rollups); a bare COPY {floor:,.0f} rows/s", flush=True)
-            await conn.execute("TRUNCATE usage_events, usage_hourly")
+            await conn.execute("TRUNCATE usage_events, usage_hourly, usage_daily")
         this_month = usage_events.month_of(datetime.datetime.now(UTC))
         since = usage_events.month_of(this_month - datetime.timedelta(days=75))
         took = await fill(conn, rows, since, this_month)

@@ -89,6 +89,8 @@ async def test_the_rollups_count_a_batch_written_twice_once(db):
     assert await db.fetchval("SELECT count(*) FROM usage_events") == 6
     day = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
     summary = await rollups_equal_rows(db, day - datetime.timedelta(days=1), day + datetime.timedelta(days=1))
+    # Whole hours that are not whole days: the hourly rollups, which agree too.
+    assert await rollups_equal_rows(db, day - datetime.timedelta(hours=23), day + datetime.timedelta(hours=25)) == summary
     assert (summary["requests"], summary["errors"], summary["unpriced"]) == (6, 1, 1)
     per_key = {(row["api_key_id"], row["source"], row["admin_id"]): row["requests"]
                for row in await usage_events.by_key(db, UsageFilter(since=day - datetime.timedelta(days=1),

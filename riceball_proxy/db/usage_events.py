@@ -208,17 +208,23 @@ def latency_bucket(ms: float) -> int:
     return min(LATENCY_BUCKETS - 1, max(0, math.floor(3 * math.log2(max(ms, 1.0)))))
 
 
-def _rollup_key(event: UsageEvent) -> tuple:
-    return (event.created_at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0),
-            event.api_key_id or NO_ID, event.assistant_id or NO_ID, event.source, event.admin_id or 0, event.api)
+def _rollup_key(event: UsageEvent, day: bool) -> tuple:
+    moment = event.created_at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return (moment.replace(hour=0) if day else moment, event.api_key_id or NO_ID, event.assistant_id or NO_ID,
+            event.source, event.admin_id or 0, event.api)
 
 
 async def add_to_rollups(conn, events: Sequence[UsageEvent]) -> None:
-    """Add written rows to their hours' rollups (in the caller's transaction). The rollups are upserted
-    in the order of their keys, so that two writers never wait on each other in a cycle."""
+    """Add written rows to their hours' and days' rollups (in the caller's transaction). The rollups are
+    upserted in the order of their keys, so that two writers never wait on each other in a cycle."""
+    for table, day in (("usage_hourly", False), ("usage_daily", True)):
+        await _add_to(conn, table, _rollups(events, day))
+
+
+def _rollups(events: Sequence[UsageEvent], day: bool) -> dict[tuple, list]:
     sums: dict[tuple, list] = {}
     for event in events:
-        key = _rollup_key(event)
+        key = _rollup_key(event, day)
         total = sums.get(key)
         if total is None:
             total = sums[key] = [0] * 11 + [[0] * LATENCY_BUCKETS]
@@ -238,6 +244,10 @@ async def add_to_rollups(conn, events: Sequence[UsageEvent]) -> None:
         total[10] += event.usage_estimated
         if event.latency_ms is not None:
             total[11][latency_bucket(event.latency_ms)] += 1
+    return sums
+
+
+async def _add_to(conn, table: str, sums: dict[tuple, list]) -> None:
     if not sums:
         return
     # One statement for the batch, its rollups as columns (a histogram as its text form, one a row).
@@ -245,7 +255,7 @@ async def add_to_rollups(conn, events: Sequence[UsageEvent]) -> None:
     for key, total in sorted(sums.items(), key=lambda item: item[0]):
         for column, value in zip(columns, (*key, *total[:11], "{" + ",".join(map(str, total[11])) + "}")):
             column.append(value)
-    await conn.execute(_UPSERT_ROLLUP, *columns)
+    await conn.execute(_UPSERT_ROLLUP.replace("usage_hourly", table), *columns)  # one of two constant names
 
 
 _UPSERT_ROLLUP = """
@@ -372,11 +382,16 @@ _NO_ID = f"'{NO_ID}'::uuid"
 BUCKETS = ("hour", "day")
 
 
-def _hours(where: UsageFilter) -> str:
-    """What a report reads: the rollups when the range falls on whole hours (a usage page's whole
-    days always do), else the rows themselves, shaped as rollups."""
-    whole = all(moment.minute == moment.second == moment.microsecond == 0 for moment in (where.since, where.until))
-    return "usage_hourly" if whole else _ROWS_AS_ROLLUPS
+def _hours(where: UsageFilter, *, by_hour: bool = False) -> str:
+    """What a report reads: the daily rollups when the range falls on whole days (a usage page's
+    always does) and the report is not by hour, the hourly ones when it falls on whole hours, else the
+    rows themselves, shaped as rollups."""
+    bounds = (where.since.astimezone(timezone.utc), where.until.astimezone(timezone.utc))
+    if not all(moment.minute == moment.second == moment.microsecond == 0 for moment in bounds):
+        return _ROWS_AS_ROLLUPS
+    if not by_hour and all(moment.hour == 0 for moment in bounds):
+        return "usage_daily AS usage_hourly"
+    return "usage_hourly"
 
 
 def _totals(row) -> dict:
@@ -490,7 +505,7 @@ async def timeline(db, where: UsageFilter, bucket: str) -> list[dict]:
         raise ValueError(f"bucket must be one of {BUCKETS}")
     rows = await db.fetch(
         f"""
-        WITH filtered AS (SELECT * FROM {_hours(where)} WHERE {_WHERE_HOURS}),
+        WITH filtered AS (SELECT * FROM {_hours(where, by_hour=bucket == "hour")} WHERE {_WHERE_HOURS}),
         buckets AS (
             SELECT generate_series(
                 date_trunc($6, $1 AT TIME ZONE 'UTC'),

@@ -42,7 +42,7 @@ from riceball_proxy.settings import Settings
 
 DEFAULT_TEST_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 APP_TABLES = ("admins, admin_sessions, login_failures, providers, assistants, api_keys, usage_events, usage_hourly, "
-              "conversations, messages, limit_counters")
+              "usage_daily, conversations, messages, limit_counters")
 
 
 def run_sync(coroutine_function, *args):

@@ -20,15 +20,14 @@ CREATE FUNCTION usage_latency_bucket(ms double precision) RETURNS integer LANGUA
     SELECT least(63, greatest(0, floor(3 * log(2, greatest(ms, 1)::numeric))))::integer
 $$;
 
--- Histograms added bucket by bucket, and their sum over rows.
-CREATE FUNCTION usage_add_counts(a bigint[], b bigint[]) RETURNS bigint[] LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    result bigint[] := coalesce(a, array_fill(0::bigint, ARRAY[64]));
+-- Histograms added bucket by bucket (one array expression: evaluated without a loop), and their sum over
+-- rows.
+DO $$
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(b, 1), 0) LOOP
-        result[i] := coalesce(result[i], 0) + coalesce(b[i], 0);
-    END LOOP;
-    RETURN result;
+    EXECUTE format('CREATE FUNCTION usage_add_counts(a bigint[], b bigint[]) RETURNS bigint[] LANGUAGE sql '
+                   'IMMUTABLE AS %L', 'SELECT CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a ELSE ARRAY['
+                   || (SELECT string_agg(format('a[%s] + b[%s]', i, i), ', ') FROM generate_series(1, 64) AS i)
+                   || '] END');
 END
 $$;
 CREATE AGGREGATE usage_sum_counts(bigint[]) (SFUNC = usage_add_counts, STYPE = bigint[]);
@@ -103,6 +102,8 @@ CREATE TABLE usage_hourly (
 -- What a key's or an assistant's budget has spent since its period began.
 CREATE INDEX usage_hourly_api_key ON usage_hourly (api_key_id, hour);
 CREATE INDEX usage_hourly_assistant ON usage_hourly (assistant_id, hour);
+-- The same per day (its "hour" the day's first): what a range of whole days (the usage page's) reads.
+CREATE TABLE usage_daily (LIKE usage_hourly INCLUDING ALL);
 
 -- Rolls the rows of a time range up into usage_hourly (added to what is there): how the rows already
 -- in the table are rolled up here; the writer rolls up each batch it writes itself.
@@ -149,4 +150,30 @@ ON CONFLICT (hour, api_key_id, assistant_id, source, admin_id, api) DO UPDATE SE
     latency_counts = usage_add_counts(usage_hourly.latency_counts, excluded.latency_counts)
 $$;
 
+-- The daily rollups of the hours of a range of whole days (added to what is there).
+CREATE FUNCTION usage_daily_add(since timestamptz, until timestamptz) RETURNS void LANGUAGE sql AS $$
+INSERT INTO usage_daily
+SELECT date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', api_key_id, assistant_id, source, admin_id, api,
+       sum(requests), sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
+       sum(cache_write_tokens), sum(reasoning_tokens), sum(total_tokens), sum(cost_usd), sum(unpriced), sum(estimated),
+       usage_sum_counts(latency_counts)
+FROM usage_hourly WHERE hour >= since AND hour < until
+GROUP BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (hour, api_key_id, assistant_id, source, admin_id, api) DO UPDATE SET
+    requests = usage_daily.requests + excluded.requests,
+    errors = usage_daily.errors + excluded.errors,
+    prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens,
+    cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = usage_daily.cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens,
+    total_tokens = usage_daily.total_tokens + excluded.total_tokens,
+    cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN usage_daily.cost_usd
+                    ELSE coalesce(usage_daily.cost_usd, 0) + excluded.cost_usd END,
+    unpriced = usage_daily.unpriced + excluded.unpriced,
+    estimated = usage_daily.estimated + excluded.estimated,
+    latency_counts = usage_add_counts(usage_daily.latency_counts, excluded.latency_counts)
+$$;
+
 SELECT usage_hourly_add('-infinity', 'infinity');
+SELECT usage_daily_add('-infinity', 'infinity');
