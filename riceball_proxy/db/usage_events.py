@@ -1,5 +1,6 @@
 """The ``usage_events`` table: one row per API call, written in batches off the request path; and
-``usage_hourly``, its rollups per hour, key, assistant, source and API, written in the same transaction.
+``usage_hourly`` and ``usage_daily``, its rollups per hour (day), key, assistant, source and API, written
+in the same transaction.
 
 ``usage_events`` is partitioned by month of ``created_at`` (UTC): :func:`ensure_partitions` makes the
 months a batch needs (the gateway also makes them ahead: ``riceball_proxy.retention``), and
