@@ -363,8 +363,7 @@ _TOTALS = """
     coalesce(sum(reasoning_tokens), 0)::bigint AS reasoning_tokens,
     sum(cost_usd) AS cost_usd,
     coalesce(sum(unpriced), 0)::bigint AS unpriced,
-    coalesce(sum(estimated), 0)::bigint AS estimated,
-    usage_sum_counts(latency_counts) AS latency_counts
+    coalesce(sum(estimated), 0)::bigint AS estimated
 """
 #: The rows as rollups would hold them (one row a call), for a range that does not fall on whole hours.
 _ROWS_AS_ROLLUPS = f"""(
@@ -395,13 +394,31 @@ def _hours(where: UsageFilter, *, by_hour: bool = False) -> str:
     return "usage_hourly"
 
 
-def _totals(row) -> dict:
-    """A row of ``_TOTALS`` with its latency histogram read as p50 and p95 (ms)."""
-    totals = dict(row)
-    counts = totals.pop("latency_counts") or ()
-    totals["latency_p50"] = latency_percentile(counts, 0.5)
-    totals["latency_p95"] = latency_percentile(counts, 0.95)
-    return totals
+async def _report(db, where: UsageFilter, groups: tuple[tuple[str, str], ...] = ()) -> list[dict]:
+    """Totals over the filter, per group (``groups``: (expression over a rollup row, name) pairs; none: one
+    row), busiest first, each with its latency p50 and p95 (ms) from its rollups' histograms, summed
+    bucket by bucket with ``unnest`` (what a row-by-row array sum would make slow over many rollups)."""
+    table = _hours(where)
+    columns = "".join(f"{expression} AS {name}, " for expression, name in groups)
+    grouped = ", ".join(str(n + 1) for n in range(len(groups)))
+    rows = await db.fetch(f"SELECT {columns}{_TOTALS} FROM {table} WHERE {_WHERE_HOURS}"
+                          + (f" GROUP BY {grouped} ORDER BY requests DESC" if groups else ""), *where.args())
+    buckets = await db.fetch(
+        f"SELECT {columns}bucket, sum(calls)::bigint AS calls "
+        f"FROM {table}, unnest(latency_counts) WITH ORDINALITY AS histogram(calls, bucket) "
+        f"WHERE {_WHERE_HOURS} AND calls > 0 GROUP BY {grouped + ', ' if groups else ''}bucket", *where.args())
+    histograms: dict[tuple, list[int]] = {}
+    for row in buckets:
+        histogram = histograms.setdefault(tuple(row[name] for _, name in groups), [0] * LATENCY_BUCKETS)
+        histogram[row["bucket"] - 1] = row["calls"]
+    found = []
+    for row in rows:
+        totals = dict(row)
+        counts = histograms.get(tuple(row[name] for _, name in groups), ())
+        totals["latency_p50"] = latency_percentile(counts, 0.5)
+        totals["latency_p95"] = latency_percentile(counts, 0.95)
+        found.append(totals)
+    return found
 
 
 def latency_percentile(counts: Sequence[int], q: float) -> float | None:
@@ -427,30 +444,23 @@ def latency_percentile(counts: Sequence[int], q: float) -> float | None:
 async def summary(db, where: UsageFilter) -> dict:
     """Totals over the filter: requests, errors, tokens (the prompt's read from and written to the
     provider's cache, and the completion's reasoning, among them), cost, latency p50 and p95."""
-    return _totals(await db.fetchrow(f"SELECT {_TOTALS} FROM {_hours(where)} WHERE {_WHERE_HOURS}", *where.args()))
+    return (await _report(db, where))[0]
 
 
 async def by_assistant(db, where: UsageFilter) -> list[dict]:
     """Totals per assistant, busiest first."""
-    rows = await db.fetch(f"SELECT nullif(assistant_id, {_NO_ID}) AS assistant_id, {_TOTALS} FROM {_hours(where)} "
-                          f"WHERE {_WHERE_HOURS} GROUP BY assistant_id ORDER BY requests DESC", *where.args())
-    return [_totals(row) for row in rows]
+    return await _report(db, where, ((f"nullif(assistant_id, {_NO_ID})", "assistant_id"),))
 
 
 async def by_key(db, where: UsageFilter) -> list[dict]:
     """Totals per API key (the playground's calls, which have none, per admin), busiest first."""
-    rows = await db.fetch(f"SELECT nullif(api_key_id, {_NO_ID}) AS api_key_id, source, nullif(admin_id, 0) AS admin_id, "
-                          f"{_TOTALS} FROM {_hours(where)} WHERE {_WHERE_HOURS} "
-                          "GROUP BY usage_hourly.api_key_id, source, usage_hourly.admin_id ORDER BY requests DESC",
-                          *where.args())
-    return [_totals(row) for row in rows]
+    return await _report(db, where, ((f"nullif(usage_hourly.api_key_id, {_NO_ID})", "api_key_id"),
+                                     ("source", "source"), ("nullif(usage_hourly.admin_id, 0)", "admin_id")))
 
 
 async def by_api(db, where: UsageFilter) -> list[dict]:
     """Totals per inbound API (``chat``, ``messages``...), busiest first."""
-    rows = await db.fetch(f"SELECT api, {_TOTALS} FROM {_hours(where)} WHERE {_WHERE_HOURS} "
-                          "GROUP BY api ORDER BY requests DESC", *where.args())
-    return [_totals(row) for row in rows]
+    return await _report(db, where, (("api", "api"),))
 
 
 def _whole_hour(moment: datetime | None) -> bool:
