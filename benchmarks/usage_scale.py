@@ -78,11 +78,11 @@ async def writer_throughput(pool, batches: int, keys: int, assistants: int) -> t
     return ours, floor
 
 
-async def fill(conn, rows: int, since: datetime.datetime, until: datetime.datetime) -> float:
+async def fill(pool, conn, rows: int, since: datetime.datetime, until: datetime.datetime) -> float:
     """``rows`` rows spread evenly over [since, until), rolled up as the migration rolls existing rows up;
     the seconds it took."""
     started = time.perf_counter()
-    await usage_events.ensure_partitions(conn, [since + datetime.timedelta(days=d) for d in range((until - since).days)])
+    await usage_events.ensure_partitions(pool, [since + datetime.timedelta(days=d) for d in range((until - since).days)])
     span = (until - since).total_seconds()
     await conn.execute(
         """
@@ -138,7 +138,7 @@ async def measure(url: str, rows: int, batches: int) -> None:
             await conn.execute("TRUNCATE usage_events, usage_hourly, usage_daily")
         this_month = usage_events.month_of(datetime.datetime.now(UTC))
         since = usage_events.month_of(this_month - datetime.timedelta(days=75))
-        took = await fill(conn, rows, since, this_month)
+        took = await fill(pool, conn, rows, since, this_month)
         print(f"{rows:,} rows over {since:%Y-%m} to {this_month - datetime.timedelta(days=1):%Y-%m} written and "
               f"rolled up in {took:,.0f} s", flush=True)
         where = UsageFilter(since=this_month - datetime.timedelta(days=30), until=this_month)

@@ -146,27 +146,14 @@ def month_of(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-async def ensure_partitions(db, moments) -> None:
+async def ensure_partitions(pool: asyncpg.Pool, moments) -> None:
     """Make the partitions of the months holding ``moments`` that are missing."""
     months = sorted({month_of(moment) for moment in moments})
-    async with db.acquire() if isinstance(db, asyncpg.Pool) else _as_is(db) as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         # One maker at a time (another process may be making the same month).
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('usage_events_partitions'))")
         for month in months:
             await conn.execute("SELECT usage_events_partition($1)", month)
-
-
-class _as_is:
-    """A connection used as a pool's acquired one."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    async def __aenter__(self):
-        return self.conn
-
-    async def __aexit__(self, *exc_info):
-        return False
 
 
 async def partitions(db) -> list[tuple[str, datetime, datetime]]:
@@ -382,14 +369,18 @@ _NO_ID = f"'{NO_ID}'::uuid"
 BUCKETS = ("hour", "day")
 
 
+def _whole_hour(moment: datetime | None) -> bool:
+    """True for a whole UTC hour (or no moment at all): where the hourly rollups begin and end."""
+    return moment is None or moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) == moment
+
+
 def _hours(where: UsageFilter, *, by_hour: bool = False) -> str:
     """What a report reads: the daily rollups when the range falls on whole days (a usage page's
     always does) and the report is not by hour, the hourly ones when it falls on whole hours, else the
     rows themselves, shaped as rollups."""
-    bounds = (where.since.astimezone(timezone.utc), where.until.astimezone(timezone.utc))
-    if not all(moment.minute == moment.second == moment.microsecond == 0 for moment in bounds):
+    if not (_whole_hour(where.since) and _whole_hour(where.until)):
         return _ROWS_AS_ROLLUPS
-    if not by_hour and all(moment.hour == 0 for moment in bounds):
+    if not by_hour and all(moment.astimezone(timezone.utc).hour == 0 for moment in (where.since, where.until)):
         return "usage_daily AS usage_hourly"
     return "usage_hourly"
 
@@ -461,10 +452,6 @@ async def by_key(db, where: UsageFilter) -> list[dict]:
 async def by_api(db, where: UsageFilter) -> list[dict]:
     """Totals per inbound API (``chat``, ``messages``...), busiest first."""
     return await _report(db, where, (("api", "api"),))
-
-
-def _whole_hour(moment: datetime | None) -> bool:
-    return moment is None or moment == moment.replace(minute=0, second=0, microsecond=0)
 
 
 async def spent(db, *, api_key_id: uuid.UUID | None = None, assistant_id: uuid.UUID | None = None,
